@@ -1,0 +1,577 @@
+//! The client realm (`/api/...`) apart from records: sign-in, the tenant's users, API keys
+//! and record types.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::provider::CreateUser;
+use super::session::{self, RefreshRequest};
+use super::{AppState, JsonBody, validate};
+use crate::auth::extract::{ClientCredential, ClientPrincipal};
+use crate::auth::{self, Realm, TokenPair};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::records::{compile_schema, valid_type_id};
+use crate::store::format_micros;
+use crate::store::records::RecordType;
+use crate::store::tenants::{ApiKey, User, UserChanges};
+use crate::tenancy::{Permission, Role, TenantScope};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(update_user))
+        .routes(routes!(list_api_keys, create_api_key))
+        .routes(routes!(revoke_api_key))
+        .routes(routes!(list_record_types))
+        .routes(routes!(get_record_type, put_record_type))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ClientLogin {
+    /// The tenant's slug.
+    tenant: String,
+    email: String,
+    password: String,
+}
+
+/// Log in as a tenant's user.
+#[utoipa::path(post, path = "/auth/login", tag = "client", request_body = ClientLogin,
+    responses((status = 200, body = TokenPair), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody, description = "the tenant is suspended"),
+              (status = 429, body = ErrorBody)))]
+async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    JsonBody(body): JsonBody<ClientLogin>,
+) -> ApiResult<Json<TokenPair>> {
+    let email = validate::email(&body.email, "/email")?;
+    let ip = peer.ip();
+    session::rate_limit(&state, ip, &format!("client|{}|{email}", body.tenant))?;
+    let tenant = state.store.tenant_by_slug(&body.tenant).await?;
+    let user = match &tenant {
+        Some(t) => state.store.user_by_email(&t.scope(), &email).await?,
+        None => None,
+    };
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    if !auth::verify_password(body.password, hash).await {
+        metrics::counter!("streamflow_login_failures_total", "realm" => "client").increment(1);
+        return Err(ApiError::invalid_credentials());
+    }
+    let (tenant, user) = (
+        tenant.expect("user implies tenant"),
+        user.expect("verified"),
+    );
+    if !tenant.is_active() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "tenant_suspended",
+            "this business's account is suspended; contact your provider",
+        ));
+    }
+    if user.status != "active" {
+        return Err(ApiError::invalid_credentials());
+    }
+    Ok(Json(
+        state
+            .auth
+            .start_session(&state.store, Realm::Client, user.id, Some(tenant.id))
+            .await?,
+    ))
+}
+
+/// Exchange a refresh token for a new pair (the old one is spent; reusing it signs out
+/// every session of the login).
+#[utoipa::path(post, path = "/auth/refresh", tag = "client", request_body = RefreshRequest,
+    responses((status = 200, body = TokenPair), (status = 401, body = ErrorBody)))]
+async fn refresh(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<RefreshRequest>,
+) -> ApiResult<Json<TokenPair>> {
+    Ok(Json(session::refresh(&state, Realm::Client, body).await?))
+}
+
+/// Sign out every session of this login.
+#[utoipa::path(post, path = "/auth/logout", tag = "client", request_body = RefreshRequest,
+    responses((status = 204)))]
+async fn logout(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<RefreshRequest>,
+) -> ApiResult<StatusCode> {
+    session::logout(&state, Realm::Client, body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UserView {
+    id: Uuid,
+    email: String,
+    role: String,
+    /// `active` or `disabled`.
+    status: String,
+    created_at: String,
+}
+
+impl From<User> for UserView {
+    fn from(u: User) -> Self {
+        Self {
+            id: u.id,
+            email: u.email,
+            role: u.role,
+            status: u.status,
+            created_at: format_micros(u.created_at),
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct TenantBrief {
+    id: Uuid,
+    slug: String,
+    name: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct ClientMe {
+    tenant: TenantBrief,
+    role: Role,
+    /// The signed-in user, absent for API keys.
+    user: Option<UserView>,
+    /// The API key in use, absent for users.
+    api_key: Option<Uuid>,
+    permissions: Vec<&'static str>,
+}
+
+/// Who is calling: tenant, role, user or API key, and what the role may do.
+#[utoipa::path(get, path = "/me", tag = "client", security(("client_token" = [])),
+    responses((status = 200, body = ClientMe), (status = 401, body = ErrorBody)))]
+async fn me(
+    State(state): State<AppState>,
+    principal: ClientPrincipal,
+) -> ApiResult<Json<ClientMe>> {
+    let tenant = state
+        .store
+        .tenant_by_id(&principal.scope)
+        .await?
+        .ok_or_else(ApiError::unauthorized)?;
+    let user = match principal.credential {
+        ClientCredential::User(id) => state
+            .store
+            .user_by_id(&principal.scope, id)
+            .await?
+            .map(UserView::from),
+        ClientCredential::ApiKey(_) => None,
+    };
+    let api_key = match principal.credential {
+        ClientCredential::ApiKey(id) => Some(id),
+        ClientCredential::User(_) => None,
+    };
+    use Permission::*;
+    let permissions = [
+        (RecordsRead, "records:read"),
+        (RecordsCreate, "records:create"),
+        (RecordsUpdate, "records:update"),
+        (RecordsDelete, "records:delete"),
+        (UsersManage, "users:manage"),
+        (ApiKeysManage, "api_keys:manage"),
+        (SchemasManage, "record_types:manage"),
+    ]
+    .into_iter()
+    .filter(|(p, _)| principal.role.allows(*p))
+    .map(|(_, name)| name)
+    .collect();
+    Ok(Json(ClientMe {
+        tenant: TenantBrief {
+            id: tenant.id,
+            slug: tenant.slug,
+            name: tenant.name,
+        },
+        role: principal.role,
+        user,
+        api_key,
+        permissions,
+    }))
+}
+
+/// Validates and inserts a user; shared with the provider realm.
+pub async fn insert_user(
+    state: &AppState,
+    scope: &TenantScope,
+    body: CreateUser,
+) -> ApiResult<UserView> {
+    let email = validate::email(&body.email, "/email")?;
+    validate::password(&body.password, "/password")?;
+    let hash = auth::hash_password(body.password).await?;
+    let user = state
+        .store
+        .create_user(scope, &email, &hash, body.role.as_str())
+        .await?
+        .ok_or_else(|| {
+            ApiError::conflict(
+                "email_taken",
+                "this tenant already has a user with this email",
+            )
+        })?;
+    Ok(user.into())
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct UserList {
+    items: Vec<UserView>,
+}
+
+/// The tenant's users (owners and admins).
+#[utoipa::path(get, path = "/users", tag = "client", security(("client_token" = [])),
+    responses((status = 200, body = UserList), (status = 403, body = ErrorBody)))]
+async fn list_users(
+    State(state): State<AppState>,
+    principal: ClientPrincipal,
+) -> ApiResult<Json<UserList>> {
+    principal.require(Permission::UsersManage)?;
+    let items = state
+        .store
+        .list_users(&principal.scope)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    Ok(Json(UserList { items }))
+}
+
+fn may_grant(principal: &ClientPrincipal, role: Role, path: &str) -> ApiResult<()> {
+    if principal.role.may_grant(role) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "the {} role may not grant the {} role",
+            principal.role.as_str(),
+            role.as_str()
+        ))
+        .with_details(serde_json::json!({ "path": path })))
+    }
+}
+
+/// Add a user to the tenant (owners and admins; nobody grants a role above their own).
+#[utoipa::path(post, path = "/users", tag = "client", security(("client_token" = [])),
+    request_body = CreateUser,
+    responses((status = 201, body = UserView), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn create_user(
+    State(state): State<AppState>,
+    principal: ClientPrincipal,
+    JsonBody(body): JsonBody<CreateUser>,
+) -> ApiResult<(StatusCode, Json<UserView>)> {
+    principal.require(Permission::UsersManage)?;
+    may_grant(&principal, body.role, "/role")?;
+    let user = insert_user(&state, &principal.scope, body).await?;
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct UpdateUser {
+    role: Option<Role>,
+    /// `active` or `disabled`.
+    status: Option<String>,
+    password: Option<String>,
+}
+
+/// Change a user's role, status or password (owners and admins; not on yourself).
+#[utoipa::path(patch, path = "/users/{id}", tag = "client", security(("client_token" = [])),
+    params(("id" = String, Path)), request_body = UpdateUser,
+    responses((status = 200, body = UserView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn update_user(
+    State(state): State<AppState>,
+    principal: ClientPrincipal,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<UpdateUser>,
+) -> ApiResult<Json<UserView>> {
+    principal.require(Permission::UsersManage)?;
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("user"))?;
+    let target = state
+        .store
+        .user_by_id(&principal.scope, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    if principal.user_id() == Some(id) {
+        return Err(ApiError::forbidden(
+            "you cannot change your own role or status; ask another owner or admin",
+        ));
+    }
+    let target_role = Role::parse(&target.role).unwrap_or(Role::Owner);
+    may_grant(&principal, target_role, "")?;
+    if let Some(role) = body.role {
+        may_grant(&principal, role, "/role")?;
+    }
+    if let Some(status) = &body.status
+        && status != "active"
+        && status != "disabled"
+    {
+        return Err(ApiError::field("/status", "must be `active` or `disabled`"));
+    }
+    let password_hash = match body.password {
+        Some(p) => {
+            validate::password(&p, "/password")?;
+            Some(auth::hash_password(p).await?)
+        }
+        None => None,
+    };
+    let changes = UserChanges {
+        role: body.role.map(|r| r.as_str().to_string()),
+        status: body.status,
+        password_hash,
+    };
+    let user = state
+        .store
+        .update_user(&principal.scope, id, changes)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    Ok(Json(user.into()))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct ApiKeyView {
+    id: Uuid,
+    name: String,
+    /// The first characters of the key, to recognise it by.
+    prefix: String,
+    role: String,
+    created_at: String,
+    revoked_at: Option<String>,
+}
+
+impl From<ApiKey> for ApiKeyView {
+    fn from(k: ApiKey) -> Self {
+        Self {
+            id: k.id,
+            name: k.name,
+            prefix: k.prefix,
+            role: k.role,
+            created_at: format_micros(k.created_at),
+            revoked_at: k.revoked_at.map(format_micros),
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct NewApiKey {
+    #[serde(flatten)]
+    view: ApiKeyView,
+    /// The key itself: shown this once, stored only as a hash.
+    key: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct ApiKeyList {
+    items: Vec<ApiKeyView>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateApiKey {
+    name: String,
+    /// The role the key acts with; `member` if absent, never above the creator's.
+    role: Option<Role>,
+}
+
+/// The tenant's API keys (never the keys themselves).
+#[utoipa::path(get, path = "/api-keys", tag = "client", security(("client_token" = [])),
+    responses((status = 200, body = ApiKeyList), (status = 403, body = ErrorBody)))]
+async fn list_api_keys(
+    State(state): State<AppState>,
+    principal: ClientPrincipal,
+) -> ApiResult<Json<ApiKeyList>> {
+    principal.require(Permission::ApiKeysManage)?;
+    let items = state
+        .store
+        .list_api_keys(&principal.scope)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    Ok(Json(ApiKeyList { items }))
+}
+
+/// Create an API key for machine clients. The response is the only time the key is shown.
+#[utoipa::path(post, path = "/api-keys", tag = "client", security(("client_token" = [])),
+    request_body = CreateApiKey,
+    responses((status = 201, body = NewApiKey), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn create_api_key(
+    State(state): State<AppState>,
+    principal: ClientPrincipal,
+    JsonBody(body): JsonBody<CreateApiKey>,
+) -> ApiResult<(StatusCode, Json<NewApiKey>)> {
+    principal.require(Permission::ApiKeysManage)?;
+    // Keys are made by people, so a key cannot mint keys that outlive its own audit trail.
+    let Some(user_id) = principal.user_id() else {
+        return Err(ApiError::forbidden(
+            "API keys are created by signed-in users, not by other keys",
+        ));
+    };
+    let name = validate::name(&body.name, "/name", 100)?;
+    let role = body.role.unwrap_or(Role::Member);
+    may_grant(&principal, role, "/role")?;
+    let key = auth::new_secret("sfk_");
+    let prefix: String = key.chars().take(12).collect();
+    let stored = state
+        .store
+        .create_api_key(
+            &principal.scope,
+            &name,
+            &prefix,
+            &auth::sha256(&key),
+            role.as_str(),
+            user_id,
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(NewApiKey {
+            view: stored.into(),
+            key,
+        }),
+    ))
+}
+
+/// Revoke an API key; it stops working at once.
+#[utoipa::path(delete, path = "/api-keys/{id}", tag = "client", security(("client_token" = [])),
+    params(("id" = String, Path)),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn revoke_api_key(
+    State(state): State<AppState>,
+    principal: ClientPrincipal,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    principal.require(Permission::ApiKeysManage)?;
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("API key"))?;
+    if state.store.revoke_api_key(&principal.scope, id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("API key"))
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct RecordTypeView {
+    id: String,
+    name: String,
+    /// The JSON Schema records' `data` is validated against; null when any object goes.
+    #[schema(value_type = Option<Object>)]
+    schema: Option<Value>,
+    version: i64,
+    updated_at: String,
+}
+
+impl From<RecordType> for RecordTypeView {
+    fn from(t: RecordType) -> Self {
+        Self {
+            id: t.id,
+            name: t.name,
+            schema: t.schema.map(|s| s.0),
+            version: t.version,
+            updated_at: format_micros(t.updated_at),
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct RecordTypeList {
+    items: Vec<RecordTypeView>,
+}
+
+/// The tenant's record types, each with the schema its records are validated against.
+#[utoipa::path(get, path = "/record-types", tag = "client", security(("client_token" = [])),
+    responses((status = 200, body = RecordTypeList)))]
+async fn list_record_types(
+    State(state): State<AppState>,
+    principal: ClientPrincipal,
+) -> ApiResult<Json<RecordTypeList>> {
+    principal.require(Permission::RecordsRead)?;
+    let items = state
+        .store
+        .list_record_types(&principal.scope)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    Ok(Json(RecordTypeList { items }))
+}
+
+/// One record type.
+#[utoipa::path(get, path = "/record-types/{type}", tag = "client", security(("client_token" = [])),
+    params(("type" = String, Path)),
+    responses((status = 200, body = RecordTypeView), (status = 404, body = ErrorBody)))]
+async fn get_record_type(
+    State(state): State<AppState>,
+    principal: ClientPrincipal,
+    Path(record_type): Path<String>,
+) -> ApiResult<Json<RecordTypeView>> {
+    principal.require(Permission::RecordsRead)?;
+    let found = match valid_type_id(&record_type) {
+        true => {
+            state
+                .store
+                .record_type(&principal.scope, &record_type)
+                .await?
+        }
+        false => None,
+    };
+    Ok(Json(
+        found
+            .ok_or_else(|| crate::records::unknown_type(&record_type))?
+            .into(),
+    ))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct PutRecordType {
+    name: String,
+    /// A JSON Schema (draft 2020-12 unless `$schema` says otherwise) for records' `data`;
+    /// null or absent accepts any object. Remote `$ref`s are refused.
+    #[schema(value_type = Option<Object>)]
+    schema: Option<Value>,
+}
+
+/// Define a record type or replace its name and schema (owners and admins). Later writes
+/// are validated against the new schema; existing records are left as they are.
+#[utoipa::path(put, path = "/record-types/{type}", tag = "client", security(("client_token" = [])),
+    params(("type" = String, Path)), request_body = PutRecordType,
+    responses((status = 200, body = RecordTypeView), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn put_record_type(
+    State(state): State<AppState>,
+    principal: ClientPrincipal,
+    Path(record_type): Path<String>,
+    JsonBody(body): JsonBody<PutRecordType>,
+) -> ApiResult<Json<RecordTypeView>> {
+    principal.require(Permission::SchemasManage)?;
+    if !valid_type_id(&record_type) {
+        return Err(ApiError::field(
+            "",
+            "a record type id is 1-40 lowercase letters, digits and `_`, starting with a letter",
+        )
+        .with_details(serde_json::json!({ "errors": [{ "path": "type", "message": "invalid record type id" }] })));
+    }
+    let name = validate::name(&body.name, "/name", 100)?;
+    let schema = body.schema.filter(|s| !s.is_null());
+    if let Some(schema) = &schema {
+        compile_schema(schema)
+            .map_err(|e| ApiError::field("/schema", format!("not a usable JSON Schema: {e}")))?;
+    }
+    let stored = state
+        .store
+        .put_record_type(&principal.scope, &record_type, &name, schema.as_ref())
+        .await?;
+    Ok(Json(stored.into()))
+}

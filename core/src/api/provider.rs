@@ -1,0 +1,351 @@
+//! The provider realm (`/provider/...`): platform operators create and suspend tenants,
+//! create tenants' users and developer accounts.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::client::UserView;
+use super::session::{self, LoginRequest, RefreshRequest};
+use super::{AppState, JsonBody, validate};
+use crate::auth::extract::ProviderPrincipal;
+use crate::auth::{self, Realm, TokenPair};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::store::accounts::{Account, AccountKind};
+use crate::store::format_micros;
+use crate::store::tenants::Tenant;
+use crate::tenancy::Role;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+        .routes(routes!(create_tenant, list_tenants))
+        .routes(routes!(get_tenant))
+        .routes(routes!(suspend_tenant))
+        .routes(routes!(resume_tenant))
+        .routes(routes!(create_tenant_user, list_tenant_users))
+        .routes(routes!(create_developer, list_developers))
+}
+
+/// Log in as a provider operator.
+#[utoipa::path(post, path = "/auth/login", tag = "provider", request_body = LoginRequest,
+    responses((status = 200, body = TokenPair), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    JsonBody(body): JsonBody<LoginRequest>,
+) -> ApiResult<Json<TokenPair>> {
+    let ip = peer.ip();
+    Ok(Json(
+        session::platform_login(&state, Realm::Provider, ip, body).await?,
+    ))
+}
+
+/// Exchange a refresh token for a new pair (the old one is spent).
+#[utoipa::path(post, path = "/auth/refresh", tag = "provider", request_body = RefreshRequest,
+    responses((status = 200, body = TokenPair), (status = 401, body = ErrorBody)))]
+async fn refresh(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<RefreshRequest>,
+) -> ApiResult<Json<TokenPair>> {
+    Ok(Json(session::refresh(&state, Realm::Provider, body).await?))
+}
+
+/// Sign out: revokes the refresh token and every token rotated from the same login.
+#[utoipa::path(post, path = "/auth/logout", tag = "provider", request_body = RefreshRequest,
+    responses((status = 204)))]
+async fn logout(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<RefreshRequest>,
+) -> ApiResult<StatusCode> {
+    session::logout(&state, Realm::Provider, body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct ProviderMe {
+    id: Uuid,
+    email: String,
+    realm: &'static str,
+}
+
+/// The signed-in provider account.
+#[utoipa::path(get, path = "/me", tag = "provider", security(("provider_token" = [])),
+    responses((status = 200, body = ProviderMe), (status = 401, body = ErrorBody)))]
+async fn me(
+    State(state): State<AppState>,
+    principal: ProviderPrincipal,
+) -> ApiResult<Json<ProviderMe>> {
+    let account = state
+        .store
+        .account_by_id(AccountKind::Provider, principal.account_id)
+        .await?
+        .ok_or_else(ApiError::unauthorized)?;
+    Ok(Json(ProviderMe {
+        id: account.id,
+        email: account.email,
+        realm: "provider",
+    }))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TenantView {
+    id: Uuid,
+    slug: String,
+    name: String,
+    /// `active` or `suspended`.
+    status: String,
+    created_at: String,
+    updated_at: String,
+}
+
+impl From<Tenant> for TenantView {
+    fn from(t: Tenant) -> Self {
+        Self {
+            id: t.id,
+            slug: t.slug,
+            name: t.name,
+            status: t.status,
+            created_at: format_micros(t.created_at),
+            updated_at: format_micros(t.updated_at),
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct TenantList {
+    items: Vec<TenantView>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateTenant {
+    /// Lowercase letters, digits and inner hyphens; what users type to log in.
+    slug: String,
+    name: String,
+}
+
+/// Create a client tenant (with the built-in record types lead, contact and job).
+#[utoipa::path(post, path = "/tenants", tag = "provider", security(("provider_token" = [])),
+    request_body = CreateTenant,
+    responses((status = 201, body = TenantView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn create_tenant(
+    State(state): State<AppState>,
+    _: ProviderPrincipal,
+    JsonBody(body): JsonBody<CreateTenant>,
+) -> ApiResult<(StatusCode, Json<TenantView>)> {
+    validate::slug(&body.slug, "/slug")?;
+    let name = validate::name(&body.name, "/name", 200)?;
+    let tenant = state
+        .store
+        .create_tenant(&body.slug, &name)
+        .await?
+        .ok_or_else(|| {
+            ApiError::conflict(
+                "slug_taken",
+                format!("the slug {} is already taken", body.slug),
+            )
+        })?;
+    tracing::info!(tenant = %tenant.slug, "tenant created");
+    Ok((StatusCode::CREATED, Json(tenant.into())))
+}
+
+/// All tenants, by slug.
+#[utoipa::path(get, path = "/tenants", tag = "provider", security(("provider_token" = [])),
+    responses((status = 200, body = TenantList)))]
+async fn list_tenants(
+    State(state): State<AppState>,
+    _: ProviderPrincipal,
+) -> ApiResult<Json<TenantList>> {
+    let items = state
+        .store
+        .list_tenants()
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    Ok(Json(TenantList { items }))
+}
+
+async fn tenant(state: &AppState, slug: &str) -> ApiResult<Tenant> {
+    state
+        .store
+        .tenant_by_slug(slug)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))
+}
+
+/// One tenant.
+#[utoipa::path(get, path = "/tenants/{slug}", tag = "provider", security(("provider_token" = [])),
+    params(("slug" = String, Path)),
+    responses((status = 200, body = TenantView), (status = 404, body = ErrorBody)))]
+async fn get_tenant(
+    State(state): State<AppState>,
+    _: ProviderPrincipal,
+    Path(slug): Path<String>,
+) -> ApiResult<Json<TenantView>> {
+    Ok(Json(tenant(&state, &slug).await?.into()))
+}
+
+async fn set_status(state: &AppState, slug: &str, status: &str) -> ApiResult<Json<TenantView>> {
+    let tenant = state
+        .store
+        .set_tenant_status(slug, status)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    tracing::info!(tenant = %tenant.slug, status, "tenant status changed");
+    Ok(Json(tenant.into()))
+}
+
+/// Suspend a tenant: its users and API keys are refused until it is resumed.
+#[utoipa::path(post, path = "/tenants/{slug}/suspend", tag = "provider", security(("provider_token" = [])),
+    params(("slug" = String, Path)),
+    responses((status = 200, body = TenantView), (status = 404, body = ErrorBody)))]
+async fn suspend_tenant(
+    State(state): State<AppState>,
+    _: ProviderPrincipal,
+    Path(slug): Path<String>,
+) -> ApiResult<Json<TenantView>> {
+    set_status(&state, &slug, "suspended").await
+}
+
+/// Resume a suspended tenant.
+#[utoipa::path(post, path = "/tenants/{slug}/resume", tag = "provider", security(("provider_token" = [])),
+    params(("slug" = String, Path)),
+    responses((status = 200, body = TenantView), (status = 404, body = ErrorBody)))]
+async fn resume_tenant(
+    State(state): State<AppState>,
+    _: ProviderPrincipal,
+    Path(slug): Path<String>,
+) -> ApiResult<Json<TenantView>> {
+    set_status(&state, &slug, "active").await
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    pub email: String,
+    pub password: String,
+    pub role: Role,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct UserList {
+    items: Vec<UserView>,
+}
+
+/// Create a user in a tenant with any role (typically its first owner).
+#[utoipa::path(post, path = "/tenants/{slug}/users", tag = "provider", security(("provider_token" = [])),
+    params(("slug" = String, Path)), request_body = CreateUser,
+    responses((status = 201, body = UserView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn create_tenant_user(
+    State(state): State<AppState>,
+    _: ProviderPrincipal,
+    Path(slug): Path<String>,
+    JsonBody(body): JsonBody<CreateUser>,
+) -> ApiResult<(StatusCode, Json<UserView>)> {
+    let tenant = tenant(&state, &slug).await?;
+    let user = super::client::insert_user(&state, &tenant.scope(), body).await?;
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+/// A tenant's users.
+#[utoipa::path(get, path = "/tenants/{slug}/users", tag = "provider", security(("provider_token" = [])),
+    params(("slug" = String, Path)),
+    responses((status = 200, body = UserList), (status = 404, body = ErrorBody)))]
+async fn list_tenant_users(
+    State(state): State<AppState>,
+    _: ProviderPrincipal,
+    Path(slug): Path<String>,
+) -> ApiResult<Json<UserList>> {
+    let tenant = tenant(&state, &slug).await?;
+    let items = state
+        .store
+        .list_users(&tenant.scope())
+        .await?
+        .into_iter()
+        .map(UserView::from)
+        .collect();
+    Ok(Json(UserList { items }))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateDeveloper {
+    email: String,
+    password: String,
+    name: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DeveloperView {
+    id: Uuid,
+    email: String,
+    name: String,
+    created_at: String,
+}
+
+impl From<Account> for DeveloperView {
+    fn from(a: Account) -> Self {
+        Self {
+            id: a.id,
+            email: a.email,
+            name: a.name,
+            created_at: format_micros(a.created_at),
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct DeveloperList {
+    items: Vec<DeveloperView>,
+}
+
+/// Create a plugin developer account.
+#[utoipa::path(post, path = "/developers", tag = "provider", security(("provider_token" = [])),
+    request_body = CreateDeveloper,
+    responses((status = 201, body = DeveloperView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn create_developer(
+    State(state): State<AppState>,
+    _: ProviderPrincipal,
+    JsonBody(body): JsonBody<CreateDeveloper>,
+) -> ApiResult<(StatusCode, Json<DeveloperView>)> {
+    let email = validate::email(&body.email, "/email")?;
+    validate::password(&body.password, "/password")?;
+    let name = validate::name(&body.name, "/name", 200)?;
+    let hash = auth::hash_password(body.password).await?;
+    let account = state
+        .store
+        .create_account(AccountKind::Developer, &email, &name, &hash)
+        .await?
+        .ok_or_else(|| {
+            ApiError::conflict("email_taken", "a developer account with this email exists")
+        })?;
+    Ok((StatusCode::CREATED, Json(account.into())))
+}
+
+/// All developer accounts.
+#[utoipa::path(get, path = "/developers", tag = "provider", security(("provider_token" = [])),
+    responses((status = 200, body = DeveloperList)))]
+async fn list_developers(
+    State(state): State<AppState>,
+    _: ProviderPrincipal,
+) -> ApiResult<Json<DeveloperList>> {
+    let items = state
+        .store
+        .list_developers()
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    Ok(Json(DeveloperList { items }))
+}

@@ -1,0 +1,153 @@
+//! Extractors that authenticate a request for one realm. A handler that takes one of these
+//! cannot run without a valid credential of that realm; any failure is the same 401.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use uuid::Uuid;
+
+use super::{Realm, sha256};
+use crate::api::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::store::accounts::AccountKind;
+use crate::tenancy::{Permission, Role, TenantScope};
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// A signed-in provider operator.
+#[derive(Debug, Clone, Copy)]
+pub struct ProviderPrincipal {
+    pub account_id: Uuid,
+}
+
+/// A signed-in plugin developer.
+#[derive(Debug, Clone, Copy)]
+pub struct DeveloperPrincipal {
+    pub account_id: Uuid,
+}
+
+async fn platform_account(parts: &Parts, state: &AppState, realm: Realm) -> ApiResult<Uuid> {
+    let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
+    let claims = state
+        .auth
+        .verify_access(realm, token)
+        .ok_or_else(ApiError::unauthorized)?;
+    let kind = match realm {
+        Realm::Provider => AccountKind::Provider,
+        _ => AccountKind::Developer,
+    };
+    // The account must still exist: a deleted account's tokens die with it.
+    state
+        .store
+        .account_by_id(kind, claims.sub)
+        .await?
+        .map(|a| a.id)
+        .ok_or_else(ApiError::unauthorized)
+}
+
+impl FromRequestParts<AppState> for ProviderPrincipal {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        let account_id = platform_account(parts, state, Realm::Provider).await?;
+        Ok(Self { account_id })
+    }
+}
+
+impl FromRequestParts<AppState> for DeveloperPrincipal {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        let account_id = platform_account(parts, state, Realm::Developer).await?;
+        Ok(Self { account_id })
+    }
+}
+
+/// How a client request authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCredential {
+    User(Uuid),
+    ApiKey(Uuid),
+}
+
+/// A client-realm caller: a tenant's user or one of its API keys, with its current role.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientPrincipal {
+    pub scope: TenantScope,
+    pub role: Role,
+    pub credential: ClientCredential,
+}
+
+impl ClientPrincipal {
+    /// 403 unless the caller's role has `permission`.
+    pub fn require(&self, permission: Permission) -> ApiResult<()> {
+        if self.role.allows(permission) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "the {} role may not do this",
+                self.role.as_str()
+            )))
+        }
+    }
+
+    /// The user behind the request; API keys act for no user.
+    pub fn user_id(&self) -> Option<Uuid> {
+        match self.credential {
+            ClientCredential::User(id) => Some(id),
+            ClientCredential::ApiKey(_) => None,
+        }
+    }
+
+    /// How the caller is named on events and in audit trails.
+    pub fn actor(&self) -> String {
+        match self.credential {
+            ClientCredential::User(id) => format!("user:{id}"),
+            ClientCredential::ApiKey(id) => format!("api_key:{id}"),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for ClientPrincipal {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
+        if token.starts_with("sfk_") {
+            let (key, tenant_active) = state
+                .store
+                .api_key_by_hash(&sha256(token))
+                .await?
+                .ok_or_else(ApiError::unauthorized)?;
+            let role = Role::parse(&key.role).ok_or_else(ApiError::unauthorized)?;
+            if !tenant_active {
+                return Err(ApiError::unauthorized());
+            }
+            return Ok(Self {
+                scope: TenantScope::new(key.tenant_id),
+                role,
+                credential: ClientCredential::ApiKey(key.id),
+            });
+        }
+        let claims = state
+            .auth
+            .verify_access(Realm::Client, token)
+            .ok_or_else(ApiError::unauthorized)?;
+        let tenant_id = claims.tid.ok_or_else(ApiError::unauthorized)?;
+        let principal = state
+            .store
+            .user_principal(tenant_id, claims.sub)
+            .await?
+            .filter(|p| p.active)
+            .ok_or_else(ApiError::unauthorized)?;
+        Ok(Self {
+            scope: TenantScope::new(tenant_id),
+            role: Role::parse(&principal.role).ok_or_else(ApiError::unauthorized)?,
+            credential: ClientCredential::User(claims.sub),
+        })
+    }
+}

@@ -1,0 +1,160 @@
+//! The `streamflow` command line: `serve`, `demo` and `migrate`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::{demo, server, store, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "streamflow",
+    version,
+    about = "StreamFlow: the operating platform for service businesses"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server (creating and migrating the database if needed).
+    Serve(ServeArgs),
+    /// Run the server with demo data: the same as `serve --demo`.
+    Demo(ServeArgs),
+    /// Apply pending database migrations and exit.
+    Migrate(DatabaseArgs),
+}
+
+#[derive(Args, Clone)]
+struct DatabaseArgs {
+    /// `sqlite://streamflow.db` (created if missing) or `postgres://user@host/db`.
+    #[arg(
+        long,
+        env = "STREAMFLOW_DATABASE_URL",
+        default_value = "sqlite://streamflow.db"
+    )]
+    database_url: String,
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "STREAMFLOW_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Largest JSON request body in bytes.
+    #[arg(long, env = "STREAMFLOW_BODY_LIMIT", default_value_t = 1024 * 1024)]
+    body_limit: usize,
+    /// Login attempts per client address per minute.
+    #[arg(long, env = "STREAMFLOW_LOGIN_PER_IP", default_value_t = 60)]
+    login_per_ip: u32,
+    /// Login attempts per account per minute.
+    #[arg(long, env = "STREAMFLOW_LOGIN_PER_ACCOUNT", default_value_t = 10)]
+    login_per_account: u32,
+    /// Email of the first provider account (used only when there is none).
+    #[arg(long, env = "STREAMFLOW_PROVIDER_EMAIL")]
+    provider_email: Option<String>,
+    /// Password of the first provider account; generated and printed once if unset.
+    #[arg(long, env = "STREAMFLOW_PROVIDER_PASSWORD", hide_env_values = true)]
+    provider_password: Option<String>,
+    /// Seed demo tenants, users and leads, and print how to log in.
+    #[arg(long)]
+    demo: bool,
+    /// Log format: `text` or `json` (one JSON object per line).
+    #[arg(long, env = "STREAMFLOW_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+impl ServeArgs {
+    fn config(&self) -> Config {
+        Config {
+            listen: self.listen,
+            database_url: self.database.database_url.clone(),
+            body_limit: self.body_limit,
+            login_per_ip_per_minute: self.login_per_ip,
+            login_per_account_per_minute: self.login_per_account,
+            provider_email: self.provider_email.clone(),
+            provider_password: self.provider_password.clone(),
+            ..Config::default()
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => run_serve(args).await,
+            Command::Demo(mut args) => {
+                args.demo = true;
+                run_serve(args).await
+            }
+            Command::Migrate(args) => {
+                telemetry::init_logging(false);
+                store::Store::connect(&args.database_url).await?;
+                println!(
+                    "migrations applied to {}",
+                    store::redact_url(&args.database_url)
+                );
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    telemetry::init_logging(args.log_format == "json");
+    let config = args.config();
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {}: {e}. Is another server running there? Choose another \
+             address with STREAMFLOW_LISTEN or --listen.",
+                config.listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    let database = store::redact_url(&config.database_url);
+    let state = server::build_state(config).await?;
+    if args.demo {
+        demo::seed(&state).await?;
+    }
+    if let Some(p) = server::bootstrap_provider(&state).await? {
+        match p.generated_password {
+            Some(password) => println!(
+                "Created the first provider account: {} with password {password}\n\
+                 This password is shown only once; keep it somewhere safe.",
+                p.email
+            ),
+            None => println!("Created the first provider account: {}", p.email),
+        }
+    }
+    println!("StreamFlow listening on http://{addr} (database {database})");
+    tracing::info!(%addr, %database, "listening");
+    server::serve(state, listener, server::shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}

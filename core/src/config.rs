@@ -1,0 +1,45 @@
+//! Server configuration. Every field can be set by a `STREAMFLOW_*` environment variable or
+//! the matching `streamflow serve` flag (see `cli.rs`); the defaults run one node on SQLite
+//! in the working directory.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the HTTP server listens (`STREAMFLOW_LISTEN`).
+    pub listen: SocketAddr,
+    /// `sqlite://streamflow.db` by default; `postgres://...` for PostgreSQL
+    /// (`STREAMFLOW_DATABASE_URL`).
+    pub database_url: String,
+    /// Largest JSON request body accepted, in bytes; larger ones get 413 before they are
+    /// parsed (`STREAMFLOW_BODY_LIMIT`, default 1 MiB). Plugin uploads will have their own.
+    pub body_limit: usize,
+    /// Lifetime of an access token (15 minutes).
+    pub access_token_ttl: Duration,
+    /// Lifetime of a refresh token (30 days); each use rotates it.
+    pub refresh_token_ttl: Duration,
+    /// Login attempts allowed per client address per minute (`STREAMFLOW_LOGIN_PER_IP`).
+    pub login_per_ip_per_minute: u32,
+    /// Login attempts allowed per account per minute (`STREAMFLOW_LOGIN_PER_ACCOUNT`).
+    pub login_per_account_per_minute: u32,
+    /// The first provider account, used only when none exists yet.
+    pub provider_email: Option<String>,
+    pub provider_password: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: "sqlite://streamflow.db".into(),
+            body_limit: 1024 * 1024,
+            access_token_ttl: Duration::from_secs(15 * 60),
+            refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            login_per_ip_per_minute: 60,
+            login_per_account_per_minute: 10,
+            provider_email: None,
+            provider_password: None,
+        }
+    }
+}

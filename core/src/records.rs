@@ -1,0 +1,232 @@
+//! Records: the generic business objects (leads, contacts, jobs, and types a tenant adds),
+//! their API representation, JSON Schema validation and list cursors.
+//!
+//! A tenant's record type may carry a JSON Schema; writes are validated against it. Schemas
+//! are compiled with remote and file `$ref` resolution off and with a linear-time regex
+//! engine for `pattern`, so a tenant's schema can neither reach the network nor stall the
+//! host. Compiled validators are cached per tenant, type and schema version.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult, FieldError};
+use crate::store::records::RecordRow;
+use crate::store::{Store, TenantScope, format_micros};
+
+/// Most validation errors reported for one write.
+const MAX_REPORTED_ERRORS: usize = 50;
+/// Validators kept in memory before the cache is emptied and refilled on demand.
+const MAX_CACHED_VALIDATORS: usize = 10_000;
+/// Longest stage name.
+pub const MAX_STAGE_LEN: usize = 100;
+
+/// A record as the API returns it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RecordView {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub record_type: String,
+    pub stage: Option<String>,
+    #[schema(value_type = Object)]
+    pub data: Value,
+    /// Incremented on every change; send it back with a PATCH.
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+    /// Leads only: the latest score, null until a scorer has scored the lead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub score: Option<Value>,
+}
+
+impl From<RecordRow> for RecordView {
+    fn from(row: RecordRow) -> Self {
+        let score =
+            (row.record_type == "lead").then(|| row.score.map(|s| s.0).unwrap_or(Value::Null));
+        Self {
+            id: row.id,
+            record_type: row.record_type,
+            stage: row.stage,
+            data: row.data.0,
+            version: row.version,
+            created_at: format_micros(row.created_at),
+            updated_at: format_micros(row.updated_at),
+            score,
+        }
+    }
+}
+
+/// Whether `id` is a well-formed record type id: lowercase letters, digits and `_`,
+/// starting with a letter, at most 40 characters.
+pub fn valid_type_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && id.len() <= 40
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
+}
+
+/// Checks a stage name; `path` locates it in the request for the error.
+pub fn check_stage(stage: &str, path: &str) -> ApiResult<()> {
+    if stage.trim().is_empty() {
+        return Err(ApiError::field(path, "must not be empty"));
+    }
+    if stage.chars().count() > MAX_STAGE_LEN {
+        return Err(ApiError::field(
+            path,
+            format!("must be at most {MAX_STAGE_LEN} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Cursor of a record listing: the last id of the page, opaque to clients.
+pub fn encode_cursor(id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(id.as_bytes())
+}
+
+pub fn decode_cursor(cursor: &str) -> ApiResult<Uuid> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| Uuid::from_slice(&bytes).ok())
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_cursor", "cursor is not one this server returned")
+                .with_details(serde_json::json!({ "parameter": "cursor" }))
+        })
+}
+
+/// Compiles a tenant-supplied JSON Schema safely, or says why it is not a usable schema.
+pub fn compile_schema(schema: &Value) -> Result<jsonschema::Validator, String> {
+    if !schema.is_object() {
+        return Err("a schema must be a JSON object".into());
+    }
+    jsonschema::options()
+        .with_pattern_options(jsonschema::PatternOptions::regex())
+        .build(schema)
+        .map_err(|e| e.to_string())
+}
+
+/// Compiled validators per (tenant, record type), tagged with the schema version they
+/// were compiled from.
+#[derive(Default)]
+pub struct SchemaCache {
+    validators: RwLock<HashMap<(Uuid, String), (i64, Option<Arc<jsonschema::Validator>>)>>,
+}
+
+impl SchemaCache {
+    /// Validates `data` (a record's `data`) against the type's schema. Returns 404 if the
+    /// tenant has no such type, 422 with each failing field's path if the data is invalid.
+    pub async fn validate(
+        &self,
+        store: &Store,
+        scope: &TenantScope,
+        record_type: &str,
+        data: &Value,
+    ) -> ApiResult<()> {
+        let Some(validator) = self.validator(store, scope, record_type).await? else {
+            return Ok(());
+        };
+        let errors: Vec<FieldError> = validator
+            .iter_errors(data)
+            .take(MAX_REPORTED_ERRORS)
+            .map(|e| FieldError::new(format!("/data{}", e.instance_path()), e.to_string()))
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::validation(errors))
+        }
+    }
+
+    /// Checks that the tenant has this record type (404 otherwise) and returns its
+    /// validator, if it has a schema.
+    pub async fn validator(
+        &self,
+        store: &Store,
+        scope: &TenantScope,
+        record_type: &str,
+    ) -> ApiResult<Option<Arc<jsonschema::Validator>>> {
+        if !valid_type_id(record_type) {
+            return Err(unknown_type(record_type));
+        }
+        let version = store
+            .record_type_version(scope, record_type)
+            .await?
+            .ok_or_else(|| unknown_type(record_type))?;
+        let key = (scope.tenant_id(), record_type.to_string());
+        if let Some((v, validator)) = self.validators.read().expect("not poisoned").get(&key)
+            && *v == version
+        {
+            return Ok(validator.clone());
+        }
+        let record_type_row = store
+            .record_type(scope, record_type)
+            .await?
+            .ok_or_else(|| unknown_type(record_type))?;
+        let validator = match &record_type_row.schema {
+            None => None,
+            Some(schema) => Some(Arc::new(compile_schema(&schema.0).map_err(|e| {
+                tracing::error!(record_type, error = %e, "stored schema does not compile");
+                ApiError::internal()
+            })?)),
+        };
+        let mut cache = self.validators.write().expect("not poisoned");
+        if cache.len() >= MAX_CACHED_VALIDATORS {
+            cache.clear();
+        }
+        cache.insert(key, (record_type_row.version, validator.clone()));
+        Ok(validator)
+    }
+}
+
+pub fn unknown_type(record_type: &str) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "unknown_record_type",
+        "this tenant has no such record type; GET /api/record-types lists them",
+    )
+    .with_details(serde_json::json!({ "type": record_type }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn type_ids() {
+        assert!(valid_type_id("lead"));
+        assert!(valid_type_id("service_call2"));
+        assert!(!valid_type_id("Lead"));
+        assert!(!valid_type_id("1lead"));
+        assert!(!valid_type_id("lead'; DROP TABLE records;--"));
+        assert!(!valid_type_id(""));
+    }
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let id = Uuid::now_v7();
+        assert_eq!(decode_cursor(&encode_cursor(id)).unwrap(), id);
+        assert!(decode_cursor("not a cursor").is_err());
+        assert!(decode_cursor("").is_err());
+    }
+
+    #[test]
+    fn schema_refuses_remote_refs_and_bad_schemas() {
+        assert!(compile_schema(&json!({"$ref": "https://example.com/s.json"})).is_err());
+        assert!(compile_schema(&json!({"type": "nope"})).is_err());
+        assert!(compile_schema(&json!([1])).is_err());
+        let v = compile_schema(
+            &json!({"type": "object", "properties": {"budget": {"type": "number"}}}),
+        )
+        .unwrap();
+        let errors: Vec<_> = v.iter_errors(&json!({"budget": "x"})).collect();
+        assert_eq!(errors[0].instance_path().to_string(), "/budget");
+    }
+}

@@ -1,0 +1,182 @@
+//! Record types and record reads. Writes go through [`super::writer::RecordWriter`].
+
+use serde_json::Value;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::{Store, StoreResult, TenantScope, now_micros, on_pool};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RecordRow {
+    pub tenant_id: Uuid,
+    pub id: Uuid,
+    #[sqlx(rename = "type")]
+    pub record_type: String,
+    pub stage: Option<String>,
+    pub data: Json<Value>,
+    pub version: i64,
+    pub score: Option<Json<Value>>,
+    pub created_by: Option<Uuid>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+pub(crate) const RECORD_COLUMNS: &str =
+    "tenant_id, id, type, stage, data, version, score, created_by, created_at, updated_at";
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RecordType {
+    pub id: String,
+    pub name: String,
+    pub schema: Option<Json<Value>>,
+    /// Bumped on every change of the schema; validators are cached per version.
+    pub version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// Filters of a record listing. All optional; results are in id order (creation order).
+#[derive(Debug, Default, Clone)]
+pub struct RecordFilter {
+    pub stage: Option<String>,
+    pub updated_since: Option<i64>,
+    /// Keyset cursor: only records after this id.
+    pub after: Option<Uuid>,
+}
+
+impl Store {
+    /// The version of a record type's schema, or `None` if the tenant has no such type.
+    pub async fn record_type_version(
+        &self,
+        scope: &TenantScope,
+        id: &str,
+    ) -> StoreResult<Option<i64>> {
+        on_pool!(self.pool(), pool => Ok(
+            sqlx::query_scalar("SELECT version FROM record_types WHERE tenant_id = $1 AND id = $2")
+                .bind(scope.tenant_id())
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        ))
+    }
+
+    pub async fn record_type(
+        &self,
+        scope: &TenantScope,
+        id: &str,
+    ) -> StoreResult<Option<RecordType>> {
+        on_pool!(self.pool(), pool => Ok(
+            sqlx::query_as::<_, RecordType>(
+                "SELECT id, name, schema, version, created_at, updated_at \
+                 FROM record_types WHERE tenant_id = $1 AND id = $2",
+            )
+            .bind(scope.tenant_id())
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+        ))
+    }
+
+    pub async fn list_record_types(&self, scope: &TenantScope) -> StoreResult<Vec<RecordType>> {
+        on_pool!(self.pool(), pool => Ok(
+            sqlx::query_as::<_, RecordType>(
+                "SELECT id, name, schema, version, created_at, updated_at \
+                 FROM record_types WHERE tenant_id = $1 ORDER BY id",
+            )
+            .bind(scope.tenant_id())
+            .fetch_all(pool)
+            .await?
+        ))
+    }
+
+    /// Creates a record type or replaces its name and schema (bumping its version).
+    /// Existing records are not re-validated; the new schema applies to later writes.
+    pub async fn put_record_type(
+        &self,
+        scope: &TenantScope,
+        id: &str,
+        name: &str,
+        schema: Option<&Value>,
+    ) -> StoreResult<RecordType> {
+        let now = now_micros();
+        on_pool!(self.pool(), pool => Ok(
+            sqlx::query_as::<_, RecordType>(
+                "INSERT INTO record_types (tenant_id, id, name, schema, version, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, 1, $5, $5) \
+                 ON CONFLICT (tenant_id, id) DO UPDATE SET name = excluded.name, \
+                   schema = excluded.schema, version = record_types.version + 1, \
+                   updated_at = excluded.updated_at \
+                 RETURNING id, name, schema, version, created_at, updated_at",
+            )
+            .bind(scope.tenant_id())
+            .bind(id)
+            .bind(name)
+            .bind(schema.map(Json))
+            .bind(now)
+            .fetch_one(pool)
+            .await?
+        ))
+    }
+
+    pub async fn get_record(
+        &self,
+        scope: &TenantScope,
+        record_type: &str,
+        id: Uuid,
+    ) -> StoreResult<Option<RecordRow>> {
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM records WHERE tenant_id = $1 AND type = $2 AND id = $3"
+        );
+        on_pool!(self.pool(), pool => Ok(
+            sqlx::query_as::<_, RecordRow>(sqlx::AssertSqlSafe(sql))
+                .bind(scope.tenant_id())
+                .bind(record_type)
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        ))
+    }
+
+    /// One page of records, in id order, at most `limit`.
+    pub async fn list_records(
+        &self,
+        scope: &TenantScope,
+        record_type: &str,
+        filter: &RecordFilter,
+        limit: i64,
+    ) -> StoreResult<Vec<RecordRow>> {
+        // Only fixed fragments are joined; every value is a bound parameter.
+        let mut sql =
+            format!("SELECT {RECORD_COLUMNS} FROM records WHERE tenant_id = $1 AND type = $2");
+        let mut n = 2;
+        let mut clause = |column: &str, op: &str| {
+            n += 1;
+            sql.push_str(&format!(" AND {column} {op} ${n}"));
+        };
+        if filter.stage.is_some() {
+            clause("stage", "=");
+        }
+        if filter.updated_since.is_some() {
+            clause("updated_at", ">=");
+        }
+        if filter.after.is_some() {
+            clause("id", ">");
+        }
+        sql.push_str(&format!(" ORDER BY id LIMIT ${}", n + 1));
+        on_pool!(self.pool(), pool => {
+            let mut query = sqlx::query_as::<_, RecordRow>(sqlx::AssertSqlSafe(sql))
+                .bind(scope.tenant_id())
+                .bind(record_type);
+            if let Some(stage) = &filter.stage {
+                query = query.bind(stage.clone());
+            }
+            if let Some(since) = filter.updated_since {
+                query = query.bind(since);
+            }
+            if let Some(after) = filter.after {
+                query = query.bind(after);
+            }
+            Ok(query.bind(limit).fetch_all(pool).await?)
+        })
+    }
+}

@@ -1,0 +1,380 @@
+//! Tenants, their users and their API keys.
+
+use uuid::Uuid;
+
+use super::{Store, StoreResult, TenantScope, is_unique_violation, now_micros, on_pool};
+
+/// The record types every tenant has from the start.
+pub const BUILTIN_RECORD_TYPES: [(&str, &str); 3] =
+    [("lead", "Lead"), ("contact", "Contact"), ("job", "Job")];
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Tenant {
+    pub id: Uuid,
+    pub slug: String,
+    pub name: String,
+    pub status: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Tenant {
+    pub fn is_active(&self) -> bool {
+        self.status == "active"
+    }
+
+    /// The scope for acting inside this tenant. Only code that already established the
+    /// right to (the provider realm, the login flow) reaches a `Tenant` to call this on.
+    pub(crate) fn scope(&self) -> TenantScope {
+        TenantScope::new(self.id)
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct User {
+    pub tenant_id: Uuid,
+    pub id: Uuid,
+    pub email: String,
+    pub password_hash: String,
+    pub role: String,
+    pub status: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// What a request needs to know about its client principal, read fresh on every request so
+/// a suspension, a disabled account or a role change takes effect at once.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PrincipalState {
+    pub role: String,
+    pub active: bool,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ApiKey {
+    pub tenant_id: Uuid,
+    pub id: Uuid,
+    pub name: String,
+    pub prefix: String,
+    pub role: String,
+    pub created_by: Uuid,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// Changes to a user; `None` leaves a field as it is.
+#[derive(Debug, Default)]
+pub struct UserChanges {
+    pub role: Option<String>,
+    pub status: Option<String>,
+    pub password_hash: Option<String>,
+}
+
+const USER_COLUMNS: &str =
+    "tenant_id, id, email, password_hash, role, status, created_at, updated_at";
+
+impl Store {
+    /// Creates a tenant with the built-in record types; `Ok(None)` if the slug is taken.
+    pub async fn create_tenant(&self, slug: &str, name: &str) -> StoreResult<Option<Tenant>> {
+        let now = now_micros();
+        let tenant = Tenant {
+            id: Uuid::now_v7(),
+            slug: slug.to_string(),
+            name: name.to_string(),
+            status: "active".into(),
+            created_at: now,
+            updated_at: now,
+        };
+        let result: Result<(), sqlx::Error> = on_pool!(self.pool(), pool => async {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO tenants (id, slug, name, status, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(tenant.id)
+            .bind(&tenant.slug)
+            .bind(&tenant.name)
+            .bind(&tenant.status)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            for (id, type_name) in BUILTIN_RECORD_TYPES {
+                sqlx::query(
+                    "INSERT INTO record_types (tenant_id, id, name, schema, version, created_at, updated_at) \
+                     VALUES ($1, $2, $3, NULL, 1, $4, $4)",
+                )
+                .bind(tenant.id)
+                .bind(id)
+                .bind(type_name)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await
+        }.await);
+        match result {
+            Ok(()) => Ok(Some(tenant)),
+            Err(e) if is_unique_violation(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
+        on_pool!(self.pool(), pool => Ok(
+            sqlx::query_as::<_, Tenant>(
+                "SELECT id, slug, name, status, created_at, updated_at FROM tenants ORDER BY slug",
+            )
+            .fetch_all(pool)
+            .await?
+        ))
+    }
+
+    pub async fn tenant_by_slug(&self, slug: &str) -> StoreResult<Option<Tenant>> {
+        on_pool!(self.pool(), pool => Ok(
+            sqlx::query_as::<_, Tenant>(
+                "SELECT id, slug, name, status, created_at, updated_at FROM tenants WHERE slug = $1",
+            )
+            .bind(slug)
+            .fetch_optional(pool)
+            .await?
+        ))
+    }
+
+    /// The caller's own tenant.
+    pub async fn tenant_by_id(&self, scope: &TenantScope) -> StoreResult<Option<Tenant>> {
+        on_pool!(self.pool(), pool => Ok(
+            sqlx::query_as::<_, Tenant>(
+                "SELECT id, slug, name, status, created_at, updated_at FROM tenants WHERE id = $1",
+            )
+            .bind(scope.tenant_id())
+            .fetch_optional(pool)
+            .await?
+        ))
+    }
+
+    pub async fn set_tenant_status(&self, slug: &str, status: &str) -> StoreResult<Option<Tenant>> {
+        on_pool!(self.pool(), pool => Ok(
+            sqlx::query_as::<_, Tenant>(
+                "UPDATE tenants SET status = $1, updated_at = $2 WHERE slug = $3 \
+                 RETURNING id, slug, name, status, created_at, updated_at",
+            )
+            .bind(status)
+            .bind(now_micros())
+            .bind(slug)
+            .fetch_optional(pool)
+            .await?
+        ))
+    }
+
+    /// Creates a user; `Ok(None)` when the email is taken in this tenant.
+    pub async fn create_user(
+        &self,
+        scope: &TenantScope,
+        email: &str,
+        password_hash: &str,
+        role: &str,
+    ) -> StoreResult<Option<User>> {
+        let now = now_micros();
+        let user = User {
+            tenant_id: scope.tenant_id(),
+            id: Uuid::now_v7(),
+            email: email.to_string(),
+            password_hash: password_hash.to_string(),
+            role: role.to_string(),
+            status: "active".into(),
+            created_at: now,
+            updated_at: now,
+        };
+        let result = on_pool!(self.pool(), pool => {
+            sqlx::query(
+                "INSERT INTO users (tenant_id, id, email, password_hash, role, status, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(user.tenant_id)
+            .bind(user.id)
+            .bind(&user.email)
+            .bind(&user.password_hash)
+            .bind(&user.role)
+            .bind(&user.status)
+            .bind(now)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        });
+        match result {
+            Ok(()) => Ok(Some(user)),
+            Err(e) if is_unique_violation(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn list_users(&self, scope: &TenantScope) -> StoreResult<Vec<User>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 ORDER BY email");
+        on_pool!(self.pool(), pool => Ok(
+            sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(sql))
+                .bind(scope.tenant_id())
+                .fetch_all(pool)
+                .await?
+        ))
+    }
+
+    pub async fn user_by_id(&self, scope: &TenantScope, id: Uuid) -> StoreResult<Option<User>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2");
+        on_pool!(self.pool(), pool => Ok(
+            sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(sql))
+                .bind(scope.tenant_id())
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        ))
+    }
+
+    /// The user a login names, if the tenant exists.
+    pub async fn user_by_email(
+        &self,
+        scope: &TenantScope,
+        email: &str,
+    ) -> StoreResult<Option<User>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND email = $2");
+        on_pool!(self.pool(), pool => Ok(
+            sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(sql))
+                .bind(scope.tenant_id())
+                .bind(email)
+                .fetch_optional(pool)
+                .await?
+        ))
+    }
+
+    pub async fn update_user(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        changes: UserChanges,
+    ) -> StoreResult<Option<User>> {
+        let sql = format!(
+            "UPDATE users SET role = COALESCE($1, role), status = COALESCE($2, status), \
+             password_hash = COALESCE($3, password_hash), updated_at = $4 \
+             WHERE tenant_id = $5 AND id = $6 RETURNING {USER_COLUMNS}"
+        );
+        on_pool!(self.pool(), pool => Ok(
+            sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(sql))
+                .bind(changes.role)
+                .bind(changes.status)
+                .bind(changes.password_hash)
+                .bind(now_micros())
+                .bind(scope.tenant_id())
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        ))
+    }
+
+    /// A user's current role and whether both the user and its tenant are active.
+    pub async fn user_principal(
+        &self,
+        tenant_id: Uuid,
+        user_id: Uuid,
+    ) -> StoreResult<Option<PrincipalState>> {
+        on_pool!(self.pool(), pool => Ok(
+            sqlx::query_as::<_, PrincipalState>(
+                "SELECT u.role AS role, (u.status = 'active' AND t.status = 'active') AS active \
+                 FROM users u JOIN tenants t ON t.id = u.tenant_id \
+                 WHERE u.tenant_id = $1 AND u.id = $2",
+            )
+            .bind(tenant_id)
+            .bind(user_id)
+            .fetch_optional(pool)
+            .await?
+        ))
+    }
+
+    pub async fn create_api_key(
+        &self,
+        scope: &TenantScope,
+        name: &str,
+        prefix: &str,
+        key_hash: &[u8],
+        role: &str,
+        created_by: Uuid,
+    ) -> StoreResult<ApiKey> {
+        let key = ApiKey {
+            tenant_id: scope.tenant_id(),
+            id: Uuid::now_v7(),
+            name: name.to_string(),
+            prefix: prefix.to_string(),
+            role: role.to_string(),
+            created_by,
+            created_at: now_micros(),
+            revoked_at: None,
+        };
+        on_pool!(self.pool(), pool => {
+            sqlx::query(
+                "INSERT INTO api_keys (tenant_id, id, name, prefix, key_hash, role, created_by, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(key.tenant_id)
+            .bind(key.id)
+            .bind(&key.name)
+            .bind(&key.prefix)
+            .bind(key_hash)
+            .bind(&key.role)
+            .bind(key.created_by)
+            .bind(key.created_at)
+            .execute(pool)
+            .await?;
+        });
+        Ok(key)
+    }
+
+    pub async fn list_api_keys(&self, scope: &TenantScope) -> StoreResult<Vec<ApiKey>> {
+        on_pool!(self.pool(), pool => Ok(
+            sqlx::query_as::<_, ApiKey>(
+                "SELECT tenant_id, id, name, prefix, role, created_by, created_at, revoked_at \
+                 FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id",
+            )
+            .bind(scope.tenant_id())
+            .fetch_all(pool)
+            .await?
+        ))
+    }
+
+    /// Revokes a key; false when this tenant has no such (unrevoked) key.
+    pub async fn revoke_api_key(&self, scope: &TenantScope, id: Uuid) -> StoreResult<bool> {
+        on_pool!(self.pool(), pool => {
+            let done = sqlx::query(
+                "UPDATE api_keys SET revoked_at = $1 \
+                 WHERE tenant_id = $2 AND id = $3 AND revoked_at IS NULL",
+            )
+            .bind(now_micros())
+            .bind(scope.tenant_id())
+            .bind(id)
+            .execute(pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    /// The live key with this hash and whether its tenant is active.
+    pub async fn api_key_by_hash(&self, key_hash: &[u8]) -> StoreResult<Option<(ApiKey, bool)>> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            #[sqlx(flatten)]
+            key: ApiKey,
+            tenant_active: bool,
+        }
+        let row = on_pool!(self.pool(), pool => {
+            sqlx::query_as::<_, Row>(
+                "SELECT k.tenant_id, k.id, k.name, k.prefix, k.role, k.created_by, k.created_at, \
+                        k.revoked_at, (t.status = 'active') AS tenant_active \
+                 FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
+                 WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+            )
+            .bind(key_hash)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(row.map(|r| (r.key, r.tenant_active)))
+    }
+}
