@@ -1,1 +1,352 @@
-fn main() {}
+//! HTTP load benchmark: authenticated lead creates against the real `streamflow` binary,
+//! driven from this (second) process.
+//!
+//! For each backend (SQLite always; PostgreSQL when `STREAMFLOW_TEST_POSTGRES_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/test`, is reachable) and each write mode (group commit
+//! on, and the baseline of one transaction per create), it measures:
+//! - peak throughput: `BENCH_CONCURRENCY` (64) clients creating leads as fast as they can for
+//!   `BENCH_SECONDS` (5) seconds;
+//! - latency at a fixed offered load of `BENCH_RATE` (1,000) creates per second, timed from
+//!   each request's scheduled start (so a stall is not hidden by the client waiting).
+//! and, as the kernel's floor, `GET /api/me` (auth plus one read) at peak.
+//!
+//! Run: `cargo bench --bench http_load` (prints a Markdown table for docs/BENCHMARKS.md).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use sqlx::Connection;
+use tokio::sync::Mutex;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(database_url: Option<&str>, write_batch: usize) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_streamflow"));
+    cmd.arg("serve")
+        .current_dir(dir.path())
+        .env("STREAMFLOW_LISTEN", "127.0.0.1:0")
+        .env("STREAMFLOW_PROVIDER_EMAIL", "bench@provider.test")
+        .env("STREAMFLOW_PROVIDER_PASSWORD", "bench-password-1")
+        .env("STREAMFLOW_WRITE_BATCH", write_batch.to_string())
+        .env("STREAMFLOW_LOGIN_PER_IP", "100000")
+        .env("STREAMFLOW_LOG", "warn")
+        .env_remove("STREAMFLOW_DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(url) = database_url {
+        cmd.env("STREAMFLOW_DATABASE_URL", url);
+    }
+    let mut child = cmd.spawn().expect("start streamflow");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = loop {
+        let line = lines.next().expect("streamflow exited early").unwrap();
+        if let Some(rest) = line.strip_prefix("StreamFlow listening on ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    Server {
+        child,
+        base,
+        _dir: dir,
+    }
+}
+
+async fn post(client: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> Value {
+    let mut req = client.post(url).json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    assert!(
+        resp.status().is_success(),
+        "setup failed: {}",
+        resp.status()
+    );
+    resp.json().await.unwrap()
+}
+
+/// Creates a tenant and an owner; returns the owner's access token.
+async fn setup(client: &reqwest::Client, base: &str) -> String {
+    let p = post(
+        client,
+        format!("{base}/provider/auth/login"),
+        None,
+        json!({"email": "bench@provider.test", "password": "bench-password-1"}),
+    )
+    .await;
+    let pt = p["access_token"].as_str().unwrap();
+    post(
+        client,
+        format!("{base}/provider/tenants"),
+        Some(pt),
+        json!({"slug": "bench", "name": "Bench"}),
+    )
+    .await;
+    post(
+        client,
+        format!("{base}/provider/tenants/bench/users"),
+        Some(pt),
+        json!({"email": "owner@bench.test", "password": "bench-password-1", "role": "owner"}),
+    )
+    .await;
+    let c = post(
+        client,
+        format!("{base}/api/auth/login"),
+        None,
+        json!({"tenant": "bench", "email": "owner@bench.test", "password": "bench-password-1"}),
+    )
+    .await;
+    c["access_token"].as_str().unwrap().to_string()
+}
+
+fn lead_body(i: u64) -> Value {
+    json!({"stage": "new", "data": {
+        "name": format!("Lead {i}"), "email": format!("lead{i}@example.com"), "phone": "+1 512 555 0100",
+        "source": "google_ads", "service": "ac_replacement", "budget": 9500, "postal_code": "78704",
+        "notes": "Wants a quote for a 3-ton heat pump before summer."
+    }})
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    CreateLead,
+    Me,
+}
+
+async fn send(client: &reqwest::Client, base: &str, token: &str, op: Op, i: u64) -> bool {
+    let resp = match op {
+        Op::CreateLead => {
+            client
+                .post(format!("{base}/api/records/lead"))
+                .bearer_auth(token)
+                .json(&lead_body(i))
+                .send()
+                .await
+        }
+        Op::Me => {
+            client
+                .get(format!("{base}/api/me"))
+                .bearer_auth(token)
+                .send()
+                .await
+        }
+    };
+    match resp {
+        Ok(r) => {
+            let ok = r.status().is_success();
+            let _ = r.bytes().await;
+            ok
+        }
+        Err(_) => false,
+    }
+}
+
+struct Figures {
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+/// Closed loop: `concurrency` clients back to back for `seconds`.
+async fn peak(base: &str, token: &str, op: Op, concurrency: usize, seconds: u64) -> Figures {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .unwrap();
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3).unwrap()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let counter = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, base, token, hist, errors, counter) = (
+            client.clone(),
+            base.to_string(),
+            token.to_string(),
+            hist.clone(),
+            errors.clone(),
+            counter.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut local = Histogram::<u64>::new(3).unwrap();
+            while Instant::now() < end {
+                let i = counter.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                if !send(&client, &base, &token, op, i).await {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                local.record(t.elapsed().as_micros() as u64).unwrap();
+            }
+            hist.lock().await.add(local).unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let hist = hist.lock().await;
+    let errors = errors.load(Ordering::Relaxed);
+    Figures {
+        per_second: (hist.len() - errors) as f64 / elapsed,
+        p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
+        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        errors,
+    }
+}
+
+/// Open loop: one request every 1/rate seconds, each timed from when it was due.
+async fn fixed_rate(base: &str, token: &str, rate: u64, seconds: u64) -> Figures {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap();
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3).unwrap()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let total = rate * seconds;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let due = start + interval * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let (client, base, token, hist, errors) = (
+            client.clone(),
+            base.to_string(),
+            token.to_string(),
+            hist.clone(),
+            errors.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            if !send(&client, &base, &token, Op::CreateLead, i).await {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+            hist.lock()
+                .await
+                .record(due.elapsed().as_micros() as u64)
+                .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let hist = hist.lock().await;
+    Figures {
+        per_second: total as f64 / start.elapsed().as_secs_f64(),
+        p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
+        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+async fn postgres_database() -> Option<(String, String)> {
+    let admin = std::env::var("STREAMFLOW_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
+    let name = format!("sf_bench_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .ok()?;
+    Some((format!("{}/{name}", &admin[..admin.rfind('/')?]), name))
+}
+
+async fn drop_postgres_database(name: &str) {
+    let admin = std::env::var("STREAMFLOW_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await;
+    }
+}
+
+fn row(backend: &str, mode: &str, what: &str, f: &Figures) {
+    println!(
+        "| {backend} | {mode} | {what} | {:.0} | {:.2} | {:.2} | {} |",
+        f.per_second, f.p50_ms, f.p99_ms, f.errors
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    // `cargo bench` passes `--bench`; `cargo test` runs bench targets with no such flag.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let seconds: u64 = env_or("BENCH_SECONDS", 5);
+    let concurrency: usize = env_or("BENCH_CONCURRENCY", 64);
+    let rate: u64 = env_or("BENCH_RATE", 1000);
+    println!(
+        "\nlead creates over HTTP: {concurrency} clients for peak, {rate}/s offered for latency, {seconds} s each\n"
+    );
+    println!("| backend | writes | measure | req/s | p50 ms | p99 ms | errors |");
+    println!("|---|---|---|---:|---:|---:|---:|");
+    let pg = postgres_database().await;
+    let mut backends: Vec<(&str, Option<String>)> = vec![("SQLite", None)];
+    match &pg {
+        Some((url, _)) => backends.push(("PostgreSQL", Some(url.clone()))),
+        None => eprintln!("PostgreSQL unreachable: only SQLite is measured"),
+    }
+    for (backend, url) in &backends {
+        for (mode, batch) in [("group commit", 256usize), ("one tx per create", 1)] {
+            if let Some((_, name)) = &pg
+                && url.is_some()
+            {
+                // A fresh database for each mode, so table sizes match.
+                drop_postgres_database(name).await;
+                let admin = std::env::var("STREAMFLOW_TEST_POSTGRES_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+                let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            let server = start_server(url.as_deref(), batch);
+            let client = reqwest::Client::new();
+            let token = setup(&client, &server.base).await;
+            peak(&server.base, &token, Op::CreateLead, concurrency, 1).await; // warm up
+            let p = peak(&server.base, &token, Op::CreateLead, concurrency, seconds).await;
+            row(backend, mode, "create, peak", &p);
+            let f = fixed_rate(&server.base, &token, rate, seconds).await;
+            row(backend, mode, &format!("create at {rate}/s"), &f);
+            if batch > 1 {
+                let m = peak(&server.base, &token, Op::Me, concurrency, seconds).await;
+                row(backend, "-", "GET /api/me, peak", &m);
+            }
+        }
+    }
+    if let Some((_, name)) = pg {
+        drop_postgres_database(&name).await;
+    }
+}

@@ -56,6 +56,9 @@ struct ServeArgs {
     /// Login attempts per account per minute.
     #[arg(long, env = "STREAMFLOW_LOGIN_PER_ACCOUNT", default_value_t = 10)]
     login_per_account: u32,
+    /// Most record writes committed together (group commit); 1 commits each alone.
+    #[arg(long, env = "STREAMFLOW_WRITE_BATCH", default_value_t = crate::store::writer::MAX_BATCH)]
+    write_batch: usize,
     /// Email of the first provider account (used only when there is none).
     #[arg(long, env = "STREAMFLOW_PROVIDER_EMAIL")]
     provider_email: Option<String>,
@@ -78,6 +81,7 @@ impl ServeArgs {
             body_limit: self.body_limit,
             login_per_ip_per_minute: self.login_per_ip,
             login_per_account_per_minute: self.login_per_account,
+            write_batch: self.write_batch,
             provider_email: self.provider_email.clone(),
             provider_password: self.provider_password.clone(),
             ..Config::default()

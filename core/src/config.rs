@@ -23,6 +23,9 @@ pub struct Config {
     pub login_per_ip_per_minute: u32,
     /// Login attempts allowed per account per minute (`STREAMFLOW_LOGIN_PER_ACCOUNT`).
     pub login_per_account_per_minute: u32,
+    /// Most record writes committed in one transaction (`STREAMFLOW_WRITE_BATCH`, default
+    /// 256). 1 turns group commit off: one transaction per write.
+    pub write_batch: usize,
     /// The first provider account, used only when none exists yet.
     pub provider_email: Option<String>,
     pub provider_password: Option<String>,
@@ -38,6 +41,7 @@ impl Default for Config {
             refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
             login_per_ip_per_minute: 60,
             login_per_account_per_minute: 10,
+            write_batch: crate::store::writer::MAX_BATCH,
             provider_email: None,
             provider_password: None,
         }

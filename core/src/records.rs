@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -16,6 +17,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult, FieldError};
+use crate::store::cache::CREDENTIAL_CACHE_TTL;
 use crate::store::records::RecordRow;
 use crate::store::{Store, TenantScope, format_micros};
 
@@ -73,6 +75,12 @@ pub fn valid_type_id(id: &str) -> bool {
 
 /// Checks a stage name; `path` locates it in the request for the error.
 pub fn check_stage(stage: &str, path: &str) -> ApiResult<()> {
+    if stage.contains('\0') {
+        return Err(ApiError::field(
+            path,
+            "must not contain the NUL character (U+0000)",
+        ));
+    }
     if stage.trim().is_empty() {
         return Err(ApiError::field(path, "must not be empty"));
     }
@@ -112,11 +120,16 @@ pub fn compile_schema(schema: &Value) -> Result<jsonschema::Validator, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Compiled validators per (tenant, record type), tagged with the schema version they
-/// were compiled from.
+/// A cached validator: when its version was last confirmed, the schema version it was
+/// compiled from, and the validator (none when the type has no schema).
+type CachedValidator = (Instant, i64, Option<Arc<jsonschema::Validator>>);
+
+/// Compiled validators per (tenant, record type). A schema change on this node is seen at
+/// once ([`SchemaCache::forget`]); one made on another node within
+/// [`CREDENTIAL_CACHE_TTL`], when the cached version is next confirmed.
 #[derive(Default)]
 pub struct SchemaCache {
-    validators: RwLock<HashMap<(Uuid, String), (i64, Option<Arc<jsonschema::Validator>>)>>,
+    validators: RwLock<HashMap<(Uuid, String), CachedValidator>>,
 }
 
 impl SchemaCache {
@@ -155,15 +168,27 @@ impl SchemaCache {
         if !valid_type_id(record_type) {
             return Err(unknown_type(record_type));
         }
+        let key = (scope.tenant_id(), record_type.to_string());
+        let cached = self
+            .validators
+            .read()
+            .expect("not poisoned")
+            .get(&key)
+            .cloned();
+        if let Some((confirmed, _, validator)) = &cached
+            && confirmed.elapsed() < CREDENTIAL_CACHE_TTL
+        {
+            return Ok(validator.clone());
+        }
         let version = store
             .record_type_version(scope, record_type)
             .await?
             .ok_or_else(|| unknown_type(record_type))?;
-        let key = (scope.tenant_id(), record_type.to_string());
-        if let Some((v, validator)) = self.validators.read().expect("not poisoned").get(&key)
-            && *v == version
+        if let Some((_, v, validator)) = cached
+            && v == version
         {
-            return Ok(validator.clone());
+            self.store(key, version, validator.clone());
+            return Ok(validator);
         }
         let record_type_row = store
             .record_type(scope, record_type)
@@ -176,12 +201,29 @@ impl SchemaCache {
                 ApiError::internal()
             })?)),
         };
+        self.store(key, record_type_row.version, validator.clone());
+        Ok(validator)
+    }
+
+    fn store(
+        &self,
+        key: (Uuid, String),
+        version: i64,
+        validator: Option<Arc<jsonschema::Validator>>,
+    ) {
         let mut cache = self.validators.write().expect("not poisoned");
         if cache.len() >= MAX_CACHED_VALIDATORS {
             cache.clear();
         }
-        cache.insert(key, (record_type_row.version, validator.clone()));
-        Ok(validator)
+        cache.insert(key, (Instant::now(), version, validator));
+    }
+
+    /// Drops the cached validator of a type whose schema just changed.
+    pub fn forget(&self, scope: &TenantScope, record_type: &str) {
+        self.validators
+            .write()
+            .expect("not poisoned")
+            .remove(&(scope.tenant_id(), record_type.to_string()));
     }
 }
 
@@ -226,7 +268,8 @@ mod tests {
             &json!({"type": "object", "properties": {"budget": {"type": "number"}}}),
         )
         .unwrap();
-        let errors: Vec<_> = v.iter_errors(&json!({"budget": "x"})).collect();
+        let data = json!({"budget": "x"});
+        let errors: Vec<_> = v.iter_errors(&data).collect();
         assert_eq!(errors[0].instance_path().to_string(), "/budget");
     }
 }

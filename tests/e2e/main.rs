@@ -1,1 +1,9 @@
+//! End-to-end tests: the real server on an ephemeral port, on SQLite and on PostgreSQL.
 
+mod harness;
+
+mod auth;
+mod binary;
+mod isolation;
+mod ops;
+mod records;

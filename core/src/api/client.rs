@@ -60,7 +60,11 @@ async fn login(
     let email = validate::email(&body.email, "/email")?;
     let ip = peer.ip();
     session::rate_limit(&state, ip, &format!("client|{}|{email}", body.tenant))?;
-    let tenant = state.store.tenant_by_slug(&body.tenant).await?;
+    let tenant = match validate::slug(&body.tenant, "/tenant") {
+        Ok(()) => state.store.tenant_by_slug(&body.tenant).await?,
+        // Not a slug any tenant could have: answer as for a wrong password.
+        Err(_) => None,
+    };
     let user = match &tenant {
         Some(t) => state.store.user_by_email(&t.scope(), &email).await?,
         None => None,

@@ -74,14 +74,44 @@ struct RecordPage {
 }
 
 fn check_data(data: &Value) -> ApiResult<()> {
-    if data.is_object() {
-        Ok(())
-    } else {
-        Err(ApiError::field("/data", "must be a JSON object"))
+    if !data.is_object() {
+        return Err(ApiError::field("/data", "must be a JSON object"));
+    }
+    match find_nul(data, "/data".to_string()) {
+        // PostgreSQL cannot store U+0000 in JSON text; refuse it on every backend alike.
+        Some(path) => Err(ApiError::field(
+            &path,
+            "must not contain the NUL character (U+0000)",
+        )),
+        None => Ok(()),
     }
 }
 
-fn parse_id(id: &str) -> ApiResult<Uuid> {
+/// The JSON pointer of the first string or key containing U+0000.
+fn find_nul(value: &Value, path: String) -> Option<String> {
+    match value {
+        Value::String(s) if s.contains('\0') => Some(path),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| find_nul(v, format!("{path}/{i}"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let here = format!("{path}/{}", k.replace('~', "~0").replace('/', "~1"));
+            if k.contains('\0') {
+                Some(here)
+            } else {
+                find_nul(v, here)
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// The record id of a path, if the path can name a record at all.
+fn parse_id(record_type: &str, id: &str) -> ApiResult<Uuid> {
+    if !valid_type_id(record_type) {
+        return Err(unknown_type(record_type));
+    }
     Uuid::parse_str(id).map_err(|_| ApiError::not_found("record"))
 }
 
@@ -155,6 +185,9 @@ async fn list_records(
         })?),
     };
     let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    if let Some(stage) = &query.stage {
+        check_stage(stage, "stage").map_err(|e| bad("stage", &e.message))?;
+    }
     if !valid_type_id(&record_type)
         || state
             .store
@@ -196,7 +229,7 @@ async fn get_record(
     Path((record_type, id)): Path<(String, String)>,
 ) -> ApiResult<Json<RecordView>> {
     principal.require(Permission::RecordsRead)?;
-    let id = parse_id(&id)?;
+    let id = parse_id(&record_type, &id)?;
     let row = state
         .store
         .get_record(&principal.scope, &record_type, id)
@@ -217,7 +250,7 @@ async fn update_record(
     JsonBody(body): JsonBody<UpdateRecord>,
 ) -> ApiResult<Json<RecordView>> {
     principal.require(Permission::RecordsUpdate)?;
-    let id = parse_id(&id)?;
+    let id = parse_id(&record_type, &id)?;
     if let Some(data) = &body.data {
         check_data(data)?;
         state
@@ -259,7 +292,7 @@ async fn delete_record(
     Path((record_type, id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     principal.require(Permission::RecordsDelete)?;
-    let id = parse_id(&id)?;
+    let id = parse_id(&record_type, &id)?;
     let outcome = state
         .writer
         .submit(RecordWrite::Delete {

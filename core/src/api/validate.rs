@@ -64,6 +64,9 @@ pub fn name(raw: &str, path: &str, max: usize) -> ApiResult<String> {
     if name.is_empty() {
         return Err(ApiError::field(path, "must not be empty"));
     }
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::field(path, "must not contain control characters"));
+    }
     if name.chars().count() > max {
         return Err(ApiError::field(
             path,

@@ -18,6 +18,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, SqlitePool};
 
 pub mod accounts;
+pub mod cache;
 pub mod records;
 pub mod tenants;
 pub mod tokens;
@@ -69,6 +70,7 @@ pub use on_pool;
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    credentials: std::sync::Arc<tenants::CredentialCache>,
 }
 
 impl Store {
@@ -118,7 +120,10 @@ impl Store {
                 .context("applying SQLite migrations")?;
             Pool::Sqlite(pool)
         };
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            credentials: Default::default(),
+        })
     }
 
     pub fn backend(&self) -> Backend {

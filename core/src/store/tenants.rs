@@ -2,7 +2,23 @@
 
 use uuid::Uuid;
 
+use super::cache::ExpiringMap;
 use super::{Store, StoreResult, TenantScope, is_unique_violation, now_micros, on_pool};
+
+/// Recent credential checks (see [`super::cache`]).
+#[derive(Default)]
+pub struct CredentialCache {
+    principals: ExpiringMap<(Uuid, Uuid), Option<PrincipalState>>,
+    api_keys: ExpiringMap<Vec<u8>, Option<(ApiKey, bool)>>,
+}
+
+impl CredentialCache {
+    /// Forgets every check: called by each change that can revoke access.
+    fn revoke_all(&self) {
+        self.principals.clear();
+        self.api_keys.clear();
+    }
+}
 
 /// The record types every tenant has from the start.
 pub const BUILTIN_RECORD_TYPES: [(&str, &str); 3] =
@@ -154,7 +170,7 @@ impl Store {
     }
 
     pub async fn set_tenant_status(&self, slug: &str, status: &str) -> StoreResult<Option<Tenant>> {
-        on_pool!(self.pool(), pool => Ok(
+        let tenant = on_pool!(self.pool(), pool => {
             sqlx::query_as::<_, Tenant>(
                 "UPDATE tenants SET status = $1, updated_at = $2 WHERE slug = $3 \
                  RETURNING id, slug, name, status, created_at, updated_at",
@@ -164,7 +180,9 @@ impl Store {
             .bind(slug)
             .fetch_optional(pool)
             .await?
-        ))
+        });
+        self.credentials.revoke_all();
+        Ok(tenant)
     }
 
     /// Creates a user; `Ok(None)` when the email is taken in this tenant.
@@ -258,7 +276,7 @@ impl Store {
              password_hash = COALESCE($3, password_hash), updated_at = $4 \
              WHERE tenant_id = $5 AND id = $6 RETURNING {USER_COLUMNS}"
         );
-        on_pool!(self.pool(), pool => Ok(
+        let user = on_pool!(self.pool(), pool => {
             sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(sql))
                 .bind(changes.role)
                 .bind(changes.status)
@@ -268,7 +286,9 @@ impl Store {
                 .bind(id)
                 .fetch_optional(pool)
                 .await?
-        ))
+        });
+        self.credentials.revoke_all();
+        Ok(user)
     }
 
     /// A user's current role and whether both the user and its tenant are active.
@@ -342,8 +362,8 @@ impl Store {
 
     /// Revokes a key; false when this tenant has no such (unrevoked) key.
     pub async fn revoke_api_key(&self, scope: &TenantScope, id: Uuid) -> StoreResult<bool> {
-        on_pool!(self.pool(), pool => {
-            let done = sqlx::query(
+        let revoked = on_pool!(self.pool(), pool => {
+            sqlx::query(
                 "UPDATE api_keys SET revoked_at = $1 \
                  WHERE tenant_id = $2 AND id = $3 AND revoked_at IS NULL",
             )
@@ -351,13 +371,28 @@ impl Store {
             .bind(scope.tenant_id())
             .bind(id)
             .execute(pool)
-            .await?;
-            Ok(done.rows_affected() == 1)
-        })
+            .await?
+            .rows_affected() == 1
+        });
+        self.credentials.revoke_all();
+        Ok(revoked)
     }
 
-    /// The live key with this hash and whether its tenant is active.
+    /// The live key with this hash and whether its tenant is active (cached like
+    /// [`Store::user_principal`]).
     pub async fn api_key_by_hash(&self, key_hash: &[u8]) -> StoreResult<Option<(ApiKey, bool)>> {
+        if let Some(hit) = self.credentials.api_keys.get(&key_hash.to_vec()) {
+            return Ok(hit);
+        }
+        let generation = self.credentials.api_keys.generation();
+        let found = self.read_api_key(key_hash).await?;
+        self.credentials
+            .api_keys
+            .insert(key_hash.to_vec(), found.clone(), generation);
+        Ok(found)
+    }
+
+    async fn read_api_key(&self, key_hash: &[u8]) -> StoreResult<Option<(ApiKey, bool)>> {
         #[derive(sqlx::FromRow)]
         struct Row {
             #[sqlx(flatten)]

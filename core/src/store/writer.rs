@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::records::RecordRow;
 use super::{Backend, Pool, Store, StoreError, StoreResult, TenantScope, now_micros, on_pool};
 
-/// The most writes committed in one transaction.
+/// The most writes committed in one transaction, unless configured otherwise.
 pub const MAX_BATCH: usize = 256;
 /// Writes waiting for a writer before submitters are made to wait (backpressure).
 const QUEUE_DEPTH: usize = 4096;
@@ -77,8 +77,10 @@ pub struct RecordWriter {
 }
 
 impl RecordWriter {
-    /// Starts the writer tasks on the current runtime. They stop when every handle is gone.
-    pub fn start(store: &Store) -> Self {
+    /// Starts the writer tasks on the current runtime, each committing up to `max_batch`
+    /// writes at a time. They stop when every handle is gone.
+    pub fn start(store: &Store, max_batch: usize) -> Self {
+        let max_batch = max_batch.max(1);
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
         let rx = Arc::new(Mutex::new(rx));
         let workers = match store.backend() {
@@ -86,7 +88,7 @@ impl RecordWriter {
             Backend::Postgres => 4,
         };
         for _ in 0..workers {
-            tokio::spawn(run_writer(store.pool().clone(), rx.clone()));
+            tokio::spawn(run_writer(store.pool().clone(), rx.clone(), max_batch));
         }
         Self { queue }
     }
@@ -101,8 +103,8 @@ impl RecordWriter {
     }
 }
 
-async fn run_writer(pool: Pool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+async fn run_writer(pool: Pool, rx: Arc<Mutex<mpsc::Receiver<Job>>>, max_batch: usize) {
+    let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
     loop {
         {
             let mut rx = rx.lock().await;
@@ -110,7 +112,7 @@ async fn run_writer(pool: Pool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
                 Some(job) => batch.push(job),
                 None => return,
             }
-            while batch.len() < MAX_BATCH {
+            while batch.len() < max_batch {
                 match rx.try_recv() {
                     Ok(job) => batch.push(job),
                     Err(_) => break,
@@ -139,65 +141,88 @@ async fn run_writer(pool: Pool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
     }
 }
 
-/// Appends an event to the outbox inside the caller's transaction.
-macro_rules! insert_event {
-    ($conn:expr, $scope:expr, $kind:expr, $record_type:expr, $record_id:expr, $actor:expr, $payload:expr, $now:expr) => {
-        sqlx::query(
-            "INSERT INTO events (id, tenant_id, kind, record_type, record_id, actor, payload, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(Uuid::now_v7())
-        .bind($scope.tenant_id())
-        .bind($kind)
-        .bind($record_type)
-        .bind($record_id)
-        .bind($actor)
-        .bind(Json($payload))
-        .bind($now)
-        .execute($conn)
-        .await?
-    };
+/// An outbox event produced by a write, inserted with the rest of its batch.
+struct PendingEvent {
+    tenant_id: Uuid,
+    kind: &'static str,
+    record_type: String,
+    record_id: Uuid,
+    actor: Actor,
+    payload: Value,
 }
 
+/// Rows per multi-row INSERT: 9 parameters a row stays far below SQLite's 32,766 and
+/// PostgreSQL's 65,535 bind parameters.
+const ROWS_PER_INSERT: usize = 500;
+
+/// Applies a batch in one transaction. Creates become one multi-row INSERT and all events
+/// another, because each statement costs a round trip (on SQLite, a hand-off to the
+/// connection's thread) that would otherwise dominate a create.
 async fn apply_batch(
     pool: &Pool,
     writes: &[&RecordWrite],
 ) -> Result<Vec<WriteOutcome>, sqlx::Error> {
     let now = now_micros();
+    let mut outcomes = Vec::with_capacity(writes.len());
+    let mut events = Vec::with_capacity(writes.len());
+    let mut created = Vec::new();
+    for write in writes {
+        if let RecordWrite::Create {
+            scope,
+            record_type,
+            stage,
+            data,
+            created_by,
+            actor,
+        } = write
+        {
+            let row = RecordRow {
+                tenant_id: scope.tenant_id(),
+                id: Uuid::now_v7(),
+                record_type: record_type.clone(),
+                stage: stage.clone(),
+                data: Json(data.clone()),
+                version: 1,
+                score: None,
+                created_by: *created_by,
+                created_at: now,
+                updated_at: now,
+            };
+            events.push(PendingEvent {
+                tenant_id: row.tenant_id,
+                kind: "record.created",
+                record_type: row.record_type.clone(),
+                record_id: row.id,
+                actor: actor.clone(),
+                payload: json!({ "version": 1, "stage": row.stage }),
+            });
+            created.push(row);
+        }
+    }
     on_pool!(pool, pool => async {
         let mut tx = pool.begin().await?;
-        let mut outcomes = Vec::with_capacity(writes.len());
+        for chunk in created.chunks(ROWS_PER_INSERT) {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO records (tenant_id, id, type, stage, data, version, created_by, created_at, updated_at) ",
+            );
+            insert.push_values(chunk, |mut b, row| {
+                b.push_bind(row.tenant_id)
+                    .push_bind(row.id)
+                    .push_bind(&row.record_type)
+                    .push_bind(&row.stage)
+                    .push_bind(&row.data)
+                    .push_bind(row.version)
+                    .push_bind(row.created_by)
+                    .push_bind(row.created_at)
+                    .push_bind(row.updated_at);
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        let mut created = created.into_iter();
         for write in writes {
             let outcome = match write {
-                RecordWrite::Create { scope, record_type, stage, data, created_by, actor } => {
-                    let row = RecordRow {
-                        tenant_id: scope.tenant_id(),
-                        id: Uuid::now_v7(),
-                        record_type: record_type.clone(),
-                        stage: stage.clone(),
-                        data: Json(data.clone()),
-                        version: 1,
-                        score: None,
-                        created_by: *created_by,
-                        created_at: now,
-                        updated_at: now,
-                    };
-                    sqlx::query(
-                        "INSERT INTO records (tenant_id, id, type, stage, data, version, created_by, created_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $7)",
-                    )
-                    .bind(row.tenant_id)
-                    .bind(row.id)
-                    .bind(&row.record_type)
-                    .bind(&row.stage)
-                    .bind(&row.data)
-                    .bind(row.created_by)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                    insert_event!(&mut *tx, scope, "record.created", &row.record_type, row.id, actor,
-                        json!({ "version": 1, "stage": row.stage }), now);
-                    WriteOutcome::Created(row)
+                RecordWrite::Create { .. } => {
+                    WriteOutcome::Created(created.next().expect("one row per create"))
                 }
                 RecordWrite::Update { scope, record_type, id, expected_version, data, stage, actor } => {
                     let sql = format!(
@@ -242,11 +267,23 @@ async fn apply_batch(
                                 // Another node changed it between our read and write.
                                 WriteOutcome::VersionConflict { current_version: row.version }
                             } else {
-                                insert_event!(&mut *tx, scope, "record.updated", record_type, *id, actor,
-                                    json!({ "version": row.version, "previous_version": expected_version }), now);
+                                let event = |kind, payload| PendingEvent {
+                                    tenant_id: scope.tenant_id(),
+                                    kind,
+                                    record_type: record_type.clone(),
+                                    record_id: *id,
+                                    actor: actor.clone(),
+                                    payload,
+                                };
+                                events.push(event(
+                                    "record.updated",
+                                    json!({ "version": row.version, "previous_version": expected_version }),
+                                ));
                                 if previous_stage != row.stage {
-                                    insert_event!(&mut *tx, scope, "stage.changed", record_type, *id, actor,
-                                        json!({ "from": previous_stage, "to": row.stage, "by": actor, "version": row.version }), now);
+                                    events.push(event(
+                                        "stage.changed",
+                                        json!({ "from": previous_stage, "to": row.stage, "by": actor, "version": row.version }),
+                                    ));
                                 }
                                 WriteOutcome::Updated(row)
                             }
@@ -266,8 +303,14 @@ async fn apply_batch(
                     match deleted {
                         None => WriteOutcome::NotFound,
                         Some((version, data)) => {
-                            insert_event!(&mut *tx, scope, "record.deleted", record_type, *id, actor,
-                                json!({ "version": version, "data": data.0 }), now);
+                            events.push(PendingEvent {
+                                tenant_id: scope.tenant_id(),
+                                kind: "record.deleted",
+                                record_type: record_type.clone(),
+                                record_id: *id,
+                                actor: actor.clone(),
+                                payload: json!({ "version": version, "data": data.0 }),
+                            });
                             WriteOutcome::Deleted
                         }
                     }
@@ -275,27 +318,24 @@ async fn apply_batch(
             };
             outcomes.push(outcome);
         }
+        // The outbox, in the order the changes happened (its seq orders them per record).
+        for chunk in events.chunks(ROWS_PER_INSERT) {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO events (id, tenant_id, kind, record_type, record_id, actor, payload, created_at) ",
+            );
+            insert.push_values(chunk, |mut b, e| {
+                b.push_bind(Uuid::now_v7())
+                    .push_bind(e.tenant_id)
+                    .push_bind(e.kind)
+                    .push_bind(&e.record_type)
+                    .push_bind(e.record_id)
+                    .push_bind(&e.actor)
+                    .push_bind(Json(&e.payload))
+                    .push_bind(now);
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(outcomes)
     }.await)
-}
-
-impl Store {
-    /// The outbox events of one record, oldest first (the dispatcher reads the same table).
-    pub async fn record_events(
-        &self,
-        scope: &TenantScope,
-        record_id: Uuid,
-    ) -> StoreResult<Vec<(String, Value)>> {
-        on_pool!(self.pool(), pool => {
-            let rows: Vec<(String, Json<Value>)> = sqlx::query_as(
-                "SELECT kind, payload FROM events WHERE tenant_id = $1 AND record_id = $2 ORDER BY seq",
-            )
-            .bind(scope.tenant_id())
-            .bind(record_id)
-            .fetch_all(pool)
-            .await?;
-            Ok(rows.into_iter().map(|(k, p)| (k, p.0)).collect())
-        })
-    }
 }

@@ -1,0 +1,276 @@
+//! Realm isolation, forged tokens, refresh rotation, suspension and login rate limits.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use reqwest::Method;
+use serde_json::json;
+
+use crate::both_backends;
+use crate::harness::{Backend, TestServer};
+
+/// One route of each realm that needs a token.
+const REALM_ROUTES: [(&str, &str); 3] = [
+    ("provider", "/provider/me"),
+    ("developer", "/developer/me"),
+    ("client", "/api/me"),
+];
+
+async fn developer_token(srv: &TestServer, provider: &str) -> String {
+    let (status, body) = srv
+        .post(
+            "/provider/developers",
+            provider,
+            json!({"email": "dev@plugins.test", "password": "developer-pass-1", "name": "Dev"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = srv
+        .call(
+            Method::POST,
+            "/developer/auth/login",
+            None,
+            Some(json!({"email": "dev@plugins.test", "password": "developer-pass-1"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().unwrap().to_string()
+}
+
+both_backends! {
+    async fn each_realm_refuses_the_others_tokens(srv) {
+        let provider = srv.provider_token().await;
+        let developer = developer_token(&srv, &provider).await;
+        srv.tenant(&provider, "acme").await;
+        let client = srv.user(&provider, "acme", "owner").await;
+        let tokens = [("provider", provider.as_str()), ("developer", developer.as_str()), ("client", client.as_str())];
+        for (realm, route) in REALM_ROUTES {
+            for (token_realm, token) in tokens {
+                let (status, body) = srv.get(route, token).await;
+                if realm == token_realm {
+                    assert_eq!(status, 200, "{token_realm} token on its own realm {route}: {body}");
+                } else {
+                    assert_eq!(status, 401, "{token_realm} token on {route}");
+                    assert_eq!(body["error"]["code"], "unauthorized");
+                }
+            }
+            let (status, _) = srv.call(Method::GET, route, None, None).await;
+            assert_eq!(status, 401, "no token on {route}");
+        }
+        // A client token cannot reach provider data routes either.
+        let (status, _) = srv.get("/provider/tenants", &client).await;
+        assert_eq!(status, 401);
+        let (status, _) = srv.post("/provider/tenants", &developer, json!({"slug": "evil", "name": "Evil"})).await;
+        assert_eq!(status, 401);
+    }
+}
+
+fn segment(value: serde_json::Value) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&value).unwrap())
+}
+
+fn hs256(header: &serde_json::Value, claims: &serde_json::Value, key: &[u8]) -> String {
+    let header: jsonwebtoken::Header = serde_json::from_value(header.clone()).unwrap();
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(key),
+    )
+    .unwrap()
+}
+
+both_backends! {
+    async fn forged_expired_and_garbage_tokens_are_refused(srv) {
+        let provider = srv.provider_token().await;
+        srv.tenant(&provider, "acme").await;
+        let client = srv.user(&provider, "acme", "owner").await;
+        // Take the real claims of a valid client token and abuse them.
+        let payload = client.split('.').nth(1).unwrap();
+        let mut claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        let client_key = srv.state.store.realm_secret("client", b"unused").await.unwrap();
+        let provider_key = srv.state.store.realm_secret("provider", b"unused").await.unwrap();
+
+        let unsigned = format!("{}.{}.", segment(json!({"alg": "none", "typ": "JWT"})), segment(claims.clone()));
+        let resigned = hs256(&json!({"alg": "HS256"}), &claims, b"a key the attacker chose");
+        let other_realm_key = hs256(&json!({"alg": "HS256"}), &claims, &provider_key);
+        let mut wrong_aud = claims.clone();
+        wrong_aud["aud"] = json!("streamflow:provider");
+        let provider_aud_client_key = hs256(&json!({"alg": "HS256"}), &wrong_aud, &client_key);
+        let hs512 = hs256(&json!({"alg": "HS512"}), &claims, &client_key);
+        claims["exp"] = json!(1_600_000_000u64);
+        claims["iat"] = json!(1_599_999_000u64);
+        let expired = hs256(&json!({"alg": "HS256"}), &claims, &client_key);
+        let tampered = {
+            let mut parts: Vec<String> = client.split('.').map(String::from).collect();
+            let mut c = serde_json::from_slice::<serde_json::Value>(&URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
+            c["sub"] = json!(uuid::Uuid::new_v4());
+            parts[1] = segment(c);
+            parts.join(".")
+        };
+        let garbage = ["garbage", "a.b.c", "....", "eyJhbGciOiJIUzI1NiJ9", "sfk_not-a-real-key", &"x".repeat(8000)];
+        let forged = [unsigned, resigned, other_realm_key, provider_aud_client_key, hs512, expired, tampered];
+        for token in forged.iter().map(String::as_str).chain(garbage) {
+            let (status, body) = srv.get("/api/me", token).await;
+            assert_eq!(status, 401, "token {token:.40} was accepted: {body}");
+            let (status, _) = srv.get("/api/records/lead", token).await;
+            assert_eq!(status, 401);
+        }
+        // The genuine token still works, and a wrong auth scheme does not.
+        assert_eq!(srv.get("/api/me", &client).await.0, 200);
+        let resp = srv.http.get(format!("{}/api/me", srv.base)).header("authorization", format!("Basic {client}")).send().await.unwrap();
+        assert_eq!(resp.status(), 401);
+    }
+}
+
+both_backends! {
+    async fn refresh_tokens_rotate_and_reuse_revokes_the_family(srv) {
+        let provider = srv.provider_token().await;
+        srv.tenant(&provider, "acme").await;
+        let email = "rotating@acme.test";
+        srv.post("/provider/tenants/acme/users", &provider, json!({"email": email, "password": crate::harness::PASSWORD, "role": "member"})).await;
+        let first = srv.client_login("acme", email).await;
+        let r1 = first["refresh_token"].as_str().unwrap().to_string();
+        assert_eq!(first["expires_in"], 900);
+
+        let refresh = |token: String| {
+            let srv = &srv;
+            async move { srv.call(Method::POST, "/api/auth/refresh", None, Some(json!({"refresh_token": token}))).await }
+        };
+        let (status, second) = refresh(r1.clone()).await;
+        assert_eq!(status, 200, "{second}");
+        let r2 = second["refresh_token"].as_str().unwrap().to_string();
+        assert_ne!(r1, r2, "the refresh token rotates");
+        assert_eq!(srv.get("/api/me", second["access_token"].as_str().unwrap()).await.0, 200);
+
+        // Another realm's refresh route does not know this token (and does not spend it).
+        let (status, _) = srv.call(Method::POST, "/provider/auth/refresh", None, Some(json!({"refresh_token": r2.clone()}))).await;
+        assert_eq!(status, 401);
+
+        let (status, third) = refresh(r2.clone()).await;
+        assert_eq!(status, 200);
+        let r3 = third["refresh_token"].as_str().unwrap().to_string();
+
+        // Reusing a spent token is theft: it fails, and the live token of the family dies.
+        let (status, body) = refresh(r1).await;
+        assert_eq!(status, 401);
+        assert_eq!(body["error"]["code"], "refresh_token_reused");
+        let (status, _) = refresh(r3).await;
+        assert_eq!(status, 401, "the family is revoked after reuse");
+
+        // Logout revokes a fresh login's refresh token.
+        let fresh = srv.client_login("acme", email).await;
+        let token = fresh["refresh_token"].as_str().unwrap().to_string();
+        let (status, _) = srv.call(Method::POST, "/api/auth/logout", None, Some(json!({"refresh_token": token.clone()}))).await;
+        assert_eq!(status, 204);
+        assert_eq!(refresh(token).await.0, 401);
+        assert_eq!(refresh("sfr_unknown".into()).await.0, 401);
+
+        // Provider refresh works in its own realm.
+        let p = srv.provider_login().await;
+        let (status, body) = srv.call(Method::POST, "/provider/auth/refresh", None, Some(json!({"refresh_token": p["refresh_token"]}))).await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+both_backends! {
+    async fn suspended_tenant_users_and_keys_are_refused(srv) {
+        let provider = srv.provider_token().await;
+        srv.tenant(&provider, "acme").await;
+        let email = "owner@acme.test";
+        srv.post("/provider/tenants/acme/users", &provider, json!({"email": email, "password": crate::harness::PASSWORD, "role": "owner"})).await;
+        let login = srv.client_login("acme", email).await;
+        let token = login["access_token"].as_str().unwrap().to_string();
+        let (status, key) = srv.post("/api/api-keys", &token, json!({"name": "zapier"})).await;
+        assert_eq!(status, 201, "{key}");
+        let key = key["key"].as_str().unwrap().to_string();
+        assert_eq!(srv.get("/api/records/lead", &key).await.0, 200);
+
+        let (status, body) = srv.post("/provider/tenants/acme/suspend", &provider, json!({})).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("suspended")));
+        assert_eq!(srv.get("/api/me", &token).await.0, 401, "live access token refused");
+        assert_eq!(srv.get("/api/records/lead", &key).await.0, 401, "API key refused");
+        let (status, body) = srv.call(Method::POST, "/api/auth/login", None, Some(json!({"tenant": "acme", "email": email, "password": crate::harness::PASSWORD}))).await;
+        assert_eq!(status, 403);
+        assert_eq!(body["error"]["code"], "tenant_suspended");
+        let (status, _) = srv.call(Method::POST, "/api/auth/refresh", None, Some(json!({"refresh_token": login["refresh_token"]}))).await;
+        assert_eq!(status, 401, "refresh refused while suspended");
+
+        srv.post("/provider/tenants/acme/resume", &provider, json!({})).await;
+        assert_eq!(srv.get("/api/me", &token).await.0, 200);
+        assert_eq!(srv.get("/api/records/lead", &key).await.0, 200);
+    }
+}
+
+both_backends! {
+    async fn bad_credentials_get_one_answer(srv) {
+        let provider = srv.provider_token().await;
+        srv.tenant(&provider, "acme").await;
+        srv.post("/provider/tenants/acme/users", &provider, json!({"email": "a@acme.test", "password": crate::harness::PASSWORD, "role": "member"})).await;
+        for body in [
+            json!({"tenant": "acme", "email": "a@acme.test", "password": "wrong-password"}),
+            json!({"tenant": "acme", "email": "nobody@acme.test", "password": crate::harness::PASSWORD}),
+            json!({"tenant": "no-such-tenant", "email": "a@acme.test", "password": crate::harness::PASSWORD}),
+            json!({"tenant": "acme' OR '1'='1", "email": "a@acme.test", "password": crate::harness::PASSWORD}),
+        ] {
+            let (status, resp) = srv.call(Method::POST, "/api/auth/login", None, Some(body)).await;
+            assert_eq!(status, 401);
+            assert_eq!(resp["error"]["code"], "invalid_credentials");
+        }
+        let (status, _) = srv.call(Method::POST, "/provider/auth/login", None, Some(json!({"email": crate::harness::PROVIDER_EMAIL, "password": "nope-nope-nope"}))).await;
+        assert_eq!(status, 401);
+        let (status, _) = srv.call(Method::POST, "/developer/auth/login", None, Some(json!({"email": crate::harness::PROVIDER_EMAIL, "password": crate::harness::PROVIDER_PASSWORD}))).await;
+        assert_eq!(status, 401, "a provider account is not a developer account");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_is_rate_limited_per_account_and_per_address() {
+    let srv = TestServer::start_with(Backend::Sqlite, |c| {
+        c.login_per_account_per_minute = 3;
+        c.login_per_ip_per_minute = 8;
+    })
+    .await
+    .unwrap();
+    let attempt = |email: &'static str| {
+        let srv = &srv;
+        async move {
+            srv.call(
+                Method::POST,
+                "/provider/auth/login",
+                None,
+                Some(json!({"email": email, "password": "wrong-password"})),
+            )
+            .await
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(attempt("victim@provider.test").await.0, 401);
+    }
+    let (status, body) = attempt("victim@provider.test").await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert!(
+        body["error"]["details"]["retry_after_seconds"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    // Another account from the same address still gets through, until the address limit.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(attempt("other@provider.test").await.0);
+    }
+    assert_eq!(&statuses[..2], &[401, 401], "{statuses:?}");
+    assert!(
+        statuses.contains(&429),
+        "the per-address limit applies too: {statuses:?}"
+    );
+    let resp = srv
+        .http
+        .post(format!("{}/provider/auth/login", srv.base))
+        .json(&json!({"email": "x@y.test", "password": "whatever-pass"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().get("retry-after").is_some());
+}

@@ -1,0 +1,266 @@
+//! The `streamflow` binary itself: first start, demo data, graceful shutdown on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+struct Process {
+    child: Child,
+    base: String,
+    stdout: Vec<String>,
+}
+
+/// Starts `streamflow <args>` on a free port and waits until it says where it listens.
+fn spawn(args: &[&str], dir: &std::path::Path, env: &[(&str, &str)]) -> Process {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_streamflow"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env("STREAMFLOW_LISTEN", "127.0.0.1:0")
+        .env_remove("STREAMFLOW_DATABASE_URL")
+        .env_remove("STREAMFLOW_PROVIDER_EMAIL")
+        .env_remove("STREAMFLOW_PROVIDER_PASSWORD")
+        .env("STREAMFLOW_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("the streamflow binary starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stdout = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        stdout.push(line.clone());
+        if let Some(rest) = line.strip_prefix("StreamFlow listening on ") {
+            let base = rest.split_whitespace().next().unwrap().to_string();
+            return Process {
+                child,
+                base,
+                stdout,
+            };
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("streamflow did not report its address; it printed {stdout:?}");
+}
+
+impl Drop for Process {
+    /// A failing test must not leave a server behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Process {
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "streamflow did not stop within 20 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+async fn post(base: &str, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_prints_a_generated_provider_password_once_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let process = spawn(&["serve"], dir.path(), &[]);
+    assert!(
+        dir.path().join("streamflow.db").exists(),
+        "the default SQLite file is created in the working directory"
+    );
+    let line = process
+        .stdout
+        .iter()
+        .find(|l| l.contains("with password"))
+        .expect("the generated password is printed");
+    let password = line
+        .split("with password ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_string();
+    let (status, body) = post(
+        &process.base,
+        "/provider/auth/login",
+        None,
+        json!({"email": "admin@streamflow.local", "password": password}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_string();
+    let (status, _) = post(
+        &process.base,
+        "/provider/tenants",
+        Some(&token),
+        json!({"slug": "kept", "name": "Kept"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert!(process.terminate().success(), "a clean exit on SIGTERM");
+
+    // Second start: same database, nothing printed about passwords, the data is still there.
+    let again = spawn(&["serve"], dir.path(), &[]);
+    assert!(
+        !again.stdout.iter().any(|l| l.contains("password")),
+        "{:?}",
+        again.stdout
+    );
+    let (status, body) = post(
+        &again.base,
+        "/provider/auth/login",
+        None,
+        json!({"email": "admin@streamflow.local", "password": password}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let resp = reqwest::Client::new()
+        .get(format!("{}/provider/tenants/kept", again.base))
+        .bearer_auth(body["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(again.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_seeds_tenants_users_and_leads() {
+    let dir = tempfile::tempdir().unwrap();
+    let process = spawn(&["demo"], dir.path(), &[]);
+    let printed = process.stdout.join("\n");
+    assert!(
+        printed.contains("acme-hvac") && printed.contains("summit-roofing"),
+        "{printed}"
+    );
+    let (status, body) = post(&process.base, "/api/auth/login", None, json!({"tenant": "acme-hvac", "email": "owner@acme-hvac.demo", "password": "streamflow-demo"})).await;
+    assert_eq!(status, 200, "{body}");
+    let leads: Value = reqwest::Client::new()
+        .get(format!("{}/api/records/lead", process.base))
+        .bearer_auth(body["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(leads["items"].as_array().unwrap().len(), 5);
+    let (status, _) = post(
+        &process.base,
+        "/provider/auth/login",
+        None,
+        json!({"email": "provider@demo.streamflow.dev", "password": "streamflow-demo"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(process.terminate().success());
+    // Seeding again adds nothing twice.
+    let again = spawn(&["serve", "--demo"], dir.path(), &[]);
+    let (_, body) = post(&again.base, "/api/auth/login", None, json!({"tenant": "acme-hvac", "email": "owner@acme-hvac.demo", "password": "streamflow-demo"})).await;
+    let leads: Value = reqwest::Client::new()
+        .get(format!("{}/api/records/lead", again.base))
+        .bearer_auth(body["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(leads["items"].as_array().unwrap().len(), 5);
+    assert!(again.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_on_postgresql_from_the_environment() {
+    if !crate::harness::postgres_available().await {
+        return;
+    }
+    let name = format!("sf_bin_{}", uuid::Uuid::new_v4().simple());
+    let admin = crate::harness::postgres_admin_url();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let url = format!("{}/{name}", &admin[..admin.rfind('/').unwrap()]);
+    let dir = tempfile::tempdir().unwrap();
+    let process = spawn(
+        &["serve"],
+        dir.path(),
+        &[
+            ("STREAMFLOW_DATABASE_URL", &url),
+            ("STREAMFLOW_PROVIDER_EMAIL", "boss@provider.test"),
+            ("STREAMFLOW_PROVIDER_PASSWORD", "boss-password-1"),
+        ],
+    );
+    assert!(!dir.path().join("streamflow.db").exists());
+    let (status, _) = post(
+        &process.base,
+        "/provider/auth/login",
+        None,
+        json!({"email": "boss@provider.test", "password": "boss-password-1"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(process.terminate().success());
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    // A bad URL is a clear error, not a panic.
+    let out = Command::new(env!("CARGO_BIN_EXE_streamflow"))
+        .args([
+            "migrate",
+            "--database-url",
+            "postgres://nobody:secret-pw@127.0.0.1:1/none",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to PostgreSQL"), "{err}");
+    assert!(
+        !err.contains("secret-pw"),
+        "the password is not printed: {err}"
+    );
+}
