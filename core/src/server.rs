@@ -30,7 +30,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         .await
         .context("loading the realms' signing keys")?;
     Ok(AppState {
-        writer: RecordWriter::start(&store, config.write_batch),
+        writer: RecordWriter::start(&store, config.write_batch)
+            .context("starting the record writer")?,
         auth: Arc::new(auth),
         login_limiter: LoginLimiter::new(
             config.login_per_ip_per_minute,

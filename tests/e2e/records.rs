@@ -282,3 +282,43 @@ both_backends! {
         assert_eq!(srv.call(Method::PUT, "/api/record-types/Bad-Type", Some(&owner), Some(json!({"name": "x"}))).await.0, 422);
     }
 }
+
+both_backends! {
+    async fn concurrent_writes_are_committed_together_and_each_answered(srv) {
+        let owner = owner_of(&srv, "acme").await;
+        // 200 creates at once: every one is answered with its own record and stored once.
+        let creates = (0..200).map(|i| {
+            let (srv, owner) = (&srv, owner.clone());
+            async move { srv.post("/api/records/lead", &owner, json!({"data": {"n": i}})).await }
+        });
+        let results = futures_util::future::join_all(creates).await;
+        let mut ids: Vec<String> = results.iter().map(|(status, r)| {
+            assert_eq!(*status, 201, "{r}");
+            r["id"].as_str().unwrap().to_string()
+        }).collect();
+        let mut numbers: Vec<i64> = results.iter().map(|(_, r)| r["data"]["n"].as_i64().unwrap()).collect();
+        numbers.sort();
+        assert_eq!(numbers, (0..200).collect::<Vec<i64>>(), "each caller got its own record back");
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 200);
+        let (_, page) = srv.get("/api/records/lead?limit=200", &owner).await;
+        assert_eq!(page["items"].as_array().unwrap().len(), 200);
+        assert!(page["next_cursor"].is_null());
+
+        // 20 updates of one record holding the same version: exactly one wins.
+        let lead = srv.lead(&owner, json!({"name": "Contested"})).await;
+        let path = format!("/api/records/lead/{}", lead["id"].as_str().unwrap());
+        let updates = (0..20).map(|i| {
+            let (srv, owner, path) = (&srv, owner.clone(), path.clone());
+            async move { srv.patch(&path, &owner, json!({"data": {"name": format!("writer {i}")}, "version": 1})).await.0 }
+        });
+        let mut statuses = futures_util::future::join_all(updates).await;
+        statuses.sort();
+        assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+        assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 19, "{statuses:?}");
+        let (_, after) = srv.get(&path, &owner).await;
+        assert_eq!(after["version"], 2);
+        assert_eq!(event_kinds(&srv, lead["id"].as_str().unwrap()).await, ["record.created", "record.updated"]);
+    }
+}
