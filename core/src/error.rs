@@ -154,6 +154,12 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %e, "database error");
                 ApiError::internal()
             }
+            StoreError::CommitUnconfirmed => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "commit_unconfirmed",
+                "the database did not confirm this write; it may or may not be stored. \
+                 Read the data before retrying.",
+            ),
             StoreError::Unavailable => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

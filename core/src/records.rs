@@ -93,6 +93,44 @@ pub fn check_stage(stage: &str, path: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// Deepest nesting of objects and arrays accepted in record data. It bounds the work of
+/// validating against a tenant's schema, which a crafted schema could make grow with every
+/// level, and it is far more than business records need.
+pub const MAX_DATA_DEPTH: usize = 16;
+/// Deepest nesting accepted in a record type's schema.
+pub const MAX_SCHEMA_DEPTH: usize = 32;
+
+/// Refuses JSON the host should not store or walk: U+0000 in a string or key (PostgreSQL
+/// cannot store it, so it is refused on every backend alike) and nesting deeper than
+/// `max_depth`. `path` is the JSON pointer of `value` in the request.
+pub fn check_json(value: &Value, path: &str, max_depth: usize) -> ApiResult<()> {
+    fn walk(value: &Value, path: String, depth_left: usize) -> Result<(), FieldError> {
+        let nested = matches!(value, Value::Array(_) | Value::Object(_));
+        if nested && depth_left == 0 {
+            return Err(FieldError::new(path, "is nested too deeply"));
+        }
+        match value {
+            Value::String(s) if s.contains('\0') => Err(FieldError::new(
+                path,
+                "must not contain the NUL character (U+0000)",
+            )),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, v)| walk(v, format!("{path}/{i}"), depth_left - 1)),
+            Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+                let here = format!("{path}/{}", k.replace('~', "~0").replace('/', "~1"));
+                if k.contains('\0') {
+                    return Err(FieldError::new(here, "keys must not contain U+0000"));
+                }
+                walk(v, here, depth_left - 1)
+            }),
+            _ => Ok(()),
+        }
+    }
+    walk(value, path.to_string(), max_depth).map_err(|e| ApiError::validation(vec![e]))
+}
+
 /// Cursor of a record listing: the last id of the page, opaque to clients.
 pub fn encode_cursor(id: Uuid) -> String {
     URL_SAFE_NO_PAD.encode(id.as_bytes())

@@ -274,3 +274,49 @@ async fn login_is_rate_limited_per_account_and_per_address() {
     assert_eq!(resp.status(), 429);
     assert!(resp.headers().get("retry-after").is_some());
 }
+
+both_backends! {
+    async fn keys_and_sessions_do_not_outlive_their_users_access(srv) {
+        let provider = srv.provider_token().await;
+        srv.tenant(&provider, "acme").await;
+        let owner = srv.user(&provider, "acme", "owner").await;
+        let (_, admin) = srv.post("/api/users", &owner, json!({"email": "admin@acme.test", "password": crate::harness::PASSWORD, "role": "admin"})).await;
+        let admin_id = admin["id"].as_str().unwrap().to_string();
+        let admin_login = srv.client_login("acme", "admin@acme.test").await;
+        let admin_token = admin_login["access_token"].as_str().unwrap().to_string();
+        let (status, key) = srv.post("/api/api-keys", &admin_token, json!({"name": "admin key", "role": "admin"})).await;
+        assert_eq!(status, 201, "{key}");
+        let key = key["key"].as_str().unwrap().to_string();
+        let new_user = || json!({"email": format!("u{}@acme.test", uuid::Uuid::new_v4().simple()), "password": crate::harness::PASSWORD, "role": "member"});
+        assert_eq!(srv.post("/api/users", &key, new_user()).await.0, 201, "an admin key manages users");
+
+        // Demoting the creator caps the key at the creator's new role.
+        assert_eq!(srv.patch(&format!("/api/users/{admin_id}"), &owner, json!({"role": "viewer"})).await.0, 200);
+        assert_eq!(srv.post("/api/users", &key, new_user()).await.0, 403, "the key is now a viewer");
+        assert_eq!(srv.get("/api/records/lead", &key).await.0, 200);
+        assert_eq!(srv.get("/api/me", &key).await.1["role"], "viewer");
+
+        // A refresh attempted while disabled is refused without spending the token, so the
+        // same token works once the user is active again (no false theft alarm).
+        let refresh_token = admin_login["refresh_token"].as_str().unwrap().to_string();
+        assert_eq!(srv.patch(&format!("/api/users/{admin_id}"), &owner, json!({"role": "admin"})).await.0, 200);
+        let second = srv.client_login("acme", "admin@acme.test").await;
+        assert_eq!(srv.patch(&format!("/api/users/{admin_id}"), &owner, json!({"status": "disabled"})).await.0, 200);
+        assert_eq!(srv.get("/api/records/lead", &key).await.0, 401, "a disabled creator's keys stop working");
+        let refresh = |token: &str| {
+            let (srv, token) = (&srv, token.to_string());
+            async move { srv.call(Method::POST, "/api/auth/refresh", None, Some(json!({"refresh_token": token}))).await.0 }
+        };
+        assert_eq!(refresh(&refresh_token).await, 401);
+        assert_eq!(srv.patch(&format!("/api/users/{admin_id}"), &owner, json!({"status": "active"})).await.0, 200);
+        // Disabling signed the user out everywhere: sessions from before it are gone.
+        assert_eq!(refresh(&refresh_token).await, 401, "disable revoked earlier sessions");
+        assert_eq!(refresh(second["refresh_token"].as_str().unwrap()).await, 401);
+        assert_eq!(srv.get("/api/records/lead", &key).await.0, 200, "the key works again with its creator");
+
+        // A password reset also signs out every session.
+        let third = srv.client_login("acme", "admin@acme.test").await;
+        assert_eq!(srv.patch(&format!("/api/users/{admin_id}"), &owner, json!({"password": "a-brand-new-password"})).await.0, 200);
+        assert_eq!(refresh(third["refresh_token"].as_str().unwrap()).await, 401);
+    }
+}

@@ -229,8 +229,10 @@ both_backends! {
         assert_eq!(status, 422);
         let (status, _) = srv.get("/api/records/lead?stage=a%00b", &owner).await;
         assert_eq!(status, 400);
-        let (status, _) = srv.get("/provider/tenants/acme'%20OR%20'1'='1", &provider).await;
-        assert_eq!(status, 404);
+        for path in ["/provider/tenants/acme'%20OR%20'1'='1", "/provider/tenants/a%00b", "/provider/tenants/%F0%9F%94%A5"] {
+            assert_eq!(srv.get(path, &provider).await.0, 404, "{path}");
+        }
+        assert_eq!(srv.post("/provider/tenants/a%00b/suspend", &provider, json!({})).await.0, 404);
     }
 }
 
@@ -280,6 +282,18 @@ both_backends! {
         assert_eq!(srv.post("/api/records/inspection", &owner, json!({"data": {}})).await.0, 422);
         assert_eq!(srv.post("/api/records/inspection", &owner, json!({"data": {"address": "1 Main St"}})).await.0, 201);
         assert_eq!(srv.call(Method::PUT, "/api/record-types/Bad-Type", Some(&owner), Some(json!({"name": "x"}))).await.0, 422);
+        let (status, body) = srv.call(Method::PUT, "/api/record-types/lead", Some(&owner), Some(json!({"name": "L", "schema": {"description": "a\u{0}b"}}))).await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["error"]["details"]["errors"][0]["path"], "/schema/description");
+
+        // Deeply nested data is refused before any schema walks it.
+        let mut deep = json!("leaf");
+        for _ in 0..20 {
+            deep = json!({"a": deep});
+        }
+        let (status, body) = srv.post("/api/records/inspection", &owner, json!({"data": {"address": "x", "nested": deep}})).await;
+        assert_eq!(status, 422, "{body}");
+        assert!(body["error"]["details"]["errors"][0]["path"].as_str().unwrap().starts_with("/data/nested/a/a"));
     }
 }
 

@@ -18,7 +18,7 @@ use super::{AppState, JsonBody, validate};
 use crate::auth::extract::{ClientCredential, ClientPrincipal};
 use crate::auth::{self, Realm, TokenPair};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::records::{compile_schema, valid_type_id};
+use crate::records::{MAX_SCHEMA_DEPTH, check_json, compile_schema, valid_type_id};
 use crate::store::format_micros;
 use crate::store::records::RecordType;
 use crate::store::tenants::{ApiKey, User, UserChanges};
@@ -59,11 +59,19 @@ async fn login(
 ) -> ApiResult<Json<TokenPair>> {
     let email = validate::email(&body.email, "/email")?;
     let ip = peer.ip();
-    session::rate_limit(&state, ip, &format!("client|{}|{email}", body.tenant))?;
-    let tenant = match validate::slug(&body.tenant, "/tenant") {
-        Ok(()) => state.store.tenant_by_slug(&body.tenant).await?,
-        // Not a slug any tenant could have: answer as for a wrong password.
-        Err(_) => None,
+    // Not a slug any tenant could have: answer as for a wrong password (and keep the rate
+    // limiter's key short whatever was sent).
+    let slug = validate::slug(&body.tenant, "/tenant")
+        .ok()
+        .map(|()| body.tenant.as_str());
+    session::rate_limit(
+        &state,
+        ip,
+        &format!("client|{}|{email}", slug.unwrap_or("-")),
+    )?;
+    let tenant = match slug {
+        Some(slug) => state.store.tenant_by_slug(slug).await?,
+        None => None,
     };
     let user = match &tenant {
         Some(t) => state.store.user_by_email(&t.scope(), &email).await?,
@@ -570,6 +578,7 @@ async fn put_record_type(
     let name = validate::name(&body.name, "/name", 100)?;
     let schema = body.schema.filter(|s| !s.is_null());
     if let Some(schema) = &schema {
+        check_json(schema, "/schema", MAX_SCHEMA_DEPTH)?;
         compile_schema(schema)
             .map_err(|e| ApiError::field("/schema", format!("not a usable JSON Schema: {e}")))?;
     }
@@ -577,5 +586,6 @@ async fn put_record_type(
         .store
         .put_record_type(&principal.scope, &record_type, &name, schema.as_ref())
         .await?;
+    state.schemas.forget(&principal.scope, &record_type);
     Ok(Json(stored.into()))
 }

@@ -177,6 +177,9 @@ async fn list_tenants(
 }
 
 async fn tenant(state: &AppState, slug: &str) -> ApiResult<Tenant> {
+    if validate::slug(slug, "").is_err() {
+        return Err(ApiError::not_found("tenant"));
+    }
     state
         .store
         .tenant_by_slug(slug)
@@ -197,6 +200,7 @@ async fn get_tenant(
 }
 
 async fn set_status(state: &AppState, slug: &str, status: &str) -> ApiResult<Json<TenantView>> {
+    tenant(state, slug).await?;
     let tenant = state
         .store
         .set_tenant_status(slug, status)

@@ -16,7 +16,8 @@ use super::{AppState, JsonBody};
 use crate::auth::extract::ClientPrincipal;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::records::{
-    RecordView, check_stage, decode_cursor, encode_cursor, unknown_type, valid_type_id,
+    MAX_DATA_DEPTH, RecordView, check_json, check_stage, decode_cursor, encode_cursor,
+    unknown_type, valid_type_id,
 };
 use crate::store::parse_rfc3339_micros;
 use crate::store::records::RecordFilter;
@@ -77,34 +78,7 @@ fn check_data(data: &Value) -> ApiResult<()> {
     if !data.is_object() {
         return Err(ApiError::field("/data", "must be a JSON object"));
     }
-    match find_nul(data, "/data".to_string()) {
-        // PostgreSQL cannot store U+0000 in JSON text; refuse it on every backend alike.
-        Some(path) => Err(ApiError::field(
-            &path,
-            "must not contain the NUL character (U+0000)",
-        )),
-        None => Ok(()),
-    }
-}
-
-/// The JSON pointer of the first string or key containing U+0000.
-fn find_nul(value: &Value, path: String) -> Option<String> {
-    match value {
-        Value::String(s) if s.contains('\0') => Some(path),
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .find_map(|(i, v)| find_nul(v, format!("{path}/{i}"))),
-        Value::Object(map) => map.iter().find_map(|(k, v)| {
-            let here = format!("{path}/{}", k.replace('~', "~0").replace('/', "~1"));
-            if k.contains('\0') {
-                Some(here)
-            } else {
-                find_nul(v, here)
-            }
-        }),
-        _ => None,
-    }
+    check_json(data, "/data", MAX_DATA_DEPTH)
 }
 
 /// The record id of a path, if the path can name a record at all.

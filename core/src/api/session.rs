@@ -67,12 +67,23 @@ pub async fn platform_login(
 /// Rotates a refresh token. The subject must still be allowed in: a deleted account, a
 /// disabled user or a suspended tenant gets 401 even with a live refresh token.
 pub async fn refresh(state: &AppState, realm: Realm, body: RefreshRequest) -> ApiResult<TokenPair> {
+    let presented = auth::sha256(&body.refresh_token);
+    // Check the subject before spending the token: a disabled user's client retrying after
+    // being re-enabled must not look like a thief replaying a spent token.
+    if let Some(grant) = state
+        .store
+        .refresh_grant(realm.as_str(), &presented)
+        .await?
+        && !subject_still_allowed(state, realm, grant.subject_id, grant.tenant_id).await?
+    {
+        return Err(ApiError::unauthorized());
+    }
     let new_refresh = auth::new_secret("sfr_");
     let rotation = state
         .store
         .rotate_refresh_token(
             realm.as_str(),
-            &auth::sha256(&body.refresh_token),
+            &presented,
             &auth::sha256(&new_refresh),
             state.auth.refresh_expiry(),
         )
@@ -94,9 +105,6 @@ pub async fn refresh(state: &AppState, realm: Realm, body: RefreshRequest) -> Ap
         }
         Rotation::Invalid => return Err(ApiError::unauthorized()),
     };
-    if !subject_still_allowed(state, realm, grant.subject_id, grant.tenant_id).await? {
-        return Err(ApiError::unauthorized());
-    }
     Ok(state
         .auth
         .pair(realm, grant.subject_id, grant.tenant_id, new_refresh))

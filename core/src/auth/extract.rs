@@ -118,15 +118,17 @@ impl FromRequestParts<AppState> for ClientPrincipal {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
         let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
         if token.starts_with("sfk_") {
-            let (key, tenant_active) = state
+            let (key, creator) = state
                 .store
                 .api_key_by_hash(&sha256(token))
                 .await?
+                .filter(|(_, creator)| creator.active)
                 .ok_or_else(ApiError::unauthorized)?;
-            let role = Role::parse(&key.role).ok_or_else(ApiError::unauthorized)?;
-            if !tenant_active {
-                return Err(ApiError::unauthorized());
-            }
+            // A key acts with its own role, capped by its creator's current one.
+            let role = Role::parse(&key.role)
+                .zip(Role::parse(&creator.role))
+                .map(|(key_role, creator_role)| key_role.min(creator_role))
+                .ok_or_else(ApiError::unauthorized)?;
             return Ok(Self {
                 scope: TenantScope::new(key.tenant_id),
                 role,

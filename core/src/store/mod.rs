@@ -37,6 +37,10 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("the record writer has stopped")]
     Unavailable,
+    /// The commit failed in a way that leaves its outcome unknown (the connection dropped
+    /// during COMMIT, say): the writes may or may not be stored, so they are not retried.
+    #[error("the database did not confirm the commit")]
+    CommitUnconfirmed,
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -152,6 +156,8 @@ impl Store {
 
 /// Hides the password in a database URL before it is shown to anyone.
 pub fn redact_url(url: &str) -> String {
+    // Query parameters may carry a password too (`?password=`); they are dropped.
+    let url = url.split('?').next().unwrap_or(url);
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
@@ -197,6 +203,10 @@ mod tests {
         assert_eq!(
             redact_url("postgres://app:s3cret@db:5432/x"),
             "postgres://app@db:5432/x"
+        );
+        assert_eq!(
+            redact_url("postgres://db/x?password=s3cret"),
+            "postgres://db/x"
         );
         assert_eq!(
             redact_url("sqlite://streamflow.db"),

@@ -9,7 +9,7 @@ use super::{Store, StoreResult, TenantScope, is_unique_violation, now_micros, on
 #[derive(Default)]
 pub struct CredentialCache {
     principals: ExpiringMap<(Uuid, Uuid), Option<PrincipalState>>,
-    api_keys: ExpiringMap<Vec<u8>, Option<(ApiKey, bool)>>,
+    api_keys: ExpiringMap<Vec<u8>, Option<(ApiKey, PrincipalState)>>,
 }
 
 impl CredentialCache {
@@ -265,6 +265,8 @@ impl Store {
         ))
     }
 
+    /// Changes a user. A new password or a new status also signs the user out everywhere
+    /// (every refresh token is revoked), so a reset locks out whoever stole a session.
     pub async fn update_user(
         &self,
         scope: &TenantScope,
@@ -276,23 +278,57 @@ impl Store {
              password_hash = COALESCE($3, password_hash), updated_at = $4 \
              WHERE tenant_id = $5 AND id = $6 RETURNING {USER_COLUMNS}"
         );
-        let user = on_pool!(self.pool(), pool => {
-            sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(sql))
+        let sign_out = changes.status.is_some() || changes.password_hash.is_some();
+        let now = now_micros();
+        let user = on_pool!(self.pool(), pool => async {
+            let mut tx = pool.begin().await?;
+            let user = sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(sql))
                 .bind(changes.role)
                 .bind(changes.status)
                 .bind(changes.password_hash)
-                .bind(now_micros())
+                .bind(now)
                 .bind(scope.tenant_id())
                 .bind(id)
-                .fetch_optional(pool)
-                .await?
-        });
+                .fetch_optional(&mut *tx)
+                .await?;
+            if sign_out && user.is_some() {
+                sqlx::query(
+                    "UPDATE refresh_tokens SET revoked_at = $1 \
+                     WHERE realm = 'client' AND tenant_id = $2 AND subject_id = $3 AND revoked_at IS NULL",
+                )
+                .bind(now)
+                .bind(scope.tenant_id())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(user)
+        }.await)?;
         self.credentials.revoke_all();
         Ok(user)
     }
 
-    /// A user's current role and whether both the user and its tenant are active.
+    /// A user's current role and whether both the user and its tenant are active (cached
+    /// for at most [`super::cache::CREDENTIAL_CACHE_TTL`]).
     pub async fn user_principal(
+        &self,
+        tenant_id: Uuid,
+        user_id: Uuid,
+    ) -> StoreResult<Option<PrincipalState>> {
+        let key = (tenant_id, user_id);
+        if let Some(hit) = self.credentials.principals.get(&key) {
+            return Ok(hit);
+        }
+        let generation = self.credentials.principals.generation();
+        let found = self.read_user_principal(tenant_id, user_id).await?;
+        self.credentials
+            .principals
+            .insert(key, found.clone(), generation);
+        Ok(found)
+    }
+
+    async fn read_user_principal(
         &self,
         tenant_id: Uuid,
         user_id: Uuid,
@@ -380,7 +416,10 @@ impl Store {
 
     /// The live key with this hash and whether its tenant is active (cached like
     /// [`Store::user_principal`]).
-    pub async fn api_key_by_hash(&self, key_hash: &[u8]) -> StoreResult<Option<(ApiKey, bool)>> {
+    pub async fn api_key_by_hash(
+        &self,
+        key_hash: &[u8],
+    ) -> StoreResult<Option<(ApiKey, PrincipalState)>> {
         if let Some(hit) = self.credentials.api_keys.get(&key_hash.to_vec()) {
             return Ok(hit);
         }
@@ -392,24 +431,35 @@ impl Store {
         Ok(found)
     }
 
-    async fn read_api_key(&self, key_hash: &[u8]) -> StoreResult<Option<(ApiKey, bool)>> {
+    /// A live key, with its creator's current role and whether the tenant and the creator
+    /// are both active: a key never outlives or outranks the person who made it.
+    async fn read_api_key(&self, key_hash: &[u8]) -> StoreResult<Option<(ApiKey, PrincipalState)>> {
         #[derive(sqlx::FromRow)]
         struct Row {
             #[sqlx(flatten)]
             key: ApiKey,
-            tenant_active: bool,
+            creator_role: String,
+            creator_active: bool,
         }
         let row = on_pool!(self.pool(), pool => {
             sqlx::query_as::<_, Row>(
-                "SELECT k.tenant_id, k.id, k.name, k.prefix, k.role, k.created_by, k.created_at, \
-                        k.revoked_at, (t.status = 'active') AS tenant_active \
+                "SELECT k.tenant_id, k.id, k.name, k.prefix, k.role, k.created_by, \
+                        k.created_at, k.revoked_at, c.role AS creator_role, \
+                        (t.status = 'active' AND c.status = 'active') AS creator_active \
                  FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
+                 JOIN users c ON c.tenant_id = k.tenant_id AND c.id = k.created_by \
                  WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
             )
             .bind(key_hash)
             .fetch_optional(pool)
             .await?
         });
-        Ok(row.map(|r| (r.key, r.tenant_active)))
+        Ok(row.map(|r| {
+            let creator = PrincipalState {
+                role: r.creator_role,
+                active: r.creator_active,
+            };
+            (r.key, creator)
+        }))
     }
 }

@@ -122,22 +122,34 @@ impl Store {
         })
     }
 
-    /// Logout: revokes the family of this token. Returns the subject it belonged to.
-    pub async fn revoke_refresh_family(
+    /// Who a refresh token of this realm was issued to, spent or not.
+    pub async fn refresh_grant(
         &self,
         realm: &str,
         token_hash: &[u8],
-    ) -> StoreResult<Option<Uuid>> {
-        on_pool!(self.pool(), pool => {
-            let grant = sqlx::query_as::<_, RefreshGrant>(
+    ) -> StoreResult<Option<RefreshGrant>> {
+        on_pool!(self.pool(), pool => Ok(
+            sqlx::query_as::<_, RefreshGrant>(
                 "SELECT family_id, subject_id, tenant_id FROM refresh_tokens \
                  WHERE token_hash = $1 AND realm = $2",
             )
             .bind(token_hash)
             .bind(realm)
             .fetch_optional(pool)
-            .await?;
-            let Some(grant) = grant else { return Ok(None) };
+            .await?
+        ))
+    }
+
+    /// Logout: revokes the family of this token. Returns the subject it belonged to.
+    pub async fn revoke_refresh_family(
+        &self,
+        realm: &str,
+        token_hash: &[u8],
+    ) -> StoreResult<Option<Uuid>> {
+        let Some(grant) = self.refresh_grant(realm, token_hash).await? else {
+            return Ok(None);
+        };
+        on_pool!(self.pool(), pool => {
             sqlx::query(
                 "UPDATE refresh_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL",
             )

@@ -166,22 +166,43 @@ async fn run_writer(shared: Pool, mut rx: mpsc::Receiver<Job>, max_batch: usize)
                     let _ = job.reply.send(Ok(outcome));
                 }
             }
-            Err(err) => {
+            Err(BatchError::Commit(err)) => {
+                tracing::error!(error = %err, size = batch.len(), "commit failed; its outcome is unknown");
+                connection = None;
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(StoreError::CommitUnconfirmed));
+                }
+            }
+            Err(BatchError::Statement(err)) => {
                 tracing::warn!(error = %err, size = batch.len(), "batched write failed; retrying each write alone");
                 // The connection may be what failed: start the retries on a fresh one.
                 connection = open_connection(&shared).await.ok();
                 for job in batch.drain(..) {
                     let outcome = match connection.as_mut() {
-                        Some(conn) => apply_batch(conn, &[&job.write])
-                            .await
-                            .map(|mut o| o.remove(0))
-                            .map_err(StoreError::from),
+                        Some(conn) => match apply_batch(conn, &[&job.write]).await {
+                            Ok(mut outcomes) => Ok(outcomes.remove(0)),
+                            Err(BatchError::Statement(e)) => Err(StoreError::Database(e)),
+                            Err(BatchError::Commit(_)) => Err(StoreError::CommitUnconfirmed),
+                        },
                         None => Err(StoreError::Database(sqlx::Error::PoolTimedOut)),
                     };
                     let _ = job.reply.send(outcome);
                 }
             }
         }
+    }
+}
+
+/// Why a batch failed: before its commit (nothing is stored, so each write can be retried
+/// alone) or at its commit (the outcome is unknown, so nothing is retried).
+enum BatchError {
+    Statement(sqlx::Error),
+    Commit(sqlx::Error),
+}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(err: sqlx::Error) -> Self {
+        BatchError::Statement(err)
     }
 }
 
@@ -205,7 +226,7 @@ const ROWS_PER_INSERT: usize = 500;
 async fn apply_batch(
     conn: &mut WriterConnection,
     writes: &[&RecordWrite],
-) -> Result<Vec<WriteOutcome>, sqlx::Error> {
+) -> Result<Vec<WriteOutcome>, BatchError> {
     let now = now_micros();
     let mut outcomes = Vec::with_capacity(writes.len());
     let mut events = Vec::with_capacity(writes.len());
@@ -217,7 +238,7 @@ async fn apply_batch(
             stage,
             data,
             created_by,
-            actor,
+            ..
         } = write
         {
             let row = RecordRow {
@@ -232,14 +253,6 @@ async fn apply_batch(
                 created_at: now,
                 updated_at: now,
             };
-            events.push(PendingEvent {
-                tenant_id: row.tenant_id,
-                kind: "record.created",
-                record_type: row.record_type.clone(),
-                record_id: row.id,
-                actor: actor.clone(),
-                payload: json!({ "version": 1, "stage": row.stage }),
-            });
             created.push(row);
         }
     }
@@ -275,8 +288,17 @@ async fn apply_batch(
         let mut created = created.into_iter();
         for write in writes {
             let outcome = match write {
-                RecordWrite::Create { .. } => {
-                    WriteOutcome::Created(created.next().expect("one row per create"))
+                RecordWrite::Create { actor, .. } => {
+                    let row = created.next().expect("one row per create");
+                    events.push(PendingEvent {
+                        tenant_id: row.tenant_id,
+                        kind: "record.created",
+                        record_type: row.record_type.clone(),
+                        record_id: row.id,
+                        actor: actor.clone(),
+                        payload: json!({ "version": 1, "stage": row.stage }),
+                    });
+                    WriteOutcome::Created(row)
                 }
                 RecordWrite::Update { scope, record_type, id, expected_version, data, stage, actor } => {
                     let sql = format!(
@@ -318,8 +340,19 @@ async fn apply_batch(
                             .execute(&mut *tx)
                             .await?;
                             if done.rows_affected() == 0 {
-                                // Another node changed it between our read and write.
-                                WriteOutcome::VersionConflict { current_version: row.version }
+                                // Another node changed (or deleted) it between our read
+                                // and write: report what is stored now.
+                                let stored: Option<i64> = sqlx::query_scalar(
+                                    "SELECT version FROM records WHERE tenant_id = $1 AND id = $2",
+                                )
+                                .bind(scope.tenant_id())
+                                .bind(id)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                                match stored {
+                                    Some(current_version) => WriteOutcome::VersionConflict { current_version },
+                                    None => WriteOutcome::NotFound,
+                                }
                             } else {
                                 let event = |kind, payload| PendingEvent {
                                     tenant_id: scope.tenant_id(),
@@ -389,7 +422,7 @@ async fn apply_batch(
             });
             insert.build().execute(&mut *tx).await?;
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(BatchError::Commit)?;
         Ok(outcomes)
     }.await)
 }
