@@ -8,8 +8,10 @@
 //!   `BENCH_SECONDS` (5) seconds;
 //! - latency at a fixed offered load of `BENCH_RATE` (1,000) creates per second (each
 //!   request is sent at its own time, whether or not earlier ones have been answered, and
-//!   timed from when it was sent; the table also says how late the generator itself sent);
-//! and, for comparison, `GET /api/records/lead/{id}` (auth plus one indexed read) at peak.
+//!   timed from when it was sent; the table also says how late the generator itself sent).
+//!
+//! For comparison it also measures `GET /api/records/lead/{id}` (auth plus one indexed read)
+//! at peak.
 //!
 //! Run: `cargo bench --bench http_load` (prints a Markdown table for docs/BENCHMARKS.md).
 
