@@ -13,7 +13,8 @@
 //! For comparison it also measures `GET /api/records/lead/{id}` (auth plus one indexed read)
 //! at peak.
 //!
-//! Run: `cargo bench --bench http_load` (prints a Markdown table for docs/BENCHMARKS.md).
+//! Run: `cargo bench --bench http_load` (prints a Markdown table for docs/BENCHMARKS.md);
+//! `BENCH_ONLY=sqlite` or `BENCH_ONLY=postgresql` measures one backend.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -335,6 +336,11 @@ async fn main() {
         Some((url, _)) => backends.push(("PostgreSQL", Some(url.clone()))),
         None => eprintln!("PostgreSQL unreachable: only SQLite is measured"),
     }
+    // `BENCH_ONLY=sqlite` or `BENCH_ONLY=postgresql` measures one backend.
+    let only = std::env::var("BENCH_ONLY")
+        .unwrap_or_default()
+        .to_lowercase();
+    backends.retain(|(name, _)| only.is_empty() || name.to_lowercase() == only);
     for (backend, url) in &backends {
         for (mode, batch) in [("group commit", 256usize), ("one tx per create", 1)] {
             if let Some((_, name)) = &pg

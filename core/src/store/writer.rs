@@ -18,7 +18,7 @@ use sqlx::types::Json;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::records::RecordRow;
+use super::records::{RecordRow, record_by_key_sql};
 use super::{Pool, Store, StoreError, StoreResult, TenantScope, now_micros};
 
 /// The most writes committed in one transaction, unless configured otherwise.
@@ -301,16 +301,12 @@ async fn apply_batch(
                     WriteOutcome::Created(row)
                 }
                 RecordWrite::Update { scope, record_type, id, expected_version, data, stage, actor } => {
-                    let sql = format!(
-                        "SELECT {} FROM records WHERE tenant_id = $1 AND type = $2 AND id = $3",
-                        super::records::RECORD_COLUMNS
-                    );
-                    let current = sqlx::query_as::<_, RecordRow>(sqlx::AssertSqlSafe(sql))
+                    let current = sqlx::query_as::<_, RecordRow>(sqlx::AssertSqlSafe(record_by_key_sql()))
                         .bind(scope.tenant_id())
-                        .bind(record_type)
                         .bind(id)
                         .fetch_optional(&mut *tx)
-                        .await?;
+                        .await?
+                        .filter(|r| &r.record_type == record_type);
                     match current {
                         None => WriteOutcome::NotFound,
                         Some(c) if c.version != *expected_version => {
@@ -378,18 +374,22 @@ async fn apply_batch(
                     }
                 }
                 RecordWrite::Delete { scope, record_type, id, actor } => {
-                    let deleted: Option<(i64, Json<Value>)> = sqlx::query_as(
-                        "DELETE FROM records WHERE tenant_id = $1 AND type = $2 AND id = $3 \
-                         RETURNING version, data",
-                    )
-                    .bind(scope.tenant_id())
-                    .bind(record_type)
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    match deleted {
+                    let current = sqlx::query_as::<_, RecordRow>(sqlx::AssertSqlSafe(record_by_key_sql()))
+                        .bind(scope.tenant_id())
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .filter(|r| &r.record_type == record_type);
+                    if current.is_some() {
+                        sqlx::query("DELETE FROM records WHERE tenant_id = $1 AND id = $2")
+                            .bind(scope.tenant_id())
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    match current {
                         None => WriteOutcome::NotFound,
-                        Some((version, data)) => {
+                        Some(RecordRow { version, data, .. }) => {
                             events.push(PendingEvent {
                                 tenant_id: scope.tenant_id(),
                                 kind: "record.deleted",
