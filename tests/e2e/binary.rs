@@ -264,3 +264,68 @@ async fn serve_runs_on_postgresql_from_the_environment() {
         "the password is not printed: {err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_request_id_and_never_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_streamflow"));
+    cmd.args(["serve", "--log-format", "json"])
+        .current_dir(dir.path())
+        .env("STREAMFLOW_LISTEN", "127.0.0.1:0")
+        .env("STREAMFLOW_LOG", "info")
+        .env("STREAMFLOW_PROVIDER_EMAIL", "logs@provider.test")
+        .env("STREAMFLOW_PROVIDER_PASSWORD", "secret-provider-password")
+        .env_remove("STREAMFLOW_DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("streamflow printed its address")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("StreamFlow listening on ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/provider/auth/login"))
+        .header("x-request-id", "trace-4242")
+        .json(&json!({"email": "logs@provider.test", "password": "secret-provider-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // Stop the server, then read everything it logged.
+    assert!(
+        Process {
+            child,
+            base,
+            stdout: Vec::new()
+        }
+        .terminate()
+        .success()
+    );
+    let mut logs = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut logs).unwrap();
+    let request_lines: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.to_string().contains("trace-4242"))
+        .collect();
+    assert!(
+        !request_lines.is_empty(),
+        "no JSON log line carries the request id:\n{logs}"
+    );
+    assert!(
+        request_lines
+            .iter()
+            .any(|v| v.to_string().contains("/provider/auth/login"))
+    );
+    assert!(
+        !logs.contains("secret-provider-password"),
+        "a password reached the logs"
+    );
+}

@@ -79,6 +79,9 @@ both_backends! {
         assert_eq!(pages, 3);
         assert_eq!(seen, ids, "every record once, in creation order");
 
+        let (status, all) = srv.get("/api/records/lead?stage=&limit=&cursor=&updated_since=", &owner).await;
+        assert_eq!(status, 200, "empty parameters mean no filter: {all}");
+        assert_eq!(all["items"].as_array().unwrap().len(), 25);
         let (_, won) = srv.get("/api/records/lead?stage=won&limit=200", &owner).await;
         assert_eq!(won["items"].as_array().unwrap().len(), 9);
         assert!(won["items"].as_array().unwrap().iter().all(|r| r["stage"] == "won"));

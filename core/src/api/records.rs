@@ -137,6 +137,14 @@ async fn list_records(
     Query(query): Query<ListQuery>,
 ) -> ApiResult<Json<RecordPage>> {
     principal.require(Permission::RecordsRead)?;
+    // `?stage=&limit=` from a form means "no filter", not "the empty stage".
+    let present = |v: Option<String>| v.filter(|s| !s.is_empty());
+    let query = ListQuery {
+        stage: present(query.stage),
+        updated_since: present(query.updated_since),
+        limit: present(query.limit),
+        cursor: present(query.cursor),
+    };
     let bad = |parameter: &str, message: &str| {
         ApiError::bad_request("invalid_parameter", format!("{parameter}: {message}"))
             .with_details(json!({ "parameter": parameter }))
