@@ -163,7 +163,8 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
-                "the server is shutting down; retry on another node",
+                "records cannot be written right now (the server is stopping or cannot reach \
+                 its database); retry shortly",
             ),
         }
     }

@@ -35,7 +35,8 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrati
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("the record writer has stopped")]
+    /// The record writer has stopped, or cannot open a connection to the database.
+    #[error("the record writer is unavailable")]
     Unavailable,
     /// The commit failed in a way that leaves its outcome unknown (the connection dropped
     /// during COMMIT, say): the writes may or may not be stored, so they are not retried.

@@ -149,7 +149,7 @@ async fn run_writer(shared: Pool, mut rx: mpsc::Receiver<Job>, max_batch: usize)
                     for job in batch.drain(..) {
                         let _ = job
                             .reply
-                            .send(Err(StoreError::Database(sqlx::Error::PoolTimedOut)));
+                            .send(Err(StoreError::Unavailable));
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                     continue;
@@ -184,7 +184,7 @@ async fn run_writer(shared: Pool, mut rx: mpsc::Receiver<Job>, max_batch: usize)
                             Err(BatchError::Statement(e)) => Err(StoreError::Database(e)),
                             Err(BatchError::Commit(_)) => Err(StoreError::CommitUnconfirmed),
                         },
-                        None => Err(StoreError::Database(sqlx::Error::PoolTimedOut)),
+                        None => Err(StoreError::Unavailable),
                     };
                     let _ = job.reply.send(outcome);
                 }
