@@ -159,6 +159,23 @@ async fn first_start_prints_a_generated_provider_password_once_and_stops_on_sigt
     assert!(again.terminate().success());
 }
 
+/// Logs in as the demo's acme-hvac owner and counts its leads.
+async fn demo_owner_leads(base: &str) -> usize {
+    let login = json!({"tenant": "acme-hvac", "email": "owner@acme-hvac.demo", "password": "streamflow-demo"});
+    let (status, body) = post(base, "/api/auth/login", None, login).await;
+    assert_eq!(status, 200, "{body}");
+    let leads: Value = reqwest::Client::new()
+        .get(format!("{base}/api/records/lead"))
+        .bearer_auth(body["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    leads["items"].as_array().unwrap().len()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_seeds_tenants_users_and_leads() {
     let dir = tempfile::tempdir().unwrap();
@@ -168,18 +185,7 @@ async fn demo_seeds_tenants_users_and_leads() {
         printed.contains("acme-hvac") && printed.contains("summit-roofing"),
         "{printed}"
     );
-    let (status, body) = post(&process.base, "/api/auth/login", None, json!({"tenant": "acme-hvac", "email": "owner@acme-hvac.demo", "password": "streamflow-demo"})).await;
-    assert_eq!(status, 200, "{body}");
-    let leads: Value = reqwest::Client::new()
-        .get(format!("{}/api/records/lead", process.base))
-        .bearer_auth(body["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(leads["items"].as_array().unwrap().len(), 5);
+    assert_eq!(demo_owner_leads(&process.base).await, 5);
     let (status, _) = post(
         &process.base,
         "/provider/auth/login",
@@ -191,17 +197,7 @@ async fn demo_seeds_tenants_users_and_leads() {
     assert!(process.terminate().success());
     // Seeding again adds nothing twice.
     let again = spawn(&["serve", "--demo"], dir.path(), &[]);
-    let (_, body) = post(&again.base, "/api/auth/login", None, json!({"tenant": "acme-hvac", "email": "owner@acme-hvac.demo", "password": "streamflow-demo"})).await;
-    let leads: Value = reqwest::Client::new()
-        .get(format!("{}/api/records/lead", again.base))
-        .bearer_auth(body["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(leads["items"].as_array().unwrap().len(), 5);
+    assert_eq!(demo_owner_leads(&again.base).await, 5);
     assert!(again.terminate().success());
 }
 

@@ -109,6 +109,47 @@ both_backends! {
     }
 }
 
+/// Sends only the head of a POST that declares `length` bytes of JSON, and reads the answer:
+/// a server that checks the declared length answers without waiting for the body.
+async fn headers_only_post(
+    srv: &TestServer,
+    path: &str,
+    token: &str,
+    length: usize,
+) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = srv.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = String::from_utf8_lossy(&received).to_string();
+        if let Some((headers, body)) = text.split_once("\r\n\r\n") {
+            let declared = headers.lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>().unwrap())
+            });
+            if declared.is_some_and(|n| body.len() >= n) {
+                let status = headers.split(' ').nth(1).unwrap().parse().unwrap();
+                return (status, serde_json::from_str(body).unwrap());
+            }
+        }
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .expect("the server answered in time")
+            .unwrap();
+        assert!(n > 0, "connection closed before a full answer: {text}");
+        received.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// Everything the tenant has, to compare before and after bad requests.
 async fn snapshot(srv: &TestServer, token: &str) -> Value {
     srv.get("/api/records/lead?limit=200", token).await.1
@@ -160,23 +201,26 @@ both_backends! {
         let (_, resp) = srv.raw(Method::POST, "/api/records/lead", &owner, Some("application/json"), b"{\"stage\": \"x\"}".to_vec()).await;
         assert_eq!(resp["error"]["details"]["errors"][0]["path"], "/data");
 
-        // Oversized bodies: refused by declared length before reading, and when streamed.
+        // Oversized bodies: refused by declared length before a byte of the body is sent...
+        let (status, resp) = headers_only_post(&srv, "/api/records/lead", &owner, 2 * 1024 * 1024).await;
+        assert_eq!(status, 413, "{resp}");
+        assert_eq!(resp["error"]["code"], "body_too_large");
+        assert_eq!(resp["error"]["details"]["limit_bytes"], 1024 * 1024);
+        // ...and cut off when streamed without a length.
         let big = format!("{{\"data\": {{\"blob\": \"{}\"}}}}", "x".repeat(2 * 1024 * 1024));
-        let resp = reqwest::Client::new().post(format!("{}/api/records/lead", srv.base))
-            .bearer_auth(&owner)
-            .header("content-type", "application/json")
-            .body(big.clone())
-            .send().await.unwrap();
-        assert_eq!(resp.status(), 413);
-        assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "body_too_large");
         let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big.into_bytes().chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
-        // A fresh client: the server closes a connection whose body it refused mid-stream.
-        let resp = reqwest::Client::new().post(format!("{}/api/records/lead", srv.base))
+        // A fresh client: the server answers 413 and closes the connection while the client
+        // is still streaming, so the client sees either the 413 or a reset while sending
+        // (then the unchanged snapshot below is the proof that nothing was stored).
+        let sent = reqwest::Client::new().post(format!("{}/api/records/lead", srv.base))
             .bearer_auth(&owner)
             .header("content-type", "application/json")
             .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
-            .send().await.unwrap();
-        assert_eq!(resp.status(), 413, "chunked oversized body");
+            .send().await;
+        match sent {
+            Ok(resp) => assert_eq!(resp.status(), 413, "chunked oversized body"),
+            Err(e) => assert!(e.is_request() || e.is_body(), "unexpected failure: {e:?}"),
+        }
 
         assert_eq!(snapshot(&srv, &owner).await, before, "nothing changed");
     }

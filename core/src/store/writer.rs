@@ -147,9 +147,7 @@ async fn run_writer(shared: Pool, mut rx: mpsc::Receiver<Job>, max_batch: usize)
                 Err(err) => {
                     tracing::error!(error = %err, "record writer cannot connect to the database");
                     for job in batch.drain(..) {
-                        let _ = job
-                            .reply
-                            .send(Err(StoreError::Unavailable));
+                        let _ = job.reply.send(Err(StoreError::Unavailable));
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                     continue;
@@ -266,6 +264,17 @@ async fn apply_batch(
             }
         };
     }
+    // The record a write names, read inside the batch's transaction.
+    macro_rules! current_record {
+        ($tx:ident, $scope:expr, $record_type:expr, $id:expr) => {
+            sqlx::query_as::<_, RecordRow>(sqlx::AssertSqlSafe(record_by_key_sql()))
+                .bind($scope.tenant_id())
+                .bind($id)
+                .fetch_optional(&mut *$tx)
+                .await?
+                .filter(|r| &r.record_type == $record_type)
+        };
+    }
     on_connection!(conn, conn => async {
         let mut tx = conn.begin().await?;
         for chunk in created.chunks(ROWS_PER_INSERT) {
@@ -301,12 +310,7 @@ async fn apply_batch(
                     WriteOutcome::Created(row)
                 }
                 RecordWrite::Update { scope, record_type, id, expected_version, data, stage, actor } => {
-                    let current = sqlx::query_as::<_, RecordRow>(sqlx::AssertSqlSafe(record_by_key_sql()))
-                        .bind(scope.tenant_id())
-                        .bind(id)
-                        .fetch_optional(&mut *tx)
-                        .await?
-                        .filter(|r| &r.record_type == record_type);
+                    let current = current_record!(tx, scope, record_type, id);
                     match current {
                         None => WriteOutcome::NotFound,
                         Some(c) if c.version != *expected_version => {
@@ -374,12 +378,7 @@ async fn apply_batch(
                     }
                 }
                 RecordWrite::Delete { scope, record_type, id, actor } => {
-                    let current = sqlx::query_as::<_, RecordRow>(sqlx::AssertSqlSafe(record_by_key_sql()))
-                        .bind(scope.tenant_id())
-                        .bind(id)
-                        .fetch_optional(&mut *tx)
-                        .await?
-                        .filter(|r| &r.record_type == record_type);
+                    let current = current_record!(tx, scope, record_type, id);
                     if current.is_some() {
                         sqlx::query("DELETE FROM records WHERE tenant_id = $1 AND id = $2")
                             .bind(scope.tenant_id())
