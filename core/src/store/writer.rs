@@ -425,3 +425,49 @@ async fn apply_batch(
         Ok(outcomes)
     }.await)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(scope: TenantScope, n: i64) -> RecordWrite {
+        RecordWrite::Create {
+            scope,
+            record_type: "lead".into(),
+            stage: None,
+            data: json!({ "n": n }),
+            created_by: None,
+            actor: "test".into(),
+        }
+    }
+
+    /// A write that fails inside a batch (here: a tenant that does not exist, refused by the
+    /// foreign key) fails alone; its neighbours are retried and stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_failing_write_does_not_fail_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("w.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let tenant = store.create_tenant("acme", "Acme").await.unwrap().unwrap();
+        let writer = RecordWriter::start(&store, MAX_BATCH).unwrap();
+        let ghost = TenantScope::new(Uuid::now_v7());
+        let writes = (0..40).map(|n| {
+            let scope = if n == 20 { ghost } else { tenant.scope() };
+            writer.submit(create(scope, n))
+        });
+        let outcomes = futures_util::future::join_all(writes).await;
+        for (n, outcome) in outcomes.iter().enumerate() {
+            match (n, outcome) {
+                (20, Err(StoreError::Database(_))) => {}
+                (20, other) => panic!("the ghost tenant's write succeeded: {other:?}"),
+                (_, Ok(WriteOutcome::Created(row))) => assert_eq!(row.data.0["n"], n as i64),
+                (_, other) => panic!("write {n} failed with its bad neighbour: {other:?}"),
+            }
+        }
+        let stored = store
+            .list_records(&tenant.scope(), "lead", &Default::default(), 100)
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 39);
+    }
+}
