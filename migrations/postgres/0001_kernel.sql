@@ -59,6 +59,7 @@ CREATE TABLE refresh_tokens (
     created_at  BIGINT NOT NULL
 );
 CREATE INDEX refresh_tokens_family ON refresh_tokens (family_id);
+CREATE INDEX refresh_tokens_subject ON refresh_tokens (subject_id);
 
 CREATE TABLE api_keys (
     tenant_id    UUID NOT NULL REFERENCES tenants(id),

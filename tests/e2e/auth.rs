@@ -287,12 +287,14 @@ both_backends! {
         let (status, key) = srv.post("/api/api-keys", &admin_token, json!({"name": "admin key", "role": "admin"})).await;
         assert_eq!(status, 201, "{key}");
         let key = key["key"].as_str().unwrap().to_string();
-        let new_user = || json!({"email": format!("u{}@acme.test", uuid::Uuid::new_v4().simple()), "password": crate::harness::PASSWORD, "role": "member"});
-        assert_eq!(srv.post("/api/users", &key, new_user()).await.0, 201, "an admin key manages users");
+        let define_type = json!({"name": "Site visit"});
+        let (status, _) = srv.call(Method::PUT, "/api/record-types/visit", Some(&key), Some(define_type.clone())).await;
+        assert_eq!(status, 200, "an admin key defines record types");
 
         // Demoting the creator caps the key at the creator's new role.
         assert_eq!(srv.patch(&format!("/api/users/{admin_id}"), &owner, json!({"role": "viewer"})).await.0, 200);
-        assert_eq!(srv.post("/api/users", &key, new_user()).await.0, 403, "the key is now a viewer");
+        let (status, _) = srv.call(Method::PUT, "/api/record-types/visit", Some(&key), Some(define_type)).await;
+        assert_eq!(status, 403, "the key is now a viewer");
         assert_eq!(srv.get("/api/records/lead", &key).await.0, 200);
         assert_eq!(srv.get("/api/me", &key).await.1["role"], "viewer");
 

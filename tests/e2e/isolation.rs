@@ -160,6 +160,14 @@ both_backends! {
         assert_eq!(me["api_key"], created["id"]);
         assert!(me["user"].is_null());
         assert_eq!(srv.post("/api/api-keys", &key, json!({"name": "child"})).await.0, 403, "keys do not mint keys");
+        // Nor accounts, even with the role for it.
+        let (_, admin_key) = srv.post("/api/api-keys", &owner, json!({"name": "admin key", "role": "admin"})).await;
+        let admin_key = admin_key["key"].as_str().unwrap().to_string();
+        let (status, _) = srv.post("/api/users", &admin_key, json!({"email": "made-by-key@acme.test", "password": crate::harness::PASSWORD, "role": "member"})).await;
+        assert_eq!(status, 403, "an admin key cannot create users");
+        let (_, users) = srv.get("/api/users", &admin_key).await;
+        let someone = users["items"][0]["id"].as_str().unwrap().to_string();
+        assert_eq!(srv.patch(&format!("/api/users/{someone}"), &admin_key, json!({"password": "taken-over-password"})).await.0, 403);
         let events = crate::harness::event_kinds(&srv, record["id"].as_str().unwrap()).await;
         assert_eq!(events, ["record.created"]);
 

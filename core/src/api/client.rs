@@ -285,6 +285,7 @@ async fn create_user(
     JsonBody(body): JsonBody<CreateUser>,
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
     principal.require(Permission::UsersManage)?;
+    principal.require_user("users")?;
     may_grant(&principal, body.role, "/role")?;
     let user = insert_user(&state, &principal.scope, body).await?;
     Ok((StatusCode::CREATED, Json(user)))
@@ -310,6 +311,7 @@ async fn update_user(
     JsonBody(body): JsonBody<UpdateUser>,
 ) -> ApiResult<Json<UserView>> {
     principal.require(Permission::UsersManage)?;
+    principal.require_user("users")?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("user"))?;
     let target = state
         .store
@@ -318,7 +320,7 @@ async fn update_user(
         .ok_or_else(|| ApiError::not_found("user"))?;
     if principal.user_id() == Some(id) {
         return Err(ApiError::forbidden(
-            "you cannot change your own role or status; ask another owner or admin",
+            "you cannot change your own account here (role, status or password); ask another owner or admin",
         ));
     }
     let target_role = Role::parse(&target.role).unwrap_or(Role::Owner);
@@ -425,12 +427,7 @@ async fn create_api_key(
     JsonBody(body): JsonBody<CreateApiKey>,
 ) -> ApiResult<(StatusCode, Json<NewApiKey>)> {
     principal.require(Permission::ApiKeysManage)?;
-    // Keys are made by people, so a key cannot mint keys that outlive its own audit trail.
-    let Some(user_id) = principal.user_id() else {
-        return Err(ApiError::forbidden(
-            "API keys are created by signed-in users, not by other keys",
-        ));
-    };
+    let user_id = principal.require_user("API keys")?;
     let name = validate::name(&body.name, "/name", 100)?;
     let role = body.role.unwrap_or(Role::Member);
     may_grant(&principal, role, "/role")?;

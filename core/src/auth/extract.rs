@@ -96,6 +96,16 @@ impl ClientPrincipal {
         }
     }
 
+    /// The signed-in user, or 403 for an API key. Accounts and keys are managed by people:
+    /// a key that could create users or keys could outlive its own revocation through them.
+    pub fn require_user(&self, what: &str) -> ApiResult<Uuid> {
+        self.user_id().ok_or_else(|| {
+            ApiError::forbidden(format!(
+                "{what} are managed by signed-in users, not by API keys"
+            ))
+        })
+    }
+
     /// The user behind the request; API keys act for no user.
     pub fn user_id(&self) -> Option<Uuid> {
         match self.credential {
