@@ -15,8 +15,7 @@ use super::session::{self, LoginRequest, RefreshRequest};
 use super::{AppState, JsonBody};
 use crate::auth::extract::DeveloperPrincipal;
 use crate::auth::{Realm, TokenPair};
-use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::store::accounts::AccountKind;
+use crate::error::{ApiResult, ErrorBody};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -74,15 +73,8 @@ struct DeveloperMe {
 /// The signed-in developer account.
 #[utoipa::path(get, path = "/me", tag = "developer", security(("developer_token" = [])),
     responses((status = 200, body = DeveloperMe), (status = 401, body = ErrorBody)))]
-async fn me(
-    State(state): State<AppState>,
-    principal: DeveloperPrincipal,
-) -> ApiResult<Json<DeveloperMe>> {
-    let account = state
-        .store
-        .account_by_id(AccountKind::Developer, principal.account_id)
-        .await?
-        .ok_or_else(ApiError::unauthorized)?;
+async fn me(principal: DeveloperPrincipal) -> ApiResult<Json<DeveloperMe>> {
+    let account = principal.account;
     Ok(Json(DeveloperMe {
         id: account.id,
         email: account.email,

@@ -101,14 +101,22 @@ pub fn router(state: AppState) -> Router {
         .nest("/developer", developer::router())
         .nest("/api", client::router().merge(records::router()))
         .split_for_parts();
-    let openapi = Arc::new(openapi);
+    // Serialised once: the document never changes while the server runs.
+    let openapi = axum::body::Bytes::from(
+        serde_json::to_vec(&openapi).expect("the OpenAPI document serialises"),
+    );
     let request_id = HeaderName::from_static("x-request-id");
     routes
         .route(
             "/openapi.json",
             axum::routing::get(move || {
                 let openapi = openapi.clone();
-                async move { Json(openapi.as_ref().clone()) }
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        openapi,
+                    )
+                }
             }),
         )
         .fallback(not_found)

@@ -81,15 +81,8 @@ struct ProviderMe {
 /// The signed-in provider account.
 #[utoipa::path(get, path = "/me", tag = "provider", security(("provider_token" = [])),
     responses((status = 200, body = ProviderMe), (status = 401, body = ErrorBody)))]
-async fn me(
-    State(state): State<AppState>,
-    principal: ProviderPrincipal,
-) -> ApiResult<Json<ProviderMe>> {
-    let account = state
-        .store
-        .account_by_id(AccountKind::Provider, principal.account_id)
-        .await?
-        .ok_or_else(ApiError::unauthorized)?;
+async fn me(principal: ProviderPrincipal) -> ApiResult<Json<ProviderMe>> {
+    let account = principal.account;
     Ok(Json(ProviderMe {
         id: account.id,
         email: account.email,

@@ -46,10 +46,7 @@ pub async fn platform_login(
 ) -> ApiResult<TokenPair> {
     let email = validate::email(&body.email, "/email")?;
     rate_limit(state, ip, &format!("{}|{email}", realm.as_str()))?;
-    let kind = match realm {
-        Realm::Provider => crate::store::accounts::AccountKind::Provider,
-        _ => crate::store::accounts::AccountKind::Developer,
-    };
+    let kind = realm.account_kind().ok_or_else(ApiError::unauthorized)?;
     let account = state.store.account_by_email(kind, &email).await?;
     let hash = account.as_ref().map(|a| a.password_hash.clone());
     if !auth::verify_password(body.password, hash).await {
@@ -116,19 +113,9 @@ async fn subject_still_allowed(
     subject: Uuid,
     tenant: Option<Uuid>,
 ) -> ApiResult<bool> {
-    use crate::store::accounts::AccountKind;
-    Ok(match (realm, tenant) {
-        (Realm::Provider, None) => state
-            .store
-            .account_by_id(AccountKind::Provider, subject)
-            .await?
-            .is_some(),
-        (Realm::Developer, None) => state
-            .store
-            .account_by_id(AccountKind::Developer, subject)
-            .await?
-            .is_some(),
-        (Realm::Client, Some(tenant)) => state
+    Ok(match (realm.account_kind(), tenant) {
+        (Some(kind), None) => state.store.account_by_id(kind, subject).await?.is_some(),
+        (None, Some(tenant)) => state
             .store
             .user_principal(tenant, subject)
             .await?

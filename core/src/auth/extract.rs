@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{Realm, sha256};
 use crate::api::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::store::accounts::AccountKind;
+use crate::store::accounts::Account;
 use crate::tenancy::{Permission, Role, TenantScope};
 
 fn bearer(parts: &Parts) -> Option<&str> {
@@ -21,50 +21,46 @@ fn bearer(parts: &Parts) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// A signed-in provider operator.
-#[derive(Debug, Clone, Copy)]
+/// A signed-in provider operator, with the account as it is now.
+#[derive(Debug, Clone)]
 pub struct ProviderPrincipal {
-    pub account_id: Uuid,
+    pub account: Account,
 }
 
-/// A signed-in plugin developer.
-#[derive(Debug, Clone, Copy)]
+/// A signed-in plugin developer, with the account as it is now.
+#[derive(Debug, Clone)]
 pub struct DeveloperPrincipal {
-    pub account_id: Uuid,
+    pub account: Account,
 }
 
-async fn platform_account(parts: &Parts, state: &AppState, realm: Realm) -> ApiResult<Uuid> {
+async fn platform_account(parts: &Parts, state: &AppState, realm: Realm) -> ApiResult<Account> {
     let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
     let claims = state
         .auth
         .verify_access(realm, token)
         .ok_or_else(ApiError::unauthorized)?;
-    let kind = match realm {
-        Realm::Provider => AccountKind::Provider,
-        _ => AccountKind::Developer,
-    };
+    let kind = realm.account_kind().ok_or_else(ApiError::unauthorized)?;
     // The account must still exist: a deleted account's tokens die with it.
     state
         .store
         .account_by_id(kind, claims.sub)
         .await?
-        .map(|a| a.id)
         .ok_or_else(ApiError::unauthorized)
 }
 
 impl FromRequestParts<AppState> for ProviderPrincipal {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
-        let account_id = platform_account(parts, state, Realm::Provider).await?;
-        Ok(Self { account_id })
+        let account = platform_account(parts, state, Realm::Provider).await?;
+        Ok(Self { account })
     }
 }
 
 impl FromRequestParts<AppState> for DeveloperPrincipal {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
-        let account_id = platform_account(parts, state, Realm::Developer).await?;
-        Ok(Self { account_id })
+        let account = platform_account(parts, state, Realm::Developer).await?;
+        Ok(Self { account })
     }
 }
 

@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::store::Store;
+use crate::store::accounts::AccountKind;
 
 pub mod extract;
 
@@ -45,6 +46,16 @@ impl Realm {
             Realm::Provider => "provider",
             Realm::Developer => "developer",
             Realm::Client => "client",
+        }
+    }
+
+    /// The platform account table of the provider and developer realms; the client realm's
+    /// users belong to tenants instead.
+    pub fn account_kind(self) -> Option<AccountKind> {
+        match self {
+            Realm::Provider => Some(AccountKind::Provider),
+            Realm::Developer => Some(AccountKind::Developer),
+            Realm::Client => None,
         }
     }
 

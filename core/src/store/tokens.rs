@@ -140,14 +140,10 @@ impl Store {
         ))
     }
 
-    /// Logout: revokes the family of this token. Returns the subject it belonged to.
-    pub async fn revoke_refresh_family(
-        &self,
-        realm: &str,
-        token_hash: &[u8],
-    ) -> StoreResult<Option<Uuid>> {
+    /// Logout: revokes the family of this token (an unknown token changes nothing).
+    pub async fn revoke_refresh_family(&self, realm: &str, token_hash: &[u8]) -> StoreResult<()> {
         let Some(grant) = self.refresh_grant(realm, token_hash).await? else {
-            return Ok(None);
+            return Ok(());
         };
         on_pool!(self.pool(), pool => {
             sqlx::query(
@@ -157,7 +153,7 @@ impl Store {
             .bind(grant.family_id)
             .execute(pool)
             .await?;
-            Ok(Some(grant.subject_id))
+            Ok(())
         })
     }
 }
