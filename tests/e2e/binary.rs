@@ -206,16 +206,7 @@ async fn serve_runs_on_postgresql_from_the_environment() {
     if !crate::harness::postgres_available().await {
         return;
     }
-    let name = format!("sf_bin_{}", uuid::Uuid::new_v4().simple());
-    let admin = crate::harness::postgres_admin_url();
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
-        .await
-        .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let url = format!("{}/{name}", &admin[..admin.rfind('/').unwrap()]);
+    let (url, name) = crate::harness::create_postgres_database("sf_bin").await;
     let dir = tempfile::tempdir().unwrap();
     let process = spawn(
         &["serve"],
@@ -236,12 +227,7 @@ async fn serve_runs_on_postgresql_from_the_environment() {
     .await;
     assert_eq!(status, 200);
     assert!(process.terminate().success());
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    crate::harness::drop_postgres_database(&name).await;
 
     // A bad URL is a clear error, not a panic.
     let out = Command::new(env!("CARGO_BIN_EXE_streamflow"))

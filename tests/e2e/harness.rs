@@ -111,16 +111,8 @@ impl TestServer {
                 if !postgres_available().await {
                     return None;
                 }
-                let name = format!("sf_t_{}", uuid::Uuid::new_v4().simple());
-                let mut admin = sqlx::PgConnection::connect(&postgres_admin_url())
-                    .await
-                    .expect("admin connection");
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&mut admin)
-                    .await
-                    .expect("create test database");
-                let _ = admin.close().await;
-                (database_url_for(&name), None, Some(name))
+                let (url, name) = create_postgres_database("sf_t").await;
+                (url, None, Some(name))
             }
         };
         let mut config = Config {
@@ -321,6 +313,30 @@ pub async fn event_kinds(srv: &TestServer, record_id: &str) -> Vec<String> {
     })
 }
 
+/// Creates a fresh, empty database on the test PostgreSQL; returns its URL and name.
+pub async fn create_postgres_database(prefix: &str) -> (String, String) {
+    let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&postgres_admin_url())
+        .await
+        .expect("admin connection");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    let _ = admin.close().await;
+    (database_url_for(&name), name)
+}
+
+/// Drops a database made by [`create_postgres_database`], whoever is still connected.
+pub async fn drop_postgres_database(name: &str) {
+    if let Ok(mut admin) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
+        let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+            .execute(&mut admin)
+            .await;
+    }
+}
+
 fn database_url_for(name: &str) -> String {
     let admin = postgres_admin_url();
     match admin.rfind('/') {
@@ -343,16 +359,7 @@ impl Drop for TestServer {
                     .enable_all()
                     .build()
                     .unwrap();
-                rt.block_on(async {
-                    if let Ok(mut admin) = sqlx::PgConnection::connect(&postgres_admin_url()).await
-                    {
-                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        )))
-                        .execute(&mut admin)
-                        .await;
-                    }
-                });
+                rt.block_on(drop_postgres_database(&name));
             })
             .join();
         }
