@@ -27,6 +27,9 @@ enum Command {
     Demo(ServeArgs),
     /// Apply pending database migrations and exit.
     Migrate(DatabaseArgs),
+    /// Write, build and inspect plugins.
+    #[command(subcommand)]
+    Plugin(crate::plugin_cli::PluginCommand),
 }
 
 #[derive(Args, Clone)]
@@ -68,6 +71,32 @@ struct ServeArgs {
     /// Seed demo tenants, users and leads, and print how to log in.
     #[arg(long)]
     demo: bool,
+    /// Directory for compiled plugins and the generated secret key.
+    #[arg(long, env = "STREAMFLOW_DATA_DIR", default_value = "streamflow-data")]
+    data_dir: std::path::PathBuf,
+    /// Base64 of a 32-byte key encrypting secrets at rest (`openssl rand -base64 32`);
+    /// generated into the data directory if unset. Set the same key on every node.
+    #[arg(long, env = "STREAMFLOW_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
+    /// Largest plugin package accepted, in bytes.
+    #[arg(long, env = "STREAMFLOW_PLUGIN_SIZE_LIMIT", default_value_t = 32 * 1024 * 1024)]
+    plugin_size_limit: usize,
+    /// Longest any plugin call may run, whatever its manifest asks.
+    #[arg(
+        long,
+        env = "STREAMFLOW_PLUGIN_MAX_TIMEOUT_MS",
+        default_value_t = 2_000
+    )]
+    plugin_max_timeout_ms: u32,
+    /// Most memory any plugin instance may use, in MiB.
+    #[arg(long, env = "STREAMFLOW_PLUGIN_MAX_MEMORY_MB", default_value_t = 64)]
+    plugin_max_memory_mb: u32,
+    /// Largest result of any plugin call, in KiB.
+    #[arg(long, env = "STREAMFLOW_PLUGIN_MAX_OUTPUT_KB", default_value_t = 256)]
+    plugin_max_output_kb: u32,
+    /// Plugin instances that may run at once.
+    #[arg(long, env = "STREAMFLOW_PLUGIN_INSTANCES", default_value_t = 128)]
+    plugin_instances: u32,
     /// Log format: `text` or `json` (one JSON object per line).
     #[arg(long, env = "STREAMFLOW_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -84,6 +113,15 @@ impl ServeArgs {
             write_batch: self.write_batch,
             provider_email: self.provider_email.clone(),
             provider_password: self.provider_password.clone(),
+            data_dir: self.data_dir.clone(),
+            secret_key: self.secret_key.clone(),
+            plugin_size_limit: self.plugin_size_limit,
+            plugin_max_limits: streamflow_runtime::Limits {
+                timeout_ms: self.plugin_max_timeout_ms,
+                memory_mb: self.plugin_max_memory_mb,
+                output_kb: self.plugin_max_output_kb,
+            },
+            plugin_instances: self.plugin_instances,
             ..Config::default()
         }
     }
@@ -108,6 +146,7 @@ pub fn main() -> ExitCode {
                 args.demo = true;
                 run_serve(args).await
             }
+            Command::Plugin(command) => crate::plugin_cli::run(command).await,
             Command::Migrate(args) => {
                 telemetry::init_logging(false);
                 store::Store::connect(&args.database_url).await?;

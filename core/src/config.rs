@@ -3,6 +3,7 @@
 //! in the working directory.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Clone, Debug)]
@@ -29,6 +30,20 @@ pub struct Config {
     /// The first provider account, used only when none exists yet.
     pub provider_email: Option<String>,
     pub provider_password: Option<String>,
+    /// Where the server keeps files: compiled plugins (`plugin-cache/`) and, when
+    /// `secret_key` is not set, the generated `secret.key` (`STREAMFLOW_DATA_DIR`, default
+    /// `streamflow-data`).
+    pub data_dir: PathBuf,
+    /// Base64 of the 32-byte key that encrypts secrets at rest (`STREAMFLOW_SECRET_KEY`).
+    /// Every node of a cluster needs the same one.
+    pub secret_key: Option<String>,
+    /// Largest plugin package accepted, in bytes (`STREAMFLOW_PLUGIN_SIZE_LIMIT`, 32 MiB).
+    pub plugin_size_limit: usize,
+    /// The most any plugin call may take, use and return, whatever its manifest asks
+    /// (`STREAMFLOW_PLUGIN_MAX_TIMEOUT_MS`, `_MAX_MEMORY_MB`, `_MAX_OUTPUT_KB`).
+    pub plugin_max_limits: streamflow_runtime::Limits,
+    /// Plugin instances that can run at once (`STREAMFLOW_PLUGIN_INSTANCES`).
+    pub plugin_instances: u32,
 }
 
 impl Default for Config {
@@ -44,6 +59,15 @@ impl Default for Config {
             write_batch: crate::store::writer::MAX_BATCH,
             provider_email: None,
             provider_password: None,
+            data_dir: PathBuf::from("streamflow-data"),
+            secret_key: None,
+            plugin_size_limit: 32 * 1024 * 1024,
+            plugin_max_limits: streamflow_runtime::Limits {
+                timeout_ms: 2_000,
+                memory_mb: 64,
+                output_kb: 256,
+            },
+            plugin_instances: 128,
         }
     }
 }

@@ -154,6 +154,9 @@ pub async fn seed(state: &AppState) -> anyhow::Result<()> {
                     .writer
                     .submit(RecordWrite::Create {
                         scope,
+                        id: uuid::Uuid::now_v7(),
+                        score: None,
+                        events: Vec::new(),
                         record_type: "lead".into(),
                         stage: Some(stage.to_string()),
                         data: json!({

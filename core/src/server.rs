@@ -6,11 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use streamflow_runtime::{Runtime, RuntimeConfig};
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
 use crate::auth::{self, Auth, LoginLimiter};
 use crate::config::Config;
+use crate::crypto::SecretBox;
+use crate::plugins::PluginHost;
 use crate::records::SchemaCache;
 use crate::store::Store;
 use crate::store::accounts::AccountKind;
@@ -29,15 +32,33 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let auth = Auth::load(&store, &config)
         .await
         .context("loading the realms' signing keys")?;
+    let writer =
+        RecordWriter::start(&store, config.write_batch).context("starting the record writer")?;
+    let schemas = Arc::new(SchemaCache::default());
+    let secrets = SecretBox::load(config.secret_key.as_deref(), &config.data_dir)?;
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(config.data_dir.join("plugin-cache")),
+        max_limits: config.plugin_max_limits,
+        instances: config.plugin_instances,
+        ..RuntimeConfig::default()
+    })
+    .context("starting the plugin runtime")?;
+    let plugins = PluginHost::new(
+        Arc::new(runtime),
+        store.clone(),
+        writer.clone(),
+        schemas.clone(),
+        Arc::new(secrets),
+    );
     Ok(AppState {
-        writer: RecordWriter::start(&store, config.write_batch)
-            .context("starting the record writer")?,
+        writer,
+        plugins: Arc::new(plugins),
         auth: Arc::new(auth),
         login_limiter: LoginLimiter::new(
             config.login_per_ip_per_minute,
             config.login_per_account_per_minute,
         ),
-        schemas: Arc::new(SchemaCache::default()),
+        schemas,
         metrics: crate::telemetry::prometheus(),
         config: Arc::new(config),
         store,

@@ -50,6 +50,10 @@ pub enum Permission {
     ApiKeysManage,
     /// Define record types and their JSON Schemas.
     SchemasManage,
+    /// Change the configuration of installed plugins.
+    PluginsConfigure,
+    /// Run a plugin's actions.
+    PluginsRun,
 }
 
 impl Role {
@@ -86,7 +90,8 @@ impl Role {
             RecordsUpdate => self >= Role::Field,
             RecordsCreate => self >= Role::Member,
             RecordsDelete => self >= Role::Manager,
-            UsersManage | ApiKeysManage | SchemasManage => self >= Role::Admin,
+            UsersManage | ApiKeysManage | SchemasManage | PluginsConfigure => self >= Role::Admin,
+            PluginsRun => self >= Role::Member,
         }
     }
 

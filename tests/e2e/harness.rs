@@ -122,6 +122,10 @@ impl TestServer {
             login_per_account_per_minute: 100_000,
             provider_email: Some(PROVIDER_EMAIL.into()),
             provider_password: Some(PROVIDER_PASSWORD.into()),
+            // Shared by the tests so each plugin compiles once; compiled artifacts are keyed
+            // by the package's hash, and the secret key is given so no key file is written.
+            data_dir: std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-data"),
+            secret_key: Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into()),
             ..Config::default()
         };
         tweak(&mut config);
@@ -363,5 +367,114 @@ impl Drop for TestServer {
             })
             .join();
         }
+    }
+}
+
+/// The package file of a plugin crate in this repository (`plugins/...` or
+/// `tests/plugins/...`), built once per test run with `streamflow plugin build`.
+pub fn plugin_package(crate_dir: &str) -> Vec<u8> {
+    static BUILT: std::sync::Mutex<Vec<(String, std::path::PathBuf)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = built.iter().find(|(dir, _)| dir == crate_dir) {
+        return std::fs::read(path).unwrap();
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{}.plugin.wasm", crate_dir.replace('/', "_")));
+    let result = std::process::Command::new(env!("CARGO_BIN_EXE_streamflow"))
+        .args(["plugin", "build"])
+        .arg(root.join(crate_dir))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .expect("run streamflow plugin build");
+    assert!(
+        result.status.success(),
+        "plugin build {crate_dir} failed:\n{}\n{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    built.push((crate_dir.to_string(), out.clone()));
+    std::fs::read(out).unwrap()
+}
+
+impl TestServer {
+    /// Creates a developer account and returns its access token.
+    pub async fn developer(&self, provider: &str, email: &str) -> String {
+        let (status, body) = self
+            .post(
+                "/provider/developers",
+                provider,
+                json!({"email": email, "password": "developer-pass-1", "name": "Dev"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/developer/auth/login",
+                None,
+                Some(json!({"email": email, "password": "developer-pass-1"})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["access_token"].as_str().unwrap().to_string()
+    }
+
+    /// Uploads a package as `developer`.
+    pub async fn publish(&self, developer: &str, package: Vec<u8>) -> (u16, Value) {
+        self.raw(
+            Method::POST,
+            "/developer/plugins",
+            developer,
+            Some("application/octet-stream"),
+            package,
+        )
+        .await
+    }
+
+    /// Publishes (as a fresh developer), approves and installs a plugin for `slug`.
+    pub async fn install_plugin(
+        &self,
+        provider: &str,
+        crate_dir: &str,
+        slug: &str,
+        body: Value,
+    ) -> Value {
+        let package = plugin_package(crate_dir);
+        let dev = self
+            .developer(
+                provider,
+                &format!("dev-{}@plugins.test", uuid::Uuid::new_v4().simple()),
+            )
+            .await;
+        let (status, version) = self.publish(&dev, package).await;
+        assert!(status == 201 || status == 409, "{version}");
+        let (id, v) = match status {
+            201 => (
+                version["id"].as_str().unwrap().to_string(),
+                version["version"].as_str().unwrap().to_string(),
+            ),
+            _ => unreachable!("each test server has its own registry"),
+        };
+        let (status, approved) = self
+            .post(
+                &format!("/provider/plugins/{id}/versions/{v}/approve"),
+                provider,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{approved}");
+        let (status, installed) = self
+            .call(
+                Method::PUT,
+                &format!("/provider/tenants/{slug}/plugins/{id}"),
+                Some(provider),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, 201, "{installed}");
+        installed
     }
 }

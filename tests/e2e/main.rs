@@ -6,4 +6,5 @@ mod auth;
 mod binary;
 mod isolation;
 mod ops;
+mod plugins;
 mod records;

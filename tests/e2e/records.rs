@@ -111,7 +111,7 @@ both_backends! {
 
 /// Sends only the head of a POST that declares `length` bytes of JSON, and reads the answer:
 /// a server that checks the declared length answers without waiting for the body.
-async fn headers_only_post(
+pub(crate) async fn headers_only_post(
     srv: &TestServer,
     path: &str,
     token: &str,

@@ -33,6 +33,7 @@ use crate::store::writer::RecordWriter;
 mod client;
 mod developer;
 pub mod json;
+mod plugins;
 mod provider;
 mod records;
 mod session;
@@ -49,6 +50,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub login_limiter: Arc<LoginLimiter>,
     pub schemas: Arc<SchemaCache>,
+    pub plugins: Arc<crate::plugins::PluginHost>,
     pub metrics: PrometheusHandle,
 }
 
@@ -97,9 +99,20 @@ pub fn router(state: AppState) -> Router {
     let (routes, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health))
         .routes(routes!(metrics_text))
-        .nest("/provider", provider::router())
-        .nest("/developer", developer::router())
-        .nest("/api", client::router().merge(records::router()))
+        .nest(
+            "/provider",
+            provider::router().merge(plugins::provider_router()),
+        )
+        .nest(
+            "/developer",
+            developer::router().merge(plugins::developer_router()),
+        )
+        .nest(
+            "/api",
+            client::router()
+                .merge(records::router())
+                .merge(plugins::client_router()),
+        )
         .split_for_parts();
     // Serialised once: the document never changes while the server runs.
     let openapi = axum::body::Bytes::from(

@@ -169,7 +169,7 @@ async fn list_tenants(
     Ok(Json(TenantList { items }))
 }
 
-async fn tenant(state: &AppState, slug: &str) -> ApiResult<Tenant> {
+pub(super) async fn tenant(state: &AppState, slug: &str) -> ApiResult<Tenant> {
     if validate::slug(slug, "").is_err() {
         return Err(ApiError::not_found("tenant"));
     }

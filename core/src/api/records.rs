@@ -8,6 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use streamflow_runtime::PluginRecord;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -15,6 +16,7 @@ use uuid::Uuid;
 use super::{AppState, JsonBody};
 use crate::auth::extract::ClientPrincipal;
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::plugins::ScoreOutcome;
 use crate::records::{
     MAX_DATA_DEPTH, RecordView, check_json, check_stage, decode_cursor, encode_cursor,
     unknown_type, valid_type_id,
@@ -109,13 +111,32 @@ async fn create_record(
         .schemas
         .validate(&state.store, &principal.scope, &record_type, &body.data)
         .await?;
+    let id = Uuid::now_v7();
+    let now = crate::store::now_micros();
+    let scored = score_if_lead(&state, &principal, &record_type, || PluginRecord {
+        id: id.to_string(),
+        record_type: record_type.clone(),
+        stage: body.stage.clone(),
+        version: 1,
+        data: body.data.to_string(),
+        created_at: now,
+        updated_at: now,
+    })
+    .await?;
+    let (score, events) = match scored {
+        Some(outcome) => (outcome.score, vec![outcome.event]),
+        None => (None, Vec::new()),
+    };
     let outcome = state
         .writer
         .submit(RecordWrite::Create {
             scope: principal.scope,
+            id,
             record_type,
             stage: body.stage,
             data: body.data,
+            score,
+            events,
             created_by: principal.user_id(),
             actor: principal.actor(),
         })
@@ -246,6 +267,35 @@ async fn update_record(
     if body.data.is_none() && body.stage.is_none() {
         return Err(ApiError::field("", "send `data`, `stage` or both"));
     }
+    // A scored lead is scored again on every change, from the record as it will be.
+    let mut score = None;
+    let mut events = Vec::new();
+    if record_type == "lead" && state.plugins.scorer(&principal.scope).await?.is_some() {
+        let current = state
+            .store
+            .get_record(&principal.scope, &record_type, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("record"))?;
+        if current.version != body.version {
+            return Err(unexpected(WriteOutcome::VersionConflict {
+                current_version: current.version,
+            }));
+        }
+        let scored = score_if_lead(&state, &principal, &record_type, || PluginRecord {
+            id: id.to_string(),
+            record_type: record_type.clone(),
+            stage: body.stage.clone().or(current.stage.clone()),
+            version: current.version as u64 + 1,
+            data: body.data.as_ref().unwrap_or(&current.data.0).to_string(),
+            created_at: current.created_at,
+            updated_at: crate::store::now_micros(),
+        })
+        .await?;
+        if let Some(outcome) = scored {
+            score = Some(outcome.score);
+            events.push(outcome.event);
+        }
+    }
     let outcome = state
         .writer
         .submit(RecordWrite::Update {
@@ -255,6 +305,8 @@ async fn update_record(
             expected_version: body.version,
             data: body.data,
             stage: body.stage,
+            score,
+            events,
             actor: principal.actor(),
         })
         .await?;
@@ -288,6 +340,20 @@ async fn delete_record(
         WriteOutcome::Deleted => Ok(StatusCode::NO_CONTENT),
         other => Err(unexpected(other)),
     }
+}
+
+/// Scores a lead with the tenant's scorer plugin, if it has one. The lead is saved whatever
+/// the scorer does: a failure gives a null score and a `plugin.failed` event.
+async fn score_if_lead(
+    state: &AppState,
+    principal: &ClientPrincipal,
+    record_type: &str,
+    lead: impl FnOnce() -> PluginRecord,
+) -> ApiResult<Option<ScoreOutcome>> {
+    if record_type != "lead" {
+        return Ok(None);
+    }
+    Ok(state.plugins.score_lead(&principal.scope, lead()).await?)
 }
 
 /// Maps the outcomes a route did not succeed with to their errors.

@@ -19,6 +19,7 @@ use sqlx::{PgPool, SqlitePool};
 
 pub mod accounts;
 pub mod cache;
+pub mod plugins;
 pub mod records;
 pub mod tenants;
 pub mod tokens;

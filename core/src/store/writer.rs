@@ -33,9 +33,15 @@ pub type Actor = String;
 pub enum RecordWrite {
     Create {
         scope: TenantScope,
+        /// Chosen by the caller, so a scorer can see the id before the record is stored.
+        id: Uuid,
         record_type: String,
         stage: Option<String>,
         data: Value,
+        /// The lead's score, stored with it.
+        score: Option<Value>,
+        /// Further events the change causes (`lead.scored`, `plugin.failed`).
+        events: Vec<(&'static str, Value)>,
         created_by: Option<Uuid>,
         actor: Actor,
     },
@@ -47,6 +53,9 @@ pub enum RecordWrite {
         expected_version: i64,
         data: Option<Value>,
         stage: Option<String>,
+        /// `Some`: replace the stored score (with null when scoring failed).
+        score: Option<Option<Value>>,
+        events: Vec<(&'static str, Value)>,
         actor: Actor,
     },
     Delete {
@@ -214,7 +223,15 @@ struct PendingEvent {
     payload: Value,
 }
 
-/// Rows per multi-row INSERT: 9 parameters a row stays far below SQLite's 32,766 and
+/// The score's value as a number, kept in its own column for sorting and filtering.
+fn score_value(score: &Option<Json<Value>>) -> Option<i64> {
+    score
+        .as_ref()
+        .and_then(|s| s.0.get("value"))
+        .and_then(Value::as_i64)
+}
+
+/// Rows per multi-row INSERT: 11 parameters a row stays far below SQLite's 32,766 and
 /// PostgreSQL's 65,535 bind parameters.
 const ROWS_PER_INSERT: usize = 500;
 
@@ -232,21 +249,23 @@ async fn apply_batch(
     for write in writes {
         if let RecordWrite::Create {
             scope,
+            id,
             record_type,
             stage,
             data,
+            score,
             created_by,
             ..
         } = write
         {
             let row = RecordRow {
                 tenant_id: scope.tenant_id(),
-                id: Uuid::now_v7(),
+                id: *id,
                 record_type: record_type.clone(),
                 stage: stage.clone(),
                 data: Json(data.clone()),
                 version: 1,
-                score: None,
+                score: score.clone().map(Json),
                 created_by: *created_by,
                 created_at: now,
                 updated_at: now,
@@ -279,7 +298,7 @@ async fn apply_batch(
         let mut tx = conn.begin().await?;
         for chunk in created.chunks(ROWS_PER_INSERT) {
             let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO records (tenant_id, id, type, stage, data, version, created_by, created_at, updated_at) ",
+                "INSERT INTO records (tenant_id, id, type, stage, data, version, score, score_value, created_by, created_at, updated_at) ",
             );
             insert.push_values(chunk, |mut b, row| {
                 b.push_bind(row.tenant_id)
@@ -288,6 +307,8 @@ async fn apply_batch(
                     .push_bind(&row.stage)
                     .push_bind(&row.data)
                     .push_bind(row.version)
+                    .push_bind(&row.score)
+                    .push_bind(score_value(&row.score))
                     .push_bind(row.created_by)
                     .push_bind(row.created_at)
                     .push_bind(row.updated_at);
@@ -297,7 +318,7 @@ async fn apply_batch(
         let mut created = created.into_iter();
         for write in writes {
             let outcome = match write {
-                RecordWrite::Create { actor, .. } => {
+                RecordWrite::Create { actor, events: extra, .. } => {
                     let row = created.next().expect("one row per create");
                     events.push(PendingEvent {
                         tenant_id: row.tenant_id,
@@ -307,9 +328,19 @@ async fn apply_batch(
                         actor: actor.clone(),
                         payload: json!({ "version": 1, "stage": row.stage }),
                     });
+                    for (kind, payload) in extra {
+                        events.push(PendingEvent {
+                            tenant_id: row.tenant_id,
+                            kind: *kind,
+                            record_type: row.record_type.clone(),
+                            record_id: row.id,
+                            actor: actor.clone(),
+                            payload: payload.clone(),
+                        });
+                    }
                     WriteOutcome::Created(row)
                 }
-                RecordWrite::Update { scope, record_type, id, expected_version, data, stage, actor } => {
+                RecordWrite::Update { scope, record_type, id, expected_version, data, stage, score, events: extra, actor } => {
                     let current = current_record!(tx, scope, record_type, id);
                     match current {
                         None => WriteOutcome::NotFound,
@@ -324,10 +355,14 @@ async fn apply_batch(
                             if let Some(stage) = stage {
                                 row.stage = Some(stage.clone());
                             }
+                            if let Some(score) = score {
+                                row.score = score.clone().map(Json);
+                            }
                             row.version += 1;
                             row.updated_at = now;
                             let done = sqlx::query(
-                                "UPDATE records SET data = $1, stage = $2, version = $3, updated_at = $4 \
+                                "UPDATE records SET data = $1, stage = $2, version = $3, updated_at = $4, \
+                                 score = $8, score_value = $9 \
                                  WHERE tenant_id = $5 AND id = $6 AND version = $7",
                             )
                             .bind(&row.data)
@@ -337,6 +372,8 @@ async fn apply_batch(
                             .bind(scope.tenant_id())
                             .bind(id)
                             .bind(expected_version)
+                            .bind(&row.score)
+                            .bind(score_value(&row.score))
                             .execute(&mut *tx)
                             .await?;
                             if done.rows_affected() == 0 {
@@ -371,6 +408,9 @@ async fn apply_batch(
                                         "stage.changed",
                                         json!({ "from": previous_stage, "to": row.stage, "by": actor, "version": row.version }),
                                     ));
+                                }
+                                for (kind, payload) in extra {
+                                    events.push(event(*kind, payload.clone()));
                                 }
                                 WriteOutcome::Updated(row)
                             }
@@ -433,6 +473,9 @@ mod tests {
     fn create(scope: TenantScope, n: i64) -> RecordWrite {
         RecordWrite::Create {
             scope,
+            id: Uuid::now_v7(),
+            score: None,
+            events: Vec::new(),
             record_type: "lead".into(),
             stage: None,
             data: json!({ "n": n }),

@@ -1,0 +1,822 @@
+//! Plugin routes in all three realms:
+//! - developers publish packages (`/developer/plugins`);
+//! - the provider reviews versions and installs them for tenants, with grants and config,
+//!   and watches their health (`/provider/plugins`, `/provider/tenants/{slug}/plugins`);
+//! - a client sees its plugins, its owners and admins configure them, and its staff run
+//!   their actions (`/api/plugins`).
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use streamflow_runtime::{Call, Hook, Limits, Manifest, Package, Reply};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::provider::tenant;
+use super::{AppState, JsonBody};
+use crate::auth::extract::{ClientPrincipal, DeveloperPrincipal, ProviderPrincipal};
+use crate::error::{ApiError, ApiResult, ErrorBody, FieldError};
+use crate::plugins::health::HealthView;
+use crate::plugins::{CallError, check_grants, config};
+use crate::records::compile_schema;
+use crate::store::TenantScope;
+use crate::store::plugins::{AuditRow, InstallationRow, NewVersion, Published, VersionRow};
+use crate::tenancy::Permission;
+
+pub fn developer_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(publish, list_own))
+}
+
+pub fn provider_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_registry))
+        .routes(routes!(approve))
+        .routes(routes!(reject))
+        .routes(routes!(list_installed))
+        .routes(routes!(install, uninstall))
+        .routes(routes!(reset_breaker))
+        .routes(routes!(audit))
+}
+
+pub fn client_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(client_list))
+        .routes(routes!(client_configure))
+        .routes(routes!(run_action))
+}
+
+/// A published version as the registry shows it.
+#[derive(Serialize, utoipa::ToSchema)]
+struct VersionView {
+    id: String,
+    version: String,
+    name: String,
+    description: Option<String>,
+    /// The `streamflow:plugin` API version it targets.
+    api: String,
+    hooks: Vec<String>,
+    capabilities: Vec<String>,
+    subscriptions: Vec<String>,
+    actions: Vec<String>,
+    #[schema(value_type = Object)]
+    limits: Value,
+    #[schema(value_type = Object)]
+    config_schema: Value,
+    /// JSON pointers of the configuration fields that are secrets.
+    secret_fields: Vec<String>,
+    sha256: String,
+    size: i64,
+    /// `pending`, `approved` or `rejected`.
+    status: String,
+    uploaded_at: String,
+    reviewed_at: Option<String>,
+}
+
+fn manifest_of(row: &VersionRow) -> ApiResult<Manifest> {
+    serde_json::from_value(row.manifest.0.clone()).map_err(|e| {
+        tracing::error!(plugin = %row.plugin_id, version = %row.version, error = %e, "stored manifest does not parse");
+        ApiError::internal()
+    })
+}
+
+fn version_view(row: &VersionRow) -> ApiResult<VersionView> {
+    let m = manifest_of(row)?;
+    Ok(VersionView {
+        id: row.plugin_id.clone(),
+        version: row.version.clone(),
+        name: row.name.clone(),
+        description: m.description.clone(),
+        api: row.api.clone(),
+        hooks: m.hooks.iter().map(|h| h.as_str().to_string()).collect(),
+        capabilities: m
+            .capabilities
+            .iter()
+            .map(|c| c.as_str().to_string())
+            .collect(),
+        subscriptions: m.subscriptions.clone(),
+        actions: m.actions.clone(),
+        limits: serde_json::to_value(m.limits).unwrap_or_default(),
+        config_schema: m.config_schema(),
+        secret_fields: m.secret_fields(),
+        sha256: row.sha256.clone(),
+        size: row.size,
+        status: row.status.clone(),
+        uploaded_at: crate::store::format_micros(row.uploaded_at),
+        reviewed_at: row.reviewed_at.map(crate::store::format_micros),
+    })
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct VersionList {
+    items: Vec<VersionView>,
+}
+
+/// Publish a plugin version: the body is the package file `streamflow plugin build` wrote.
+/// The first developer to publish an id owns it. Versions are immutable and start pending.
+#[utoipa::path(post, path = "/plugins", tag = "developer", security(("developer_token" = [])),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = VersionView), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn publish(
+    State(state): State<AppState>,
+    principal: DeveloperPrincipal,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<VersionView>)> {
+    let limit = state.config.plugin_size_limit;
+    let too_large = || super::json::too_large(limit);
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence != "application/octet-stream" && essence != "application/wasm" {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the package file as the body with `Content-Type: application/octet-stream`",
+        ));
+    }
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())?;
+    if bytes.is_empty() {
+        return Err(ApiError::field(
+            "",
+            "the body is empty: send the package file",
+        ));
+    }
+    // Parsing validates the whole component; bounded by the size limit, but still CPU work.
+    let package = tokio::task::spawn_blocking(move || Package::parse(bytes.to_vec()))
+        .await
+        .map_err(|_| ApiError::internal())?
+        .map_err(|e| {
+            ApiError::validation(e.0.into_iter().map(|m| FieldError::new("", m)).collect())
+        })?;
+    let manifest = &package.manifest;
+    if let Some(schema) = manifest.config.as_ref().and_then(|c| c.schema.as_ref()) {
+        compile_schema(schema).map_err(|e| {
+            ApiError::field(
+                "/config/schema",
+                format!("the config schema is unusable: {e}"),
+            )
+        })?;
+    }
+    let manifest_json = serde_json::to_value(manifest).map_err(|_| ApiError::internal())?;
+    let version = manifest.version.to_string();
+    let api = manifest.api.to_string();
+    let published = state
+        .store
+        .publish_version(
+            principal.account.id,
+            &NewVersion {
+                plugin_id: &manifest.id,
+                version: &version,
+                name: &manifest.name,
+                api: &api,
+                manifest: &manifest_json,
+                package: &package.bytes,
+                sha256: &package.sha256,
+            },
+        )
+        .await?;
+    let row = match published {
+        Published::Created(row) => row,
+        Published::Exists => {
+            return Err(ApiError::conflict(
+                "version_exists",
+                format!(
+                    "{} {version} is already published; versions are immutable, so bump the version",
+                    manifest.id
+                ),
+            ));
+        }
+        Published::NotOwner => {
+            return Err(ApiError::forbidden(format!(
+                "the plugin id {} belongs to another developer",
+                manifest.id
+            )));
+        }
+    };
+    tracing::info!(plugin = %row.plugin_id, version = %row.version, sha256 = %row.sha256, "plugin version published");
+    // Compile now, in the background, so the first call after approval does not wait.
+    let plugins = state.plugins.clone();
+    let (id, v) = (row.plugin_id.clone(), row.version.clone());
+    tokio::spawn(async move {
+        if let Err(e) = plugins.load(&id, &v).await {
+            tracing::warn!(plugin = %id, version = %v, error = %e.message, "published plugin does not compile");
+        }
+    });
+    Ok((StatusCode::CREATED, Json(version_view(&row)?)))
+}
+
+/// Your published versions.
+#[utoipa::path(get, path = "/plugins", tag = "developer", security(("developer_token" = [])),
+    responses((status = 200, body = VersionList)))]
+async fn list_own(
+    State(state): State<AppState>,
+    principal: DeveloperPrincipal,
+) -> ApiResult<Json<VersionList>> {
+    let rows = state
+        .store
+        .list_versions(Some(principal.account.id))
+        .await?;
+    Ok(Json(VersionList {
+        items: rows.iter().map(version_view).collect::<ApiResult<_>>()?,
+    }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct RegistryQuery {
+    /// Only versions with this status: pending, approved or rejected.
+    status: Option<String>,
+}
+
+/// Every published version, newest first.
+#[utoipa::path(get, path = "/plugins", tag = "provider", security(("provider_token" = [])),
+    params(RegistryQuery), responses((status = 200, body = VersionList)))]
+async fn list_registry(
+    State(state): State<AppState>,
+    _: ProviderPrincipal,
+    Query(query): Query<RegistryQuery>,
+) -> ApiResult<Json<VersionList>> {
+    let rows = state.store.list_versions(None).await?;
+    let items = rows
+        .iter()
+        .filter(|r| {
+            query
+                .status
+                .as_deref()
+                .is_none_or(|s| s.is_empty() || r.status == s)
+        })
+        .map(version_view)
+        .collect::<ApiResult<_>>()?;
+    Ok(Json(VersionList { items }))
+}
+
+async fn review(
+    state: &AppState,
+    principal: &ProviderPrincipal,
+    id: &str,
+    version: &str,
+    status: &str,
+) -> ApiResult<Json<VersionView>> {
+    let row = state
+        .store
+        .review_version(id, version, status, None, principal.account.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("plugin version"))?;
+    state.plugins.forget();
+    tracing::info!(plugin = %id, version, status, "plugin version reviewed");
+    Ok(Json(version_view(&row)?))
+}
+
+/// Approve a version: tenants may then install it.
+#[utoipa::path(post, path = "/plugins/{id}/versions/{version}/approve", tag = "provider", security(("provider_token" = [])),
+    params(("id" = String, Path), ("version" = String, Path)),
+    responses((status = 200, body = VersionView), (status = 404, body = ErrorBody)))]
+async fn approve(
+    State(state): State<AppState>,
+    principal: ProviderPrincipal,
+    Path((id, version)): Path<(String, String)>,
+) -> ApiResult<Json<VersionView>> {
+    review(&state, &principal, &id, &version, "approved").await
+}
+
+/// Reject a version. An approved version that is rejected later stops running for the
+/// tenants that have it installed.
+#[utoipa::path(post, path = "/plugins/{id}/versions/{version}/reject", tag = "provider", security(("provider_token" = [])),
+    params(("id" = String, Path), ("version" = String, Path)),
+    responses((status = 200, body = VersionView), (status = 404, body = ErrorBody)))]
+async fn reject(
+    State(state): State<AppState>,
+    principal: ProviderPrincipal,
+    Path((id, version)): Path<(String, String)>,
+) -> ApiResult<Json<VersionView>> {
+    review(&state, &principal, &id, &version, "rejected").await
+}
+
+/// An installation. The configuration never includes secret fields; `secrets_set` names
+/// the ones that hold a value.
+#[derive(Serialize, utoipa::ToSchema)]
+struct InstallationView {
+    plugin_id: String,
+    name: String,
+    version: String,
+    /// The semver requirement the version was resolved from.
+    requirement: String,
+    hooks: Vec<String>,
+    /// Capabilities the provider granted.
+    grants: Vec<String>,
+    /// Capabilities the plugin asks for.
+    requested: Vec<String>,
+    #[schema(value_type = Object)]
+    config: Value,
+    secrets_set: Vec<String>,
+    enabled: bool,
+    /// Effective per-call limits (the manifest's, capped by the provider's maximums).
+    #[schema(value_type = Object)]
+    limits: Value,
+    created_at: String,
+    updated_at: String,
+    /// Provider only: calls, failures and the circuit breaker on this node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health: Option<HealthView>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct InstallationList {
+    items: Vec<InstallationView>,
+}
+
+async fn installation_view(
+    state: &AppState,
+    row: &InstallationRow,
+    with_health: bool,
+) -> ApiResult<InstallationView> {
+    let version = state
+        .store
+        .get_version(&row.plugin_id, &row.version)
+        .await?
+        .ok_or_else(ApiError::internal)?;
+    let manifest = manifest_of(&version)?;
+    let secrets_set = if row.secrets.is_some() {
+        match state.plugins.open_secrets(row) {
+            Ok(secrets) => secrets.keys().cloned().collect(),
+            Err(e) => {
+                tracing::error!(plugin = %row.plugin_id, error = %e, "installation secrets do not decrypt");
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    let limits: Limits = manifest.limits.capped_by(state.config.plugin_max_limits);
+    Ok(InstallationView {
+        plugin_id: row.plugin_id.clone(),
+        name: version.name.clone(),
+        version: row.version.clone(),
+        requirement: row.requirement.clone(),
+        hooks: manifest
+            .hooks
+            .iter()
+            .map(|h| h.as_str().to_string())
+            .collect(),
+        grants: serde_json::from_value(row.grants.0.clone()).unwrap_or_default(),
+        requested: manifest
+            .capabilities
+            .iter()
+            .map(|c| c.as_str().to_string())
+            .collect(),
+        config: row.config.0.clone(),
+        secrets_set,
+        enabled: row.enabled,
+        limits: serde_json::to_value(limits).unwrap_or_default(),
+        created_at: crate::store::format_micros(row.created_at),
+        updated_at: crate::store::format_micros(row.updated_at),
+        health: with_health.then(|| state.plugins.health.view(row.tenant_id, &row.plugin_id)),
+    })
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct InstallRequest {
+    /// A semver requirement such as `^1.2` or `=0.1.0`; the highest approved version that
+    /// matches is installed. Default `*`.
+    version: Option<String>,
+    /// Capabilities to grant; each must be one the plugin requests. Default none.
+    #[serde(default)]
+    grants: Vec<String>,
+    /// The configuration, validated against the version's schema (defaults filled in).
+    /// Omitted: keep the current configuration (an upgrade re-validates it).
+    #[schema(value_type = Option<Object>)]
+    config: Option<Value>,
+    /// Default true.
+    enabled: Option<bool>,
+}
+
+fn is_plugin_id(id: &str) -> ApiResult<()> {
+    if streamflow_runtime::manifest::valid_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("plugin"))
+    }
+}
+
+/// Install a plugin for a tenant, or change its version, grants, configuration or enabled
+/// flag.
+#[utoipa::path(put, path = "/tenants/{slug}/plugins/{id}", tag = "provider", security(("provider_token" = [])),
+    params(("slug" = String, Path), ("id" = String, Path)), request_body = InstallRequest,
+    responses((status = 200, body = InstallationView), (status = 201, body = InstallationView),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn install(
+    State(state): State<AppState>,
+    _: ProviderPrincipal,
+    Path((slug, id)): Path<(String, String)>,
+    JsonBody(body): JsonBody<InstallRequest>,
+) -> ApiResult<(StatusCode, Json<InstallationView>)> {
+    let tenant = tenant(&state, &slug).await?;
+    is_plugin_id(&id)?;
+    let scope = TenantScope::new(tenant.id);
+    let requirement_text = body.version.clone().unwrap_or_else(|| "*".into());
+    let requirement = semver::VersionReq::parse(&requirement_text)
+        .map_err(|e| ApiError::field("/version", format!("not a semver requirement: {e}")))?;
+    let approved = state.store.approved_versions(&id).await?;
+    let chosen = approved
+        .iter()
+        .filter_map(|row| semver::Version::parse(&row.version).ok().map(|v| (v, row)))
+        .filter(|(v, _)| requirement.matches(v))
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, row)| row.clone());
+    let Some(version) = chosen else {
+        if approved.is_empty() {
+            return Err(ApiError::not_found("approved version of this plugin"));
+        }
+        let list: Vec<&str> = approved.iter().map(|r| r.version.as_str()).collect();
+        return Err(ApiError::field(
+            "/version",
+            format!(
+                "no approved version matches {requirement_text}; approved: {}",
+                list.join(", ")
+            ),
+        ));
+    };
+    let manifest = manifest_of(&version)?;
+    let grants = check_grants(&manifest, &body.grants).map_err(ApiError::validation)?;
+    // One scorer per tenant: two would race to score every lead.
+    if manifest.has_hook(Hook::ScoreLead) {
+        for other in state.store.list_installations(&scope).await? {
+            if other.plugin_id == id {
+                continue;
+            }
+            if let Some(v) = state
+                .store
+                .get_version(&other.plugin_id, &other.version)
+                .await?
+                && manifest_of(&v)?.has_hook(Hook::ScoreLead)
+            {
+                return Err(ApiError::conflict(
+                    "scorer_installed",
+                    format!(
+                        "{} already scores this tenant's leads; uninstall it first",
+                        other.plugin_id
+                    ),
+                ));
+            }
+        }
+    }
+    let existing = state.store.get_installation(&scope, &id).await?;
+    let row = configure(
+        &state,
+        &scope,
+        &manifest,
+        &version,
+        existing.as_ref(),
+        body.config,
+        |public, secrets| InstallationRow {
+            tenant_id: tenant.id,
+            plugin_id: id.clone(),
+            requirement: requirement_text.clone(),
+            version: version.version.clone(),
+            grants: sqlx::types::Json(serde_json::to_value(&grants).unwrap_or_default()),
+            config: sqlx::types::Json(public),
+            secrets,
+            enabled: body.enabled.unwrap_or(true),
+            created_at: 0,
+            updated_at: 0,
+        },
+    )
+    .await?;
+    tracing::info!(tenant = %slug, plugin = %id, version = %row.version, "plugin installed");
+    let status = if existing.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(installation_view(&state, &row, true).await?)))
+}
+
+/// Validates a configuration for a version (the given one, or the stored one when `input`
+/// is `None`), makes sure the version compiles, and stores the installation.
+async fn configure(
+    state: &AppState,
+    scope: &TenantScope,
+    manifest: &Manifest,
+    version: &VersionRow,
+    existing: Option<&InstallationRow>,
+    input: Option<Value>,
+    make_row: impl FnOnce(Value, Option<Vec<u8>>) -> InstallationRow,
+) -> ApiResult<InstallationRow> {
+    let kept = match existing {
+        Some(row) => state.plugins.open_secrets(row).map_err(|e| {
+            tracing::error!(plugin = %row.plugin_id, error = %e, "installation secrets do not decrypt");
+            ApiError::internal()
+        })?,
+        None => Map::new(),
+    };
+    let upgrading = existing.is_some_and(|row| row.version != version.version);
+    let (input, reusing) = match input {
+        Some(config) => (config, false),
+        None => (
+            existing
+                .map(|row| row.config.0.clone())
+                .unwrap_or_else(|| json!({})),
+            existing.is_some(),
+        ),
+    };
+    let schema = manifest.config_schema();
+    let secret_fields = manifest.secret_fields();
+    let prepared = config::prepare(&schema, &secret_fields, input, &kept).map_err(|errors| {
+        let error = ApiError::validation(errors);
+        if reusing && upgrading {
+            let message = format!(
+                "version {}'s configuration schema rejects the current configuration; send a `config` that fits it",
+                version.version
+            );
+            ApiError { message, ..error }
+        } else {
+            error
+        }
+    })?;
+    // Refuse now, with the reason, rather than fail on every call later.
+    state
+        .plugins
+        .load(&version.plugin_id, &version.version)
+        .await
+        .map_err(|e| {
+            ApiError::field(
+                "/version",
+                format!(
+                    "{} {} cannot run on this host: {}",
+                    version.plugin_id, version.version, e.message
+                ),
+            )
+        })?;
+    let sealed =
+        state
+            .plugins
+            .seal_secrets(scope.tenant_id(), &version.plugin_id, &prepared.secrets);
+    let row = make_row(prepared.public, sealed);
+    let stored = state.store.put_installation(scope, &row).await?;
+    state.plugins.forget();
+    Ok(stored)
+}
+
+/// A tenant's installations, with their health on this node.
+#[utoipa::path(get, path = "/tenants/{slug}/plugins", tag = "provider", security(("provider_token" = [])),
+    params(("slug" = String, Path)), responses((status = 200, body = InstallationList), (status = 404, body = ErrorBody)))]
+async fn list_installed(
+    State(state): State<AppState>,
+    _: ProviderPrincipal,
+    Path(slug): Path<String>,
+) -> ApiResult<Json<InstallationList>> {
+    let tenant = tenant(&state, &slug).await?;
+    let rows = state
+        .store
+        .list_installations(&TenantScope::new(tenant.id))
+        .await?;
+    let mut items = Vec::with_capacity(rows.len());
+    for row in &rows {
+        items.push(installation_view(&state, row, true).await?);
+    }
+    Ok(Json(InstallationList { items }))
+}
+
+/// Uninstall a plugin from a tenant. Its stored kv data is kept for a reinstall.
+#[utoipa::path(delete, path = "/tenants/{slug}/plugins/{id}", tag = "provider", security(("provider_token" = [])),
+    params(("slug" = String, Path), ("id" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn uninstall(
+    State(state): State<AppState>,
+    _: ProviderPrincipal,
+    Path((slug, id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let tenant = tenant(&state, &slug).await?;
+    is_plugin_id(&id)?;
+    if !state
+        .store
+        .delete_installation(&TenantScope::new(tenant.id), &id)
+        .await?
+    {
+        return Err(ApiError::not_found("installation"));
+    }
+    state.plugins.forget();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Close an installation's circuit breaker so calls go through again.
+#[utoipa::path(post, path = "/tenants/{slug}/plugins/{id}/reset", tag = "provider", security(("provider_token" = [])),
+    params(("slug" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = InstallationView), (status = 404, body = ErrorBody)))]
+async fn reset_breaker(
+    State(state): State<AppState>,
+    _: ProviderPrincipal,
+    Path((slug, id)): Path<(String, String)>,
+) -> ApiResult<Json<InstallationView>> {
+    let tenant = tenant(&state, &slug).await?;
+    is_plugin_id(&id)?;
+    let row = state
+        .store
+        .get_installation(&TenantScope::new(tenant.id), &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("installation"))?;
+    state.plugins.health.reset(tenant.id, &id);
+    tracing::info!(tenant = %slug, plugin = %id, "plugin circuit breaker reset");
+    Ok(Json(installation_view(&state, &row, true).await?))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct AuditEntry {
+    id: String,
+    plugin_id: String,
+    version: String,
+    capability: String,
+    operation: String,
+    at: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct AuditList {
+    items: Vec<AuditEntry>,
+}
+
+/// Capability calls the plugin made without a grant, newest first (at most 200).
+#[utoipa::path(get, path = "/tenants/{slug}/plugins/{id}/audit", tag = "provider", security(("provider_token" = [])),
+    params(("slug" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = AuditList), (status = 404, body = ErrorBody)))]
+async fn audit(
+    State(state): State<AppState>,
+    _: ProviderPrincipal,
+    Path((slug, id)): Path<(String, String)>,
+) -> ApiResult<Json<AuditList>> {
+    let tenant = tenant(&state, &slug).await?;
+    is_plugin_id(&id)?;
+    let rows = state
+        .store
+        .list_audit(&TenantScope::new(tenant.id), &id)
+        .await?;
+    Ok(Json(AuditList {
+        items: rows
+            .into_iter()
+            .map(|r: AuditRow| AuditEntry {
+                id: r.id.to_string(),
+                plugin_id: r.plugin_id,
+                version: r.version,
+                capability: r.capability,
+                operation: r.operation,
+                at: crate::store::format_micros(r.created_at),
+            })
+            .collect(),
+    }))
+}
+
+/// The plugins installed for your business.
+#[utoipa::path(get, path = "/plugins", tag = "plugins", security(("client_token" = [])),
+    responses((status = 200, body = InstallationList)))]
+async fn client_list(
+    State(state): State<AppState>,
+    principal: ClientPrincipal,
+) -> ApiResult<Json<InstallationList>> {
+    principal.require(Permission::RecordsRead)?;
+    let rows = state.store.list_installations(&principal.scope).await?;
+    let mut items = Vec::with_capacity(rows.len());
+    for row in &rows {
+        items.push(installation_view(&state, row, false).await?);
+    }
+    Ok(Json(InstallationList { items }))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ConfigRequest {
+    /// The whole configuration. Secret fields left out keep their stored values.
+    #[schema(value_type = Object)]
+    config: Value,
+}
+
+/// Change an installed plugin's configuration (owners and admins).
+#[utoipa::path(put, path = "/plugins/{id}/config", tag = "plugins", security(("client_token" = [])),
+    params(("id" = String, Path)), request_body = ConfigRequest,
+    responses((status = 200, body = InstallationView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 422, body = ErrorBody)))]
+async fn client_configure(
+    State(state): State<AppState>,
+    principal: ClientPrincipal,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ConfigRequest>,
+) -> ApiResult<Json<InstallationView>> {
+    principal.require(Permission::PluginsConfigure)?;
+    is_plugin_id(&id)?;
+    let existing = state
+        .store
+        .get_installation(&principal.scope, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("installation"))?;
+    let version = state
+        .store
+        .get_version(&id, &existing.version)
+        .await?
+        .ok_or_else(ApiError::internal)?;
+    let manifest = manifest_of(&version)?;
+    let row = configure(
+        &state,
+        &principal.scope,
+        &manifest,
+        &version,
+        Some(&existing),
+        Some(body.config),
+        |public, secrets| InstallationRow {
+            config: sqlx::types::Json(public),
+            secrets,
+            ..existing.clone()
+        },
+    )
+    .await?;
+    tracing::info!(plugin = %id, actor = %principal.actor(), "plugin configuration changed");
+    Ok(Json(installation_view(&state, &row, false).await?))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ActionRequest {
+    /// JSON input for the action.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    input: Value,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct ActionResult {
+    #[schema(value_type = Object)]
+    output: Value,
+}
+
+/// Run one of an installed plugin's actions.
+#[utoipa::path(post, path = "/plugins/{id}/actions/{name}", tag = "plugins", security(("client_token" = [])),
+    params(("id" = String, Path), ("name" = String, Path)), request_body = ActionRequest,
+    responses((status = 200, body = ActionResult), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 502, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn run_action(
+    State(state): State<AppState>,
+    principal: ClientPrincipal,
+    Path((id, name)): Path<(String, String)>,
+    JsonBody(body): JsonBody<ActionRequest>,
+) -> ApiResult<Json<ActionResult>> {
+    principal.require(Permission::PluginsRun)?;
+    is_plugin_id(&id)?;
+    let active = state.plugins.active(&principal.scope).await?;
+    let plugin = active
+        .iter()
+        .find(|a| a.plugin_id == id)
+        .ok_or_else(|| ApiError::not_found("installation"))?;
+    if !plugin.manifest.has_hook(Hook::RunAction) || !plugin.manifest.actions.contains(&name) {
+        return Err(ApiError::not_found("action"));
+    }
+    let reply = state
+        .plugins
+        .call(
+            &principal.scope,
+            plugin,
+            Call::RunAction {
+                name,
+                input: body.input.to_string(),
+            },
+        )
+        .await
+        .map_err(plugin_error)?;
+    let Reply::Output(text) = reply else {
+        return Err(ApiError::internal());
+    };
+    let output = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Ok(Json(ActionResult { output }))
+}
+
+fn plugin_error(e: CallError) -> ApiError {
+    let status = match e.kind.as_str() {
+        "circuit_open" | "busy" => StatusCode::SERVICE_UNAVAILABLE,
+        "invalid_input" => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    let code = if status == StatusCode::SERVICE_UNAVAILABLE {
+        "plugin_unavailable"
+    } else {
+        "plugin_failed"
+    };
+    ApiError::new(status, code, format!("the plugin {}", e.message))
+        .with_details(json!({ "kind": e.kind }))
+}

@@ -1,0 +1,238 @@
+//! A tenant's configuration of a plugin: defaults from the manifest's schema, validation
+//! with every error's path, and the split between plain fields and secrets.
+
+use serde_json::{Map, Value};
+
+use crate::error::FieldError;
+use crate::records::{MAX_DATA_DEPTH, check_json, compile_schema};
+
+/// Errors reported at most per validation.
+const MAX_REPORTED_ERRORS: usize = 50;
+
+/// A validated configuration: what plugins and people may see, and the secret fields
+/// (JSON pointer → value) that are stored encrypted and never shown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreparedConfig {
+    pub public: Value,
+    pub secrets: Map<String, Value>,
+}
+
+/// Fills in defaults, validates against `schema` and splits off the `secret_fields`.
+/// `kept_secrets` are the stored secrets: a secret the input leaves out keeps its value, so
+/// changing one setting does not mean re-entering every credential. Error paths start with
+/// `/config`.
+pub fn prepare(
+    schema: &Value,
+    secret_fields: &[String],
+    input: Value,
+    kept_secrets: &Map<String, Value>,
+) -> Result<PreparedConfig, Vec<FieldError>> {
+    if !input.is_object() {
+        return Err(vec![FieldError::new("/config", "must be a JSON object")]);
+    }
+    check_json(&input, "/config", MAX_DATA_DEPTH).map_err(|e| field_errors(e.details))?;
+    let mut config = input;
+    for (pointer, value) in kept_secrets {
+        if config.pointer(pointer).is_none() {
+            set_pointer(&mut config, pointer, value.clone());
+        }
+    }
+    apply_defaults(schema, &mut config, 0);
+    let validator = compile_schema(schema).map_err(|e| {
+        vec![FieldError::new(
+            "/config",
+            format!("the plugin's config schema is unusable: {e}"),
+        )]
+    })?;
+    let errors: Vec<FieldError> = validator
+        .iter_errors(&config)
+        .take(MAX_REPORTED_ERRORS)
+        .map(|e| {
+            FieldError::new(
+                format!("/config{}", e.instance_path()),
+                redact(&e.to_string(), &config, secret_fields),
+            )
+        })
+        .collect();
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut secrets = Map::new();
+    for pointer in secret_fields {
+        if let Some(value) = take_pointer(&mut config, pointer) {
+            secrets.insert(pointer.clone(), value);
+        }
+    }
+    Ok(PreparedConfig {
+        public: config,
+        secrets,
+    })
+}
+
+/// A validation message quotes the offending value; never let that be a secret.
+fn redact(message: &str, config: &Value, secret_fields: &[String]) -> String {
+    let mut message = message.to_string();
+    for pointer in secret_fields {
+        if let Some(secret) = config.pointer(pointer) {
+            let text = secret.to_string();
+            if text.len() > 2 && message.contains(&text) {
+                message = message.replace(&text, "\"********\"");
+            }
+        }
+    }
+    message
+}
+
+fn field_errors(details: Value) -> Vec<FieldError> {
+    details
+        .get("errors")
+        .and_then(|f| f.as_array())
+        .map(|fields| {
+            fields
+                .iter()
+                .map(|f| {
+                    FieldError::new(
+                        f.get("path").and_then(|p| p.as_str()).unwrap_or("/config"),
+                        f.get("message")
+                            .and_then(|m| m.as_str())
+                            .unwrap_or("invalid"),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_else(|| vec![FieldError::new("/config", "invalid")])
+}
+
+/// Inserts each missing property that has a `default` in the schema, recursing into
+/// objects that exist (or were just defaulted).
+pub fn apply_defaults(schema: &Value, value: &mut Value, depth: usize) {
+    if depth > 32 {
+        return;
+    }
+    let (Some(props), Some(object)) = (
+        schema.get("properties").and_then(|p| p.as_object()),
+        value.as_object_mut(),
+    ) else {
+        return;
+    };
+    for (name, sub) in props {
+        if !object.contains_key(name) {
+            if let Some(default) = sub.get("default") {
+                object.insert(name.clone(), default.clone());
+            }
+        }
+        if let Some(child) = object.get_mut(name) {
+            apply_defaults(sub, child, depth + 1);
+        }
+    }
+}
+
+fn unescape(token: &str) -> String {
+    token.replace("~1", "/").replace("~0", "~")
+}
+
+fn set_pointer(root: &mut Value, pointer: &str, value: Value) {
+    let tokens: Vec<String> = pointer.split('/').skip(1).map(unescape).collect();
+    let Some((last, parents)) = tokens.split_last() else {
+        return;
+    };
+    let mut at = root;
+    for token in parents {
+        let Some(object) = at.as_object_mut() else {
+            return;
+        };
+        at = object
+            .entry(token.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+    if let Some(object) = at.as_object_mut() {
+        object.insert(last.clone(), value);
+    }
+}
+
+fn take_pointer(root: &mut Value, pointer: &str) -> Option<Value> {
+    let tokens: Vec<String> = pointer.split('/').skip(1).map(unescape).collect();
+    let (last, parents) = tokens.split_last()?;
+    let mut at = root;
+    for token in parents {
+        at = at.as_object_mut()?.get_mut(token)?;
+    }
+    at.as_object_mut()?.remove(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schema() -> Value {
+        json!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["api_key"],
+            "properties": {
+                "api_key": {"type": "string", "writeOnly": true, "minLength": 8},
+                "thresholds": {
+                    "type": "object",
+                    "properties": {"hot": {"type": "integer", "default": 70, "maximum": 100}},
+                    "default": {}
+                },
+                "region": {"type": "string", "default": "us"}
+            }
+        })
+    }
+
+    #[test]
+    fn defaults_validation_and_secrets() {
+        let secrets = vec!["/api_key".to_string()];
+        let prepared = prepare(
+            &schema(),
+            &secrets,
+            json!({"api_key": "sk-12345678"}),
+            &Map::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            prepared.public,
+            json!({"thresholds": {"hot": 70}, "region": "us"})
+        );
+        assert_eq!(prepared.secrets["/api_key"], "sk-12345678");
+
+        // A later change that leaves the secret out keeps it.
+        let again = prepare(
+            &schema(),
+            &secrets,
+            json!({"region": "eu"}),
+            &prepared.secrets,
+        )
+        .unwrap();
+        assert_eq!(again.secrets, prepared.secrets);
+        assert_eq!(again.public["region"], "eu");
+    }
+
+    #[test]
+    fn every_error_has_its_path_and_secrets_are_not_quoted() {
+        let secrets = vec!["/api_key".to_string()];
+        let errors = prepare(
+            &schema(),
+            &secrets,
+            json!({"api_key": "short", "thresholds": {"hot": 300}, "colour": "red"}),
+            &Map::new(),
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"/config/api_key"), "{errors:?}");
+        assert!(paths.contains(&"/config/thresholds/hot"), "{errors:?}");
+        assert!(paths.contains(&"/config"), "{errors:?}");
+        assert!(
+            errors.iter().all(|e| !e.message.contains("short")),
+            "{errors:?}"
+        );
+        let missing = prepare(&schema(), &secrets, json!({}), &Map::new()).unwrap_err();
+        assert!(missing[0].message.contains("api_key"), "{missing:?}");
+        assert_eq!(
+            prepare(&schema(), &secrets, json!([1]), &Map::new()).unwrap_err()[0].path,
+            "/config"
+        );
+    }
+}

@@ -1,0 +1,288 @@
+//! The storage plugins reach through their capabilities, bound to one tenant and one
+//! plugin. The runtime has checked the grant before any of these run. Calls come from the
+//! blocking thread running the plugin, so they block on the async store.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use streamflow_runtime::{Capability, HostError, HostServices, PluginRecord};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::records::SchemaCache;
+use crate::records::{MAX_DATA_DEPTH, check_json, check_stage, valid_type_id};
+use crate::store::records::{RecordFilter, RecordRow};
+use crate::store::writer::{RecordWrite, RecordWriter, WriteOutcome};
+use crate::store::{Store, TenantScope};
+
+/// Keys one tenant × plugin may hold in `kv`.
+const MAX_KV_KEYS: i64 = 10_000;
+/// Records one `records.list` returns at most.
+const MAX_LIST: u32 = 100;
+/// Largest event payload a plugin may emit.
+const MAX_EVENT_PAYLOAD: usize = 64 * 1024;
+
+pub(super) struct KernelServices {
+    pub handle: tokio::runtime::Handle,
+    pub store: Store,
+    pub writer: RecordWriter,
+    pub schemas: Arc<SchemaCache>,
+    pub scope: TenantScope,
+    pub plugin_id: String,
+    pub version: String,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> HostError {
+    tracing::warn!(error = %e, "plugin storage call failed");
+    HostError::Unavailable("storage is unavailable; try again later".into())
+}
+
+fn invalid(e: ApiError) -> HostError {
+    let details = e
+        .details
+        .get("errors")
+        .map(|d| format!(" {d}"))
+        .unwrap_or_default();
+    HostError::Invalid(format!("{}{details}", e.message))
+}
+
+fn to_plugin(row: RecordRow) -> PluginRecord {
+    PluginRecord {
+        id: row.id.to_string(),
+        record_type: row.record_type,
+        stage: row.stage,
+        version: row.version as u64,
+        data: row.data.0.to_string(),
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    }
+}
+
+impl KernelServices {
+    fn actor(&self) -> String {
+        format!("plugin:{}", self.plugin_id)
+    }
+
+    fn parse_data(&self, data: &str) -> Result<Value, HostError> {
+        let value: Value = serde_json::from_str(data)
+            .map_err(|e| HostError::Invalid(format!("data is not JSON: {e}")))?;
+        if !value.is_object() {
+            return Err(HostError::Invalid("data must be a JSON object".into()));
+        }
+        check_json(&value, "/data", MAX_DATA_DEPTH).map_err(invalid)?;
+        Ok(value)
+    }
+
+    fn check_type(record_type: &str) -> Result<(), HostError> {
+        if valid_type_id(record_type) {
+            Ok(())
+        } else {
+            Err(HostError::Invalid(format!(
+                "{record_type:?} is not a record type"
+            )))
+        }
+    }
+}
+
+impl HostServices for KernelServices {
+    fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, HostError> {
+        self.handle
+            .block_on(self.store.kv_get(&self.scope, &self.plugin_id, key))
+            .map_err(unavailable)
+    }
+
+    fn kv_set(&self, key: &str, value: &[u8]) -> Result<(), HostError> {
+        let stored = self
+            .handle
+            .block_on(
+                self.store
+                    .kv_set(&self.scope, &self.plugin_id, key, value, MAX_KV_KEYS),
+            )
+            .map_err(unavailable)?;
+        if stored {
+            Ok(())
+        } else {
+            Err(HostError::Limit(format!(
+                "at most {MAX_KV_KEYS} keys per tenant"
+            )))
+        }
+    }
+
+    fn kv_delete(&self, key: &str) -> Result<(), HostError> {
+        self.handle
+            .block_on(self.store.kv_delete(&self.scope, &self.plugin_id, key))
+            .map_err(unavailable)
+    }
+
+    fn record_get(&self, record_type: &str, id: &str) -> Result<Option<PluginRecord>, HostError> {
+        Self::check_type(record_type)?;
+        let Ok(id) = Uuid::parse_str(id) else {
+            return Ok(None);
+        };
+        let row = self
+            .handle
+            .block_on(self.store.get_record(&self.scope, record_type, id))
+            .map_err(unavailable)?;
+        Ok(row.map(to_plugin))
+    }
+
+    fn record_list(
+        &self,
+        record_type: &str,
+        stage: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<PluginRecord>, HostError> {
+        Self::check_type(record_type)?;
+        if let Some(stage) = stage {
+            check_stage(stage, "stage").map_err(invalid)?;
+        }
+        let filter = RecordFilter {
+            stage: stage.map(str::to_string),
+            ..Default::default()
+        };
+        let limit = limit.clamp(1, MAX_LIST) as i64;
+        let rows = self
+            .handle
+            .block_on(
+                self.store
+                    .list_records(&self.scope, record_type, &filter, limit),
+            )
+            .map_err(unavailable)?;
+        Ok(rows.into_iter().map(to_plugin).collect())
+    }
+
+    fn record_create(
+        &self,
+        record_type: &str,
+        stage: Option<&str>,
+        data: &str,
+    ) -> Result<PluginRecord, HostError> {
+        Self::check_type(record_type)?;
+        let data = self.parse_data(data)?;
+        if let Some(stage) = stage {
+            check_stage(stage, "/stage").map_err(invalid)?;
+        }
+        self.handle.block_on(async {
+            self.schemas
+                .validate(&self.store, &self.scope, record_type, &data)
+                .await
+                .map_err(invalid)?;
+            let outcome = self
+                .writer
+                .submit(RecordWrite::Create {
+                    scope: self.scope,
+                    id: Uuid::now_v7(),
+                    record_type: record_type.to_string(),
+                    stage: stage.map(str::to_string),
+                    data,
+                    score: None,
+                    events: Vec::new(),
+                    created_by: None,
+                    actor: self.actor(),
+                })
+                .await
+                .map_err(unavailable)?;
+            match outcome {
+                WriteOutcome::Created(row) => Ok(to_plugin(row)),
+                _ => Err(HostError::Unavailable("unexpected write outcome".into())),
+            }
+        })
+    }
+
+    fn record_update(
+        &self,
+        record_type: &str,
+        id: &str,
+        stage: Option<&str>,
+        data: &str,
+        expected_version: Option<u64>,
+    ) -> Result<PluginRecord, HostError> {
+        Self::check_type(record_type)?;
+        let not_found = || HostError::Invalid(format!("no {record_type} {id}"));
+        let id = Uuid::parse_str(id).map_err(|_| not_found())?;
+        let data = self.parse_data(data)?;
+        if let Some(stage) = stage {
+            check_stage(stage, "/stage").map_err(invalid)?;
+        }
+        self.handle.block_on(async {
+            self.schemas
+                .validate(&self.store, &self.scope, record_type, &data)
+                .await
+                .map_err(invalid)?;
+            let expected = match expected_version {
+                Some(v) => v as i64,
+                None => {
+                    self.store
+                        .get_record(&self.scope, record_type, id)
+                        .await
+                        .map_err(unavailable)?
+                        .ok_or_else(not_found)?
+                        .version
+                }
+            };
+            let outcome = self
+                .writer
+                .submit(RecordWrite::Update {
+                    scope: self.scope,
+                    record_type: record_type.to_string(),
+                    id,
+                    expected_version: expected,
+                    data: Some(data),
+                    stage: stage.map(str::to_string),
+                    score: None,
+                    events: Vec::new(),
+                    actor: self.actor(),
+                })
+                .await
+                .map_err(unavailable)?;
+            match outcome {
+                WriteOutcome::Updated(row) => Ok(to_plugin(row)),
+                WriteOutcome::NotFound => Err(not_found()),
+                WriteOutcome::VersionConflict { current_version } => Err(HostError::Conflict(
+                    format!("the record is at version {current_version}; read it again"),
+                )),
+                _ => Err(HostError::Unavailable("unexpected write outcome".into())),
+            }
+        })
+    }
+
+    fn emit_event(&self, kind: &str, payload: &str) -> Result<(), HostError> {
+        let valid_kind = (1..=64).contains(&kind.len())
+            && kind.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_' || b == b'-'
+            });
+        if !valid_kind {
+            return Err(HostError::Invalid(
+                "kind: 1 to 64 of a-z, 0-9, '.', '_' and '-'".into(),
+            ));
+        }
+        if payload.len() > MAX_EVENT_PAYLOAD {
+            return Err(HostError::Limit(format!(
+                "payloads are at most {MAX_EVENT_PAYLOAD} bytes"
+            )));
+        }
+        let payload: Value = serde_json::from_str(payload)
+            .map_err(|e| HostError::Invalid(format!("payload is not JSON: {e}")))?;
+        check_json(&payload, "/payload", MAX_DATA_DEPTH).map_err(invalid)?;
+        let kind = format!("plugin.{}.{kind}", self.plugin_id);
+        self.handle
+            .block_on(
+                self.store
+                    .insert_event(&self.scope, &kind, &self.actor(), &payload),
+            )
+            .map_err(unavailable)
+    }
+
+    fn denied(&self, capability: Capability, operation: &str) {
+        let result = self.handle.block_on(self.store.audit_denied(
+            &self.scope,
+            &self.plugin_id,
+            &self.version,
+            capability.as_str(),
+            operation,
+        ));
+        if let Err(e) = result {
+            tracing::error!(error = %e, "could not audit a denied plugin call");
+        }
+    }
+}

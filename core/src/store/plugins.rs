@@ -1,0 +1,444 @@
+//! The plugin registry (global), installations, plugin key-value storage and the audit of
+//! denied capability calls (tenant-owned, every query scoped by [`TenantScope`]).
+
+use serde_json::Value;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::{Store, StoreResult, TenantScope, now_micros, on_pool};
+
+/// A published plugin version, without its package bytes.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct VersionRow {
+    pub plugin_id: String,
+    pub version: String,
+    pub name: String,
+    pub api: String,
+    pub manifest: Json<Value>,
+    pub sha256: String,
+    pub size: i64,
+    pub status: String,
+    pub review_note: Option<String>,
+    pub reviewed_at: Option<i64>,
+    pub uploaded_by: Uuid,
+    pub uploaded_at: i64,
+}
+
+const VERSION_COLUMNS: &str = "plugin_id, version, name, api, manifest, sha256, size, status, \
+     review_note, reviewed_at, uploaded_by, uploaded_at";
+
+/// What publishing a version came to.
+#[derive(Debug)]
+pub enum Published {
+    Created(VersionRow),
+    /// This id and version exist already; versions are immutable.
+    Exists,
+    /// Another developer owns the id.
+    NotOwner,
+}
+
+/// A new version to publish.
+pub struct NewVersion<'a> {
+    pub plugin_id: &'a str,
+    pub version: &'a str,
+    pub name: &'a str,
+    pub api: &'a str,
+    pub manifest: &'a Value,
+    pub package: &'a [u8],
+    pub sha256: &'a str,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct InstallationRow {
+    pub tenant_id: Uuid,
+    pub plugin_id: String,
+    pub requirement: String,
+    pub version: String,
+    pub grants: Json<Value>,
+    pub config: Json<Value>,
+    pub secrets: Option<Vec<u8>>,
+    pub enabled: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const INSTALLATION_COLUMNS: &str = "tenant_id, plugin_id, requirement, version, grants, config, \
+     secrets, enabled, created_at, updated_at";
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AuditRow {
+    pub id: Uuid,
+    pub plugin_id: String,
+    pub version: String,
+    pub capability: String,
+    pub operation: String,
+    pub created_at: i64,
+}
+
+/// How many audit entries a listing returns at most.
+pub const AUDIT_PAGE: i64 = 200;
+
+impl Store {
+    /// Publishes a version: claims the id for `developer` if nobody owns it, refuses it if
+    /// someone else does, and never replaces an existing version.
+    pub async fn publish_version(
+        &self,
+        developer: Uuid,
+        new: &NewVersion<'_>,
+    ) -> StoreResult<Published> {
+        let now = now_micros();
+        let result: Result<Published, sqlx::Error> = on_pool!(self.pool(), pool => async {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO plugins (id, developer_id, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(new.plugin_id)
+            .bind(developer)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let owner: Uuid = sqlx::query_scalar("SELECT developer_id FROM plugins WHERE id = $1")
+                .bind(new.plugin_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            if owner != developer {
+                return Ok(Published::NotOwner);
+            }
+            let inserted = sqlx::query_as::<_, VersionRow>(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO plugin_versions (plugin_id, version, name, api, manifest, package, sha256, \
+                 size, status, uploaded_by, uploaded_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10) \
+                 ON CONFLICT (plugin_id, version) DO NOTHING RETURNING {VERSION_COLUMNS}"
+            )))
+            .bind(new.plugin_id)
+            .bind(new.version)
+            .bind(new.name)
+            .bind(new.api)
+            .bind(Json(new.manifest))
+            .bind(new.package)
+            .bind(new.sha256)
+            .bind(new.package.len() as i64)
+            .bind(developer)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(match inserted {
+                Some(row) => Published::Created(row),
+                None => Published::Exists,
+            })
+        }.await);
+        Ok(result?)
+    }
+
+    /// Every version, newest upload first; only `developer`'s when given.
+    pub async fn list_versions(&self, developer: Option<Uuid>) -> StoreResult<Vec<VersionRow>> {
+        let rows = on_pool!(self.pool(), pool => {
+            sqlx::query_as::<_, VersionRow>(sqlx::AssertSqlSafe(format!(
+                "SELECT {VERSION_COLUMNS} FROM plugin_versions \
+                 WHERE $1 IS NULL OR plugin_id IN (SELECT id FROM plugins WHERE developer_id = $1) \
+                 ORDER BY uploaded_at DESC, plugin_id, version"
+            )))
+            .bind(developer)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows)
+    }
+
+    pub async fn get_version(
+        &self,
+        plugin_id: &str,
+        version: &str,
+    ) -> StoreResult<Option<VersionRow>> {
+        let row = on_pool!(self.pool(), pool => {
+            sqlx::query_as::<_, VersionRow>(sqlx::AssertSqlSafe(format!(
+                "SELECT {VERSION_COLUMNS} FROM plugin_versions WHERE plugin_id = $1 AND version = $2"
+            )))
+            .bind(plugin_id)
+            .bind(version)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(row)
+    }
+
+    /// The versions of a plugin that tenants may install.
+    pub async fn approved_versions(&self, plugin_id: &str) -> StoreResult<Vec<VersionRow>> {
+        let rows = on_pool!(self.pool(), pool => {
+            sqlx::query_as::<_, VersionRow>(sqlx::AssertSqlSafe(format!(
+                "SELECT {VERSION_COLUMNS} FROM plugin_versions WHERE plugin_id = $1 AND status = 'approved'"
+            )))
+            .bind(plugin_id)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows)
+    }
+
+    /// The package file of a version.
+    pub async fn version_package(
+        &self,
+        plugin_id: &str,
+        version: &str,
+    ) -> StoreResult<Option<Vec<u8>>> {
+        let bytes = on_pool!(self.pool(), pool => {
+            sqlx::query_scalar::<_, Vec<u8>>(
+                "SELECT package FROM plugin_versions WHERE plugin_id = $1 AND version = $2",
+            )
+            .bind(plugin_id)
+            .bind(version)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(bytes)
+    }
+
+    /// Sets a version's review status (`approved` or `rejected`).
+    pub async fn review_version(
+        &self,
+        plugin_id: &str,
+        version: &str,
+        status: &str,
+        note: Option<&str>,
+        reviewer: Uuid,
+    ) -> StoreResult<Option<VersionRow>> {
+        let row = on_pool!(self.pool(), pool => {
+            sqlx::query_as::<_, VersionRow>(sqlx::AssertSqlSafe(format!(
+                "UPDATE plugin_versions SET status = $1, review_note = $2, reviewed_by = $3, reviewed_at = $4 \
+                 WHERE plugin_id = $5 AND version = $6 RETURNING {VERSION_COLUMNS}"
+            )))
+            .bind(status)
+            .bind(note)
+            .bind(reviewer)
+            .bind(now_micros())
+            .bind(plugin_id)
+            .bind(version)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(row)
+    }
+
+    /// Creates or replaces the tenant's installation of a plugin (keeping its creation
+    /// time).
+    pub async fn put_installation(
+        &self,
+        scope: &TenantScope,
+        row: &InstallationRow,
+    ) -> StoreResult<InstallationRow> {
+        let now = now_micros();
+        let stored = on_pool!(self.pool(), pool => {
+            sqlx::query_as::<_, InstallationRow>(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO plugin_installations ({INSTALLATION_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+                 ON CONFLICT (tenant_id, plugin_id) DO UPDATE SET requirement = excluded.requirement, \
+                 version = excluded.version, grants = excluded.grants, config = excluded.config, \
+                 secrets = excluded.secrets, enabled = excluded.enabled, updated_at = excluded.updated_at \
+                 RETURNING {INSTALLATION_COLUMNS}"
+            )))
+            .bind(scope.tenant_id())
+            .bind(&row.plugin_id)
+            .bind(&row.requirement)
+            .bind(&row.version)
+            .bind(&row.grants)
+            .bind(&row.config)
+            .bind(&row.secrets)
+            .bind(row.enabled)
+            .bind(now)
+            .fetch_one(pool)
+            .await?
+        });
+        Ok(stored)
+    }
+
+    pub async fn get_installation(
+        &self,
+        scope: &TenantScope,
+        plugin_id: &str,
+    ) -> StoreResult<Option<InstallationRow>> {
+        let row = on_pool!(self.pool(), pool => {
+            sqlx::query_as::<_, InstallationRow>(sqlx::AssertSqlSafe(format!(
+                "SELECT {INSTALLATION_COLUMNS} FROM plugin_installations WHERE tenant_id = $1 AND plugin_id = $2"
+            )))
+            .bind(scope.tenant_id())
+            .bind(plugin_id)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(row)
+    }
+
+    pub async fn list_installations(
+        &self,
+        scope: &TenantScope,
+    ) -> StoreResult<Vec<InstallationRow>> {
+        let rows = on_pool!(self.pool(), pool => {
+            sqlx::query_as::<_, InstallationRow>(sqlx::AssertSqlSafe(format!(
+                "SELECT {INSTALLATION_COLUMNS} FROM plugin_installations WHERE tenant_id = $1 ORDER BY plugin_id"
+            )))
+            .bind(scope.tenant_id())
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows)
+    }
+
+    /// Removes an installation; its kv data stays (a reinstall finds it again).
+    pub async fn delete_installation(
+        &self,
+        scope: &TenantScope,
+        plugin_id: &str,
+    ) -> StoreResult<bool> {
+        let done = on_pool!(self.pool(), pool => {
+            sqlx::query("DELETE FROM plugin_installations WHERE tenant_id = $1 AND plugin_id = $2")
+                .bind(scope.tenant_id())
+                .bind(plugin_id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(done > 0)
+    }
+
+    pub async fn kv_get(
+        &self,
+        scope: &TenantScope,
+        plugin_id: &str,
+        key: &str,
+    ) -> StoreResult<Option<Vec<u8>>> {
+        let value = on_pool!(self.pool(), pool => {
+            sqlx::query_scalar::<_, Vec<u8>>(
+                "SELECT value FROM plugin_kv WHERE tenant_id = $1 AND plugin_id = $2 AND key = $3",
+            )
+            .bind(scope.tenant_id())
+            .bind(plugin_id)
+            .bind(key)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(value)
+    }
+
+    /// Stores a value unless the tenant × plugin already holds `max_keys` other keys;
+    /// `Ok(false)` when that limit refused it.
+    pub async fn kv_set(
+        &self,
+        scope: &TenantScope,
+        plugin_id: &str,
+        key: &str,
+        value: &[u8],
+        max_keys: i64,
+    ) -> StoreResult<bool> {
+        let done = on_pool!(self.pool(), pool => {
+            sqlx::query(
+                "INSERT INTO plugin_kv (tenant_id, plugin_id, key, value, updated_at) \
+                 SELECT $1, $2, $3, $4, $5 \
+                 WHERE EXISTS (SELECT 1 FROM plugin_kv WHERE tenant_id = $1 AND plugin_id = $2 AND key = $3) \
+                    OR (SELECT COUNT(*) FROM plugin_kv WHERE tenant_id = $1 AND plugin_id = $2) < $6 \
+                 ON CONFLICT (tenant_id, plugin_id, key) DO UPDATE SET value = excluded.value, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(scope.tenant_id())
+            .bind(plugin_id)
+            .bind(key)
+            .bind(value)
+            .bind(now_micros())
+            .bind(max_keys)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(done > 0)
+    }
+
+    pub async fn kv_delete(
+        &self,
+        scope: &TenantScope,
+        plugin_id: &str,
+        key: &str,
+    ) -> StoreResult<()> {
+        on_pool!(self.pool(), pool => {
+            sqlx::query("DELETE FROM plugin_kv WHERE tenant_id = $1 AND plugin_id = $2 AND key = $3")
+                .bind(scope.tenant_id())
+                .bind(plugin_id)
+                .bind(key)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    pub async fn audit_denied(
+        &self,
+        scope: &TenantScope,
+        plugin_id: &str,
+        version: &str,
+        capability: &str,
+        operation: &str,
+    ) -> StoreResult<()> {
+        on_pool!(self.pool(), pool => {
+            sqlx::query(
+                "INSERT INTO plugin_audit (id, tenant_id, plugin_id, version, capability, operation, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(Uuid::now_v7())
+            .bind(scope.tenant_id())
+            .bind(plugin_id)
+            .bind(version)
+            .bind(capability)
+            .bind(operation)
+            .bind(now_micros())
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// The newest denied calls of one installation.
+    pub async fn list_audit(
+        &self,
+        scope: &TenantScope,
+        plugin_id: &str,
+    ) -> StoreResult<Vec<AuditRow>> {
+        let rows = on_pool!(self.pool(), pool => {
+            sqlx::query_as::<_, AuditRow>(
+                "SELECT id, plugin_id, version, capability, operation, created_at FROM plugin_audit \
+                 WHERE tenant_id = $1 AND plugin_id = $2 ORDER BY created_at DESC, id DESC LIMIT $3",
+            )
+            .bind(scope.tenant_id())
+            .bind(plugin_id)
+            .bind(AUDIT_PAGE)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows)
+    }
+}
+
+impl Store {
+    /// Appends an event that belongs to no record (a plugin's own events).
+    pub async fn insert_event(
+        &self,
+        scope: &TenantScope,
+        kind: &str,
+        actor: &str,
+        payload: &Value,
+    ) -> StoreResult<()> {
+        on_pool!(self.pool(), pool => {
+            sqlx::query(
+                "INSERT INTO events (id, tenant_id, kind, actor, payload, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(Uuid::now_v7())
+            .bind(scope.tenant_id())
+            .bind(kind)
+            .bind(actor)
+            .bind(Json(payload))
+            .bind(now_micros())
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,471 @@
+//! The sandbox: one wasmtime engine with the pooling allocator, compiled plugins cached in
+//! memory and on disk, and a fresh store per call with a deadline and memory and output caps.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::host::{HostServices, HttpRequest, HttpResponse, PluginEvent, PluginRecord, Score};
+use crate::manifest::{Grants, Limits};
+use crate::package::hex;
+use crate::v0_1;
+
+/// How the runtime is set up; the provider's maximums cap every manifest's limits.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where compiled plugins are kept between restarts. `None`: memory only.
+    pub cache_dir: Option<PathBuf>,
+    /// The most any plugin may ask for.
+    pub max_limits: Limits,
+    /// Instances that can run at once; a call past this waits for none and fails `busy`.
+    pub instances: u32,
+    /// Epoch tick: the granularity of deadlines.
+    pub tick: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            cache_dir: None,
+            max_limits: Limits {
+                timeout_ms: 2_000,
+                memory_mb: 64,
+                output_kb: 256,
+            },
+            instances: 128,
+            tick: Duration::from_millis(1),
+        }
+    }
+}
+
+/// A hook call and its input.
+#[derive(Debug, Clone)]
+pub enum Call {
+    ScoreLead(PluginRecord),
+    OnEvent(PluginEvent),
+    RunAction { name: String, input: String },
+    HandleWebhook(HttpRequest),
+}
+
+impl Call {
+    pub fn hook(&self) -> crate::Hook {
+        match self {
+            Call::ScoreLead(_) => crate::Hook::ScoreLead,
+            Call::OnEvent(_) => crate::Hook::OnEvent,
+            Call::RunAction { .. } => crate::Hook::RunAction,
+            Call::HandleWebhook(_) => crate::Hook::HandleWebhook,
+        }
+    }
+}
+
+/// A hook's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Score(Score),
+    Done,
+    Output(String),
+    Webhook(HttpResponse),
+}
+
+impl Reply {
+    fn size(&self) -> usize {
+        match self {
+            Reply::Score(s) => s.reasons.iter().map(|r| r.len() + 4).sum::<usize>() + 16,
+            Reply::Done => 0,
+            Reply::Output(s) => s.len(),
+            Reply::Webhook(r) => {
+                r.body.len()
+                    + r.headers
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len() + 4)
+                        .sum::<usize>()
+            }
+        }
+    }
+}
+
+/// Why a call produced no answer. Every variant is the plugin's failure, not the host's:
+/// the host keeps serving.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Failure {
+    #[error("timed out after {elapsed_ms} ms (limit {limit_ms} ms)")]
+    Timeout { limit_ms: u32, elapsed_ms: u64 },
+    #[error("went over its memory limit of {limit_mb} MiB")]
+    MemoryLimit { limit_mb: u32 },
+    #[error("overflowed its stack (too deep recursion)")]
+    StackOverflow,
+    #[error("panicked: {0}")]
+    Panic(String),
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("returned {size} bytes, over its output limit of {limit} bytes")]
+    OutputTooLarge { size: usize, limit: usize },
+    #[error("does not support this hook")]
+    NotSupported,
+    #[error("refused the input: {0}")]
+    InvalidInput(String),
+    #[error("failed: {0}")]
+    Failed(String),
+    #[error("could not start: every sandbox slot is in use; try again")]
+    Busy,
+    #[error("could not be loaded: {0}")]
+    Load(String),
+}
+
+impl Failure {
+    /// A short, stable name for metrics and the provider's view.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Timeout { .. } => "timeout",
+            Failure::MemoryLimit { .. } => "memory_limit",
+            Failure::StackOverflow => "stack_overflow",
+            Failure::Panic(_) => "panic",
+            Failure::Trap(_) => "trap",
+            Failure::OutputTooLarge { .. } => "output_too_large",
+            Failure::NotSupported => "not_supported",
+            Failure::InvalidInput(_) => "invalid_input",
+            Failure::Failed(_) => "failed",
+            Failure::Busy => "busy",
+            Failure::Load(_) => "load",
+        }
+    }
+}
+
+/// Everything one call needs besides the plugin: its tenant's config, grants and limits,
+/// and storage bound to that tenant and plugin.
+pub struct Invocation {
+    /// Shown on the plugin's log lines.
+    pub tenant: String,
+    pub plugin: String,
+    pub version: String,
+    /// The configuration handed to `config.get` (secrets left out).
+    pub config: String,
+    pub grants: Grants,
+    /// Already capped by the provider's maximums.
+    pub limits: Limits,
+    pub services: Arc<dyn HostServices>,
+}
+
+/// A compiled plugin ready to instantiate.
+pub struct Loaded {
+    pre: v0_1::Pre,
+    pub sha256: String,
+}
+
+/// Per-call state inside the store.
+pub(crate) struct HostState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: Limiter,
+    pub(crate) call: Arc<Invocation>,
+    pub(crate) log_lines: u32,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Memory cap that remembers it refused, so a failed allocation is reported as a memory
+/// limit rather than a bare trap.
+pub(crate) struct Limiter {
+    memory_bytes: usize,
+    refused: bool,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.memory_bytes && maximum.is_none_or(|m| desired <= m);
+        if !allowed {
+            self.refused = true;
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000 && maximum.is_none_or(|m| desired <= m))
+    }
+
+    fn instances(&self) -> usize {
+        16
+    }
+    fn tables(&self) -> usize {
+        16
+    }
+    fn memories(&self) -> usize {
+        4
+    }
+}
+
+/// The plugin runtime. Cheap to share behind an `Arc`; calls run on the caller's thread.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    config: RuntimeConfig,
+    loaded: Mutex<HashMap<String, Arc<Loaded>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
+        let max = config.max_limits;
+        let memory_bytes = (max.memory_mb as usize) << 20;
+        let slots = config.instances.max(1);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 8)
+            .total_memories(slots * 2)
+            .total_tables(slots * 4)
+            .total_stacks(slots)
+            .max_core_instances_per_component(8)
+            .max_memories_per_component(2)
+            .max_tables_per_component(4)
+            .max_memory_size(memory_bytes)
+            // Keeping the first pages of each slot mapped between instances saves the
+            // kernel round trip that otherwise dominates a fresh instance per call.
+            .linear_memory_keep_resident(2 << 20)
+            .table_keep_resident(64 << 10);
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(512 << 10)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(wasmtime_error)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(wasmtime_error)?;
+        v0_1::add_to_linker(&mut linker).map_err(wasmtime_error)?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = stop.clone();
+            let tick = config.tick;
+            std::thread::Builder::new()
+                .name("plugin-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                })?;
+        }
+        if let Some(dir) = &config.cache_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("plugin cache {}: {e}", dir.display()))?;
+        }
+        Ok(Runtime {
+            engine,
+            linker,
+            config,
+            loaded: Mutex::new(HashMap::new()),
+            stop,
+        })
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Compile (or load from the disk cache) a package's component and link it against
+    /// this host. Slow the first time for a given package: call it off the request path.
+    pub fn load(&self, bytes: &[u8]) -> Result<Arc<Loaded>, Failure> {
+        let sha256 = hex(&Sha256::digest(bytes));
+        if let Some(loaded) = self.loaded.lock().unwrap().get(&sha256) {
+            return Ok(loaded.clone());
+        }
+        let component = self.compile_cached(bytes, &sha256)?;
+        let pre = v0_1::Pre::new(&self.linker, &component)
+            .map_err(|e| Failure::Load(format!("{e:#}")))?;
+        let loaded = Arc::new(Loaded {
+            pre,
+            sha256: sha256.clone(),
+        });
+        self.loaded.lock().unwrap().insert(sha256, loaded.clone());
+        Ok(loaded)
+    }
+
+    /// Whether a package is compiled and in memory.
+    pub fn is_loaded(&self, sha256: &str) -> bool {
+        self.loaded.lock().unwrap().contains_key(sha256)
+    }
+
+    fn compile_cached(&self, bytes: &[u8], sha256: &str) -> Result<Component, Failure> {
+        let Some(dir) = &self.config.cache_dir else {
+            return Component::new(&self.engine, bytes)
+                .map_err(|e| Failure::Load(format!("{e:#}")));
+        };
+        // The cache key covers the engine's settings and version, so an upgrade or a
+        // changed setting never loads a stale artifact.
+        let mut hasher = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut hasher);
+        let engine_key = std::hash::Hasher::finish(&hasher);
+        let path = dir.join(format!("{sha256}-{engine_key:016x}.cwasm"));
+        if path.exists() {
+            // SAFETY: the file was written by `Component::serialize` of this engine
+            // configuration into a directory only the server writes; the name carries the
+            // package hash and the engine's compatibility hash.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(component) => return Ok(component),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "discarding unreadable compiled plugin")
+                }
+            }
+        }
+        let started = Instant::now();
+        let component =
+            Component::new(&self.engine, bytes).map_err(|e| Failure::Load(format!("{e:#}")))?;
+        tracing::info!(
+            sha256,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "compiled plugin"
+        );
+        match component.serialize() {
+            Ok(artifact) => {
+                let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+                if let Err(e) =
+                    std::fs::write(&tmp, artifact).and_then(|_| std::fs::rename(&tmp, &path))
+                {
+                    tracing::warn!(path = %path.display(), error = %e, "could not cache compiled plugin");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not serialise compiled plugin"),
+        }
+        Ok(component)
+    }
+
+    /// Run one hook in a fresh instance. Blocks the calling thread for at most about the
+    /// invocation's deadline (plus the time host calls take).
+    pub fn invoke(
+        &self,
+        loaded: &Loaded,
+        invocation: Arc<Invocation>,
+        call: Call,
+    ) -> Result<Reply, Failure> {
+        let limits = invocation.limits.capped_by(self.config.max_limits);
+        let stderr = MemoryOutputPipe::new(4096);
+        let mut wasi = WasiCtx::builder();
+        wasi.stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let state = HostState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                memory_bytes: (limits.memory_mb as usize) << 20,
+                refused: false,
+            },
+            call: invocation,
+            log_lines: 0,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let tick_ms = self.config.tick.as_millis().max(1) as u64;
+        store.set_epoch_deadline((limits.timeout_ms as u64).div_ceil(tick_ms) + 1);
+        store.epoch_deadline_trap();
+
+        let started = Instant::now();
+        let result = v0_1::call(&loaded.pre, &mut store, call);
+        let reply = match result {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(plugin_failure)) => return Err(plugin_failure),
+            Err(error) => {
+                return Err(classify(error, &store, &stderr, limits, started));
+            }
+        };
+        let limit = (limits.output_kb as usize) << 10;
+        let size = reply.size();
+        if size > limit {
+            return Err(Failure::OutputTooLarge { size, limit });
+        }
+        Ok(reply)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn classify(
+    error: wasmtime::Error,
+    store: &Store<HostState>,
+    stderr: &MemoryOutputPipe,
+    limits: Limits,
+    started: Instant,
+) -> Failure {
+    if store.data().limiter.refused {
+        return Failure::MemoryLimit {
+            limit_mb: limits.memory_mb,
+        };
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Failure::Timeout {
+            limit_ms: limits.timeout_ms,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        },
+        Some(Trap::StackOverflow) => Failure::StackOverflow,
+        Some(Trap::AllocationTooLarge) => Failure::MemoryLimit {
+            limit_mb: limits.memory_mb,
+        },
+        Some(trap) => {
+            let output = String::from_utf8_lossy(&stderr.contents()).into_owned();
+            match output.find("panicked") {
+                // "panicked at src/lib.rs:10:5:" then the message on the next line.
+                Some(at) => Failure::Panic(
+                    output[at..]
+                        .lines()
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                        .chars()
+                        .take(300)
+                        .collect(),
+                ),
+                None => Failure::Trap(trap.to_string()),
+            }
+        }
+        None => {
+            if error
+                .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                .is_some()
+            {
+                Failure::Busy
+            } else {
+                Failure::Trap(first_line(&format!("{error:#}")))
+            }
+        }
+    }
+}
+
+fn wasmtime_error(e: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e:#}")
+}
+
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or("").trim();
+    line.chars().take(300).collect()
+}

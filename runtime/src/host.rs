@@ -1,0 +1,157 @@
+//! What the kernel provides to plugins, independent of the contract version. Each
+//! `streamflow:plugin` version's bindings translate to and from these types.
+
+use crate::manifest::Capability;
+
+/// Why a capability call was refused or failed (the WIT `host-error`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("denied: {0}")]
+    Denied(String),
+    #[error("invalid: {0}")]
+    Invalid(String),
+    #[error("limit: {0}")]
+    Limit(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A record as plugins see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginRecord {
+    pub id: String,
+    pub record_type: String,
+    pub stage: Option<String>,
+    pub version: u64,
+    /// The record's data as JSON text.
+    pub data: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// An event delivered to `on-event`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginEvent {
+    pub id: String,
+    pub kind: String,
+    pub record_type: Option<String>,
+    pub record_id: Option<String>,
+    pub payload: String,
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Temperature {
+    Hot,
+    Warm,
+    Cold,
+}
+
+/// A scorer's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Score {
+    pub value: u8,
+    pub temperature: Temperature,
+    pub confidence: f32,
+    pub reasons: Vec<String>,
+}
+
+/// The storage behind `kv`, `records` and `events`, bound by the kernel to one tenant and
+/// one plugin before each call. The runtime checks grants before calling any of these, so
+/// an implementation only has to scope and validate. Calls block: plugins run on blocking
+/// threads.
+pub trait HostServices: Send + Sync {
+    fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, HostError>;
+    fn kv_set(&self, key: &str, value: &[u8]) -> Result<(), HostError>;
+    fn kv_delete(&self, key: &str) -> Result<(), HostError>;
+    fn record_get(&self, record_type: &str, id: &str) -> Result<Option<PluginRecord>, HostError>;
+    fn record_list(
+        &self,
+        record_type: &str,
+        stage: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<PluginRecord>, HostError>;
+    fn record_create(
+        &self,
+        record_type: &str,
+        stage: Option<&str>,
+        data: &str,
+    ) -> Result<PluginRecord, HostError>;
+    fn record_update(
+        &self,
+        record_type: &str,
+        id: &str,
+        stage: Option<&str>,
+        data: &str,
+        expected_version: Option<u64>,
+    ) -> Result<PluginRecord, HostError>;
+    fn emit_event(&self, kind: &str, payload: &str) -> Result<(), HostError>;
+    /// A call the installation was not granted: record it in the audit log.
+    fn denied(&self, capability: Capability, operation: &str);
+}
+
+/// Services for calls that must not touch storage (benchmarks, `plugin inspect`-style
+/// dry runs): everything is unavailable and denials go nowhere.
+pub struct NoServices;
+
+impl HostServices for NoServices {
+    fn kv_get(&self, _: &str) -> Result<Option<Vec<u8>>, HostError> {
+        Err(unavailable())
+    }
+    fn kv_set(&self, _: &str, _: &[u8]) -> Result<(), HostError> {
+        Err(unavailable())
+    }
+    fn kv_delete(&self, _: &str) -> Result<(), HostError> {
+        Err(unavailable())
+    }
+    fn record_get(&self, _: &str, _: &str) -> Result<Option<PluginRecord>, HostError> {
+        Err(unavailable())
+    }
+    fn record_list(
+        &self,
+        _: &str,
+        _: Option<&str>,
+        _: u32,
+    ) -> Result<Vec<PluginRecord>, HostError> {
+        Err(unavailable())
+    }
+    fn record_create(&self, _: &str, _: Option<&str>, _: &str) -> Result<PluginRecord, HostError> {
+        Err(unavailable())
+    }
+    fn record_update(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<&str>,
+        _: &str,
+        _: Option<u64>,
+    ) -> Result<PluginRecord, HostError> {
+        Err(unavailable())
+    }
+    fn emit_event(&self, _: &str, _: &str) -> Result<(), HostError> {
+        Err(unavailable())
+    }
+    fn denied(&self, _: Capability, _: &str) {}
+}
+
+fn unavailable() -> HostError {
+    HostError::Unavailable("no storage in this context".into())
+}

@@ -1,0 +1,524 @@
+//! The plugin manifest (`plugin.toml`): who the plugin is, which hooks it implements, what
+//! it asks the host for, its limits and the JSON Schema of its per-tenant configuration.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// API versions of `streamflow:plugin` this host runs. A new contract version is added
+/// here beside the old ones; none is ever removed while plugins use it.
+pub const SUPPORTED_API_VERSIONS: &[&str] = &["0.1.0"];
+
+/// Longest plugin id.
+pub const MAX_ID_LEN: usize = 64;
+
+/// The hooks a plugin may export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Hook {
+    ScoreLead,
+    OnEvent,
+    RunAction,
+    HandleWebhook,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 4] = [
+        Hook::ScoreLead,
+        Hook::OnEvent,
+        Hook::RunAction,
+        Hook::HandleWebhook,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::ScoreLead => "score-lead",
+            Hook::OnEvent => "on-event",
+            Hook::RunAction => "run-action",
+            Hook::HandleWebhook => "handle-webhook",
+        }
+    }
+
+    /// The exported interface that carries this hook.
+    pub fn interface(self) -> &'static str {
+        match self {
+            Hook::ScoreLead => "scoring",
+            Hook::OnEvent => "event-handler",
+            Hook::RunAction => "actions",
+            Hook::HandleWebhook => "webhooks",
+        }
+    }
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Host capabilities a plugin can request. `log` and `config` need no grant and are not
+/// listed. The last three belong to later milestones, but the grant check is the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Capability {
+    #[serde(rename = "kv")]
+    Kv,
+    #[serde(rename = "records:read")]
+    RecordsRead,
+    #[serde(rename = "records:write")]
+    RecordsWrite,
+    #[serde(rename = "events")]
+    Events,
+    #[serde(rename = "secrets")]
+    Secrets,
+    #[serde(rename = "ai")]
+    Ai,
+    #[serde(rename = "http")]
+    Http,
+}
+
+impl Capability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Kv => "kv",
+            Capability::RecordsRead => "records:read",
+            Capability::RecordsWrite => "records:write",
+            Capability::Events => "events",
+            Capability::Secrets => "secrets",
+            Capability::Ai => "ai",
+            Capability::Http => "http",
+        }
+    }
+
+    /// Capabilities whose host interface exists in the contract today.
+    pub fn available(self) -> bool {
+        matches!(
+            self,
+            Capability::Kv
+                | Capability::RecordsRead
+                | Capability::RecordsWrite
+                | Capability::Events
+        )
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The set of capabilities the provider granted one installation. Deny by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Grants(BTreeSet<Capability>);
+
+impl Grants {
+    pub fn new(caps: impl IntoIterator<Item = Capability>) -> Self {
+        Grants(caps.into_iter().collect())
+    }
+
+    pub fn allows(&self, cap: Capability) -> bool {
+        self.0.contains(&cap)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Capability> + '_ {
+        self.0.iter().copied()
+    }
+}
+
+/// Per-call limits a plugin asks for; the host caps them with the provider's maximums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Limits {
+    /// Wall-clock deadline of one call.
+    #[serde(default = "Limits::default_timeout")]
+    pub timeout_ms: u32,
+    /// Linear memory of one instance.
+    #[serde(default = "Limits::default_memory")]
+    pub memory_mb: u32,
+    /// Size of one call's result (reasons, action output, webhook response).
+    #[serde(default = "Limits::default_output")]
+    pub output_kb: u32,
+}
+
+impl Limits {
+    fn default_timeout() -> u32 {
+        100
+    }
+    fn default_memory() -> u32 {
+        16
+    }
+    fn default_output() -> u32 {
+        64
+    }
+
+    /// These limits, each capped by the same limit in `max`.
+    pub fn capped_by(self, max: Limits) -> Limits {
+        Limits {
+            timeout_ms: self.timeout_ms.min(max.timeout_ms),
+            memory_mb: self.memory_mb.min(max.memory_mb),
+            output_kb: self.output_kb.min(max.output_kb),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout_ms: Self::default_timeout(),
+            memory_mb: Self::default_memory(),
+            output_kb: Self::default_output(),
+        }
+    }
+}
+
+/// The per-tenant configuration a plugin accepts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ConfigSpec {
+    /// JSON Schema of the configuration object. Fields marked `"writeOnly": true` are
+    /// secrets: stored encrypted, never returned, not passed to `config.get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<serde_json::Value>,
+    /// Path of a JSON file holding the schema, relative to `plugin.toml`. `plugin build`
+    /// inlines it into the package.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_file: Option<String>,
+}
+
+/// A plugin manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Manifest {
+    pub id: String,
+    pub name: String,
+    pub version: semver::Version,
+    /// The `streamflow:plugin` API version the component targets.
+    pub api: semver::Version,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub hooks: Vec<Hook>,
+    #[serde(default)]
+    pub capabilities: Vec<Capability>,
+    /// Event kinds delivered to `on-event`.
+    #[serde(default)]
+    pub subscriptions: Vec<String>,
+    /// Names of the actions `run-action` accepts.
+    #[serde(default)]
+    pub actions: Vec<String>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigSpec>,
+}
+
+/// Everything wrong with a manifest, each as a sentence naming the field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub struct ManifestErrors(pub Vec<String>);
+
+impl Manifest {
+    /// Parse `plugin.toml` text. Field errors name the key.
+    pub fn from_toml(text: &str) -> Result<Manifest, ManifestErrors> {
+        let manifest: Manifest = toml::from_str(text)
+            .map_err(|e| ManifestErrors(vec![format!("plugin.toml: {}", e.message())]))?;
+        Ok(manifest)
+    }
+
+    /// Parse the manifest as stored inside a package (JSON).
+    pub fn from_json(bytes: &[u8]) -> Result<Manifest, ManifestErrors> {
+        serde_json::from_slice(bytes).map_err(|e| ManifestErrors(vec![format!("manifest: {e}")]))
+    }
+
+    /// The configuration schema (inlined), or an empty object schema that accepts `{}`.
+    pub fn config_schema(&self) -> serde_json::Value {
+        self.config
+            .as_ref()
+            .and_then(|c| c.schema.clone())
+            .unwrap_or_else(|| serde_json::json!({"type": "object", "additionalProperties": false}))
+    }
+
+    pub fn has_hook(&self, hook: Hook) -> bool {
+        self.hooks.contains(&hook)
+    }
+
+    pub fn requests(&self, cap: Capability) -> bool {
+        self.capabilities.contains(&cap)
+    }
+
+    /// Check the manifest on its own (the component is checked against it separately).
+    /// A packaged manifest must have its schema inlined.
+    pub fn validate(&self) -> Result<(), ManifestErrors> {
+        let mut errors = Vec::new();
+        if !valid_id(&self.id) {
+            errors.push(format!(
+                "id {:?}: use 2 to {MAX_ID_LEN} lowercase letters, digits, '-' or '.', starting with a letter",
+                truncate(&self.id)
+            ));
+        }
+        if self.name.trim().is_empty() || self.name.chars().count() > 100 {
+            errors.push("name: give a name of 1 to 100 characters".to_string());
+        }
+        if self
+            .description
+            .as_ref()
+            .is_some_and(|d| d.chars().count() > 2000)
+        {
+            errors.push("description: at most 2000 characters".to_string());
+        }
+        if !SUPPORTED_API_VERSIONS.contains(&self.api.to_string().as_str()) {
+            errors.push(format!(
+                "api {}: this host runs streamflow:plugin {}",
+                self.api,
+                SUPPORTED_API_VERSIONS.join(", ")
+            ));
+        }
+        if self.hooks.is_empty() {
+            errors.push("hooks: declare at least one hook".to_string());
+        }
+        if has_duplicates(&self.hooks) {
+            errors.push("hooks: listed twice".to_string());
+        }
+        if has_duplicates(&self.capabilities) {
+            errors.push("capabilities: listed twice".to_string());
+        }
+        for cap in &self.capabilities {
+            if !cap.available() {
+                errors.push(format!(
+                    "capabilities: {cap} is not offered by streamflow:plugin {} yet",
+                    self.api
+                ));
+            }
+        }
+        if !self.subscriptions.is_empty() && !self.has_hook(Hook::OnEvent) {
+            errors.push(
+                "subscriptions: events can only be delivered to a plugin with the on-event hook"
+                    .into(),
+            );
+        }
+        if self.has_hook(Hook::OnEvent) && self.subscriptions.is_empty() {
+            errors.push("subscriptions: the on-event hook needs at least one event kind".into());
+        }
+        for s in &self.subscriptions {
+            if !valid_event_kind(s) {
+                errors.push(format!(
+                    "subscriptions: {:?} is not an event kind such as \"record.created\"",
+                    truncate(s)
+                ));
+            }
+        }
+        if !self.actions.is_empty() && !self.has_hook(Hook::RunAction) {
+            errors.push("actions: actions need the run-action hook".into());
+        }
+        for a in &self.actions {
+            if !valid_action(a) {
+                errors.push(format!(
+                    "actions: {:?}: use lowercase letters, digits and '-'",
+                    truncate(a)
+                ));
+            }
+        }
+        let l = self.limits;
+        if !(1..=60_000).contains(&l.timeout_ms) {
+            errors.push("limits.timeout-ms: between 1 and 60000".into());
+        }
+        if !(1..=4096).contains(&l.memory_mb) {
+            errors.push("limits.memory-mb: between 1 and 4096".into());
+        }
+        if !(1..=65_536).contains(&l.output_kb) {
+            errors.push("limits.output-kb: between 1 and 65536".into());
+        }
+        if let Some(config) = &self.config {
+            match (&config.schema, &config.schema_file) {
+                (Some(_), Some(_)) => errors.push("config: give schema or schema-file, not both".into()),
+                (None, Some(file)) => errors.push(format!(
+                    "config.schema-file {file:?} must be inlined: build the package with `streamflow plugin build`"
+                )),
+                (None, None) => errors.push("config: give a schema".into()),
+                (Some(schema), None) => {
+                    if !schema.is_object() {
+                        errors.push("config.schema: a JSON Schema object".into());
+                    } else if schema.get("type").and_then(|t| t.as_str()) != Some("object") {
+                        errors.push("config.schema: the configuration must be an object (\"type\": \"object\")".into());
+                    }
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ManifestErrors(errors))
+        }
+    }
+
+    /// JSON pointers (into the configuration) of the fields the schema marks as secret.
+    pub fn secret_fields(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        collect_secrets(&self.config_schema(), String::new(), &mut out, 0);
+        out
+    }
+}
+
+fn collect_secrets(schema: &serde_json::Value, at: String, out: &mut Vec<String>, depth: usize) {
+    if depth > 16 {
+        return;
+    }
+    let Some(props) = schema.get("properties").and_then(|p| p.as_object()) else {
+        return;
+    };
+    for (name, sub) in props {
+        let path = format!("{at}/{}", name.replace('~', "~0").replace('/', "~1"));
+        if sub.get("writeOnly").and_then(|w| w.as_bool()) == Some(true) {
+            out.push(path);
+        } else {
+            collect_secrets(sub, path, out, depth + 1);
+        }
+    }
+}
+
+fn has_duplicates<T: Ord>(items: &[T]) -> bool {
+    let set: BTreeSet<&T> = items.iter().collect();
+    set.len() != items.len()
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// Plugin ids: lowercase, digits, '-' and '.', starting with a letter.
+pub fn valid_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    (2..=MAX_ID_LEN).contains(&bytes.len())
+        && bytes[0].is_ascii_lowercase()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'.')
+        && !id.ends_with(['-', '.'])
+        && !id.contains("..")
+}
+
+fn valid_event_kind(kind: &str) -> bool {
+    (1..=100).contains(&kind.len())
+        && kind.split('.').all(|part| {
+            !part.is_empty()
+                && part.bytes().all(|b| {
+                    b.is_ascii_lowercase()
+                        || b.is_ascii_digit()
+                        || b == b'_'
+                        || b == b'-'
+                        || b == b'*'
+                })
+        })
+}
+
+fn valid_action(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+id = "lead-score-rules"
+name = "Rules"
+version = "0.1.0"
+api = "0.1.0"
+hooks = ["score-lead"]
+
+[config.schema]
+type = "object"
+properties = { api_key = { type = "string", writeOnly = true }, nested = { type = "object", properties = { token = { type = "string", writeOnly = true } } } }
+"#;
+
+    #[test]
+    fn parses_and_finds_secret_fields() {
+        let m = Manifest::from_toml(GOOD).unwrap();
+        m.validate().unwrap();
+        assert_eq!(m.limits, Limits::default());
+        assert_eq!(
+            m.secret_fields(),
+            vec!["/api_key".to_string(), "/nested/token".to_string()]
+        );
+    }
+
+    #[test]
+    fn names_every_problem() {
+        let text = GOOD
+            .replace("lead-score-rules", "Bad Id")
+            .replace("api = \"0.1.0\"", "api = \"0.2.0\"")
+            .replace(
+                "hooks = [\"score-lead\"]",
+                "hooks = []\ncapabilities = [\"ai\", \"kv\", \"kv\"]",
+            );
+        let errors = Manifest::from_toml(&text)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .0;
+        let all = errors.join("\n");
+        for needle in [
+            "id \"Bad Id\"",
+            "api 0.2.0",
+            "hooks: declare",
+            "capabilities: listed twice",
+            "ai is not offered",
+        ] {
+            assert!(all.contains(needle), "{needle} missing from {all}");
+        }
+    }
+
+    #[test]
+    fn unknown_hooks_and_keys_are_refused() {
+        let err = Manifest::from_toml(&GOOD.replace("score-lead", "steal-data")).unwrap_err();
+        assert!(err.to_string().contains("steal-data"), "{err}");
+        let err = Manifest::from_toml(&format!("{GOOD}\n[extra]\nx = 1\n")).unwrap_err();
+        assert!(err.to_string().contains("extra"), "{err}");
+    }
+
+    #[test]
+    fn limits_are_capped() {
+        let asked = Limits {
+            timeout_ms: 5000,
+            memory_mb: 8,
+            output_kb: 1024,
+        };
+        let max = Limits {
+            timeout_ms: 1000,
+            memory_mb: 64,
+            output_kb: 256,
+        };
+        assert_eq!(
+            asked.capped_by(max),
+            Limits {
+                timeout_ms: 1000,
+                memory_mb: 8,
+                output_kb: 256
+            }
+        );
+    }
+
+    #[test]
+    fn ids() {
+        for ok in ["ab", "lead-score-rules", "com.acme.scorer", "a1"] {
+            assert!(valid_id(ok), "{ok}");
+        }
+        for bad in [
+            "a",
+            "1ab",
+            "Ab",
+            "a_b",
+            "a..b",
+            "ab-",
+            "ab.",
+            "../x",
+            &"a".repeat(65),
+        ] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+    }
+}
