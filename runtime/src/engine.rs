@@ -364,6 +364,41 @@ impl Runtime {
         call: Call,
     ) -> Result<Reply, Failure> {
         let limits = invocation.limits.capped_by(self.config.max_limits);
+        let (mut store, stderr) = self.new_store(invocation, limits);
+        let started = Instant::now();
+        let result = v0_1::call(&loaded.pre, &mut store, call);
+        finish(result, &store, &stderr, limits, started)
+    }
+
+    /// An instance kept across calls. The server never does this (every call gets a fresh
+    /// instance, so nothing leaks between calls); it exists to measure what isolation costs.
+    pub fn warm_instance(
+        &self,
+        loaded: &Loaded,
+        invocation: Arc<Invocation>,
+    ) -> Result<WarmInstance, Failure> {
+        let limits = invocation.limits.capped_by(self.config.max_limits);
+        let (mut store, stderr) = self.new_store(invocation, limits);
+        let plugin = v0_1::instantiate(&loaded.pre, &mut store)
+            .map_err(|e| Failure::Load(format!("{e:#}")))?;
+        Ok(WarmInstance {
+            store,
+            plugin,
+            stderr,
+            limits,
+            tick_ms: self.tick_ms(),
+        })
+    }
+
+    fn tick_ms(&self) -> u64 {
+        self.config.tick.as_millis().max(1) as u64
+    }
+
+    fn new_store(
+        &self,
+        invocation: Arc<Invocation>,
+        limits: Limits,
+    ) -> (Store<HostState>, MemoryOutputPipe) {
         let stderr = MemoryOutputPipe::new(4096);
         let mut wasi = WasiCtx::builder();
         wasi.stderr(stderr.clone())
@@ -382,26 +417,50 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let tick_ms = self.config.tick.as_millis().max(1) as u64;
-        store.set_epoch_deadline((limits.timeout_ms as u64).div_ceil(tick_ms) + 1);
+        store.set_epoch_deadline((limits.timeout_ms as u64).div_ceil(self.tick_ms()) + 1);
         store.epoch_deadline_trap();
-
-        let started = Instant::now();
-        let result = v0_1::call(&loaded.pre, &mut store, call);
-        let reply = match result {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(plugin_failure)) => return Err(plugin_failure),
-            Err(error) => {
-                return Err(classify(error, &store, &stderr, limits, started));
-            }
-        };
-        let limit = (limits.output_kb as usize) << 10;
-        let size = reply.size();
-        if size > limit {
-            return Err(Failure::OutputTooLarge { size, limit });
-        }
-        Ok(reply)
+        (store, stderr)
     }
+}
+
+/// See [`Runtime::warm_instance`].
+pub struct WarmInstance {
+    store: Store<HostState>,
+    plugin: v0_1::Plugin,
+    stderr: MemoryOutputPipe,
+    limits: Limits,
+    tick_ms: u64,
+}
+
+impl WarmInstance {
+    pub fn call(&mut self, call: Call) -> Result<Reply, Failure> {
+        let ticks = (self.limits.timeout_ms as u64).div_ceil(self.tick_ms) + 1;
+        self.store.set_epoch_deadline(ticks);
+        let started = Instant::now();
+        let result = v0_1::call_on(&self.plugin, &mut self.store, call);
+        finish(result, &self.store, &self.stderr, self.limits, started)
+    }
+}
+
+/// Turns a call's result into the reply or the failure, checking the output cap.
+fn finish(
+    result: wasmtime::Result<Result<Reply, Failure>>,
+    store: &Store<HostState>,
+    stderr: &MemoryOutputPipe,
+    limits: Limits,
+    started: Instant,
+) -> Result<Reply, Failure> {
+    let reply = match result {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(plugin_failure)) => return Err(plugin_failure),
+        Err(error) => return Err(classify(error, store, stderr, limits, started)),
+    };
+    let limit = (limits.output_kb as usize) << 10;
+    let size = reply.size();
+    if size > limit {
+        return Err(Failure::OutputTooLarge { size, limit });
+    }
+    Ok(reply)
 }
 
 impl Drop for Runtime {

@@ -14,7 +14,7 @@ pub mod manifest;
 pub mod package;
 mod v0_1;
 
-pub use engine::{Call, Failure, Invocation, Loaded, Reply, Runtime, RuntimeConfig};
+pub use engine::{Call, Failure, Invocation, Loaded, Reply, Runtime, RuntimeConfig, WarmInstance};
 pub use host::{
     HostError, HostServices, NoServices, PluginEvent, PluginRecord, Score, Temperature,
 };

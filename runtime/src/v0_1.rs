@@ -44,6 +44,19 @@ pub(crate) fn call(
     call: Call,
 ) -> wasmtime::Result<Result<Reply, Failure>> {
     let plugin = pre.0.instantiate(&mut *store)?;
+    call_on(&plugin, store, call)
+}
+
+pub(crate) fn instantiate(pre: &Pre, store: &mut Store<HostState>) -> wasmtime::Result<Plugin> {
+    pre.0.instantiate(store)
+}
+
+/// Calls a hook on an instance that already exists.
+pub(crate) fn call_on(
+    plugin: &Plugin,
+    store: &mut Store<HostState>,
+    call: Call,
+) -> wasmtime::Result<Result<Reply, Failure>> {
     Ok(match call {
         Call::ScoreLead(lead) => plugin
             .streamflow_plugin_scoring()

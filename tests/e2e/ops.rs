@@ -102,6 +102,19 @@ async fn openapi_describes_every_route() {
         ("delete", "/api/records/{type}/{id}"),
         ("get", "/health"),
         ("get", "/metrics"),
+        ("post", "/developer/plugins"),
+        ("get", "/developer/plugins"),
+        ("get", "/provider/plugins"),
+        ("post", "/provider/plugins/{id}/versions/{version}/approve"),
+        ("post", "/provider/plugins/{id}/versions/{version}/reject"),
+        ("get", "/provider/tenants/{slug}/plugins"),
+        ("put", "/provider/tenants/{slug}/plugins/{id}"),
+        ("delete", "/provider/tenants/{slug}/plugins/{id}"),
+        ("post", "/provider/tenants/{slug}/plugins/{id}/reset"),
+        ("get", "/provider/tenants/{slug}/plugins/{id}/audit"),
+        ("get", "/api/plugins"),
+        ("put", "/api/plugins/{id}/config"),
+        ("post", "/api/plugins/{id}/actions/{name}"),
     ];
     for (method, path) in expected {
         assert!(

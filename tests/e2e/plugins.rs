@@ -331,10 +331,10 @@ both_backends! {
         assert_eq!(action(&alpha, "list-records", json!({})).await, json!({"ok": 1}));
 
         // kv is private to tenant x plugin.
-        put(&srv, "/provider/tenants/alpha/plugins/hostile", &provider, json!({"grants": ["kv", "records:read"]})).await;
+        put(srv, "/provider/tenants/alpha/plugins/hostile", &provider, json!({"grants": ["kv", "records:read"]})).await;
         assert_eq!(action(&alpha, "kv-set", json!({"key": "shared", "value": "alpha-only"})).await, json!({"ok": "stored"}));
         assert_eq!(action(&alpha, "kv-get", json!({"key": "shared"})).await, json!({"ok": "alpha-only"}));
-        let (status, _) = put(&srv, "/provider/tenants/beta/plugins/hostile", &provider, json!({"grants": ["kv"]})).await;
+        let (status, _) = put(srv, "/provider/tenants/beta/plugins/hostile", &provider, json!({"grants": ["kv"]})).await;
         assert_eq!(status, 201);
         assert_eq!(action(&beta, "kv-get", json!({"key": "shared"})).await, json!({"ok": null}));
         let out = action(&beta, "kv-get", json!({"key": "x".repeat(600)})).await;

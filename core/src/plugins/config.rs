@@ -116,10 +116,10 @@ pub fn apply_defaults(schema: &Value, value: &mut Value, depth: usize) {
         return;
     };
     for (name, sub) in props {
-        if !object.contains_key(name) {
-            if let Some(default) = sub.get("default") {
-                object.insert(name.clone(), default.clone());
-            }
+        if !object.contains_key(name)
+            && let Some(default) = sub.get("default")
+        {
+            object.insert(name.clone(), default.clone());
         }
         if let Some(child) = object.get_mut(name) {
             apply_defaults(sub, child, depth + 1);
@@ -216,7 +216,7 @@ mod tests {
         let errors = prepare(
             &schema(),
             &secrets,
-            json!({"api_key": "short", "thresholds": {"hot": 300}, "colour": "red"}),
+            json!({"api_key": "tiny1", "thresholds": {"hot": 300}, "colour": "red"}),
             &Map::new(),
         )
         .unwrap_err();
@@ -225,7 +225,7 @@ mod tests {
         assert!(paths.contains(&"/config/thresholds/hot"), "{errors:?}");
         assert!(paths.contains(&"/config"), "{errors:?}");
         assert!(
-            errors.iter().all(|e| !e.message.contains("short")),
+            errors.iter().all(|e| !e.message.contains("tiny1")),
             "{errors:?}"
         );
         let missing = prepare(&schema(), &secrets, json!({}), &Map::new()).unwrap_err();

@@ -30,7 +30,7 @@ const VERSION_COLUMNS: &str = "plugin_id, version, name, api, manifest, sha256, 
 /// What publishing a version came to.
 #[derive(Debug)]
 pub enum Published {
-    Created(VersionRow),
+    Created(Box<VersionRow>),
     /// This id and version exist already; versions are immutable.
     Exists,
     /// Another developer owns the id.
@@ -125,7 +125,7 @@ impl Store {
             .await?;
             tx.commit().await?;
             Ok(match inserted {
-                Some(row) => Published::Created(row),
+                Some(row) => Published::Created(Box::new(row)),
                 None => Published::Exists,
             })
         }.await);

@@ -331,7 +331,7 @@ async fn apply_batch(
                     for (kind, payload) in extra {
                         events.push(PendingEvent {
                             tenant_id: row.tenant_id,
-                            kind: *kind,
+                            kind,
                             record_type: row.record_type.clone(),
                             record_id: row.id,
                             actor: actor.clone(),
