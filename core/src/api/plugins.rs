@@ -807,7 +807,7 @@ async fn run_action(
 }
 
 fn plugin_error(e: CallError) -> ApiError {
-    let status = match e.kind.as_str() {
+    let status = match e.kind {
         "circuit_open" | "busy" => StatusCode::SERVICE_UNAVAILABLE,
         "invalid_input" => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::BAD_GATEWAY,

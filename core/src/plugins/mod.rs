@@ -43,21 +43,22 @@ pub struct Active {
 /// Why a hook call gave no answer, as the kernel reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CallError {
-    pub kind: String,
+    /// A stable name: a [`Failure::kind`], or `circuit_open`.
+    pub kind: &'static str,
     pub message: String,
 }
 
 impl CallError {
     fn from_failure(f: &Failure) -> Self {
         CallError {
-            kind: f.kind().to_string(),
+            kind: f.kind(),
             message: f.to_string(),
         }
     }
 
     pub fn circuit_open() -> Self {
         CallError {
-            kind: "circuit_open".into(),
+            kind: "circuit_open",
             message: "the plugin failed repeatedly and is paused; the provider can reset it".into(),
         }
     }
@@ -202,7 +203,7 @@ impl PluginHost {
     /// time, giving up waiting after [`COMPILE_TIMEOUT`].
     pub async fn load(&self, plugin_id: &str, version: &str) -> Result<Arc<Loaded>, CallError> {
         let load_error = |message: String| CallError {
-            kind: "load".into(),
+            kind: "load",
             message,
         };
         let package = self
@@ -281,19 +282,7 @@ impl PluginHost {
         let elapsed = started.elapsed();
         let outcome = match &result {
             Ok(_) => "ok",
-            Err(e) => match e.kind.as_str() {
-                "timeout" => "timeout",
-                "memory_limit" => "memory_limit",
-                "stack_overflow" => "stack_overflow",
-                "panic" => "panic",
-                "trap" => "trap",
-                "output_too_large" => "output_too_large",
-                "not_supported" => "not_supported",
-                "invalid_input" => "invalid_input",
-                "busy" => "busy",
-                "load" => "load",
-                _ => "failed",
-            },
+            Err(e) => e.kind,
         };
         metrics::counter!("streamflow_plugin_calls_total", "plugin" => active.plugin_id.clone(),
             "hook" => hook.as_str(), "outcome" => outcome)
@@ -319,7 +308,7 @@ impl PluginHost {
                     active.tenant_id,
                     &active.plugin_id,
                     hook.as_str(),
-                    &e.kind,
+                    e.kind,
                     &e.message,
                 );
                 if tripped {
@@ -358,7 +347,7 @@ impl PluginHost {
             Ok(_) => failed_outcome(
                 &scorer,
                 &CallError {
-                    kind: "trap".into(),
+                    kind: "trap",
                     message: "answered with the wrong kind of result".into(),
                 },
             ),
