@@ -1,0 +1,351 @@
+//! Calendar arithmetic on plain dates (UTC): work weeks, adding work days, adding months
+//! with the day clamped to the month's end, and reading and writing `YYYY-MM-DD`.
+//!
+//! Nothing here reads a clock: every date starts from an event's time or a record field.
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+use time::{Date, Duration, Month, OffsetDateTime, Weekday};
+
+/// The days of the week work is done on. Never empty (see [`WorkWeek::new`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkWeek {
+    /// Indexed by days from Monday.
+    days: [bool; 7],
+}
+
+const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+impl WorkWeek {
+    /// Monday to Friday.
+    pub const MON_FRI: WorkWeek = WorkWeek {
+        days: [true, true, true, true, true, false, false],
+    };
+
+    /// A work week of the given days; `None` if there are none.
+    pub fn new(days: &[Weekday]) -> Option<WorkWeek> {
+        let mut week = WorkWeek { days: [false; 7] };
+        for day in days {
+            week.days[day.number_days_from_monday() as usize] = true;
+        }
+        week.days.iter().any(|&d| d).then_some(week)
+    }
+
+    pub fn is_work_day(&self, date: Date) -> bool {
+        self.days[date.weekday().number_days_from_monday() as usize]
+    }
+
+    /// `date` itself when it is a work day, else the next work day.
+    pub fn on_or_after(&self, date: Date) -> Date {
+        let mut date = date;
+        // A non-empty week has a work day within any seven days.
+        for _ in 0..7 {
+            if self.is_work_day(date) {
+                break;
+            }
+            date = next_day(date);
+        }
+        date
+    }
+
+    /// `days` work days after `date`: every following work day counts one, and the answer
+    /// is always a work day (0 days from a Saturday is the next Monday).
+    pub fn add_work_days(&self, date: Date, days: u32) -> Date {
+        let mut date = date;
+        for _ in 0..days {
+            date = self.on_or_after(next_day(date));
+        }
+        self.on_or_after(date)
+    }
+
+    /// The days as their three-letter names, Monday first.
+    pub fn names(&self) -> Vec<&'static str> {
+        DAY_NAMES
+            .iter()
+            .zip(self.days)
+            .filter_map(|(name, on)| on.then_some(*name))
+            .collect()
+    }
+}
+
+impl Default for WorkWeek {
+    fn default() -> Self {
+        WorkWeek::MON_FRI
+    }
+}
+
+/// A day name: "mon".."sun", the full English name or a start of it of three letters or
+/// more ("tues"), in any case.
+pub fn parse_weekday(name: &str) -> Option<Weekday> {
+    const FULL: [&str; 7] = [
+        "monday",
+        "tuesday",
+        "wednesday",
+        "thursday",
+        "friday",
+        "saturday",
+        "sunday",
+    ];
+    let name = name.trim().to_ascii_lowercase();
+    if name.len() < 3 {
+        return None;
+    }
+    let index = FULL.iter().position(|full| full.starts_with(&name))?;
+    Some(Weekday::Monday.nth_next(index as u8))
+}
+
+impl<'de> Deserialize<'de> for WorkWeek {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let names = Vec::<String>::deserialize(d)?;
+        let mut days = Vec::with_capacity(names.len());
+        for name in &names {
+            days.push(parse_weekday(name).ok_or_else(|| {
+                D::Error::custom(format_args!("{name:?} is not a day (mon..sun)"))
+            })?);
+        }
+        WorkWeek::new(&days).ok_or_else(|| D::Error::custom("give at least one work day"))
+    }
+}
+
+impl Serialize for WorkWeek {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.names().serialize(s)
+    }
+}
+
+fn next_day(date: Date) -> Date {
+    date.next_day().unwrap_or(date)
+}
+
+/// `months` calendar months after `start`, the day clamped to the end of the month:
+/// 31 January plus one month is 28 February (29 in a leap year). `None` past year 9999.
+pub fn add_months(start: Date, months: u32) -> Option<Date> {
+    let index = start.year() as i64 * 12 + (start.month() as i64 - 1) + months as i64;
+    let year = i32::try_from(index.div_euclid(12)).ok()?;
+    let month = Month::try_from((index.rem_euclid(12) + 1) as u8).ok()?;
+    let day = start.day().min(month.length(year));
+    Date::from_calendar_date(year, month, day).ok()
+}
+
+/// `days` days after `start`; `None` past the calendar's range.
+pub fn add_days(start: Date, days: i64) -> Option<Date> {
+    start.checked_add(Duration::days(days))
+}
+
+/// The UTC date of a time in microseconds since the Unix epoch.
+pub fn date_of_micros(micros: i64) -> Option<Date> {
+    OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1000)
+        .ok()
+        .map(OffsetDateTime::date)
+}
+
+/// A date written `YYYY-MM-DD`, or the UTC date of an RFC 3339 date-time
+/// (`2026-03-02T14:00:00Z`).
+pub fn parse_date(text: &str) -> Option<Date> {
+    let text = text.trim();
+    if text.len() > 64 {
+        return None;
+    }
+    if let Ok(date) = Date::parse(text, format_description!("[year]-[month]-[day]")) {
+        return Some(date);
+    }
+    OffsetDateTime::parse(text, &Rfc3339)
+        .ok()
+        .map(|t| t.to_offset(time::UtcOffset::UTC).date())
+}
+
+/// `YYYY-MM-DD`.
+pub fn format_date(date: Date) -> String {
+    date.format(format_description!("[year]-[month]-[day]"))
+        .unwrap_or_else(|_| date.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::date;
+
+    use super::*;
+
+    #[test]
+    fn weekday_names() {
+        assert_eq!(parse_weekday("mon"), Some(Weekday::Monday));
+        assert_eq!(parse_weekday("Sunday"), Some(Weekday::Sunday));
+        assert_eq!(parse_weekday(" THU "), Some(Weekday::Thursday));
+        assert_eq!(parse_weekday("tues"), Some(Weekday::Tuesday));
+        assert_eq!(parse_weekday("mo"), None);
+        assert_eq!(parse_weekday("monkey"), None);
+        assert_eq!(parse_weekday(""), None);
+    }
+
+    #[test]
+    fn work_week_from_config() {
+        let week: WorkWeek = serde_json::from_str(r#"["mon","wed","fri"]"#).unwrap();
+        assert_eq!(week.names(), ["mon", "wed", "fri"]);
+        assert!(serde_json::from_str::<WorkWeek>("[]").is_err());
+        assert!(serde_json::from_str::<WorkWeek>(r#"["funday"]"#).is_err());
+        assert_eq!(
+            serde_json::to_value(WorkWeek::default()).unwrap(),
+            serde_json::json!(["mon", "tue", "wed", "thu", "fri"])
+        );
+    }
+
+    #[test]
+    fn work_days_skip_weekends() {
+        let week = WorkWeek::MON_FRI;
+        // 2026-03-06 is a Friday.
+        assert_eq!(
+            week.add_work_days(date!(2026 - 03 - 06), 0),
+            date!(2026 - 03 - 06)
+        );
+        assert_eq!(
+            week.add_work_days(date!(2026 - 03 - 06), 1),
+            date!(2026 - 03 - 09)
+        );
+        assert_eq!(
+            week.add_work_days(date!(2026 - 03 - 06), 3),
+            date!(2026 - 03 - 11)
+        );
+        // From a Saturday: 0 days is Monday, 1 day is Monday too (the first work day after).
+        assert_eq!(
+            week.add_work_days(date!(2026 - 03 - 07), 0),
+            date!(2026 - 03 - 09)
+        );
+        assert_eq!(
+            week.add_work_days(date!(2026 - 03 - 07), 1),
+            date!(2026 - 03 - 09)
+        );
+        assert_eq!(
+            week.add_work_days(date!(2026 - 03 - 07), 2),
+            date!(2026 - 03 - 10)
+        );
+        // Ten work days is two weeks.
+        assert_eq!(
+            week.add_work_days(date!(2026 - 03 - 02), 10),
+            date!(2026 - 03 - 16)
+        );
+    }
+
+    #[test]
+    fn work_days_across_month_and_year_ends() {
+        let week = WorkWeek::MON_FRI;
+        // Thursday 2026-12-31 + 2 work days: Fri 1 Jan, Mon 4 Jan.
+        assert_eq!(
+            week.add_work_days(date!(2026 - 12 - 31), 2),
+            date!(2027 - 01 - 04)
+        );
+        // Friday 2026-01-30 + 1: Monday 2 February.
+        assert_eq!(
+            week.add_work_days(date!(2026 - 01 - 30), 1),
+            date!(2026 - 02 - 02)
+        );
+        // Leap year: Monday 2028-02-28 + 1 is Tuesday 29 February, + 2 is 1 March.
+        assert_eq!(
+            week.add_work_days(date!(2028 - 02 - 28), 1),
+            date!(2028 - 02 - 29)
+        );
+        assert_eq!(
+            week.add_work_days(date!(2028 - 02 - 28), 2),
+            date!(2028 - 03 - 01)
+        );
+    }
+
+    #[test]
+    fn unusual_work_weeks() {
+        let weekends = WorkWeek::new(&[Weekday::Saturday, Weekday::Sunday]).unwrap();
+        // Monday 2026-03-02 → Saturday 7th, Sunday 8th, Saturday 14th.
+        assert_eq!(
+            weekends.add_work_days(date!(2026 - 03 - 02), 0),
+            date!(2026 - 03 - 07)
+        );
+        assert_eq!(
+            weekends.add_work_days(date!(2026 - 03 - 02), 2),
+            date!(2026 - 03 - 08)
+        );
+        assert_eq!(
+            weekends.add_work_days(date!(2026 - 03 - 02), 3),
+            date!(2026 - 03 - 14)
+        );
+        let every_day = WorkWeek::new(&[
+            Weekday::Monday,
+            Weekday::Tuesday,
+            Weekday::Wednesday,
+            Weekday::Thursday,
+            Weekday::Friday,
+            Weekday::Saturday,
+            Weekday::Sunday,
+        ])
+        .unwrap();
+        assert_eq!(
+            every_day.add_work_days(date!(2026 - 03 - 07), 3),
+            date!(2026 - 03 - 10)
+        );
+        assert!(WorkWeek::new(&[]).is_none());
+    }
+
+    #[test]
+    fn months_clamp_to_the_end_of_the_month() {
+        assert_eq!(
+            add_months(date!(2026 - 01 - 31), 1),
+            Some(date!(2026 - 02 - 28))
+        );
+        assert_eq!(
+            add_months(date!(2028 - 01 - 31), 1),
+            Some(date!(2028 - 02 - 29))
+        );
+        assert_eq!(
+            add_months(date!(2026 - 01 - 31), 2),
+            Some(date!(2026 - 03 - 31))
+        );
+        assert_eq!(
+            add_months(date!(2026 - 08 - 31), 1),
+            Some(date!(2026 - 09 - 30))
+        );
+        assert_eq!(
+            add_months(date!(2026 - 11 - 15), 3),
+            Some(date!(2027 - 02 - 15))
+        );
+        assert_eq!(
+            add_months(date!(2026 - 12 - 31), 6),
+            Some(date!(2027 - 06 - 30))
+        );
+        assert_eq!(
+            add_months(date!(2027 - 08 - 29), 6),
+            Some(date!(2028 - 02 - 29))
+        );
+        assert_eq!(
+            add_months(date!(2026 - 05 - 10), 0),
+            Some(date!(2026 - 05 - 10))
+        );
+        assert_eq!(add_months(date!(9999 - 12 - 01), 1), None);
+    }
+
+    #[test]
+    fn dates_read_and_written() {
+        assert_eq!(parse_date("2026-03-02"), Some(date!(2026 - 03 - 02)));
+        assert_eq!(parse_date(" 2028-02-29 "), Some(date!(2028 - 02 - 29)));
+        assert_eq!(parse_date("2026-02-29"), None);
+        assert_eq!(parse_date("2026-13-01"), None);
+        assert_eq!(parse_date("03/02/2026"), None);
+        assert_eq!(parse_date("tomorrow"), None);
+        assert_eq!(parse_date(""), None);
+        assert_eq!(
+            parse_date("2026-03-02T23:30:00-05:00"),
+            Some(date!(2026 - 03 - 03))
+        );
+        assert_eq!(
+            parse_date("2026-03-02T14:00:00Z"),
+            Some(date!(2026 - 03 - 02))
+        );
+        assert_eq!(format_date(date!(2026 - 03 - 02)), "2026-03-02");
+        // 2026-03-02T14:00:00Z
+        assert_eq!(
+            date_of_micros(1_772_460_000_000_000),
+            Some(date!(2026 - 03 - 02))
+        );
+        assert_eq!(date_of_micros(0), Some(date!(1970 - 01 - 01)));
+        assert_eq!(date_of_micros(-1), Some(date!(1969 - 12 - 31)));
+        assert_eq!(date_of_micros(i64::MAX), None);
+    }
+}
