@@ -27,6 +27,9 @@ use serde_json::{Value, json};
 use sqlx::Connection;
 use tokio::sync::Mutex;
 
+mod common;
+use common::{drop_postgres_database, postgres_database};
+
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
@@ -276,30 +279,6 @@ async fn fixed_rate(base: &str, token: &str, rate: u64, seconds: u64) -> Figures
         p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
         errors: errors.load(Ordering::Relaxed),
         send_lag_p99_ms: Some(lag.lock().await.value_at_quantile(0.99) as f64 / 1000.0),
-    }
-}
-
-async fn postgres_database() -> Option<(String, String)> {
-    let admin = std::env::var("STREAMFLOW_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
-    let name = format!("sf_bench_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .ok()?;
-    Some((format!("{}/{name}", &admin[..admin.rfind('/')?]), name))
-}
-
-async fn drop_postgres_database(name: &str) {
-    let admin = std::env::var("STREAMFLOW_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut conn)
-        .await;
     }
 }
 

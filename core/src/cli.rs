@@ -30,6 +30,24 @@ enum Command {
     /// Write, build and inspect plugins.
     #[command(subcommand)]
     Plugin(crate::plugin_cli::PluginCommand),
+    /// Check and list industry templates.
+    #[command(subcommand)]
+    Template(TemplateCommand),
+}
+
+#[derive(Subcommand)]
+enum TemplateCommand {
+    /// Check template files: schemas, stages, automations, plugins and their configs.
+    Lint {
+        /// One or more template files (`industry-templates/*.toml`).
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
+    /// List the templates built into this binary (and those in STREAMFLOW_TEMPLATES_DIR).
+    List {
+        #[arg(long, env = "STREAMFLOW_TEMPLATES_DIR")]
+        templates_dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -97,6 +115,19 @@ struct ServeArgs {
     /// Plugin instances that may run at once.
     #[arg(long, env = "STREAMFLOW_PLUGIN_INSTANCES", default_value_t = 128)]
     plugin_instances: u32,
+    /// Register the first-party plugins bundled with the server (approved) at start-up;
+    /// `0` keeps the registry to what developers upload.
+    #[arg(long, env = "STREAMFLOW_BUNDLED_PLUGINS", default_value = "1",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    bundled_plugins: bool,
+    /// Run this node's event dispatcher (automations, plugin event delivery). `0` makes an
+    /// API-only node; another node must dispatch.
+    #[arg(long, env = "STREAMFLOW_DISPATCHER", default_value = "1",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    dispatcher: bool,
+    /// A directory of extra industry templates (`*.toml`), offered beside the built-in ones.
+    #[arg(long, env = "STREAMFLOW_TEMPLATES_DIR")]
+    templates_dir: Option<std::path::PathBuf>,
     /// Log format: `text` or `json` (one JSON object per line).
     #[arg(long, env = "STREAMFLOW_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -122,6 +153,9 @@ impl ServeArgs {
                 output_kb: self.plugin_max_output_kb,
             },
             plugin_instances: self.plugin_instances,
+            bundled_plugins: self.bundled_plugins,
+            dispatcher: self.dispatcher,
+            templates_dir: self.templates_dir.clone(),
             ..Config::default()
         }
     }
@@ -147,6 +181,20 @@ pub fn main() -> ExitCode {
                 run_serve(args).await
             }
             Command::Plugin(command) => crate::plugin_cli::run(command).await,
+            Command::Template(TemplateCommand::Lint { files }) => lint_templates(&files),
+            Command::Template(TemplateCommand::List { templates_dir }) => {
+                let catalog = crate::templates::catalog::Catalog::load(templates_dir.as_deref())?;
+                for t in catalog.latest() {
+                    println!(
+                        "{:<18} {:<8} {} ({})",
+                        t.id,
+                        t.version,
+                        t.name,
+                        catalog.versions(&t.id).join(", ")
+                    );
+                }
+                Ok(())
+            }
             Command::Migrate(args) => {
                 telemetry::init_logging(false);
                 store::Store::connect(&args.database_url).await?;
@@ -165,6 +213,37 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `streamflow template lint`: every problem of every file, checked against the bundled
+/// plugins' manifests.
+fn lint_templates(files: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    let plugins = crate::plugins::bundled::manifests()?;
+    let mut failed = 0;
+    for file in files {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+        let problems = match crate::templates::Template::from_toml(&text) {
+            Err(e) => vec![e],
+            Ok(t) => t.check(&plugins).iter().map(|p| p.to_string()).collect(),
+        };
+        if problems.is_empty() {
+            println!("{}: ok", file.display());
+        } else {
+            failed += 1;
+            println!("{}: {} problem(s)", file.display(), problems.len());
+            for p in problems {
+                println!("  - {p}");
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {} template(s) have problems; fix them and run the lint again",
+            files.len()
+        );
+    }
+    Ok(())
 }
 
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -44,6 +44,14 @@ pub struct Config {
     pub plugin_max_limits: streamflow_runtime::Limits,
     /// Plugin instances that can run at once (`STREAMFLOW_PLUGIN_INSTANCES`).
     pub plugin_instances: u32,
+    /// Register the bundled first-party plugins at start-up (`STREAMFLOW_BUNDLED_PLUGINS`,
+    /// default on).
+    pub bundled_plugins: bool,
+    /// Extra industry templates (`STREAMFLOW_TEMPLATES_DIR`).
+    pub templates_dir: Option<PathBuf>,
+    /// Run this node's event dispatcher (`STREAMFLOW_DISPATCHER`, default on). Off makes
+    /// an API-only node.
+    pub dispatcher: bool,
 }
 
 impl Default for Config {
@@ -68,6 +76,9 @@ impl Default for Config {
                 output_kb: 256,
             },
             plugin_instances: 128,
+            bundled_plugins: true,
+            templates_dir: None,
+            dispatcher: true,
         }
     }
 }

@@ -1,12 +1,17 @@
-//! Demo data for `streamflow serve --demo`: a provider, two client businesses with users of
-//! several roles, and sample leads. Seeding is idempotent: it fills in what is missing.
+//! Demo data for `streamflow serve --demo`: a provider and three client businesses (HVAC,
+//! roofing, government contracting), each with its industry template, users of several
+//! roles, and sample leads, estimates and agreements. The leads are scored as they are
+//! created, and the automations they trigger (scheduled jobs, tune-up visits, follow-up
+//! tasks) run as soon as the server starts. Seeding is idempotent: it fills in what is
+//! missing.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::api::AppState;
+use crate::api::records::create;
+use crate::api::templates::{ApplyTemplate, apply_to};
 use crate::auth;
 use crate::store::accounts::AccountKind;
-use crate::store::writer::RecordWrite;
 use crate::tenancy::Role;
 
 /// The password of every demo account. Demo data is for trying the product, never for a
@@ -17,101 +22,126 @@ pub const DEMO_PROVIDER_EMAIL: &str = "provider@demo.streamflow.dev";
 struct DemoTenant {
     slug: &'static str,
     name: &'static str,
-    leads: &'static [(
-        &'static str,
-        &'static str,
-        &'static str,
-        &'static str,
-        u32,
-        &'static str,
-    )],
+    template: &'static str,
+    /// `(record type, stage, data)`, created in order as a person would (checked, scored).
+    records: fn() -> Vec<(&'static str, &'static str, Value)>,
 }
 
-const TENANTS: [DemoTenant; 2] = [
+const TENANTS: [DemoTenant; 3] = [
     DemoTenant {
         slug: "acme-hvac",
         name: "Acme Heating & Cooling",
-        // name, source, service, stage, budget, postal code
-        leads: &[
-            (
-                "Dana Whitfield",
-                "referral",
-                "ac_replacement",
-                "new",
-                9_500,
-                "78704",
-            ),
-            (
-                "Marcus Ortega",
-                "google_ads",
-                "furnace_repair",
-                "contacted",
-                650,
-                "78745",
-            ),
-            (
-                "Priya Natarajan",
-                "website",
-                "maintenance_plan",
-                "qualified",
-                300,
-                "78731",
-            ),
-            (
-                "Tom Becker",
-                "yelp",
-                "heat_pump_install",
-                "new",
-                14_000,
-                "78613",
-            ),
-            (
-                "Lena Fischer",
-                "referral",
-                "duct_cleaning",
-                "contacted",
-                450,
-                "78701",
-            ),
-        ],
+        template: "hvac",
+        records: || {
+            vec![
+                (
+                    "lead",
+                    "new",
+                    json!({"name": "Dana Whitfield", "email": "dana@example.com", "phone": "512-555-0141",
+                    "address": "4410 Avenue B, Austin TX", "zip": "78751", "source": "referral", "service_type": "replacement",
+                    "system_type": "central_ac", "system_age_years": 17, "budget": 9500, "timeline": "this_month"}),
+                ),
+                (
+                    "lead",
+                    "new",
+                    json!({"name": "Marcus Ortega", "phone": "512-555-0178", "address": "902 Kinney Ave, Austin TX",
+                    "zip": "78704", "source": "google_lsa", "service_type": "no_heat", "system_type": "gas_furnace",
+                    "vulnerable_occupants": true, "timeline": "emergency"}),
+                ),
+                (
+                    "lead",
+                    "contacted",
+                    json!({"name": "Priya Natarajan", "email": "priya@example.com", "phone": "512-555-0190",
+                    "zip": "78731", "source": "website", "service_type": "maintenance", "budget": 300, "timeline": "this_quarter"}),
+                ),
+                (
+                    "lead",
+                    "new",
+                    json!({"name": "Tom Becker", "email": "tom@example.com", "zip": "78613", "source": "yelp",
+                    "service_type": "installation", "system_type": "heat_pump", "budget": 14000, "timeline": "next_year"}),
+                ),
+                (
+                    "estimate",
+                    "won",
+                    json!({"customer_name": "Lena Fischer", "address": "77 Rainey St, Austin TX",
+                    "job_type": "replacement", "system_type": "heat_pump", "tier": "better", "amount": 12850,
+                    "description": "Replace 3-ton split system with a 16 SEER2 heat pump"}),
+                ),
+                (
+                    "agreement",
+                    "active",
+                    json!({"customer_name": "Priya Natarajan", "address": "3100 Bryker Dr, Austin TX",
+                    "plan": "plus", "price": 229, "start_date": "2027-03-15", "end_date": "2028-03-14",
+                    "frequency": "semiannual", "visits": 2}),
+                ),
+            ]
+        },
     },
     DemoTenant {
         slug: "summit-roofing",
         name: "Summit Roofing Co.",
-        leads: &[
-            (
-                "Gary Holt",
-                "storm_canvass",
-                "hail_inspection",
-                "new",
-                0,
-                "80301",
-            ),
-            (
-                "Ana Souza",
-                "website",
-                "roof_replacement",
-                "qualified",
-                18_500,
-                "80302",
-            ),
-            (
-                "Kevin Park",
-                "insurance_referral",
-                "insurance_claim",
-                "contacted",
-                12_000,
-                "80027",
-            ),
-            (
-                "Rita Gomez",
-                "google_ads",
-                "leak_repair",
-                "new",
-                900,
-                "80305",
-            ),
-        ],
+        template: "roofing",
+        records: || {
+            vec![
+                (
+                    "lead",
+                    "new",
+                    json!({"name": "Gary Holt", "phone": "303-555-0110", "address": "18 Pine St, Boulder CO",
+                    "zip": "80301", "source": "storm_canvass", "service_type": "storm_damage", "suspected_damage": "hail",
+                    "has_insurance": true, "timeline": "asap"}),
+                ),
+                (
+                    "lead",
+                    "new",
+                    json!({"name": "Ana Souza", "email": "ana@example.com", "phone": "303-555-0122",
+                    "address": "240 Maple Ave, Boulder CO", "zip": "80302", "source": "website", "service_type": "replacement",
+                    "budget": 18500, "timeline": "this_month"}),
+                ),
+                (
+                    "lead",
+                    "new",
+                    json!({"name": "Rita Gomez", "email": "rita@example.com", "zip": "80305",
+                    "source": "google_ads", "service_type": "leak_repair", "budget": 900, "timeline": "just_browsing"}),
+                ),
+                (
+                    "estimate",
+                    "won",
+                    json!({"customer_name": "Kevin Park", "address": "9 Canyon Rd, Louisville CO",
+                    "job_type": "roof_replacement", "funding": "insurance", "amount": 21400,
+                    "description": "Tear off, ice and water shield, 30 squares of architectural shingles"}),
+                ),
+            ]
+        },
+    },
+    DemoTenant {
+        slug: "capitol-federal",
+        name: "Capitol Federal Services",
+        template: "gov-contracting",
+        records: || {
+            vec![
+                (
+                    "lead",
+                    "identified",
+                    json!({"title": "Network operations support, Fort Meade", "solicitation_number": "W91QV1-27-R-0042",
+                    "agency": "Department of the Army", "naics": "541512", "set_aside": "small_business", "notice_type": "solicitation",
+                    "estimated_value": 4200000, "response_deadline": "2027-02-12", "place_of_performance": "MD", "source": "sam_gov"}),
+                ),
+                (
+                    "lead",
+                    "identified",
+                    json!({"title": "Cafeteria renovation, VA medical center", "solicitation_number": "36C24527Q0188",
+                    "agency": "Department of Veterans Affairs", "naics": "236220", "set_aside": "sdvosb", "notice_type": "combined",
+                    "estimated_value": 850000, "response_deadline": "2027-01-20", "place_of_performance": "PA", "source": "sam_gov"}),
+                ),
+                (
+                    "lead",
+                    "identified",
+                    json!({"title": "Cloud migration sources sought", "agency": "General Services Administration",
+                    "naics": "541511", "set_aside": "none", "notice_type": "sources_sought", "estimated_value": 12000000,
+                    "response_deadline": "2027-03-01", "place_of_performance": "DC", "source": "sam_gov"}),
+                ),
+            ]
+        },
     },
 ];
 
@@ -148,29 +178,31 @@ pub async fn seed(state: &AppState) -> anyhow::Result<()> {
                 .await?;
         }
         if fresh {
-            for (name, source, service, stage, budget, postal) in tenant.leads {
-                let first = name.split(' ').next().unwrap_or(name).to_lowercase();
-                state
-                    .writer
-                    .submit(RecordWrite::Create {
-                        scope,
-                        id: uuid::Uuid::now_v7(),
-                        score: None,
-                        events: Vec::new(),
-                        record_type: "lead".into(),
-                        stage: Some(stage.to_string()),
-                        data: json!({
-                            "name": name,
-                            "email": format!("{first}@example.com"),
-                            "source": source,
-                            "service": service,
-                            "budget": budget,
-                            "postal_code": postal,
-                        }),
-                        created_by: None,
-                        actor: "system:demo".into(),
-                    })
-                    .await?;
+            let template = ApplyTemplate {
+                id: tenant.template.into(),
+                version: None,
+            };
+            if let Err(e) = apply_to(state, &scope, &template).await {
+                println!(
+                    "  note: the {} template was not applied to {} ({}); the bundled plugins may be off",
+                    tenant.template, tenant.slug, e.message
+                );
+                continue;
+            }
+            for (record_type, stage, data) in (tenant.records)() {
+                create(
+                    state,
+                    scope,
+                    None,
+                    "system:demo".into(),
+                    record_type.into(),
+                    Some(stage.into()),
+                    data,
+                )
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("demo {record_type} for {}: {}", tenant.slug, e.message)
+                })?;
             }
         }
     }

@@ -20,6 +20,7 @@ use crate::error::{ApiError, ApiResult, FieldError};
 use crate::store::cache::CREDENTIAL_CACHE_TTL;
 use crate::store::records::RecordRow;
 use crate::store::{Store, TenantScope, format_micros};
+use crate::templates::{Pipeline, Workflows};
 
 /// Most validation errors reported for one write.
 const MAX_REPORTED_ERRORS: usize = 50;
@@ -369,6 +370,110 @@ impl SchemaCache {
             .write()
             .expect("not poisoned")
             .remove(&(scope.tenant_id(), record_type.to_string()));
+    }
+}
+
+/// `data` of a write: a JSON object the host is willing to store and walk.
+pub fn check_data(data: &Value) -> ApiResult<()> {
+    if !data.is_object() {
+        return Err(ApiError::field("/data", "must be a JSON object"));
+    }
+    check_json(data, "/data", MAX_DATA_DEPTH)
+}
+
+/// The checks every record write passes, whoever makes it (a person, an API key, a plugin
+/// or an automation): the data's shape, the type's schema and the type's pipeline.
+pub struct WriteRules<'a> {
+    pub store: &'a Store,
+    pub schemas: &'a SchemaCache,
+    pub workflows: &'a Workflows,
+}
+
+impl WriteRules<'_> {
+    async fn pipeline(
+        &self,
+        scope: &TenantScope,
+        record_type: &str,
+    ) -> ApiResult<Option<Pipeline>> {
+        Ok(self
+            .workflows
+            .spec(self.store, scope)
+            .await?
+            .and_then(|t| t.pipeline(record_type).cloned()))
+    }
+
+    /// Checks a new record and returns the stage to store it in: the one asked for, or the
+    /// first stage of the type's pipeline.
+    pub async fn create(
+        &self,
+        scope: &TenantScope,
+        record_type: &str,
+        stage: Option<String>,
+        data: &Value,
+    ) -> ApiResult<Option<String>> {
+        check_data(data)?;
+        if let Some(stage) = &stage {
+            check_stage(stage, "/stage")?;
+        }
+        self.schemas
+            .validate(self.store, scope, record_type, data)
+            .await?;
+        let Some(pipeline) = self.pipeline(scope, record_type).await? else {
+            return Ok(stage);
+        };
+        let to = stage.unwrap_or_else(|| pipeline.first().id.clone());
+        pipeline
+            .check_move(None, &to, data)
+            .map_err(|refusal| refusal.into_error(&to))?;
+        Ok(Some(to))
+    }
+
+    /// Checks a change: new data against the schema, a new stage against the pipeline.
+    /// `current` is the record as the caller read it, at the version it will write against;
+    /// it is needed when [`WriteRules::needs_current`] says so.
+    pub async fn update(
+        &self,
+        scope: &TenantScope,
+        record_type: &str,
+        current: Option<&RecordRow>,
+        stage: Option<&str>,
+        data: Option<&Value>,
+    ) -> ApiResult<()> {
+        if let Some(data) = data {
+            check_data(data)?;
+            self.schemas
+                .validate(self.store, scope, record_type, data)
+                .await?;
+        }
+        let Some(stage) = stage else {
+            return Ok(());
+        };
+        check_stage(stage, "/stage")?;
+        if let Some(pipeline) = self.pipeline(scope, record_type).await? {
+            let Some(current) = current else {
+                tracing::error!(record_type, "a stage move was checked without the record");
+                return Err(ApiError::internal());
+            };
+            pipeline
+                .check_move(
+                    current.stage.as_deref(),
+                    stage,
+                    data.unwrap_or(&current.data.0),
+                )
+                .map_err(|refusal| refusal.into_error(stage))?;
+        }
+        Ok(())
+    }
+
+    /// Whether a change to this type needs the current record to be checked (its stage
+    /// moves within a pipeline).
+    pub async fn needs_current(
+        &self,
+        scope: &TenantScope,
+        record_type: &str,
+        stage: Option<&str>,
+    ) -> ApiResult<bool> {
+        Ok(stage.is_some() && self.pipeline(scope, record_type).await?.is_some())
     }
 }
 

@@ -18,6 +18,8 @@ use crate::records::SchemaCache;
 use crate::store::Store;
 use crate::store::accounts::AccountKind;
 use crate::store::writer::RecordWriter;
+use crate::templates::Workflows;
+use crate::templates::catalog::Catalog;
 
 /// The provider account made on first start, when one was made.
 pub struct BootstrappedProvider {
@@ -35,6 +37,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let writer =
         RecordWriter::start(&store, config.write_batch).context("starting the record writer")?;
     let schemas = Arc::new(SchemaCache::default());
+    let workflows = Arc::new(Workflows::default());
+    let templates = Arc::new(Catalog::load(config.templates_dir.as_deref())?);
     let secrets = SecretBox::load(config.secret_key.as_deref(), &config.data_dir)?;
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(config.data_dir.join("plugin-cache")),
@@ -48,8 +52,17 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         store.clone(),
         writer.clone(),
         schemas.clone(),
+        workflows.clone(),
         Arc::new(secrets),
     );
+    if config.bundled_plugins {
+        let added = crate::plugins::bundled::register(&store)
+            .await
+            .context("registering the bundled plugins")?;
+        if !added.is_empty() {
+            tracing::info!(plugins = %added.join(", "), "bundled plugins registered and approved");
+        }
+    }
     Ok(AppState {
         writer,
         plugins: Arc::new(plugins),
@@ -59,6 +72,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
             config.login_per_account_per_minute,
         ),
         schemas,
+        workflows,
+        templates,
         metrics: crate::telemetry::prometheus(),
         config: Arc::new(config),
         store,
@@ -104,6 +119,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let store = state.store.clone();
+    let stop = crate::events::Stop::default();
+    let dispatcher = state
+        .config
+        .dispatcher
+        .then(|| crate::events::start(state.clone(), stop.clone()));
     let app = api::router(state);
     axum::serve(
         listener,
@@ -112,6 +132,11 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await
     .context("serving HTTP")?;
+    // Finish the batch of events in hand; what is left waits in the outbox.
+    stop.stop();
+    if let Some(dispatcher) = dispatcher {
+        let _ = dispatcher.await;
+    }
     store.close().await;
     Ok(())
 }

@@ -6,14 +6,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-struct Process {
-    child: Child,
-    base: String,
-    stdout: Vec<String>,
+pub(crate) struct Process {
+    pub(crate) child: Child,
+    pub(crate) base: String,
+    pub(crate) stdout: Vec<String>,
 }
 
 /// Starts `streamflow <args>` on a free port and waits until it says where it listens.
-fn spawn(args: &[&str], dir: &std::path::Path, env: &[(&str, &str)]) -> Process {
+pub(crate) fn spawn(args: &[&str], dir: &std::path::Path, env: &[(&str, &str)]) -> Process {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_streamflow"));
     cmd.args(args)
         .current_dir(dir)
@@ -82,7 +82,7 @@ impl Process {
     }
 }
 
-async fn post(base: &str, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+pub(crate) async fn post(base: &str, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
     let mut req = reqwest::Client::new()
         .post(format!("{base}{path}"))
         .json(&body);
@@ -159,33 +159,67 @@ async fn first_start_prints_a_generated_provider_password_once_and_stops_on_sigt
     assert!(again.terminate().success());
 }
 
-/// Logs in as the demo's acme-hvac owner and counts its leads.
-async fn demo_owner_leads(base: &str) -> usize {
+/// Logs in as the demo's acme-hvac owner; returns the token.
+async fn demo_owner(base: &str) -> String {
     let login = json!({"tenant": "acme-hvac", "email": "owner@acme-hvac.demo", "password": "streamflow-demo"});
     let (status, body) = post(base, "/api/auth/login", None, login).await;
     assert_eq!(status, 200, "{body}");
-    let leads: Value = reqwest::Client::new()
-        .get(format!("{base}/api/records/lead"))
-        .bearer_auth(body["access_token"].as_str().unwrap())
+    body["access_token"].as_str().unwrap().to_string()
+}
+
+async fn demo_records(base: &str, token: &str, record_type: &str) -> Vec<Value> {
+    let page: Value = reqwest::Client::new()
+        .get(format!("{base}/api/records/{record_type}"))
+        .bearer_auth(token)
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    leads["items"].as_array().unwrap().len()
+    page["items"].as_array().unwrap().clone()
 }
 
+/// The compiled-plugin cache the binary tests share.
+const DATA_DIR: (&str, &str) = (
+    "STREAMFLOW_DATA_DIR",
+    concat!(env!("CARGO_TARGET_TMPDIR"), "/e2e-data"),
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_seeds_tenants_users_and_leads() {
+async fn demo_seeds_templates_scored_leads_and_runs_automations() {
     let dir = tempfile::tempdir().unwrap();
-    let process = spawn(&["demo"], dir.path(), &[]);
+    let process = spawn(&["demo"], dir.path(), &[DATA_DIR]);
     let printed = process.stdout.join("\n");
+    for slug in ["acme-hvac", "summit-roofing", "capitol-federal"] {
+        assert!(printed.contains(slug), "{printed}");
+    }
     assert!(
-        printed.contains("acme-hvac") && printed.contains("summit-roofing"),
-        "{printed}"
+        !printed.contains("note:"),
+        "every template applied: {printed}"
     );
-    assert_eq!(demo_owner_leads(&process.base).await, 5);
+    let owner = demo_owner(&process.base).await;
+    let leads = demo_records(&process.base, &owner, "lead").await;
+    assert_eq!(leads.len(), 4);
+    assert!(
+        leads.iter().all(|l| l["score"]["value"].is_u64()),
+        "every lead is scored: {leads:?}"
+    );
+    // The automations run once the server is up: the won estimate and the no-heat call
+    // become jobs, the active agreement its two tune-up visits.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let jobs = demo_records(&process.base, &owner, "job").await.len();
+        let visits = demo_records(&process.base, &owner, "visit").await.len();
+        if jobs == 2 && visits == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 30 s: {jobs} jobs, {visits} visits"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (status, _) = post(
         &process.base,
         "/provider/auth/login",
@@ -196,8 +230,10 @@ async fn demo_seeds_tenants_users_and_leads() {
     assert_eq!(status, 200);
     assert!(process.terminate().success());
     // Seeding again adds nothing twice.
-    let again = spawn(&["serve", "--demo"], dir.path(), &[]);
-    assert_eq!(demo_owner_leads(&again.base).await, 5);
+    let again = spawn(&["serve", "--demo"], dir.path(), &[DATA_DIR]);
+    let owner = demo_owner(&again.base).await;
+    assert_eq!(demo_records(&again.base, &owner, "lead").await.len(), 4);
+    assert_eq!(demo_records(&again.base, &owner, "job").await.len(), 2);
     assert!(again.terminate().success());
 }
 

@@ -126,6 +126,9 @@ impl TestServer {
             // by the package's hash, and the secret key is given so no key file is written.
             data_dir: std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-data"),
             secret_key: Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into()),
+            // The plugin tests publish the reference plugins themselves; the template tests
+            // turn the bundled ones on.
+            bundled_plugins: false,
             ..Config::default()
         };
         tweak(&mut config);

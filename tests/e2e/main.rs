@@ -4,7 +4,9 @@ mod harness;
 
 mod auth;
 mod binary;
+mod dispatch;
 mod isolation;
 mod ops;
 mod plugins;
 mod records;
+mod templates;

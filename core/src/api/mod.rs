@@ -35,8 +35,9 @@ mod developer;
 pub mod json;
 mod plugins;
 mod provider;
-mod records;
+pub mod records;
 mod session;
+pub mod templates;
 mod validate;
 
 pub use json::JsonBody;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub login_limiter: Arc<LoginLimiter>,
     pub schemas: Arc<SchemaCache>,
     pub plugins: Arc<crate::plugins::PluginHost>,
+    pub workflows: Arc<crate::templates::Workflows>,
+    pub templates: Arc<crate::templates::catalog::Catalog>,
     pub metrics: PrometheusHandle,
 }
 
@@ -101,7 +104,9 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(metrics_text))
         .nest(
             "/provider",
-            provider::router().merge(plugins::provider_router()),
+            provider::router()
+                .merge(plugins::provider_router())
+                .merge(templates::router()),
         )
         .nest(
             "/developer",

@@ -438,12 +438,7 @@ async fn install(
     let requirement = semver::VersionReq::parse(&requirement_text)
         .map_err(|e| ApiError::field("/version", format!("not a semver requirement: {e}")))?;
     let approved = state.store.approved_versions(&id).await?;
-    let chosen = approved
-        .iter()
-        .filter_map(|row| semver::Version::parse(&row.version).ok().map(|v| (v, row)))
-        .filter(|(v, _)| requirement.matches(v))
-        .max_by(|a, b| a.0.cmp(&b.0))
-        .map(|(_, row)| row.clone());
+    let chosen = crate::store::plugins::pick_version(&approved, &requirement);
     let Some(version) = chosen else {
         if approved.is_empty() {
             return Err(ApiError::not_found("approved version of this plugin"));

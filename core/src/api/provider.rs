@@ -13,12 +13,15 @@ use uuid::Uuid;
 
 use super::client::UserView;
 use super::session::{self, LoginRequest, RefreshRequest};
+use super::templates::{ApplyTemplate, TenantTemplate, apply_to};
 use super::{AppState, JsonBody, validate};
 use crate::auth::extract::ProviderPrincipal;
 use crate::auth::{self, Realm, TokenPair};
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::store::TenantScope;
 use crate::store::accounts::{Account, AccountKind};
 use crate::store::format_micros;
+use crate::store::templates::TenantTemplateRow;
 use crate::store::tenants::Tenant;
 use crate::tenancy::Role;
 
@@ -99,6 +102,8 @@ pub struct TenantView {
     status: String,
     created_at: String,
     updated_at: String,
+    /// The industry template applied, if any.
+    template: Option<TenantTemplate>,
 }
 
 impl From<Tenant> for TenantView {
@@ -110,8 +115,28 @@ impl From<Tenant> for TenantView {
             status: t.status,
             created_at: format_micros(t.created_at),
             updated_at: format_micros(t.updated_at),
+            template: None,
         }
     }
+}
+
+impl TenantView {
+    fn with_template(mut self, row: Option<TenantTemplateRow>) -> Self {
+        self.template = row.map(|r| TenantTemplate {
+            id: r.template_id,
+            version: r.version,
+            applied_at: format_micros(r.applied_at),
+        });
+        self
+    }
+}
+
+/// A template to apply: its id, or `{id, version}`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+enum TemplateChoice {
+    Id(String),
+    Exact(ApplyTemplate),
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -125,9 +150,13 @@ struct CreateTenant {
     /// Lowercase letters, digits and inner hyphens; what users type to log in.
     slug: String,
     name: String,
+    /// An industry template to apply at once (`"roofing"` or `{"id", "version"}`). If it
+    /// cannot be applied, no tenant is created.
+    template: Option<TemplateChoice>,
 }
 
-/// Create a client tenant (with the built-in record types lead, contact and job).
+/// Create a client tenant (with the built-in record types lead, contact and job, and the
+/// template's, when one is given).
 #[utoipa::path(post, path = "/tenants", tag = "provider", security(("provider_token" = [])),
     request_body = CreateTenant,
     responses((status = 201, body = TenantView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -148,8 +177,24 @@ async fn create_tenant(
                 format!("the slug {} is already taken", body.slug),
             )
         })?;
+    let scope = TenantScope::new(tenant.id);
+    if let Some(choice) = body.template {
+        let choice = match choice {
+            TemplateChoice::Id(id) => ApplyTemplate { id, version: None },
+            TemplateChoice::Exact(exact) => exact,
+        };
+        if let Err(e) = apply_to(&state, &scope, &choice).await {
+            // Nothing half made: the tenant goes with its template.
+            state.store.delete_new_tenant(&scope).await?;
+            return Err(e);
+        }
+    }
     tracing::info!(tenant = %tenant.slug, "tenant created");
-    Ok((StatusCode::CREATED, Json(tenant.into())))
+    let template = state.store.tenant_template(&scope).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TenantView::from(tenant).with_template(template)),
+    ))
 }
 
 /// All tenants, by slug.
@@ -159,12 +204,16 @@ async fn list_tenants(
     State(state): State<AppState>,
     _: ProviderPrincipal,
 ) -> ApiResult<Json<TenantList>> {
+    let mut templates = state.store.list_tenant_templates().await?;
     let items = state
         .store
         .list_tenants()
         .await?
         .into_iter()
-        .map(Into::into)
+        .map(|t| {
+            let template = templates.remove(&t.id);
+            TenantView::from(t).with_template(template)
+        })
         .collect();
     Ok(Json(TenantList { items }))
 }
@@ -189,7 +238,12 @@ async fn get_tenant(
     _: ProviderPrincipal,
     Path(slug): Path<String>,
 ) -> ApiResult<Json<TenantView>> {
-    Ok(Json(tenant(&state, &slug).await?.into()))
+    let tenant = tenant(&state, &slug).await?;
+    let template = state
+        .store
+        .tenant_template(&TenantScope::new(tenant.id))
+        .await?;
+    Ok(Json(TenantView::from(tenant).with_template(template)))
 }
 
 async fn set_status(state: &AppState, slug: &str, status: &str) -> ApiResult<Json<TenantView>> {

@@ -18,11 +18,11 @@ use crate::auth::extract::ClientPrincipal;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::plugins::ScoreOutcome;
 use crate::records::{
-    MAX_DATA_DEPTH, RecordView, check_json, check_stage, decode_cursor, encode_cursor,
-    unknown_type, valid_type_id,
+    RecordView, WriteRules, check_stage, decode_cursor, encode_cursor, unknown_type, valid_type_id,
 };
+use crate::store::TenantScope;
 use crate::store::parse_rfc3339_micros;
-use crate::store::records::RecordFilter;
+use crate::store::records::{RecordFilter, RecordRow};
 use crate::store::writer::{RecordWrite, WriteOutcome};
 use crate::tenancy::Permission;
 
@@ -34,6 +34,204 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_record, list_records))
         .routes(routes!(get_record, update_record, delete_record))
+        .routes(routes!(record_history))
+        .routes(routes!(list_pipelines))
+        .routes(routes!(list_automation_runs))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct StageChangeView {
+    /// Null for the stage a record was created in.
+    from: Option<String>,
+    to: Option<String>,
+    /// Who moved it: `user:<id>`, `api_key:<id>`, `plugin:<id>` or `automation:<id>`.
+    by: Option<String>,
+    at: String,
+    /// The record's version after the move.
+    version: Option<i64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct HistoryPage {
+    items: Vec<StageChangeView>,
+}
+
+/// A record's stage changes, oldest first.
+#[utoipa::path(get, path = "/records/{type}/{id}/history", tag = "records", security(("client_token" = [])),
+    params(("type" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = HistoryPage), (status = 404, body = ErrorBody)))]
+async fn record_history(
+    State(state): State<AppState>,
+    principal: ClientPrincipal,
+    Path((record_type, id)): Path<(String, String)>,
+) -> ApiResult<Json<HistoryPage>> {
+    principal.require(Permission::RecordsRead)?;
+    let id = parse_id(&record_type, &id)?;
+    state
+        .store
+        .get_record(&principal.scope, &record_type, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("record"))?;
+    let changes = state.store.stage_history(&principal.scope, id).await?;
+    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
+    Ok(Json(HistoryPage {
+        items: changes
+            .into_iter()
+            .map(|c| StageChangeView {
+                from: text(&c.payload.0, "from"),
+                to: text(&c.payload.0, "to"),
+                by: c.actor,
+                at: crate::store::format_micros(c.created_at),
+                version: c.payload.0.get("version").and_then(Value::as_i64),
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct StageView {
+    id: String,
+    name: String,
+    /// Fields a record must have to enter this stage.
+    required_fields: Vec<String>,
+    /// Records in this stage now.
+    count: i64,
+    /// Sum of the pipeline's value field over those records (0 without a value field).
+    value: f64,
+    /// A stage a newer template version dropped: records may leave it, none may enter.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    retired: bool,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct TransitionView {
+    from: String,
+    to: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct PipelineView {
+    record_type: String,
+    value_field: Option<String>,
+    stages: Vec<StageView>,
+    transitions: Vec<TransitionView>,
+    /// Records whose stage is not one of the pipeline's (set before the template was applied).
+    other: i64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct PipelinePage {
+    items: Vec<PipelineView>,
+}
+
+/// The tenant's pipelines, stages in order, with the count and value of records per stage.
+#[utoipa::path(get, path = "/pipelines", tag = "records", security(("client_token" = [])),
+    responses((status = 200, body = PipelinePage)))]
+async fn list_pipelines(
+    State(state): State<AppState>,
+    principal: ClientPrincipal,
+) -> ApiResult<Json<PipelinePage>> {
+    principal.require(Permission::RecordsRead)?;
+    let Some(spec) = state.workflows.spec(&state.store, &principal.scope).await? else {
+        return Ok(Json(PipelinePage { items: Vec::new() }));
+    };
+    let mut items = Vec::with_capacity(spec.pipelines.len());
+    for pipeline in &spec.pipelines {
+        let figures = state
+            .store
+            .stage_figures(
+                &principal.scope,
+                &pipeline.record_type,
+                pipeline.value_field.as_deref(),
+            )
+            .await?;
+        let of = |stage: &str| figures.iter().find(|f| f.stage.as_deref() == Some(stage));
+        let other = figures
+            .iter()
+            .filter(|f| {
+                f.stage
+                    .as_deref()
+                    .is_none_or(|s| pipeline.stage(s).is_none())
+            })
+            .map(|f| f.count)
+            .sum();
+        items.push(PipelineView {
+            record_type: pipeline.record_type.clone(),
+            value_field: pipeline.value_field.clone(),
+            stages: pipeline
+                .stages
+                .iter()
+                .map(|s| StageView {
+                    id: s.id.clone(),
+                    name: s.name.clone(),
+                    required_fields: s.required.clone(),
+                    count: of(&s.id).map_or(0, |f| f.count),
+                    value: of(&s.id).and_then(|f| f.value).unwrap_or(0.0),
+                    retired: s.retired,
+                })
+                .collect(),
+            transitions: pipeline
+                .transitions()
+                .into_iter()
+                .map(|(from, to)| TransitionView {
+                    from: from.to_string(),
+                    to: to.to_string(),
+                })
+                .collect(),
+            other,
+        });
+    }
+    Ok(Json(PipelinePage { items }))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct AutomationRunView {
+    event_id: Uuid,
+    /// `automation:<id>` or `plugin:<id>` (an `on-event` delivery).
+    target: String,
+    /// `done`, `failed` or `skipped` (an automation chain cut short).
+    status: String,
+    attempts: i64,
+    /// What the action returned (JSON text), when it returned something.
+    output: Option<String>,
+    error: Option<String>,
+    event_at: String,
+    finished_at: String,
+    /// The server node that ran it.
+    node: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct AutomationRunPage {
+    items: Vec<AutomationRunView>,
+}
+
+/// The tenant's latest automation runs and plugin event deliveries, newest first (at most
+/// 200).
+#[utoipa::path(get, path = "/automation-runs", tag = "records", security(("client_token" = [])),
+    responses((status = 200, body = AutomationRunPage)))]
+async fn list_automation_runs(
+    State(state): State<AppState>,
+    principal: ClientPrincipal,
+) -> ApiResult<Json<AutomationRunPage>> {
+    principal.require(Permission::RecordsRead)?;
+    let rows = state.store.list_deliveries(&principal.scope, 200).await?;
+    Ok(Json(AutomationRunPage {
+        items: rows
+            .into_iter()
+            .map(|r| AutomationRunView {
+                event_id: r.event_id,
+                target: r.target,
+                status: r.status,
+                attempts: r.attempts,
+                output: r.output,
+                error: r.error,
+                event_at: crate::store::format_micros(r.event_at),
+                finished_at: crate::store::format_micros(r.finished_at),
+                node: r.node,
+            })
+            .collect(),
+    }))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -76,13 +274,6 @@ struct RecordPage {
     next_cursor: Option<String>,
 }
 
-fn check_data(data: &Value) -> ApiResult<()> {
-    if !data.is_object() {
-        return Err(ApiError::field("/data", "must be a JSON object"));
-    }
-    check_json(data, "/data", MAX_DATA_DEPTH)
-}
-
 /// The record id of a path, if the path can name a record at all.
 fn parse_id(record_type: &str, id: &str) -> ApiResult<Uuid> {
     if !valid_type_id(record_type) {
@@ -103,22 +294,41 @@ async fn create_record(
     JsonBody(body): JsonBody<CreateRecord>,
 ) -> ApiResult<(StatusCode, Json<RecordView>)> {
     principal.require(Permission::RecordsCreate)?;
-    check_data(&body.data)?;
-    if let Some(stage) = &body.stage {
-        check_stage(stage, "/stage")?;
-    }
-    state
-        .schemas
-        .validate(&state.store, &principal.scope, &record_type, &body.data)
+    let row = create(
+        &state,
+        principal.scope,
+        principal.user_id(),
+        principal.actor(),
+        record_type,
+        body.stage,
+        body.data,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(row.into())))
+}
+
+/// Creates a record as a person or API client does: checked against the type's schema and
+/// pipeline, scored when it is a lead.
+pub async fn create(
+    state: &AppState,
+    scope: TenantScope,
+    created_by: Option<Uuid>,
+    actor: String,
+    record_type: String,
+    stage: Option<String>,
+    data: Value,
+) -> ApiResult<RecordRow> {
+    let stage = rules(state)
+        .create(&scope, &record_type, stage, &data)
         .await?;
     let id = Uuid::now_v7();
     let now = crate::store::now_micros();
-    let scored = score_if_lead(&state, &principal, &record_type, || PluginRecord {
+    let scored = score_if_lead(state, &scope, &record_type, || PluginRecord {
         id: id.to_string(),
         record_type: record_type.clone(),
-        stage: body.stage.clone(),
+        stage: stage.clone(),
         version: 1,
-        data: body.data.to_string(),
+        data: data.to_string(),
         created_at: now,
         updated_at: now,
     })
@@ -130,19 +340,20 @@ async fn create_record(
     let outcome = state
         .writer
         .submit(RecordWrite::Create {
-            scope: principal.scope,
+            scope,
             id,
             record_type,
-            stage: body.stage,
-            data: body.data,
+            stage,
+            data,
             score,
             events,
-            created_by: principal.user_id(),
-            actor: principal.actor(),
+            created_by,
+            actor,
+            depth: 0,
         })
         .await?;
     match outcome {
-        WriteOutcome::Created(row) => Ok((StatusCode::CREATED, Json(row.into()))),
+        WriteOutcome::Created(row) => Ok(row),
         other => Err(unexpected(other)),
     }
 }
@@ -254,23 +465,18 @@ async fn update_record(
 ) -> ApiResult<Json<RecordView>> {
     principal.require(Permission::RecordsUpdate)?;
     let id = parse_id(&record_type, &id)?;
-    if let Some(data) = &body.data {
-        check_data(data)?;
-        state
-            .schemas
-            .validate(&state.store, &principal.scope, &record_type, data)
-            .await?;
-    }
-    if let Some(stage) = &body.stage {
-        check_stage(stage, "/stage")?;
-    }
     if body.data.is_none() && body.stage.is_none() {
         return Err(ApiError::field("", "send `data`, `stage` or both"));
     }
-    // A scored lead is scored again on every change, from the record as it will be.
-    let mut score = None;
-    let mut events = Vec::new();
-    if record_type == "lead" && state.plugins.scorer(&principal.scope).await?.is_some() {
+    let rules = rules(&state);
+    let scoring = record_type == "lead" && state.plugins.scorer(&principal.scope).await?.is_some();
+    // A move within a pipeline and a re-score both need the record as it is now; the
+    // writer then refuses the change if the record moved on meanwhile (version check).
+    let current = if scoring
+        || rules
+            .needs_current(&principal.scope, &record_type, body.stage.as_deref())
+            .await?
+    {
         let current = state
             .store
             .get_record(&principal.scope, &record_type, id)
@@ -281,7 +487,24 @@ async fn update_record(
                 current_version: current.version,
             }));
         }
-        let scored = score_if_lead(&state, &principal, &record_type, || PluginRecord {
+        Some(current)
+    } else {
+        None
+    };
+    rules
+        .update(
+            &principal.scope,
+            &record_type,
+            current.as_ref(),
+            body.stage.as_deref(),
+            body.data.as_ref(),
+        )
+        .await?;
+    // A scored lead is scored again on every change, from the record as it will be.
+    let mut score = None;
+    let mut events = Vec::new();
+    if let Some(current) = current.filter(|_| scoring) {
+        let scored = score_if_lead(&state, &principal.scope, &record_type, || PluginRecord {
             id: id.to_string(),
             record_type: record_type.clone(),
             stage: body.stage.clone().or(current.stage.clone()),
@@ -308,6 +531,7 @@ async fn update_record(
             score,
             events,
             actor: principal.actor(),
+            depth: 0,
         })
         .await?;
     match outcome {
@@ -346,14 +570,22 @@ async fn delete_record(
 /// the scorer does: a failure gives a null score and a `plugin.failed` event.
 async fn score_if_lead(
     state: &AppState,
-    principal: &ClientPrincipal,
+    scope: &TenantScope,
     record_type: &str,
     lead: impl FnOnce() -> PluginRecord,
 ) -> ApiResult<Option<ScoreOutcome>> {
     if record_type != "lead" {
         return Ok(None);
     }
-    Ok(state.plugins.score_lead(&principal.scope, lead()).await?)
+    Ok(state.plugins.score_lead(scope, lead()).await?)
+}
+
+fn rules(state: &AppState) -> WriteRules<'_> {
+    WriteRules {
+        store: &state.store,
+        schemas: &state.schemas,
+        workflows: &state.workflows,
+    }
 }
 
 /// Maps the outcomes a route did not succeed with to their errors.

@@ -1,6 +1,7 @@
 //! The kernel side of plugins: which installations a tenant has, running their hooks in the
 //! sandbox with the tenant's config, grants and storage, and keeping their health.
 
+pub mod bundled;
 pub mod config;
 pub mod health;
 mod services;
@@ -16,11 +17,13 @@ use streamflow_runtime::{
 use uuid::Uuid;
 
 use crate::crypto::SecretBox;
+use crate::events::Origin;
 use crate::records::SchemaCache;
 use crate::store::cache::ExpiringMap;
 use crate::store::plugins::InstallationRow;
 use crate::store::writer::RecordWriter;
 use crate::store::{Store, StoreResult, TenantScope};
+use crate::templates::Workflows;
 use health::HealthBook;
 
 /// How long compiling a plugin may take before the request that needed it gives up (the
@@ -76,6 +79,7 @@ pub struct PluginHost {
     store: Store,
     writer: RecordWriter,
     schemas: Arc<SchemaCache>,
+    workflows: Arc<Workflows>,
     secrets: Arc<SecretBox>,
     active: ExpiringMap<Uuid, Arc<Vec<Arc<Active>>>>,
     pub health: HealthBook,
@@ -89,6 +93,7 @@ impl PluginHost {
         store: Store,
         writer: RecordWriter,
         schemas: Arc<SchemaCache>,
+        workflows: Arc<Workflows>,
         secrets: Arc<SecretBox>,
     ) -> Self {
         Self {
@@ -96,6 +101,7 @@ impl PluginHost {
             store,
             writer,
             schemas,
+            workflows,
             secrets,
             active: ExpiringMap::default(),
             health: HealthBook::default(),
@@ -237,6 +243,18 @@ impl PluginHost {
         active: &Arc<Active>,
         call: Call,
     ) -> Result<Reply, CallError> {
+        self.call_from(scope, active, call, None).await
+    }
+
+    /// [`PluginHost::call`] for the dispatcher: the plugin's writes are idempotent per
+    /// `origin` and its events carry the automation depth.
+    pub async fn call_from(
+        &self,
+        scope: &TenantScope,
+        active: &Arc<Active>,
+        call: Call,
+        origin: Option<Origin>,
+    ) -> Result<Reply, CallError> {
         let hook = call.hook();
         if !self.health.admit(active.tenant_id, &active.plugin_id) {
             metrics::counter!("streamflow_plugin_calls_total", "plugin" => active.plugin_id.clone(),
@@ -261,9 +279,12 @@ impl PluginHost {
                         store: self.store.clone(),
                         writer: self.writer.clone(),
                         schemas: self.schemas.clone(),
+                        workflows: self.workflows.clone(),
                         scope: *scope,
                         plugin_id: active.plugin_id.clone(),
                         version: active.version.clone(),
+                        origin,
+                        created: Default::default(),
                     }),
                 });
                 let runtime = self.runtime.clone();

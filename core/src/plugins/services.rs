@@ -8,12 +8,18 @@ use serde_json::Value;
 use streamflow_runtime::{Capability, HostError, HostServices, PluginRecord};
 use uuid::Uuid;
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use crate::error::ApiError;
-use crate::records::SchemaCache;
-use crate::records::{MAX_DATA_DEPTH, check_json, check_stage, valid_type_id};
+use crate::events::Origin;
+use crate::records::{
+    MAX_DATA_DEPTH, SchemaCache, WriteRules, check_json, check_stage, valid_type_id,
+};
+use crate::store::events::NewEvent;
 use crate::store::records::{RecordFilter, RecordRow};
 use crate::store::writer::{RecordWrite, RecordWriter, WriteOutcome};
 use crate::store::{Store, TenantScope};
+use crate::templates::Workflows;
 
 /// Keys one tenant × plugin may hold in `kv`.
 const MAX_KV_KEYS: i64 = 10_000;
@@ -28,8 +34,13 @@ pub(super) struct KernelServices {
     pub writer: RecordWriter,
     pub schemas: Arc<SchemaCache>,
     pub scope: TenantScope,
+    pub workflows: Arc<Workflows>,
     pub plugin_id: String,
     pub version: String,
+    /// Set when the dispatcher makes the call: writes are idempotent per origin.
+    pub origin: Option<Origin>,
+    /// Records and events created so far in this call (numbers derived ids).
+    pub created: AtomicU32,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> HostError {
@@ -61,6 +72,28 @@ fn to_plugin(row: RecordRow) -> PluginRecord {
 impl KernelServices {
     fn actor(&self) -> String {
         format!("plugin:{}", self.plugin_id)
+    }
+
+    fn rules(&self) -> WriteRules<'_> {
+        WriteRules {
+            store: &self.store,
+            schemas: &self.schemas,
+            workflows: &self.workflows,
+        }
+    }
+
+    fn depth(&self) -> i64 {
+        self.origin.as_ref().map_or(0, |o| o.depth)
+    }
+
+    /// The id of the next thing this call creates: derived from the origin when the
+    /// dispatcher made the call (the same on a repeated run), fresh otherwise.
+    fn next_id(&self) -> Uuid {
+        let n = self.created.fetch_add(1, Ordering::SeqCst);
+        match &self.origin {
+            Some(origin) => origin.derived_id(n),
+            None => Uuid::now_v7(),
+        }
     }
 
     fn parse_data(&self, data: &str) -> Result<Value, HostError> {
@@ -159,26 +192,36 @@ impl HostServices for KernelServices {
     ) -> Result<PluginRecord, HostError> {
         Self::check_type(record_type)?;
         let data = self.parse_data(data)?;
-        if let Some(stage) = stage {
-            check_stage(stage, "/stage").map_err(invalid)?;
-        }
+        let id = self.next_id();
         self.handle.block_on(async {
-            self.schemas
-                .validate(&self.store, &self.scope, record_type, &data)
+            if self.origin.is_some()
+                && let Some(row) = self
+                    .store
+                    .get_record(&self.scope, record_type, id)
+                    .await
+                    .map_err(unavailable)?
+            {
+                // Created by an earlier run of the same delivery.
+                return Ok(to_plugin(row));
+            }
+            let stage = self
+                .rules()
+                .create(&self.scope, record_type, stage.map(str::to_string), &data)
                 .await
                 .map_err(invalid)?;
             let outcome = self
                 .writer
                 .submit(RecordWrite::Create {
                     scope: self.scope,
-                    id: Uuid::now_v7(),
+                    id,
                     record_type: record_type.to_string(),
-                    stage: stage.map(str::to_string),
+                    stage,
                     data,
                     score: None,
                     events: Vec::new(),
                     created_by: None,
                     actor: self.actor(),
+                    depth: self.depth(),
                 })
                 .await
                 .map_err(unavailable)?;
@@ -201,25 +244,24 @@ impl HostServices for KernelServices {
         let not_found = || HostError::Invalid(format!("no {record_type} {id}"));
         let id = Uuid::parse_str(id).map_err(|_| not_found())?;
         let data = self.parse_data(data)?;
-        if let Some(stage) = stage {
-            check_stage(stage, "/stage").map_err(invalid)?;
-        }
         self.handle.block_on(async {
-            self.schemas
-                .validate(&self.store, &self.scope, record_type, &data)
+            let current = self
+                .store
+                .get_record(&self.scope, record_type, id)
+                .await
+                .map_err(unavailable)?
+                .ok_or_else(not_found)?;
+            let expected = expected_version.map_or(current.version, |v| v as i64);
+            if expected != current.version {
+                return Err(HostError::Conflict(format!(
+                    "the record is at version {}; read it again",
+                    current.version
+                )));
+            }
+            self.rules()
+                .update(&self.scope, record_type, Some(&current), stage, Some(&data))
                 .await
                 .map_err(invalid)?;
-            let expected = match expected_version {
-                Some(v) => v as i64,
-                None => {
-                    self.store
-                        .get_record(&self.scope, record_type, id)
-                        .await
-                        .map_err(unavailable)?
-                        .ok_or_else(not_found)?
-                        .version
-                }
-            };
             let outcome = self
                 .writer
                 .submit(RecordWrite::Update {
@@ -232,6 +274,7 @@ impl HostServices for KernelServices {
                     score: None,
                     events: Vec::new(),
                     actor: self.actor(),
+                    depth: self.depth(),
                 })
                 .await
                 .map_err(unavailable)?;
@@ -265,11 +308,19 @@ impl HostServices for KernelServices {
             .map_err(|e| HostError::Invalid(format!("payload is not JSON: {e}")))?;
         check_json(&payload, "/payload", MAX_DATA_DEPTH).map_err(invalid)?;
         let kind = format!("plugin.{}.{kind}", self.plugin_id);
+        let id = self.next_id();
         self.handle
-            .block_on(
-                self.store
-                    .insert_event(&self.scope, &kind, &self.actor(), &payload),
-            )
+            .block_on(self.store.insert_event(
+                &self.scope,
+                &NewEvent {
+                    id,
+                    kind: &kind,
+                    record: None,
+                    actor: &self.actor(),
+                    payload: &payload,
+                    depth: self.depth(),
+                },
+            ))
             .map_err(unavailable)
     }
 

@@ -19,8 +19,10 @@ use sqlx::{PgPool, SqlitePool};
 
 pub mod accounts;
 pub mod cache;
+pub mod events;
 pub mod plugins;
 pub mod records;
+pub mod templates;
 pub mod tenants;
 pub mod tokens;
 pub mod writer;

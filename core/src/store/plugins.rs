@@ -37,6 +37,19 @@ pub enum Published {
     NotOwner,
 }
 
+/// The highest of `approved` that `requirement` accepts.
+pub fn pick_version(
+    approved: &[VersionRow],
+    requirement: &semver::VersionReq,
+) -> Option<VersionRow> {
+    approved
+        .iter()
+        .filter_map(|row| semver::Version::parse(&row.version).ok().map(|v| (v, row)))
+        .filter(|(v, _)| requirement.matches(v))
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, row)| row.clone())
+}
+
 /// A new version to publish.
 pub struct NewVersion<'a> {
     pub plugin_id: &'a str,
@@ -414,31 +427,5 @@ impl Store {
             .await?
         });
         Ok(rows)
-    }
-}
-
-impl Store {
-    /// Appends an event that belongs to no record (a plugin's own events).
-    pub async fn insert_event(
-        &self,
-        scope: &TenantScope,
-        kind: &str,
-        actor: &str,
-        payload: &Value,
-    ) -> StoreResult<()> {
-        on_pool!(self.pool(), pool => {
-            sqlx::query(
-                "INSERT INTO events (id, tenant_id, kind, actor, payload, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(Uuid::now_v7())
-            .bind(scope.tenant_id())
-            .bind(kind)
-            .bind(actor)
-            .bind(Json(payload))
-            .bind(now_micros())
-            .execute(pool)
-            .await?;
-        });
-        Ok(())
     }
 }

@@ -41,7 +41,7 @@ impl Tenant {
 
     /// The scope for acting inside this tenant. Only code that already established the
     /// right to (the provider realm, the login flow) reaches a `Tenant` to call this on.
-    pub(crate) fn scope(&self) -> TenantScope {
+    pub fn scope(&self) -> TenantScope {
         TenantScope::new(self.id)
     }
 }

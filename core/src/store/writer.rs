@@ -44,6 +44,8 @@ pub enum RecordWrite {
         events: Vec<(&'static str, Value)>,
         created_by: Option<Uuid>,
         actor: Actor,
+        /// How many automations led to this change (0 for people and API clients).
+        depth: i64,
     },
     /// Replaces `data` and/or `stage` if the stored version is still `expected_version`.
     Update {
@@ -57,6 +59,7 @@ pub enum RecordWrite {
         score: Option<Option<Value>>,
         events: Vec<(&'static str, Value)>,
         actor: Actor,
+        depth: i64,
     },
     Delete {
         scope: TenantScope,
@@ -84,6 +87,7 @@ struct Job {
 #[derive(Clone)]
 pub struct RecordWriter {
     queue: mpsc::Sender<Job>,
+    committed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl RecordWriter {
@@ -98,13 +102,20 @@ impl RecordWriter {
         let max_batch = max_batch.max(1);
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
         let shared = store.pool().clone();
+        let committed = std::sync::Arc::new(tokio::sync::Notify::new());
+        let notify = committed.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         std::thread::Builder::new()
             .name("record-writer".into())
-            .spawn(move || runtime.block_on(run_writer(shared, rx, max_batch)))?;
-        Ok(Self { queue })
+            .spawn(move || runtime.block_on(run_writer(shared, rx, max_batch, notify)))?;
+        Ok(Self { queue, committed })
+    }
+
+    /// Notified after every commit: new events are waiting in the outbox.
+    pub fn committed(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.committed.clone()
     }
 
     pub async fn submit(&self, write: RecordWrite) -> StoreResult<WriteOutcome> {
@@ -133,7 +144,12 @@ async fn open_connection(shared: &Pool) -> Result<WriterConnection, sqlx::Error>
     })
 }
 
-async fn run_writer(shared: Pool, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+async fn run_writer(
+    shared: Pool,
+    mut rx: mpsc::Receiver<Job>,
+    max_batch: usize,
+    committed: std::sync::Arc<tokio::sync::Notify>,
+) {
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
     let mut connection: Option<WriterConnection> = None;
     loop {
@@ -169,6 +185,7 @@ async fn run_writer(shared: Pool, mut rx: mpsc::Receiver<Job>, max_batch: usize)
             .record(started.elapsed().as_secs_f64());
         match applied {
             Ok(outcomes) => {
+                committed.notify_one();
                 for (job, outcome) in batch.drain(..).zip(outcomes) {
                     let _ = job.reply.send(Ok(outcome));
                 }
@@ -195,6 +212,7 @@ async fn run_writer(shared: Pool, mut rx: mpsc::Receiver<Job>, max_batch: usize)
                     };
                     let _ = job.reply.send(outcome);
                 }
+                committed.notify_one();
             }
         }
     }
@@ -221,6 +239,7 @@ struct PendingEvent {
     record_id: Uuid,
     actor: Actor,
     payload: Value,
+    depth: i64,
 }
 
 /// The score's value as a number, kept in its own column for sorting and filtering.
@@ -294,8 +313,15 @@ async fn apply_batch(
                 .filter(|r| &r.record_type == $record_type)
         };
     }
+    // SQLite: take the write lock at BEGIN. A deferred transaction that reads first (an
+    // update reads its record) and writes later cannot wait for a lock another connection
+    // (the dispatcher's) took meanwhile: it fails with SQLITE_BUSY at once.
+    let begin = match conn {
+        WriterConnection::Sqlite(_) => "BEGIN IMMEDIATE",
+        WriterConnection::Postgres(_) => "BEGIN",
+    };
     on_connection!(conn, conn => async {
-        let mut tx = conn.begin().await?;
+        let mut tx = conn.begin_with(begin).await?;
         for chunk in created.chunks(ROWS_PER_INSERT) {
             let mut insert = sqlx::QueryBuilder::new(
                 "INSERT INTO records (tenant_id, id, type, stage, data, version, score, score_value, created_by, created_at, updated_at) ",
@@ -318,29 +344,31 @@ async fn apply_batch(
         let mut created = created.into_iter();
         for write in writes {
             let outcome = match write {
-                RecordWrite::Create { actor, events: extra, .. } => {
+                RecordWrite::Create { actor, events: extra, depth, .. } => {
                     let row = created.next().expect("one row per create");
-                    events.push(PendingEvent {
+                    let event = |kind, payload| PendingEvent {
                         tenant_id: row.tenant_id,
-                        kind: "record.created",
+                        kind,
                         record_type: row.record_type.clone(),
                         record_id: row.id,
                         actor: actor.clone(),
-                        payload: json!({ "version": 1, "stage": row.stage }),
-                    });
+                        payload,
+                        depth: *depth,
+                    };
+                    events.push(event("record.created", json!({ "version": 1, "stage": row.stage })));
+                    if row.stage.is_some() {
+                        // The stage history starts with the stage a record was created in.
+                        events.push(event(
+                            "stage.changed",
+                            json!({ "from": null, "to": row.stage, "by": actor, "version": 1 }),
+                        ));
+                    }
                     for (kind, payload) in extra {
-                        events.push(PendingEvent {
-                            tenant_id: row.tenant_id,
-                            kind,
-                            record_type: row.record_type.clone(),
-                            record_id: row.id,
-                            actor: actor.clone(),
-                            payload: payload.clone(),
-                        });
+                        events.push(event(kind, payload.clone()));
                     }
                     WriteOutcome::Created(row)
                 }
-                RecordWrite::Update { scope, record_type, id, expected_version, data, stage, score, events: extra, actor } => {
+                RecordWrite::Update { scope, record_type, id, expected_version, data, stage, score, events: extra, actor, depth } => {
                     let current = current_record!(tx, scope, record_type, id);
                     match current {
                         None => WriteOutcome::NotFound,
@@ -398,6 +426,7 @@ async fn apply_batch(
                                     record_id: *id,
                                     actor: actor.clone(),
                                     payload,
+                                    depth: *depth,
                                 };
                                 events.push(event(
                                     "record.updated",
@@ -436,6 +465,7 @@ async fn apply_batch(
                                 record_id: *id,
                                 actor: actor.clone(),
                                 payload: json!({ "version": version, "data": data.0 }),
+                                depth: 0,
                             });
                             WriteOutcome::Deleted
                         }
@@ -447,7 +477,7 @@ async fn apply_batch(
         // The outbox, in the order the changes happened (its seq orders them per record).
         for chunk in events.chunks(ROWS_PER_INSERT) {
             let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO events (id, tenant_id, kind, record_type, record_id, actor, payload, created_at) ",
+                "INSERT INTO events (id, tenant_id, kind, record_type, record_id, actor, payload, created_at, depth) ",
             );
             insert.push_values(chunk, |mut b, e| {
                 b.push_bind(Uuid::now_v7())
@@ -457,7 +487,8 @@ async fn apply_batch(
                     .push_bind(e.record_id)
                     .push_bind(&e.actor)
                     .push_bind(Json(&e.payload))
-                    .push_bind(now);
+                    .push_bind(now)
+                    .push_bind(e.depth);
             });
             insert.build().execute(&mut *tx).await?;
         }
@@ -481,6 +512,7 @@ mod tests {
             data: json!({ "n": n }),
             created_by: None,
             actor: "test".into(),
+            depth: 0,
         }
     }
 

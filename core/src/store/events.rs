@@ -1,0 +1,281 @@
+//! The outbox as a work queue: claiming events in order per record, recording what each
+//! delivery did, and settling events as dispatched or due for a retry.
+//!
+//! A claim is a lease (`claimed_until`), not an open transaction: plugin calls take
+//! milliseconds to seconds and must not hold database locks. On PostgreSQL the claiming
+//! statement skips rows another node is claiming at that moment (`FOR UPDATE SKIP LOCKED`),
+//! and a node that dies leaves leases that expire. An event is claimable only when no
+//! earlier event of the same record is still pending, so a record's events are handled in
+//! order even across nodes.
+
+use serde_json::Value;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::{Pool, Store, StoreResult, TenantScope, now_micros, on_pool};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct QueuedEvent {
+    pub seq: i64,
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub kind: String,
+    pub record_type: Option<String>,
+    pub record_id: Option<Uuid>,
+    pub actor: Option<String>,
+    pub payload: Json<Value>,
+    pub created_at: i64,
+    pub depth: i64,
+    pub attempts: i64,
+}
+
+/// The outcome of one target of one event.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub event_id: Uuid,
+    pub target: String,
+    pub tenant_id: Uuid,
+    /// `done`, `failed` or `skipped`.
+    pub status: &'static str,
+    pub attempts: i64,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub event_at: i64,
+    pub finished_at: i64,
+    /// The node whose dispatcher ran it.
+    pub node: String,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeliveryRow {
+    pub event_id: Uuid,
+    pub target: String,
+    pub status: String,
+    pub attempts: i64,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub event_at: i64,
+    pub finished_at: i64,
+    pub node: String,
+}
+
+/// An event written outside a record change.
+#[derive(Clone, Copy)]
+pub struct NewEvent<'a> {
+    pub id: Uuid,
+    pub kind: &'a str,
+    /// `(record type, record id)` when it concerns a record.
+    pub record: Option<(&'a str, Uuid)>,
+    pub actor: &'a str,
+    pub payload: &'a Value,
+    pub depth: i64,
+}
+
+/// What becomes of a claimed event.
+#[derive(Debug, Clone)]
+pub enum Settle {
+    /// Dispatched (`error` when some target failed for good).
+    Done { seq: i64, error: Option<String> },
+    /// Try again at `at`.
+    Retry { seq: i64, at: i64, error: String },
+}
+
+const EVENT_COLUMNS: &str = "seq, id, tenant_id, kind, record_type, record_id, actor, payload, \
+     created_at, depth, attempts";
+
+/// Rows per multi-row INSERT of deliveries (11 parameters each).
+const DELIVERIES_PER_INSERT: usize = 500;
+
+impl Store {
+    /// Frees every lease. Only for a single-node (SQLite) server starting up: the leases
+    /// are its own, from before a crash.
+    pub async fn release_claims(&self) -> StoreResult<u64> {
+        on_pool!(self.pool(), pool => Ok(
+            sqlx::query("UPDATE events SET claimed_until = NULL WHERE dispatched_at IS NULL AND claimed_until IS NOT NULL")
+                .execute(pool)
+                .await?
+                .rows_affected()
+        ))
+    }
+
+    /// Claims up to `limit` events until `lease_until`: the oldest pending event of each
+    /// record (and events of no record), due now, not claimed by anyone else.
+    pub async fn claim_events(
+        &self,
+        lease_until: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<QueuedEvent>> {
+        let now = now_micros();
+        let lock = match self.pool() {
+            Pool::Postgres(_) => "FOR UPDATE SKIP LOCKED",
+            Pool::Sqlite(_) => "",
+        };
+        let sql = format!(
+            "UPDATE events SET claimed_until = $1 WHERE seq IN ( \
+               SELECT e.seq FROM events e \
+               WHERE e.dispatched_at IS NULL AND e.next_attempt_at <= $2 \
+                 AND (e.claimed_until IS NULL OR e.claimed_until < $2) \
+                 AND (e.record_id IS NULL OR NOT EXISTS ( \
+                   SELECT 1 FROM events p WHERE p.dispatched_at IS NULL AND p.tenant_id = e.tenant_id \
+                     AND p.record_id = e.record_id AND p.seq < e.seq)) \
+               ORDER BY e.seq LIMIT $3 {lock}) \
+             RETURNING {EVENT_COLUMNS}"
+        );
+        let mut rows = on_pool!(self.pool(), pool => {
+            sqlx::query_as::<_, QueuedEvent>(sqlx::AssertSqlSafe(sql))
+                .bind(lease_until)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+        });
+        rows.sort_by_key(|e| e.seq);
+        Ok(rows)
+    }
+
+    /// Targets of an event that already finished (on an earlier attempt).
+    pub async fn finished_targets(&self, event_id: Uuid) -> StoreResult<Vec<String>> {
+        on_pool!(self.pool(), pool => Ok(
+            sqlx::query_scalar("SELECT target FROM event_deliveries WHERE event_id = $1")
+                .bind(event_id)
+                .fetch_all(pool)
+                .await?
+        ))
+    }
+
+    /// Records deliveries and settles events, in one transaction.
+    pub async fn settle_events(
+        &self,
+        deliveries: &[Delivery],
+        settles: &[Settle],
+    ) -> StoreResult<()> {
+        let now = now_micros();
+        let done: Vec<i64> = settles
+            .iter()
+            .filter_map(|s| match s {
+                Settle::Done { seq, error: None } => Some(*seq),
+                _ => None,
+            })
+            .collect();
+        on_pool!(self.pool(), pool => {
+            let mut tx = pool.begin().await?;
+            for chunk in deliveries.chunks(DELIVERIES_PER_INSERT) {
+                let mut insert = sqlx::QueryBuilder::new(
+                    "INSERT INTO event_deliveries (event_id, target, tenant_id, status, attempts, output, error, event_at, finished_at, node) ",
+                );
+                insert.push_values(chunk, |mut b, d| {
+                    b.push_bind(d.event_id)
+                        .push_bind(&d.target)
+                        .push_bind(d.tenant_id)
+                        .push_bind(d.status)
+                        .push_bind(d.attempts)
+                        .push_bind(&d.output)
+                        .push_bind(&d.error)
+                        .push_bind(d.event_at)
+                        .push_bind(d.finished_at)
+                        .push_bind(&d.node);
+                });
+                insert.push(" ON CONFLICT (event_id, target) DO NOTHING");
+                insert.build().execute(&mut *tx).await?;
+            }
+            for chunk in done.chunks(DELIVERIES_PER_INSERT) {
+                let mut update = sqlx::QueryBuilder::new("UPDATE events SET dispatched_at = ");
+                update.push_bind(now);
+                update.push(", claimed_until = NULL, attempts = attempts + 1 WHERE seq IN (");
+                let mut list = update.separated(", ");
+                for seq in chunk {
+                    list.push_bind(*seq);
+                }
+                update.push(")");
+                update.build().execute(&mut *tx).await?;
+            }
+            for settle in settles {
+                match settle {
+                    Settle::Done { error: None, .. } => {}
+                    Settle::Done { seq, error: Some(error) } => {
+                        sqlx::query(
+                            "UPDATE events SET dispatched_at = $1, failed_at = $1, claimed_until = NULL, \
+                             attempts = attempts + 1, last_error = $2 WHERE seq = $3",
+                        )
+                        .bind(now)
+                        .bind(error)
+                        .bind(seq)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    Settle::Retry { seq, at, error } => {
+                        sqlx::query(
+                            "UPDATE events SET next_attempt_at = $1, claimed_until = NULL, \
+                             attempts = attempts + 1, last_error = $2 WHERE seq = $3",
+                        )
+                        .bind(at)
+                        .bind(error)
+                        .bind(seq)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Appends an event (a plugin's own, or the dispatcher's). With an `id` derived from an
+    /// idempotency key, a repeated insert is a no-op.
+    pub async fn insert_event(&self, scope: &TenantScope, event: &NewEvent<'_>) -> StoreResult<()> {
+        let NewEvent {
+            id,
+            kind,
+            record,
+            actor,
+            payload,
+            depth,
+        } = *event;
+        on_pool!(self.pool(), pool => {
+            sqlx::query(
+                "INSERT INTO events (id, tenant_id, kind, record_type, record_id, actor, payload, created_at, depth) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(scope.tenant_id())
+            .bind(kind)
+            .bind(record.map(|r| r.0))
+            .bind(record.map(|r| r.1))
+            .bind(actor)
+            .bind(Json(payload))
+            .bind(now_micros())
+            .bind(depth)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// The tenant's latest deliveries (automation runs and plugin deliveries), newest first.
+    pub async fn list_deliveries(
+        &self,
+        scope: &TenantScope,
+        limit: i64,
+    ) -> StoreResult<Vec<DeliveryRow>> {
+        on_pool!(self.pool(), pool => Ok(
+            sqlx::query_as::<_, DeliveryRow>(
+                "SELECT event_id, target, status, attempts, output, error, event_at, finished_at, node \
+                 FROM event_deliveries WHERE tenant_id = $1 ORDER BY finished_at DESC LIMIT $2",
+            )
+            .bind(scope.tenant_id())
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        ))
+    }
+
+    /// Events not yet dispatched (all tenants): the dispatcher's backlog.
+    pub async fn pending_events(&self) -> StoreResult<i64> {
+        on_pool!(self.pool(), pool => Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE dispatched_at IS NULL")
+                .fetch_one(pool)
+                .await?
+        ))
+    }
+}
