@@ -27,6 +27,10 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
     println!("cargo:rerun-if-changed=../industry-templates");
     println!("cargo:rerun-if-changed=../plugin-sdk");
+    // The plugins' dependencies and profiles, and where their build goes.
+    println!("cargo:rerun-if-changed=../Cargo.lock");
+    println!("cargo:rerun-if-changed=../Cargo.toml");
+    println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
     for dir in BUNDLED_PLUGINS {
         println!("cargo:rerun-if-changed=../plugins/{dir}");
     }
@@ -65,6 +69,8 @@ fn main() {
         let wasm = target_dir
             .join("wasm32-wasip2/release")
             .join(format!("{}.wasm", dir.replace('-', "_")));
+        // Deleted or rebuilt outside this script: run it again.
+        println!("cargo:rerun-if-changed={}", wasm.display());
         let schema = plugin_dir.join("config.schema.json");
         let schema = if schema.exists() {
             format!("Some(include_str!({:?}))", schema.display())

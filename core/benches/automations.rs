@@ -17,7 +17,9 @@
 //!   dispatcher running; lag from the change's commit to the automation's result stored,
 //!   at p50, p99 and max (from the delivery rows: `finished_at - event_at`).
 //!
-//! Run: `cargo bench -p streamflow --bench automations` (prints a Markdown table).
+//! Run: `cargo bench -p streamflow --bench automations` (prints a Markdown table);
+//! `BENCH_ONLY=sqlite|postgresql` picks a backend, `BENCH_WORK=note|order|estimate` a kind
+//! of work.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -252,7 +254,11 @@ async fn measure(state: &AppState, scope: TenantScope, work: &'static Work) -> R
 
 async fn bench_backend(name: &str, database_url: String) {
     let state = state(database_url).await;
-    for work in &WORK {
+    let only_work = std::env::var("BENCH_WORK").unwrap_or_default();
+    for work in WORK
+        .iter()
+        .filter(|w| only_work.is_empty() || w.record_type == only_work)
+    {
         // A tenant per kind of work, so each run's events are its own.
         let slug = format!("bench-{}", work.record_type);
         let tenant = state
@@ -282,6 +288,8 @@ async fn bench_backend(name: &str, database_url: String) {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
+    // `STREAMFLOW_LOG=streamflow::events=debug` shows each dispatch round's phases.
+    streamflow::telemetry::init_logging(false);
     println!(
         "| backend | work | drain (automations/s) | steady load (changes/s) | lag p50 (ms) | lag p99 (ms) | lag max (ms) | automations run |"
     );

@@ -154,6 +154,10 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %e, "database error");
                 ApiError::internal()
             }
+            StoreError::Corrupt(what) => {
+                tracing::error!(what, "stored data does not parse");
+                ApiError::internal()
+            }
             StoreError::CommitUnconfirmed => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "commit_unconfirmed",

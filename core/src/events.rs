@@ -11,6 +11,7 @@
 //! derived from the event and the target ([`Origin`]), so a repeated run finds them instead
 //! of creating them twice.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -38,6 +39,8 @@ const LEASE: Duration = Duration::from_secs(60);
 /// How often an idle dispatcher looks for work it was not told about (other nodes' events,
 /// retries coming due).
 const POLL: Duration = Duration::from_millis(250);
+/// How long a suspended tenant's event waits before it is looked at again.
+const PARKED: Duration = Duration::from_secs(60);
 /// Attempts before an event's failing targets are given up.
 pub const MAX_ATTEMPTS: i64 = 8;
 /// First retry delay; doubled per attempt, capped at [`MAX_BACKOFF`].
@@ -93,10 +96,9 @@ struct TargetError {
 
 impl From<CallError> for TargetError {
     fn from(e: CallError) -> Self {
-        let retry = matches!(
-            e.kind,
-            "timeout" | "busy" | "circuit_open" | "load" | "failed"
-        );
+        // The host's state (capacity, a paused plugin, a slow compile, a deadline) may
+        // change; a plugin's own failure or a broken limit will not, so it is not retried.
+        let retry = matches!(e.kind, "timeout" | "busy" | "circuit_open" | "load");
         TargetError {
             message: format!("{}: {}", e.kind, e.message),
             retry,
@@ -152,7 +154,12 @@ pub fn start(state: AppState, stop: Stop) -> tokio::task::JoinHandle<()> {
         let wake = state.writer.committed();
         let node = node_name();
         tracing::info!(%node, "event dispatcher started");
-        let dispatcher = Arc::new(Dispatcher { state, node });
+        let slots = (state.config.plugin_instances as usize / 2).max(1);
+        let dispatcher = Arc::new(Dispatcher {
+            state,
+            node,
+            plugin_slots: tokio::sync::Semaphore::new(slots),
+        });
         while !stop.is_stopped() {
             match dispatcher.round().await {
                 Ok(0) => {
@@ -177,6 +184,9 @@ struct Dispatcher {
     state: AppState,
     /// This dispatcher's name in the deliveries it records.
     node: String,
+    /// Plugin calls the dispatcher makes at once: half the sandbox's instances, so
+    /// interactive calls (scoring a lead being saved) always find one free.
+    plugin_slots: tokio::sync::Semaphore,
 }
 
 /// `<host>/<pid>/<random>`: unique per running dispatcher.
@@ -189,28 +199,89 @@ fn node_name() -> String {
 impl Dispatcher {
     /// Claims and handles one batch; returns how many events it handled.
     async fn round(self: &Arc<Self>) -> anyhow::Result<usize> {
+        let store = &self.state.store;
+        let started = std::time::Instant::now();
         let lease_until = now_micros() + LEASE.as_micros() as i64;
-        let events = self.state.store.claim_events(lease_until, BATCH).await?;
+        let events = store.claim_events(&self.node, lease_until, BATCH).await?;
         if events.is_empty() {
             return Ok(0);
         }
+        let claimed = started.elapsed();
         let count = events.len();
+        // Suspended tenants' events wait, untouched, until the tenant is active again.
+        let mut active = HashMap::new();
+        for event in &events {
+            if let std::collections::hash_map::Entry::Vacant(slot) = active.entry(event.tenant_id) {
+                let tenant = store
+                    .tenant_by_id(&TenantScope::new(event.tenant_id))
+                    .await?;
+                slot.insert(tenant.is_some_and(|t| t.is_active()));
+            }
+        }
+        let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+        let mut by_task = HashMap::new();
         let mut tasks = tokio::task::JoinSet::new();
-        for event in events {
-            let this = self.clone();
-            tasks.spawn(async move { this.handle(event).await });
-        }
-        let mut deliveries = Vec::new();
         let mut settles = Vec::with_capacity(count);
-        while let Some(joined) = tasks.join_next().await {
-            let (mut d, s) = joined?;
-            deliveries.append(&mut d);
-            settles.push(s);
+        for event in events {
+            if !active[&event.tenant_id] {
+                settles.push(Settle::Park {
+                    seq: event.seq,
+                    at: now_micros() + PARKED.as_micros() as i64,
+                    reason: "the tenant is suspended".into(),
+                });
+                continue;
+            }
+            let this = self.clone();
+            let (seq, attempts) = (event.seq, event.attempts);
+            let task = tasks.spawn(async move { this.handle(event).await });
+            by_task.insert(task.id(), (seq, attempts));
         }
-        self.state
-            .store
-            .settle_events(&deliveries, &settles)
+        // Keep the leases while the batch runs (a plugin may be compiling, say).
+        let heartbeat = {
+            let (store, node, seqs) = (store.clone(), self.node.clone(), seqs.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(LEASE / 3).await;
+                    let until = now_micros() + LEASE.as_micros() as i64;
+                    if let Err(e) = store.renew_claims(&node, &seqs, until).await {
+                        tracing::warn!(error = %e, "could not renew event leases");
+                    }
+                }
+            })
+        };
+        let mut deliveries = Vec::new();
+        while let Some(joined) = tasks.join_next_with_id().await {
+            match joined {
+                Ok((_, (mut d, s))) => {
+                    deliveries.append(&mut d);
+                    settles.push(s);
+                }
+                // A panic in one event's handling fails that event alone.
+                Err(e) => {
+                    let (seq, attempts) = by_task[&e.id()];
+                    tracing::error!(seq, "event handling panicked: {e}");
+                    settles.push(retry_or_fail(
+                        seq,
+                        attempts,
+                        format!("the dispatcher crashed handling it: {e}"),
+                    ));
+                }
+            }
+        }
+        heartbeat.abort();
+        let worked = started.elapsed();
+        store
+            .settle_events(&self.node, &deliveries, &settles)
             .await?;
+        let settled = started.elapsed();
+        metrics::histogram!("streamflow_dispatch_round_seconds").record(settled.as_secs_f64());
+        tracing::debug!(
+            events = count,
+            claim_ms = claimed.as_secs_f64() * 1e3,
+            work_ms = (worked - claimed).as_secs_f64() * 1e3,
+            settle_ms = (settled - worked).as_secs_f64() * 1e3,
+            "dispatch round"
+        );
         metrics::counter!("streamflow_events_dispatched_total").increment(count as u64);
         for d in &deliveries {
             metrics::counter!("streamflow_event_deliveries_total", "status" => d.status)
@@ -271,20 +342,22 @@ impl Dispatcher {
             });
             let origin = Origin::new(&event, "loop");
             let record = event.record_type.as_deref().zip(event.record_id);
-            if let Err(e) = state
-                .store
-                .insert_event(
-                    &scope,
-                    &NewEvent {
-                        id: origin.derived_id(0),
-                        kind: "automation.loop_stopped",
-                        record,
-                        actor: "dispatcher",
-                        payload: &stopped,
-                        depth: event.depth,
-                    },
-                )
-                .await
+            // The report of a cut chain is not reported again (it is as deep as the chain).
+            if event.kind != "automation.loop_stopped"
+                && let Err(e) = state
+                    .store
+                    .insert_event(
+                        &scope,
+                        &NewEvent {
+                            id: origin.derived_id(0),
+                            kind: "automation.loop_stopped",
+                            record,
+                            actor: "dispatcher",
+                            payload: &stopped,
+                            depth: event.depth,
+                        },
+                    )
+                    .await
             {
                 return (Vec::new(), retry(&event, e.to_string()));
             }
@@ -410,6 +483,11 @@ impl Dispatcher {
             payload: event.payload.0.to_string(),
             at: event.created_at,
         });
+        let _slot = self
+            .plugin_slots
+            .acquire()
+            .await
+            .map_err(|_| TargetError::transient("shutting down"))?;
         self.state
             .plugins
             .call_from(scope, active, call, Some(origin))
@@ -450,6 +528,11 @@ impl Dispatcher {
                     name: action.to_string(),
                     input: input.to_string(),
                 };
+                let _slot = self
+                    .plugin_slots
+                    .acquire()
+                    .await
+                    .map_err(|_| TargetError::transient("shutting down"))?;
                 match self
                     .state
                     .plugins
@@ -497,7 +580,9 @@ impl Dispatcher {
         if let Some(due) = &run.due {
             data.insert(
                 due.field.clone(),
-                json!(format_micros(event.created_at + due.offset_micros())),
+                json!(format_micros(
+                    event.created_at.saturating_add(due.offset_micros())
+                )),
             );
         }
         let data = Value::Object(data);
@@ -506,7 +591,7 @@ impl Dispatcher {
         let output =
             |row_id: Uuid| Some(json!({ "record_type": record_type, "id": row_id }).to_string());
         // Already created by an earlier run of this event.
-        match state.store.get_record(scope, &record_type, id).await {
+        match state.store.record_by_id(scope, id).await {
             Ok(Some(_)) => return Ok(output(id)),
             Ok(None) => {}
             Err(e) => return Err(TargetError::transient(e.to_string())),
@@ -552,7 +637,7 @@ impl Dispatcher {
             Ok(_) => Err(TargetError::permanent("unexpected write outcome")),
             Err(e) => {
                 // A concurrent run may have created it first.
-                if let Ok(Some(_)) = state.store.get_record(scope, &record_type, id).await {
+                if let Ok(Some(_)) = state.store.record_by_id(scope, id).await {
                     Ok(output(id))
                 } else {
                     Err(TargetError::transient(e.to_string()))
@@ -577,10 +662,21 @@ impl Target {
 }
 
 fn retry(event: &QueuedEvent, error: String) -> Settle {
-    let factor = 2u32.saturating_pow(event.attempts.clamp(0, 20) as u32);
+    retry_or_fail(event.seq, event.attempts, error)
+}
+
+/// Another attempt after a backoff, or, after [`MAX_ATTEMPTS`], given up.
+fn retry_or_fail(seq: i64, attempts: i64, error: String) -> Settle {
+    if attempts + 1 >= MAX_ATTEMPTS {
+        return Settle::Done {
+            seq,
+            error: Some(format!("gave up after {MAX_ATTEMPTS} attempts: {error}")),
+        };
+    }
+    let factor = 2u32.saturating_pow(attempts.clamp(0, 20) as u32);
     let delay = BACKOFF.saturating_mul(factor).min(MAX_BACKOFF);
     Settle::Retry {
-        seq: event.seq,
+        seq,
         at: now_micros() + delay.as_micros() as i64,
         error,
     }

@@ -428,9 +428,10 @@ impl WriteRules<'_> {
         Ok(Some(to))
     }
 
-    /// Checks a change: new data against the schema, a new stage against the pipeline.
-    /// `current` is the record as the caller read it, at the version it will write against;
-    /// it is needed when [`WriteRules::needs_current`] says so.
+    /// Checks a change: new data against the schema, a new stage against the pipeline, and
+    /// that a record in a stage keeps the fields the stage requires. `current` is the
+    /// record as the caller read it, at the version it will write against; it is needed
+    /// when [`WriteRules::needs_current`] says so.
     pub async fn update(
         &self,
         scope: &TenantScope,
@@ -445,35 +446,43 @@ impl WriteRules<'_> {
                 .validate(self.store, scope, record_type, data)
                 .await?;
         }
-        let Some(stage) = stage else {
+        if let Some(stage) = stage {
+            check_stage(stage, "/stage")?;
+        }
+        let Some(pipeline) = self.pipeline(scope, record_type).await? else {
             return Ok(());
         };
-        check_stage(stage, "/stage")?;
-        if let Some(pipeline) = self.pipeline(scope, record_type).await? {
-            let Some(current) = current else {
-                tracing::error!(record_type, "a stage move was checked without the record");
-                return Err(ApiError::internal());
-            };
-            pipeline
-                .check_move(
-                    current.stage.as_deref(),
-                    stage,
-                    data.unwrap_or(&current.data.0),
-                )
-                .map_err(|refusal| refusal.into_error(stage))?;
+        if stage.is_none() && data.is_none() {
+            return Ok(());
         }
-        Ok(())
+        let Some(current) = current else {
+            // The tenant's template was applied between the caller's look and this one.
+            return Err(ApiError::conflict(
+                "template_changed",
+                "the tenant's pipelines changed while this change was checked; send it again",
+            ));
+        };
+        let data = data.unwrap_or(&current.data.0);
+        let to = stage.or(current.stage.as_deref());
+        let Some(to) = to else {
+            return Ok(());
+        };
+        pipeline
+            .check_move(current.stage.as_deref(), to, data)
+            .map_err(|refusal| refusal.into_error(to))
     }
 
-    /// Whether a change to this type needs the current record to be checked (its stage
-    /// moves within a pipeline).
+    /// Whether a change to this type needs the current record to be checked: the type has
+    /// a pipeline and the change moves the record or replaces its data.
     pub async fn needs_current(
         &self,
         scope: &TenantScope,
         record_type: &str,
         stage: Option<&str>,
+        data: Option<&Value>,
     ) -> ApiResult<bool> {
-        Ok(stage.is_some() && self.pipeline(scope, record_type).await?.is_some())
+        Ok((stage.is_some() || data.is_some())
+            && self.pipeline(scope, record_type).await?.is_some())
     }
 }
 

@@ -11,14 +11,18 @@ CREATE TABLE tenant_templates (
 );
 
 -- Dispatch state of the outbox. An event is pending while dispatched_at is null; a worker
--- claims it until claimed_until; a failed attempt sets next_attempt_at (backoff).
+-- (claimed_by) claims it until claimed_until; a failed attempt sets next_attempt_at (backoff).
 -- depth counts how many automations led to the event (chains are cut at a limit).
 ALTER TABLE events ADD COLUMN depth INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE events ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE events ADD COLUMN next_attempt_at INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE events ADD COLUMN claimed_until INTEGER;
+ALTER TABLE events ADD COLUMN claimed_by TEXT;
 ALTER TABLE events ADD COLUMN last_error TEXT;
 ALTER TABLE events ADD COLUMN failed_at INTEGER;
+-- Events written before there was a dispatcher are history, not work: delivering them
+-- now would run today's automations on last year's changes.
+UPDATE events SET dispatched_at = created_at WHERE dispatched_at IS NULL;
 DROP INDEX events_pending;
 CREATE INDEX events_undispatched ON events (seq) WHERE dispatched_at IS NULL;
 CREATE INDEX events_undispatched_by_record ON events (tenant_id, record_id, seq) WHERE dispatched_at IS NULL;

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
+};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -167,6 +170,9 @@ pub(crate) struct HostState {
     pub(crate) limiter: Limiter,
     pub(crate) call: Arc<Invocation>,
     pub(crate) log_lines: u32,
+    /// When the current call started, and how much of it was spent in host calls.
+    pub(crate) started: Instant,
+    pub(crate) host_time: Duration,
 }
 
 impl WasiView for HostState {
@@ -311,6 +317,12 @@ impl Runtime {
         self.loaded.lock().unwrap().contains_key(sha256)
     }
 
+    /// The compiled package with this hash, if it is in memory: what a call needs, without
+    /// reading or hashing the package again.
+    pub fn loaded(&self, sha256: &str) -> Option<Arc<Loaded>> {
+        self.loaded.lock().unwrap().get(sha256).cloned()
+    }
+
     fn compile_cached(&self, bytes: &[u8], sha256: &str) -> Result<Component, Failure> {
         let Some(dir) = &self.config.cache_dir else {
             return Component::new(&self.engine, bytes)
@@ -414,13 +426,34 @@ impl Runtime {
             },
             call: invocation,
             log_lines: 0,
+            started: Instant::now(),
+            host_time: Duration::ZERO,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline((limits.timeout_ms as u64).div_ceil(self.tick_ms()) + 1);
-        store.epoch_deadline_trap();
+        let tick = self.config.tick.max(Duration::from_millis(1));
+        let limit = Duration::from_millis(limits.timeout_ms as u64);
+        store.set_epoch_deadline(ticks_for(limit, tick));
+        // The deadline is on the plugin's own time: when it comes, the time the host spent
+        // serving the plugin's calls (storage waiting for a commit, say) is given back,
+        // up to a cap on the call's wall-clock time.
+        let wall_cap = limit * 10 + Duration::from_secs(5);
+        store.epoch_deadline_callback(move |ctx| {
+            let state = ctx.data();
+            let wall = state.started.elapsed();
+            let own = wall.saturating_sub(state.host_time);
+            if own >= limit || wall >= wall_cap {
+                return Err(Trap::Interrupt.into());
+            }
+            Ok(UpdateDeadline::Continue(ticks_for(limit - own, tick)))
+        });
         (store, stderr)
     }
+}
+
+/// Epoch ticks covering `time` (one more, so a deadline never comes early).
+fn ticks_for(time: Duration, tick: Duration) -> u64 {
+    (time.as_millis() as u64).div_ceil(tick.as_millis().max(1) as u64) + 1
 }
 
 /// See [`Runtime::warm_instance`].
@@ -436,6 +469,8 @@ impl WarmInstance {
     pub fn call(&mut self, call: Call) -> Result<Reply, Failure> {
         let ticks = (self.limits.timeout_ms as u64).div_ceil(self.tick_ms) + 1;
         self.store.set_epoch_deadline(ticks);
+        self.store.data_mut().started = Instant::now();
+        self.store.data_mut().host_time = Duration::ZERO;
         let started = Instant::now();
         let result = v0_1::call_on(&self.plugin, &mut self.store, call);
         finish(result, &self.store, &self.stderr, self.limits, started)

@@ -181,6 +181,23 @@ impl HostState {
     }
 }
 
+impl HostState {
+    /// Runs a capability call if it is granted, timing it: time spent in the host does not
+    /// count against the plugin's deadline (see `Runtime::new_store`).
+    fn host<R>(
+        &mut self,
+        cap: Capability,
+        operation: &str,
+        f: impl FnOnce(&dyn host::HostServices) -> Result<R, host::HostError>,
+    ) -> Result<R, types::HostError> {
+        let services = self.check(cap, operation)?;
+        let started = std::time::Instant::now();
+        let result = f(services.as_ref());
+        self.host_time += started.elapsed();
+        result.map_err(host_error)
+    }
+}
+
 impl types::Host for HostState {}
 
 impl streamflow::plugin::log::Host for HostState {
@@ -210,26 +227,23 @@ impl streamflow::plugin::config::Host for HostState {
 
 impl streamflow::plugin::kv::Host for HostState {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, types::HostError> {
-        let services = self.check(Capability::Kv, "kv.get")?;
         check_key(&key)?;
-        services.kv_get(&key).map_err(host_error)
+        self.host(Capability::Kv, "kv.get", |s| s.kv_get(&key))
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), types::HostError> {
-        let services = self.check(Capability::Kv, "kv.set")?;
         check_key(&key)?;
         if value.len() > MAX_KV_VALUE {
             return Err(types::HostError::Limit(format!(
                 "values are at most {MAX_KV_VALUE} bytes"
             )));
         }
-        services.kv_set(&key, &value).map_err(host_error)
+        self.host(Capability::Kv, "kv.set", |s| s.kv_set(&key, &value))
     }
 
     fn delete(&mut self, key: String) -> Result<(), types::HostError> {
-        let services = self.check(Capability::Kv, "kv.delete")?;
         check_key(&key)?;
-        services.kv_delete(&key).map_err(host_error)
+        self.host(Capability::Kv, "kv.delete", |s| s.kv_delete(&key))
     }
 }
 
@@ -248,11 +262,10 @@ impl streamflow::plugin::records::Host for HostState {
         record_type: String,
         id: String,
     ) -> Result<Option<types::Record>, types::HostError> {
-        let services = self.check(Capability::RecordsRead, "records.get")?;
-        services
-            .record_get(&record_type, &id)
-            .map(|r| r.map(record_to_wit))
-            .map_err(host_error)
+        self.host(Capability::RecordsRead, "records.get", |s| {
+            s.record_get(&record_type, &id)
+        })
+        .map(|r| r.map(record_to_wit))
     }
 
     fn list(
@@ -261,11 +274,10 @@ impl streamflow::plugin::records::Host for HostState {
         stage: Option<String>,
         limit: u32,
     ) -> Result<Vec<types::Record>, types::HostError> {
-        let services = self.check(Capability::RecordsRead, "records.list")?;
-        services
-            .record_list(&record_type, stage.as_deref(), limit)
-            .map(|v| v.into_iter().map(record_to_wit).collect())
-            .map_err(host_error)
+        self.host(Capability::RecordsRead, "records.list", |s| {
+            s.record_list(&record_type, stage.as_deref(), limit)
+        })
+        .map(|v| v.into_iter().map(record_to_wit).collect())
     }
 
     fn create(
@@ -274,11 +286,10 @@ impl streamflow::plugin::records::Host for HostState {
         stage: Option<String>,
         data: String,
     ) -> Result<types::Record, types::HostError> {
-        let services = self.check(Capability::RecordsWrite, "records.create")?;
-        services
-            .record_create(&record_type, stage.as_deref(), &data)
-            .map(record_to_wit)
-            .map_err(host_error)
+        self.host(Capability::RecordsWrite, "records.create", |s| {
+            s.record_create(&record_type, stage.as_deref(), &data)
+        })
+        .map(record_to_wit)
     }
 
     fn update(
@@ -289,17 +300,17 @@ impl streamflow::plugin::records::Host for HostState {
         data: String,
         expected_version: Option<u64>,
     ) -> Result<types::Record, types::HostError> {
-        let services = self.check(Capability::RecordsWrite, "records.update")?;
-        services
-            .record_update(&record_type, &id, stage.as_deref(), &data, expected_version)
-            .map(record_to_wit)
-            .map_err(host_error)
+        self.host(Capability::RecordsWrite, "records.update", |s| {
+            s.record_update(&record_type, &id, stage.as_deref(), &data, expected_version)
+        })
+        .map(record_to_wit)
     }
 }
 
 impl streamflow::plugin::events::Host for HostState {
     fn emit(&mut self, kind: String, payload: String) -> Result<(), types::HostError> {
-        let services = self.check(Capability::Events, "events.emit")?;
-        services.emit_event(&kind, &payload).map_err(host_error)
+        self.host(Capability::Events, "events.emit", |s| {
+            s.emit_event(&kind, &payload)
+        })
     }
 }

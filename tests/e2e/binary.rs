@@ -347,3 +347,83 @@ async fn json_logs_carry_the_request_id_and_never_a_password() {
         "a password reached the logs"
     );
 }
+
+#[test]
+fn template_lint_passes_the_shipped_verticals_and_names_each_problem() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../industry-templates");
+    let files: Vec<String> = [
+        "hvac",
+        "roofing",
+        "plumbing",
+        "electrical",
+        "landscaping",
+        "gov-contracting",
+    ]
+    .iter()
+    .map(|id| format!("{root}/{id}.toml"))
+    .collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_streamflow"))
+        .args(["template", "lint"])
+        .args(&files)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches(": ok").count(), 6, "{stdout}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        r#"
+id = "bad"
+name = "Bad"
+version = "1.0.0"
+[[record_types]]
+id = "job"
+name = "Job"
+[record_types.fields]
+crew = { type = "string" }
+[[pipelines]]
+record_type = "job"
+stages = [{ id = "open", name = "Open" }, { id = "closed", name = "Closed", required = ["signature"] }]
+[[automations]]
+id = "notify"
+name = "Notify"
+on = "record.created"
+run = { plugin = "job-scheduler", action = "teleport" }
+[[plugins]]
+id = "job-scheduler"
+version = "^0.1"
+grants = ["ai"]
+"#,
+    )
+    .unwrap();
+    let garbage = dir.path().join("garbage.toml");
+    std::fs::write(&garbage, "id = \"x\"\nversion = 1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_streamflow"))
+        .args(["template", "lint"])
+        .arg(&bad)
+        .arg(&garbage)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "stage \"closed\" cannot be reached",
+        "\"signature\" is not a field of job",
+        "job-scheduler has no action \"teleport\"",
+        "the plugin does not request ai",
+        "garbage.toml: 1 problem(s)",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "{expected:?} missing from:\n{stdout}"
+        );
+    }
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 of 2 template(s) have problems"));
+}

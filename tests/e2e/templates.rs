@@ -155,8 +155,14 @@ bundled_backends! {
         assert_eq!(status, 422, "{refused}");
         let mut data = lead["data"].clone();
         data["inspection_at"] = json!("2026-12-01T15:00:00Z");
-        let (status, moved) = move_to(&srv, &owner, &lead, json!({"stage": "inspection_scheduled", "data": data})).await;
+                let (status, moved) = move_to(&srv, &owner, &lead, json!({"stage": "inspection_scheduled", "data": data})).await;
         assert_eq!(status, 200, "{moved}");
+        // A record keeps what its stage requires: dropping the appointment is refused.
+        let mut without = moved["data"].clone();
+        without.as_object_mut().unwrap().remove("inspection_at");
+        let (status, refused) = move_to(&srv, &owner, &moved, json!({"data": without})).await;
+        assert_eq!(status, 422, "{refused}");
+        assert_eq!(refused["error"]["details"]["missing_fields"], json!(["inspection_at"]));
         let lead_id = lead["id"].as_str().unwrap();
         let (status, history) = srv.get(&format!("/api/records/lead/{lead_id}/history"), &owner).await;
         assert_eq!(status, 200, "{history}");

@@ -474,7 +474,12 @@ async fn update_record(
     // writer then refuses the change if the record moved on meanwhile (version check).
     let current = if scoring
         || rules
-            .needs_current(&principal.scope, &record_type, body.stage.as_deref())
+            .needs_current(
+                &principal.scope,
+                &record_type,
+                body.stage.as_deref(),
+                body.data.as_ref(),
+            )
             .await?
     {
         let current = state

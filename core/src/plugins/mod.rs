@@ -262,7 +262,11 @@ impl PluginHost {
             .increment(1);
             return Err(CallError::circuit_open());
         }
-        let loaded = self.load(&active.plugin_id, &active.version).await;
+        // Compiled versions stay in memory: only the first call reads the package.
+        let loaded = match self.runtime.loaded(&active.sha256) {
+            Some(loaded) => Ok(loaded),
+            None => self.load(&active.plugin_id, &active.version).await,
+        };
         let started = Instant::now();
         let result = match loaded {
             Err(e) => Err(e),

@@ -25,6 +25,9 @@ use crate::templates::Workflows;
 const MAX_KV_KEYS: i64 = 10_000;
 /// Records one `records.list` returns at most.
 const MAX_LIST: u32 = 100;
+/// Records and events one plugin call may create: bounds what an automation chain can fan
+/// out to at each level.
+const MAX_CREATED_PER_CALL: u32 = 100;
 /// Largest event payload a plugin may emit.
 const MAX_EVENT_PAYLOAD: usize = 64 * 1024;
 
@@ -88,12 +91,17 @@ impl KernelServices {
 
     /// The id of the next thing this call creates: derived from the origin when the
     /// dispatcher made the call (the same on a repeated run), fresh otherwise.
-    fn next_id(&self) -> Uuid {
+    fn next_id(&self) -> Result<Uuid, HostError> {
         let n = self.created.fetch_add(1, Ordering::SeqCst);
-        match &self.origin {
+        if n >= MAX_CREATED_PER_CALL {
+            return Err(HostError::Limit(format!(
+                "one call creates at most {MAX_CREATED_PER_CALL} records and events"
+            )));
+        }
+        Ok(match &self.origin {
             Some(origin) => origin.derived_id(n),
             None => Uuid::now_v7(),
-        }
+        })
     }
 
     fn parse_data(&self, data: &str) -> Result<Value, HostError> {
@@ -192,16 +200,22 @@ impl HostServices for KernelServices {
     ) -> Result<PluginRecord, HostError> {
         Self::check_type(record_type)?;
         let data = self.parse_data(data)?;
-        let id = self.next_id();
+        let id = self.next_id()?;
         self.handle.block_on(async {
-            if self.origin.is_some()
+                        if self.origin.is_some()
                 && let Some(row) = self
                     .store
-                    .get_record(&self.scope, record_type, id)
+                    .record_by_id(&self.scope, id)
                     .await
                     .map_err(unavailable)?
             {
                 // Created by an earlier run of the same delivery.
+                if row.record_type != record_type {
+                    return Err(HostError::Conflict(format!(
+                        "a repeated run of this delivery created a {} here before, not a {record_type}",
+                        row.record_type
+                    )));
+                }
                 return Ok(to_plugin(row));
             }
             let stage = self
@@ -308,7 +322,7 @@ impl HostServices for KernelServices {
             .map_err(|e| HostError::Invalid(format!("payload is not JSON: {e}")))?;
         check_json(&payload, "/payload", MAX_DATA_DEPTH).map_err(invalid)?;
         let kind = format!("plugin.{}.{kind}", self.plugin_id);
-        let id = self.next_id();
+        let id = self.next_id()?;
         self.handle
             .block_on(self.store.insert_event(
                 &self.scope,

@@ -78,6 +78,8 @@ pub enum Settle {
     Done { seq: i64, error: Option<String> },
     /// Try again at `at`.
     Retry { seq: i64, at: i64, error: String },
+    /// Not now, and not a failure (the tenant is suspended): look again at `at`.
+    Park { seq: i64, at: i64, reason: String },
 }
 
 const EVENT_COLUMNS: &str = "seq, id, tenant_id, kind, record_type, record_id, actor, payload, \
@@ -98,10 +100,13 @@ impl Store {
         ))
     }
 
-    /// Claims up to `limit` events until `lease_until`: the oldest pending event of each
-    /// record (and events of no record), due now, not claimed by anyone else.
+    /// Claims up to `limit` events for `node` until `lease_until`: the oldest pending event
+    /// of each record (and events of no record), due now, not claimed by anyone else. The
+    /// candidates are chosen once (a materialised CTE), and on PostgreSQL locked rows are
+    /// skipped, so concurrent claimers never take the same event.
     pub async fn claim_events(
         &self,
+        node: &str,
         lease_until: i64,
         limit: i64,
     ) -> StoreResult<Vec<QueuedEvent>> {
@@ -111,7 +116,7 @@ impl Store {
             Pool::Sqlite(_) => "",
         };
         let sql = format!(
-            "UPDATE events SET claimed_until = $1 WHERE seq IN ( \
+            "WITH candidates AS MATERIALIZED ( \
                SELECT e.seq FROM events e \
                WHERE e.dispatched_at IS NULL AND e.next_attempt_at <= $2 \
                  AND (e.claimed_until IS NULL OR e.claimed_until < $2) \
@@ -119,18 +124,46 @@ impl Store {
                    SELECT 1 FROM events p WHERE p.dispatched_at IS NULL AND p.tenant_id = e.tenant_id \
                      AND p.record_id = e.record_id AND p.seq < e.seq)) \
                ORDER BY e.seq LIMIT $3 {lock}) \
+             UPDATE events SET claimed_until = $1, claimed_by = $4 \
+             WHERE seq IN (SELECT seq FROM candidates) \
              RETURNING {EVENT_COLUMNS}"
         );
         let mut rows = on_pool!(self.pool(), pool => {
             sqlx::query_as::<_, QueuedEvent>(sqlx::AssertSqlSafe(sql))
                 .bind(lease_until)
-                .bind(now)
+                                .bind(now)
                 .bind(limit)
+                .bind(node)
                 .fetch_all(pool)
                 .await?
         });
         rows.sort_by_key(|e| e.seq);
         Ok(rows)
+    }
+
+    /// Extends `node`'s leases on `seqs` while it is still working on them.
+    pub async fn renew_claims(
+        &self,
+        node: &str,
+        seqs: &[i64],
+        lease_until: i64,
+    ) -> StoreResult<()> {
+        for chunk in seqs.chunks(DELIVERIES_PER_INSERT) {
+            on_pool!(self.pool(), pool => {
+                let mut update = sqlx::QueryBuilder::new("UPDATE events SET claimed_until = ");
+                update.push_bind(lease_until);
+                update.push(" WHERE claimed_by = ");
+                update.push_bind(node);
+                update.push(" AND dispatched_at IS NULL AND seq IN (");
+                let mut list = update.separated(", ");
+                for seq in chunk {
+                    list.push_bind(*seq);
+                }
+                update.push(")");
+                update.build().execute(pool).await?;
+            });
+        }
+        Ok(())
     }
 
     /// Targets of an event that already finished (on an earlier attempt).
@@ -143,9 +176,11 @@ impl Store {
         ))
     }
 
-    /// Records deliveries and settles events, in one transaction.
+    /// Records deliveries and settles events, in one transaction. Only events `node` still
+    /// holds are settled: one whose lease ran out belongs to whoever claimed it next.
     pub async fn settle_events(
         &self,
+        node: &str,
         deliveries: &[Delivery],
         settles: &[Settle],
     ) -> StoreResult<()> {
@@ -181,7 +216,9 @@ impl Store {
             for chunk in done.chunks(DELIVERIES_PER_INSERT) {
                 let mut update = sqlx::QueryBuilder::new("UPDATE events SET dispatched_at = ");
                 update.push_bind(now);
-                update.push(", claimed_until = NULL, attempts = attempts + 1 WHERE seq IN (");
+                update.push(", claimed_until = NULL, attempts = attempts + 1 WHERE claimed_by = ");
+                update.push_bind(node);
+                update.push(" AND seq IN (");
                 let mut list = update.separated(", ");
                 for seq in chunk {
                     list.push_bind(*seq);
@@ -195,22 +232,36 @@ impl Store {
                     Settle::Done { seq, error: Some(error) } => {
                         sqlx::query(
                             "UPDATE events SET dispatched_at = $1, failed_at = $1, claimed_until = NULL, \
-                             attempts = attempts + 1, last_error = $2 WHERE seq = $3",
+                             attempts = attempts + 1, last_error = $2 WHERE seq = $3 AND claimed_by = $4",
                         )
                         .bind(now)
                         .bind(error)
                         .bind(seq)
+                        .bind(node)
                         .execute(&mut *tx)
                         .await?;
                     }
                     Settle::Retry { seq, at, error } => {
                         sqlx::query(
                             "UPDATE events SET next_attempt_at = $1, claimed_until = NULL, \
-                             attempts = attempts + 1, last_error = $2 WHERE seq = $3",
+                             attempts = attempts + 1, last_error = $2 WHERE seq = $3 AND claimed_by = $4",
                         )
                         .bind(at)
                         .bind(error)
                         .bind(seq)
+                        .bind(node)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    Settle::Park { seq, at, reason } => {
+                        sqlx::query(
+                            "UPDATE events SET next_attempt_at = $1, claimed_until = NULL, last_error = $2 \
+                             WHERE seq = $3 AND claimed_by = $4",
+                        )
+                        .bind(at)
+                        .bind(reason)
+                        .bind(seq)
+                        .bind(node)
                         .execute(&mut *tx)
                         .await?;
                     }

@@ -45,6 +45,9 @@ pub enum StoreError {
     /// during COMMIT, say): the writes may or may not be stored, so they are not retried.
     #[error("the database did not confirm the commit")]
     CommitUnconfirmed,
+    /// A stored value the code cannot read (a row written by a newer version, say).
+    #[error("stored data does not parse: {0}")]
+    Corrupt(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -134,14 +134,25 @@ impl Store {
         record_type: &str,
         id: Uuid,
     ) -> StoreResult<Option<RecordRow>> {
-        let row = on_pool!(self.pool(), pool => {
+        Ok(self
+            .record_by_id(scope, id)
+            .await?
+            .filter(|r| r.record_type == record_type))
+    }
+
+    /// The tenant's record with this id, whatever its type.
+    pub async fn record_by_id(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+    ) -> StoreResult<Option<RecordRow>> {
+        Ok(on_pool!(self.pool(), pool => {
             sqlx::query_as::<_, RecordRow>(sqlx::AssertSqlSafe(record_by_key_sql()))
                 .bind(scope.tenant_id())
                 .bind(id)
                 .fetch_optional(pool)
                 .await?
-        });
-        Ok(row.filter(|r| r.record_type == record_type))
+        }))
     }
 
     /// One page of records, in id order, at most `limit`.

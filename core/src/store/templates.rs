@@ -22,6 +22,8 @@ pub struct TenantTemplateRow {
 pub struct TemplateWrite {
     pub template_id: String,
     pub version: String,
+    /// The version this application replaces (none for a first application).
+    pub previous_version: Option<String>,
     pub spec: Value,
     /// `(id, name, schema)`, created or replaced (the schema's version bumped).
     pub record_types: Vec<(String, String, Value)>,
@@ -59,15 +61,45 @@ impl Store {
     }
 
     /// Writes a template application as one transaction: all of it or none of it.
+    /// `Ok(false)`: the tenant's template is no longer at `write.previous_version` (another
+    /// application won the race); nothing was written.
     pub async fn apply_template(
         &self,
         scope: &TenantScope,
         write: &TemplateWrite,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         let now = now_micros();
         let tenant = scope.tenant_id();
         on_pool!(self.pool(), pool => {
             let mut tx = pool.begin().await?;
+            let claimed = match &write.previous_version {
+                None => sqlx::query(
+                    "INSERT INTO tenant_templates (tenant_id, template_id, version, spec, applied_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id) DO NOTHING",
+                )
+                .bind(tenant)
+                .bind(&write.template_id)
+                .bind(&write.version)
+                .bind(Json(&write.spec))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?,
+                Some(previous) => sqlx::query(
+                    "UPDATE tenant_templates SET version = $2, spec = $3, applied_at = $4 \
+                     WHERE tenant_id = $1 AND version = $5",
+                )
+                .bind(tenant)
+                .bind(&write.version)
+                .bind(Json(&write.spec))
+                .bind(now)
+                .bind(previous)
+                .execute(&mut *tx)
+                .await?,
+            };
+            if claimed.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
             for (id, name, schema) in &write.record_types {
                 sqlx::query(
                     "INSERT INTO record_types (tenant_id, id, name, schema, version, created_at, updated_at) \
@@ -105,22 +137,9 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            sqlx::query(
-                "INSERT INTO tenant_templates (tenant_id, template_id, version, spec, applied_at) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id) DO UPDATE SET \
-                 template_id = excluded.template_id, version = excluded.version, spec = excluded.spec, \
-                 applied_at = excluded.applied_at",
-            )
-            .bind(tenant)
-            .bind(&write.template_id)
-            .bind(&write.version)
-            .bind(Json(&write.spec))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
+                        tx.commit().await?;
         });
-        Ok(())
+        Ok(true)
     }
 
     /// Every tenant's applied template, by tenant id.

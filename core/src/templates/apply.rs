@@ -149,10 +149,14 @@ pub async fn apply(
             }
         }
         let existing = installed.iter().find(|r| r.plugin_id == spec.id);
+        // The template's grants, and those the tenant has that this version still requests.
         let mut grants: BTreeSet<String> = spec.grants.iter().cloned().collect();
         if let Some(row) = existing {
             grants.extend(
-                serde_json::from_value::<Vec<String>>(row.grants.0.clone()).unwrap_or_default(),
+                serde_json::from_value::<Vec<String>>(row.grants.0.clone())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|g| check_grants(manifest, std::slice::from_ref(g)).is_ok()),
             );
         }
         let grants: Vec<String> = grants.into_iter().collect();
@@ -303,11 +307,17 @@ pub async fn apply(
     let write = TemplateWrite {
         template_id: merged.id.clone(),
         version: merged.version.to_string(),
+        previous_version: current.as_ref().map(|row| row.version.clone()),
         spec: serde_json::to_value(&merged).map_err(|_| ApiError::internal())?,
         record_types,
         installations,
     };
-    state.store.apply_template(scope, &write).await?;
+    if !state.store.apply_template(scope, &write).await? {
+        return Err(ApiError::conflict(
+            "template_conflict",
+            "another application of a template to this tenant finished first; read the tenant's template and try again",
+        ));
+    }
     for (id, _, _) in &write.record_types {
         state.schemas.forget(scope, id);
     }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::store::cache::ExpiringMap;
-use crate::store::{Store, StoreResult, TenantScope};
+use crate::store::{Store, StoreError, StoreResult, TenantScope};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -23,6 +23,9 @@ use crate::records::{compile_schema, valid_type_id};
 
 /// Automation chains longer than this are cut at run time (`automation.loop_stopped`).
 pub const MAX_AUTOMATION_DEPTH: i64 = 8;
+
+/// The furthest a built-in action's `due` may lie after its event.
+pub const MAX_DUE_DAYS: f64 = 3650.0;
 
 /// Event kinds the kernel writes.
 pub const KERNEL_EVENTS: &[&str] = &[
@@ -165,10 +168,14 @@ pub struct Due {
 }
 
 impl Due {
-    /// Microseconds after the event.
+    /// Hours after the event.
+    fn hours(&self) -> f64 {
+        self.in_hours.unwrap_or(0.0) + self.in_days.unwrap_or(0.0) * 24.0
+    }
+
+    /// Microseconds after the event (at most [`MAX_DUE_DAYS`]).
     pub fn offset_micros(&self) -> i64 {
-        let hours = self.in_hours.unwrap_or(0.0) + self.in_days.unwrap_or(0.0) * 24.0;
-        (hours * 3_600_000_000.0) as i64
+        (self.hours().clamp(0.0, MAX_DUE_DAYS * 24.0) * 3_600_000_000.0) as i64
     }
 }
 
@@ -388,6 +395,15 @@ impl Template {
                     problem(format!("{at}{}", e.path.replace('/', ".")), e.message);
                 }
             }
+            for secret in manifest.secret_fields() {
+                if spec.config.pointer(&secret).is_some() {
+                    problem(
+                        format!("{at}.config{secret}"),
+                        "is a secret: set it on the tenant's installation, never in a template"
+                            .into(),
+                    );
+                }
+            }
             if let Err(errors) = crate::plugins::config::prepare(
                 &manifest.config_schema(),
                 &manifest.secret_fields(),
@@ -504,11 +520,13 @@ impl Template {
                     }
                     if let Some(due) = &a.run.due
                         && (due.in_hours.is_some() == due.in_days.is_some()
-                            || due.offset_micros() < 0)
+                            || !(0.0..=MAX_DUE_DAYS * 24.0).contains(&due.hours()))
                     {
                         problem(
                             format!("{at}.run.due"),
-                            "give one of in_hours or in_days, not negative".into(),
+                            format!(
+                                "give one of in_hours or in_days, from 0 to {MAX_DUE_DAYS} days"
+                            ),
                         );
                     }
                 }
@@ -527,14 +545,40 @@ impl Template {
     }
 
     /// A cycle of built-in `create-record` automations: one creates a record whose creation
-    /// triggers the next, back to the first. (Plugin actions are bounded at run time.)
+    /// (or entry into its first stage) triggers the next, back to the first. (Plugin
+    /// actions are opaque here; the dispatcher bounds them at run time.)
     pub fn automation_cycle(&self) -> Option<Vec<String>> {
         let creates = |a: &Automation| match a.run.kind() {
             Ok(RunKind::CreateRecord) => a.run.record_type.clone(),
             _ => None,
         };
-        let triggered_by = |a: &Automation, created: &str| {
-            a.on == "record.created" && a.record_type.as_deref().is_none_or(|t| t == created)
+        // A created record emits `record.created`, and `stage.changed` into the stage it
+        // starts in when its type has a pipeline; conditions on that event are evaluated,
+        // conditions on anything else are assumed to hold.
+        let triggered_by = |b: &Automation, creator: &Automation, created: &str| {
+            if b.record_type.as_deref().is_some_and(|t| t != created) {
+                return false;
+            }
+            match b.on.as_str() {
+                "record.created" => true,
+                "stage.changed" => {
+                    let Some(pipeline) = self.pipeline(created) else {
+                        return false;
+                    };
+                    let stage = creator
+                        .run
+                        .stage
+                        .clone()
+                        .unwrap_or_else(|| pipeline.first().id.clone());
+                    let event = json!({"event": {"kind": "stage.changed", "record_type": created,
+                        "payload": {"from": null, "to": stage}}});
+                    b.when
+                        .iter()
+                        .filter(|c| c.field.starts_with("event."))
+                        .all(|c| c.holds(&event))
+                }
+                _ => false,
+            }
         };
         let n = self.automations.len();
         let edges: Vec<Vec<usize>> = self
@@ -543,7 +587,7 @@ impl Template {
             .map(|a| match creates(a) {
                 None => Vec::new(),
                 Some(t) => (0..n)
-                    .filter(|&j| triggered_by(&self.automations[j], &t))
+                    .filter(|&j| triggered_by(&self.automations[j], a, &t))
                     .collect(),
             })
             .collect();
@@ -727,11 +771,24 @@ impl Pipeline {
         seen
     }
 
-    /// The allowed transitions, in stage order.
+    /// The allowed transitions, in stage order. A retired stage leads to every current one.
     pub fn transitions(&self) -> Vec<(&str, &str)> {
+        let current: Vec<&str> = self
+            .stages
+            .iter()
+            .filter(|s| !s.retired)
+            .map(|s| s.id.as_str())
+            .collect();
         self.stages
             .iter()
-            .flat_map(|s| s.next.iter().map(move |n| (s.id.as_str(), n.as_str())))
+            .flat_map(|s| {
+                let targets: Vec<&str> = if s.retired {
+                    current.clone()
+                } else {
+                    s.next.iter().map(String::as_str).collect()
+                };
+                targets.into_iter().map(move |n| (s.id.as_str(), n))
+            })
             .collect()
     }
 }
@@ -824,13 +881,16 @@ impl Workflows {
         let generation = self.specs.generation();
         let spec = match store.tenant_template(scope).await? {
             None => None,
-            Some(row) => match serde_json::from_value::<Template>(row.spec.0) {
-                Ok(t) => Some(Arc::new(t)),
-                Err(e) => {
-                    tracing::error!(tenant = %scope.tenant_id(), error = %e, "stored template spec does not parse");
-                    None
-                }
-            },
+            // Failing open (no pipelines, no automations) would let writes skip the rules
+            // and drop automations silently: an unreadable spec is an error.
+            Some(row) => Some(Arc::new(
+                serde_json::from_value::<Template>(row.spec.0).map_err(|e| {
+                    StoreError::Corrupt(format!(
+                        "template spec of tenant {}: {e}",
+                        scope.tenant_id()
+                    ))
+                })?,
+            )),
         };
         self.specs
             .insert(scope.tenant_id(), spec.clone(), generation);
@@ -878,14 +938,14 @@ impl StageRefusal {
                 json!({}),
             ),
             StageRefusal::MissingFields(fields) => (
-                format!("entering {stage:?} needs {}", fields.join(", ")),
+                format!("a record in {stage:?} needs {}", fields.join(", ")),
                 json!({ "missing_fields": fields }),
             ),
         };
         let errors = match &details["missing_fields"] {
             Value::Array(fields) => fields
                 .iter()
-                .map(|f| json!({ "path": format!("/data/{}", f.as_str().unwrap_or_default()), "message": format!("is required to enter {stage:?}") }))
+                .map(|f| json!({ "path": format!("/data/{}", f.as_str().unwrap_or_default()), "message": format!("is required in stage {stage:?}") }))
                 .collect(),
             _ => vec![json!({ "path": "/stage", "message": message })],
         };
@@ -916,15 +976,19 @@ impl Pipeline {
                     .collect(),
             });
         };
-        if from == Some(to) {
+        let staying = from == Some(to);
+        if staying && target.retired {
             return Ok(());
         }
         if target.retired {
             return Err(StageRefusal::Retired);
         }
         // A new record (or one whose stage the pipeline does not know) may start in any
-        // stage whose requirements it meets.
+        // stage whose requirements it meets, and a record in a retired stage may leave for
+        // any current one: the version that retired it may have dropped its next stages too.
         if let Some(current) = from.and_then(|f| self.stage(f))
+            && !staying
+            && !current.retired
             && !current.next.iter().any(|n| n == to)
         {
             return Err(StageRefusal::NotAllowed {
@@ -1071,6 +1135,83 @@ run = { builtin = "create-record", record_type = "job", link = "estimate_id", co
             all.contains("\"nowhere\" is not in this template's [[plugins]]"),
             "{all}"
         );
+    }
+
+    #[test]
+    fn a_cycle_through_stage_changes_is_found() {
+        let mut t = small();
+        // A won estimate makes a job; a job created into its first stage makes an estimate
+        // that starts as won.
+        t.record_types.push(RecordTypeSpec {
+            id: "job".into(),
+            name: "Job".into(),
+            required: vec![],
+            fields: BTreeMap::new(),
+        });
+        t.pipelines.push(Pipeline {
+            record_type: "job".into(),
+            value_field: None,
+            stages: vec![Stage {
+                id: "scheduled".into(),
+                name: "Scheduled".into(),
+                next: vec![],
+                required: vec![],
+                retired: false,
+            }],
+        });
+        t.automations.push(Automation {
+            id: "job-makes-won-estimate".into(),
+            name: "loop".into(),
+            on: "stage.changed".into(),
+            record_type: Some("job".into()),
+            when: vec![
+                toml::from_str("field = \"event.payload.to\"\nequals = \"scheduled\"").unwrap(),
+            ],
+            run: Run {
+                builtin: Some("create-record".into()),
+                record_type: Some("estimate".into()),
+                stage: Some("won".into()),
+                data: serde_json::from_value(json!({"amount": 1})).unwrap(),
+                ..Run::default()
+            },
+        });
+        let cycle = t.automation_cycle().expect("a cycle");
+        assert!(
+            cycle.contains(&"job-makes-won-estimate".to_string()),
+            "{cycle:?}"
+        );
+        // Starting the estimate as a draft breaks it: the condition on `to` no longer holds.
+        t.automations[1].run.stage = Some("draft".into());
+        assert_eq!(t.automation_cycle(), None);
+    }
+
+    #[test]
+    fn moves_follow_transitions_and_requirements() {
+        let mut p = small().pipelines[0].clone();
+        let amount = json!({"amount": 5});
+        assert_eq!(
+            p.check_move(None, "sent", &json!({})),
+            Err(StageRefusal::MissingFields(vec!["amount".into()]))
+        );
+        assert_eq!(p.check_move(None, "sent", &amount), Ok(()));
+        assert!(matches!(
+            p.check_move(Some("draft"), "won", &amount),
+            Err(StageRefusal::NotAllowed { .. })
+        ));
+        // Staying in a stage keeps its requirements.
+        assert_eq!(
+            p.check_move(Some("sent"), "sent", &json!({})),
+            Err(StageRefusal::MissingFields(vec!["amount".into()]))
+        );
+        // A retired stage: nothing enters, records leave for any current stage.
+        p.stages[3].retired = true;
+        assert_eq!(
+            p.check_move(Some("sent"), "lost", &amount),
+            Err(StageRefusal::Retired)
+        );
+        assert_eq!(p.check_move(Some("lost"), "draft", &json!({})), Ok(()));
+        assert_eq!(p.check_move(Some("lost"), "lost", &json!({})), Ok(()));
+        assert!(p.transitions().contains(&("lost", "draft")));
     }
 
     #[test]

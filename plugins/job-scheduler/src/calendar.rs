@@ -285,6 +285,21 @@ mod tests {
     }
 
     #[test]
+    fn moving_to_a_work_day_is_idempotent() {
+        let week = WorkWeek::new(&[Weekday::Tuesday, Weekday::Saturday]).unwrap();
+        // Across a year end and into a leap year.
+        let mut day = date!(2027 - 12 - 20);
+        for _ in 0..90 {
+            let moved = week.on_or_after(day);
+            assert!(week.is_work_day(moved), "{day}");
+            assert_eq!(week.on_or_after(moved), moved, "{day}");
+            assert!((0..7).contains(&(moved - day).whole_days()), "{day}");
+            assert_eq!(week.add_work_days(moved, 0), moved);
+            day = day.next_day().unwrap();
+        }
+    }
+
+    #[test]
     fn months_clamp_to_the_end_of_the_month() {
         assert_eq!(
             add_months(date!(2026 - 01 - 31), 1),

@@ -7,7 +7,7 @@ pub mod calendar;
 pub mod schedule;
 
 use serde_json::{Value, json};
-use streamflow_plugin_sdk::{Error, Plugin, config, log, records};
+use streamflow_plugin_sdk::{Error, HostError, Plugin, config, log, records};
 
 use schedule::Settings;
 
@@ -33,8 +33,14 @@ impl Plugin for JobScheduler {
 fn schedule_job(settings: &Settings, input: &Value) -> Result<Value, Error> {
     let plan = schedule::plan_job(settings, input).map_err(Error::InvalidInput)?;
     let job = &plan.job;
-    let created = records::create(&job.record_type, job.stage.as_deref(), &job.data)
-        .map_err(|e| Error::Failed(format!("creating the {}: {e}", job.record_type)))?;
+    let created =
+        records::create(&job.record_type, job.stage.as_deref(), &job.data).map_err(|e| {
+            Error::Failed(format!(
+                "creating the {}: {}",
+                job.record_type,
+                host_message(&e)
+            ))
+        })?;
     log::info(&format!(
         "scheduled {} {} for {}",
         job.record_type, created.id, plan.scheduled_for
@@ -54,9 +60,10 @@ fn schedule_recurring(settings: &Settings, input: &Value) -> Result<Value, Error
     for (i, visit) in plan.visits.iter().enumerate() {
         records::create(&plan.record_type, plan.stage.as_deref(), visit).map_err(|e| {
             Error::Failed(format!(
-                "creating {} {} of {total}: {e}",
+                "creating {} {} of {total}: {}",
                 plan.record_type,
-                i + 1
+                i + 1,
+                host_message(&e)
             ))
         })?;
     }
@@ -72,6 +79,18 @@ fn schedule_recurring(settings: &Settings, input: &Value) -> Result<Value, Error
         "last": plan.last,
         "capped": plan.capped,
     }))
+}
+
+/// The host's reason as "invalid: /data/job_type: ..." (the bindings' own text for it is
+/// their debug form).
+fn host_message(e: &HostError) -> String {
+    match e {
+        HostError::Denied(m) => format!("denied: {m}"),
+        HostError::Invalid(m) => format!("invalid: {m}"),
+        HostError::Limit(m) => format!("limit: {m}"),
+        HostError::Conflict(m) => format!("conflict: {m}"),
+        HostError::Unavailable(m) => format!("unavailable: {m}"),
+    }
 }
 
 streamflow_plugin_sdk::export!(JobScheduler);

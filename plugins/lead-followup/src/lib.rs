@@ -7,7 +7,7 @@ pub mod followup;
 pub mod hours;
 
 use serde_json::{Value, json};
-use streamflow_plugin_sdk::{Error, Event, Plugin, config, kv, log, records};
+use streamflow_plugin_sdk::{Error, Event, HostError, Plugin, config, kv, log, records};
 
 use followup::{OnScored, Settings, Subject};
 
@@ -26,11 +26,11 @@ impl Plugin for LeadFollowup {
             return Ok(());
         };
         let key = followup::scored_key(&lead_id);
-        if kv::get(&key)?.is_some() {
+        if kv::get(&key).map_err(host)?.is_some() {
             return Ok(());
         }
         let record_type = event.record_type.as_deref().unwrap_or("lead");
-        let Some(lead) = records::get(record_type, &lead_id)? else {
+        let Some(lead) = records::get(record_type, &lead_id).map_err(host)? else {
             log::debug(&format!("lead {lead_id} is gone; no follow-up"));
             return Ok(());
         };
@@ -44,7 +44,7 @@ impl Plugin for LeadFollowup {
         let tasks = followup::plan_tasks(&hours, &settings.tasks, &subject, event.at)
             .map_err(Error::InvalidInput)?;
         create_tasks(&settings, &tasks)?;
-        kv::set_json(&key, &json!({"at": event.at, "tasks": tasks.len()}))?;
+        kv::set_json(&key, &json!({"at": event.at, "tasks": tasks.len()})).map_err(host)?;
         log::info(&format!(
             "created {} follow-up tasks for lead {lead_id}",
             tasks.len()
@@ -61,13 +61,13 @@ impl Plugin for LeadFollowup {
         let (settings, hours) = settings()?;
         let plan = followup::plan_action(&settings, &hours, &input).map_err(Error::InvalidInput)?;
         if let Some(key) = &plan.once_key
-            && kv::get(key)?.is_some()
+            && kv::get(key).map_err(host)?.is_some()
         {
             return Ok(json!({"created": 0, "skipped": true}));
         }
         create_tasks(&settings, &plan.tasks)?;
         if let Some(key) = &plan.once_key {
-            kv::set_json(key, &json!({"tasks": plan.tasks.len()}))?;
+            kv::set_json(key, &json!({"tasks": plan.tasks.len()})).map_err(host)?;
         }
         Ok(json!({"created": plan.tasks.len(), "skipped": false}))
     }
@@ -87,10 +87,32 @@ fn create_tasks(settings: &Settings, tasks: &[Value]) -> Result<(), Error> {
     let stage = Some(settings.task_stage.trim()).filter(|s| !s.is_empty());
     for (i, task) in tasks.iter().enumerate() {
         records::create("task", stage, task).map_err(|e| {
-            Error::Failed(format!("creating task {} of {}: {e}", i + 1, tasks.len()))
+            Error::Failed(format!(
+                "creating task {} of {}: {}",
+                i + 1,
+                tasks.len(),
+                host_message(&e)
+            ))
         })?;
     }
     Ok(())
+}
+
+/// A host call that failed, as the hook's failure.
+fn host(e: HostError) -> Error {
+    Error::Failed(host_message(&e))
+}
+
+/// The host's reason as "invalid: /data/job_type: ..." (the bindings' own text for it is
+/// their debug form).
+fn host_message(e: &HostError) -> String {
+    match e {
+        HostError::Denied(m) => format!("denied: {m}"),
+        HostError::Invalid(m) => format!("invalid: {m}"),
+        HostError::Limit(m) => format!("limit: {m}"),
+        HostError::Conflict(m) => format!("conflict: {m}"),
+        HostError::Unavailable(m) => format!("unavailable: {m}"),
+    }
 }
 
 streamflow_plugin_sdk::export!(LeadFollowup);
