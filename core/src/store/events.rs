@@ -263,7 +263,9 @@ impl Store {
                 for chunk in done.chunks(DELIVERIES_PER_INSERT) {
                     let mut update = sqlx::QueryBuilder::new("UPDATE events SET dispatched_at = ");
                     update.push_bind(now);
-                    update.push(", claimed_until = NULL, attempts = attempts + 1 WHERE claimed_by = ");
+                    update.push(
+                        ", claimed_until = NULL, attempts = attempts + 1 WHERE claimed_by = ",
+                    );
                     update.push_bind(node);
                     update.push(" AND seq IN (");
                     let mut list = update.separated(", ");

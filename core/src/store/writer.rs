@@ -280,7 +280,11 @@ impl BulkInsert for sqlx::SqliteConnection {
         Ok(())
     }
 
-    async fn insert_events(&mut self, events: &[PendingEvent], now: i64) -> Result<(), sqlx::Error> {
+    async fn insert_events(
+        &mut self,
+        events: &[PendingEvent],
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
         let mut insert = sqlx::QueryBuilder::new(
             "INSERT INTO events (id, tenant_id, kind, record_type, record_id, actor, payload, created_at, depth) ",
         );
@@ -324,7 +328,11 @@ impl BulkInsert for sqlx::PgConnection {
         Ok(())
     }
 
-    async fn insert_events(&mut self, events: &[PendingEvent], now: i64) -> Result<(), sqlx::Error> {
+    async fn insert_events(
+        &mut self,
+        events: &[PendingEvent],
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
         // In array order, so `seq` follows the order the changes happened.
         sqlx::query(
             "INSERT INTO events (id, tenant_id, kind, record_type, record_id, actor, payload, created_at, depth) \
