@@ -19,7 +19,8 @@
 //!
 //! Run: `cargo bench -p streamflow --bench automations` (prints a Markdown table);
 //! `BENCH_ONLY=sqlite|postgresql` picks a backend, `BENCH_WORK=note|order|estimate` a kind
-//! of work.
+//! of work; `BENCH_PG_SOCKET_URL=postgres://postgres@%2Fvar%2Frun%2Fpostgresql/test` adds
+//! rows for the same PostgreSQL through its Unix socket.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -307,6 +308,17 @@ async fn main() {
                 common::drop_postgres_database(&name).await;
             }
             None => eprintln!("PostgreSQL not reachable: its rows are skipped"),
+        }
+        // The same server through its Unix socket: sqlx 0.9.0 leaves Nagle's algorithm on
+        // for TCP, which stalls some round trips for a delayed ACK (40 ms).
+        if let Ok(socket_url) = std::env::var("BENCH_PG_SOCKET_URL") {
+            match common::postgres_database_at(&socket_url).await {
+                Some((url, name)) => {
+                    bench_backend("PostgreSQL (Unix socket)", url).await;
+                    common::drop_postgres_database(&name).await;
+                }
+                None => eprintln!("PostgreSQL not reachable at BENCH_PG_SOCKET_URL"),
+            }
         }
     }
 }

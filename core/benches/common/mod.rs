@@ -10,8 +10,12 @@ pub fn postgres_admin_url() -> String {
 
 /// Creates an empty database; returns its URL and name, or `None` without PostgreSQL.
 pub async fn postgres_database() -> Option<(String, String)> {
-    let admin = postgres_admin_url();
-    let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
+    postgres_database_at(&postgres_admin_url()).await
+}
+
+/// [`postgres_database`] through another admin URL (a Unix socket, say).
+pub async fn postgres_database_at(admin: &str) -> Option<(String, String)> {
+    let mut conn = sqlx::PgConnection::connect(admin).await.ok()?;
     let name = format!("sf_bench_{}", uuid::Uuid::new_v4().simple());
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut conn)
