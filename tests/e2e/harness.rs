@@ -152,7 +152,13 @@ impl TestServer {
         Some(Self {
             base: format!("http://{addr}"),
             state,
-            http: reqwest::Client::new(),
+            // No idle connections kept: a route that answers before reading a large body
+            // (401, 413) makes the server close the connection, and a pooled client could
+            // send the next request on it before noticing (a broken pipe).
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("HTTP client"),
             shutdown: Some(tx),
             _dir: dir,
             pg_database,
