@@ -186,6 +186,41 @@ pub trait Plugin {
     }
 }
 
+pub mod calendar;
+
+/// Reading a plugin's own config schema the way the host does.
+pub mod schema {
+    use serde_json::{Map, Value};
+
+    /// The configuration the host hands a plugin whose tenant set nothing: every
+    /// `default` of the schema, recursively into objects (the host's rule, for tests that
+    /// check a schema's defaults against the code's).
+    pub fn defaults(schema: &Value) -> Value {
+        let mut config = Value::Object(Map::new());
+        fill(schema, &mut config);
+        config
+    }
+
+    fn fill(schema: &Value, value: &mut Value) {
+        let (Some(props), Some(object)) = (
+            schema.get("properties").and_then(Value::as_object),
+            value.as_object_mut(),
+        ) else {
+            return;
+        };
+        for (name, sub) in props {
+            if let Some(default) = sub.get("default") {
+                object
+                    .entry(name.clone())
+                    .or_insert_with(|| default.clone());
+            }
+            if let Some(child) = object.get_mut(name) {
+                fill(sub, child);
+            }
+        }
+    }
+}
+
 /// Logging through the host, attributed to the tenant and plugin. Needs no grant.
 pub mod log {
     use crate::bindings::streamflow::plugin::log::{Level, log};

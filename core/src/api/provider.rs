@@ -131,6 +131,12 @@ impl TenantView {
     }
 }
 
+/// A tenant as the provider sees it, with its applied template.
+async fn tenant_view(state: &AppState, tenant: Tenant) -> ApiResult<TenantView> {
+    let template = state.store.tenant_template(&tenant.scope()).await?;
+    Ok(TenantView::from(tenant).with_template(template))
+}
+
 /// A template to apply: its id, or `{id, version}`.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
@@ -190,10 +196,9 @@ async fn create_tenant(
         }
     }
     tracing::info!(tenant = %tenant.slug, "tenant created");
-    let template = state.store.tenant_template(&scope).await?;
     Ok((
         StatusCode::CREATED,
-        Json(TenantView::from(tenant).with_template(template)),
+        Json(tenant_view(&state, tenant).await?),
     ))
 }
 
@@ -239,11 +244,7 @@ async fn get_tenant(
     Path(slug): Path<String>,
 ) -> ApiResult<Json<TenantView>> {
     let tenant = tenant(&state, &slug).await?;
-    let template = state
-        .store
-        .tenant_template(&TenantScope::new(tenant.id))
-        .await?;
-    Ok(Json(TenantView::from(tenant).with_template(template)))
+    Ok(Json(tenant_view(&state, tenant).await?))
 }
 
 async fn set_status(state: &AppState, slug: &str, status: &str) -> ApiResult<Json<TenantView>> {
@@ -254,7 +255,7 @@ async fn set_status(state: &AppState, slug: &str, status: &str) -> ApiResult<Jso
         .await?
         .ok_or_else(|| ApiError::not_found("tenant"))?;
     tracing::info!(tenant = %tenant.slug, status, "tenant status changed");
-    Ok(Json(tenant.into()))
+    Ok(Json(tenant_view(state, tenant).await?))
 }
 
 /// Suspend a tenant: its users and API keys are refused until it is resumed.

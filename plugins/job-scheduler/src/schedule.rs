@@ -695,28 +695,8 @@ mod tests {
     /// The configuration the host hands over when the tenant sets nothing: the schema's
     /// defaults, filled in as the host does (recursively into objects).
     fn schema_defaults() -> Value {
-        fn apply(schema: &Value, value: &mut Value) {
-            let (Some(props), Some(object)) = (
-                schema.get("properties").and_then(Value::as_object),
-                value.as_object_mut(),
-            ) else {
-                return;
-            };
-            for (name, sub) in props {
-                if let Some(default) = sub.get("default") {
-                    object
-                        .entry(name.clone())
-                        .or_insert_with(|| default.clone());
-                }
-                if let Some(child) = object.get_mut(name) {
-                    apply(sub, child);
-                }
-            }
-        }
         let schema: Value = serde_json::from_str(include_str!("../config.schema.json")).unwrap();
-        let mut config = json!({});
-        apply(&schema, &mut config);
-        config
+        streamflow_plugin_sdk::schema::defaults(&schema)
     }
 
     #[test]

@@ -4,106 +4,9 @@
 //!
 //! Nothing here reads a clock: every time starts from an event's time.
 
-use serde::de::Error as _;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+pub use streamflow_plugin_sdk::calendar::WorkWeek;
 use time::format_description::well_known::Rfc3339;
-use time::{Date, Duration, OffsetDateTime, Time, UtcOffset, Weekday};
-
-/// The days of the week work is done on. Never empty (see [`WorkWeek::new`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WorkWeek {
-    /// Indexed by days from Monday.
-    days: [bool; 7],
-}
-
-const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
-
-impl WorkWeek {
-    /// Monday to Friday.
-    pub const MON_FRI: WorkWeek = WorkWeek {
-        days: [true, true, true, true, true, false, false],
-    };
-
-    /// A work week of the given days; `None` if there are none.
-    pub fn new(days: &[Weekday]) -> Option<WorkWeek> {
-        let mut week = WorkWeek { days: [false; 7] };
-        for day in days {
-            week.days[day.number_days_from_monday() as usize] = true;
-        }
-        week.days.iter().any(|&d| d).then_some(week)
-    }
-
-    pub fn is_work_day(&self, date: Date) -> bool {
-        self.days[date.weekday().number_days_from_monday() as usize]
-    }
-
-    /// The first work day after `date`.
-    pub fn next_after(&self, date: Date) -> Date {
-        let mut next = date;
-        // A non-empty week has a work day within any seven days.
-        for _ in 0..7 {
-            next = next.next_day().unwrap_or(next);
-            if self.is_work_day(next) {
-                break;
-            }
-        }
-        next
-    }
-
-    /// The days as their three-letter names, Monday first.
-    pub fn names(&self) -> Vec<&'static str> {
-        DAY_NAMES
-            .iter()
-            .zip(self.days)
-            .filter_map(|(name, on)| on.then_some(*name))
-            .collect()
-    }
-}
-
-impl Default for WorkWeek {
-    fn default() -> Self {
-        WorkWeek::MON_FRI
-    }
-}
-
-/// A day name: "mon".."sun", the full English name or a start of it of three letters or
-/// more ("tues"), in any case.
-pub fn parse_weekday(name: &str) -> Option<Weekday> {
-    const FULL: [&str; 7] = [
-        "monday",
-        "tuesday",
-        "wednesday",
-        "thursday",
-        "friday",
-        "saturday",
-        "sunday",
-    ];
-    let name = name.trim().to_ascii_lowercase();
-    if name.len() < 3 {
-        return None;
-    }
-    let index = FULL.iter().position(|full| full.starts_with(&name))?;
-    Some(Weekday::Monday.nth_next(index as u8))
-}
-
-impl<'de> Deserialize<'de> for WorkWeek {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let names = Vec::<String>::deserialize(d)?;
-        let mut days = Vec::with_capacity(names.len());
-        for name in &names {
-            days.push(parse_weekday(name).ok_or_else(|| {
-                D::Error::custom(format_args!("{name:?} is not a day (mon..sun)"))
-            })?);
-        }
-        WorkWeek::new(&days).ok_or_else(|| D::Error::custom("give at least one work day"))
-    }
-}
-
-impl Serialize for WorkWeek {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.names().serialize(s)
-    }
-}
+use time::{Duration, OffsetDateTime, Time, UtcOffset};
 
 /// When the tenant works, in its local time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +100,7 @@ pub fn format_utc(at: OffsetDateTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    use time::Weekday;
     use time::macros::datetime;
 
     use super::*;
