@@ -16,6 +16,12 @@ pub struct Config {
     /// Largest JSON request body accepted, in bytes; larger ones get 413 before they are
     /// parsed (`STREAMFLOW_BODY_LIMIT`, default 1 MiB). Plugin uploads will have their own.
     pub body_limit: usize,
+    /// Largest record `data`, in bytes of JSON, from any writer: the API, plugins and
+    /// automations (`STREAMFLOW_RECORD_LIMIT`, default 256 KiB, at most `body_limit`).
+    pub record_limit: usize,
+    /// Most record JSON one list response carries (`STREAMFLOW_LIST_RESPONSE_BYTES`,
+    /// default 4 MiB): the page ends early and its cursor continues from there.
+    pub list_response_bytes: usize,
     /// Lifetime of an access token (15 minutes).
     pub access_token_ttl: Duration,
     /// Lifetime of a refresh token (30 days); each use rotates it.
@@ -60,6 +66,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: "sqlite://streamflow.db".into(),
             body_limit: 1024 * 1024,
+            record_limit: 256 * 1024,
+            list_response_bytes: 4 * 1024 * 1024,
             access_token_ttl: Duration::from_secs(15 * 60),
             refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
             login_per_ip_per_minute: 60,

@@ -251,7 +251,12 @@ pub struct SchemaCache {
     validators: RwLock<HashMap<(Uuid, String), CachedValidator>>,
     /// Validations allowed to run at once.
     validation_slots: tokio::sync::Semaphore,
+    /// Largest record `data`, in bytes of JSON.
+    record_limit: usize,
 }
+
+/// Largest record `data` when the server's configuration does not say.
+pub const DEFAULT_RECORD_LIMIT: usize = 256 * 1024;
 
 /// Concurrent validations: enough to keep both cores busy, few enough that a flood of
 /// expensive writes queues instead of piling up threads.
@@ -259,14 +264,25 @@ const VALIDATION_SLOTS: usize = 4;
 
 impl Default for SchemaCache {
     fn default() -> Self {
-        Self {
-            validators: RwLock::default(),
-            validation_slots: tokio::sync::Semaphore::new(VALIDATION_SLOTS),
-        }
+        Self::new(DEFAULT_RECORD_LIMIT)
     }
 }
 
 impl SchemaCache {
+    /// A cache whose writes refuse record data larger than `record_limit` bytes of JSON.
+    pub fn new(record_limit: usize) -> Self {
+        Self {
+            validators: RwLock::default(),
+            validation_slots: tokio::sync::Semaphore::new(VALIDATION_SLOTS),
+            record_limit,
+        }
+    }
+
+    /// Largest record `data`, in bytes of JSON.
+    pub fn record_limit(&self) -> usize {
+        self.record_limit
+    }
+
     /// Validates `data` (a record's `data`) against the type's schema. Returns 404 if the
     /// tenant has no such type, 422 with each failing field's path if the data is invalid.
     pub async fn validate(
@@ -373,12 +389,25 @@ impl SchemaCache {
     }
 }
 
-/// `data` of a write: a JSON object the host is willing to store and walk.
-pub fn check_data(data: &Value) -> ApiResult<()> {
+/// `data` of a write: a JSON object the host is willing to store and walk, at most
+/// `limit` bytes as JSON text.
+pub fn check_data(data: &Value, limit: usize) -> ApiResult<()> {
     if !data.is_object() {
         return Err(ApiError::field("/data", "must be a JSON object"));
     }
-    check_json(data, "/data", MAX_DATA_DEPTH)
+    check_json(data, "/data", MAX_DATA_DEPTH)?;
+    let size = crate::store::records::json_len(data);
+    if size > limit {
+        return Err(ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "record_too_large",
+            format!("the record's data is {size} bytes as JSON; records may hold at most {limit}"),
+        )
+        .with_details(
+            serde_json::json!({ "path": "/data", "size_bytes": size, "limit_bytes": limit }),
+        ));
+    }
+    Ok(())
 }
 
 /// The checks every record write passes, whoever makes it (a person, an API key, a plugin
@@ -411,7 +440,7 @@ impl WriteRules<'_> {
         stage: Option<String>,
         data: &Value,
     ) -> ApiResult<Option<String>> {
-        check_data(data)?;
+        check_data(data, self.schemas.record_limit())?;
         if let Some(stage) = &stage {
             check_stage(stage, "/stage")?;
         }
@@ -441,7 +470,7 @@ impl WriteRules<'_> {
         data: Option<&Value>,
     ) -> ApiResult<()> {
         if let Some(data) = data {
-            check_data(data)?;
+            check_data(data, self.schemas.record_limit())?;
             self.schemas
                 .validate(self.store, scope, record_type, data)
                 .await?;

@@ -36,7 +36,14 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         .context("loading the realms' signing keys")?;
     let writer =
         RecordWriter::start(&store, config.write_batch).context("starting the record writer")?;
-    let schemas = Arc::new(SchemaCache::default());
+    anyhow::ensure!(
+        config.record_limit <= config.body_limit,
+        "STREAMFLOW_RECORD_LIMIT ({}) is larger than STREAMFLOW_BODY_LIMIT ({}): no request could \
+         carry such a record; lower the record limit or raise the body limit",
+        config.record_limit,
+        config.body_limit
+    );
+    let schemas = Arc::new(SchemaCache::new(config.record_limit));
     let workflows = Arc::new(Workflows::default());
     let templates = Arc::new(Catalog::load(config.templates_dir.as_deref())?);
     let secrets = SecretBox::load(config.secret_key.as_deref(), &config.data_dir)?;

@@ -386,3 +386,131 @@ both_backends! {
         assert_eq!(event_kinds(&srv, lead["id"].as_str().unwrap()).await, ["record.created", "stage.changed", "record.updated"]);
     }
 }
+
+/// Big records cannot make big responses: a record's data has its own size limit (below the
+/// body limit), and a list page ends early at a byte budget, saying so through its cursor.
+mod large_records_are_bounded {
+    use super::*;
+    use crate::harness::Backend;
+
+    const RECORD_LIMIT: usize = 20_000;
+    const LIST_BYTES: usize = 10_000;
+
+    async fn story(srv: TestServer) {
+        let owner = owner_of(&srv, "acme").await;
+        let blob = |bytes: usize| json!({"data": {"notes": "x".repeat(bytes)}});
+
+        // Over the record limit, whoever asks and however the body is within its own limit.
+        let (status, body) = srv
+            .post("/api/records/lead", &owner, blob(RECORD_LIMIT))
+            .await;
+        assert_eq!(status, 413, "{body}");
+        assert_eq!(body["error"]["code"], "record_too_large");
+        assert_eq!(body["error"]["details"]["path"], "/data");
+        assert_eq!(body["error"]["details"]["limit_bytes"], RECORD_LIMIT);
+        let (status, small) = srv.post("/api/records/lead", &owner, blob(100)).await;
+        assert_eq!(status, 201, "{small}");
+        let path = format!("/api/records/lead/{}", small["id"].as_str().unwrap());
+        let (status, body) = srv
+            .patch(
+                &path,
+                &owner,
+                json!({"data": {"notes": "y".repeat(RECORD_LIMIT)}, "version": 1}),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (413, Some("record_too_large")),
+            "{body}"
+        );
+        assert_eq!(srv.delete(&path, &owner).await.0, 204);
+
+        // Pages of large records end at the byte budget; one record larger than the budget
+        // still comes, alone, so every record can be read.
+        async fn read_all(
+            srv: &TestServer,
+            owner: &str,
+            record_type: &str,
+        ) -> (Vec<String>, Vec<usize>) {
+            let (mut ids, mut sizes) = (Vec::new(), Vec::new());
+            let mut cursor: Option<String> = None;
+            loop {
+                let query = match &cursor {
+                    Some(c) => format!("?limit=200&cursor={c}"),
+                    None => "?limit=200".into(),
+                };
+                let (status, page) = srv
+                    .get(&format!("/api/records/{record_type}{query}"), owner)
+                    .await;
+                assert_eq!(status, 200, "{page}");
+                let items = page["items"].as_array().unwrap();
+                assert!(
+                    !items.is_empty(),
+                    "a page with a cursor before it is never empty"
+                );
+                sizes.push(items.len());
+                ids.extend(items.iter().map(|r| r["id"].as_str().unwrap().to_string()));
+                match page["next_cursor"].as_str() {
+                    Some(c) => cursor = Some(c.to_string()),
+                    None => return (ids, sizes),
+                }
+            }
+        }
+        let mut big = Vec::new();
+        let mut small = Vec::new();
+        for _ in 0..5 {
+            big.push(
+                srv.post("/api/records/lead", &owner, blob(15_000)).await.1["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        for _ in 0..10 {
+            small.push(
+                srv.post("/api/records/contact", &owner, blob(2_000))
+                    .await
+                    .1["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        let (ids, sizes) = read_all(&srv, &owner, "lead").await;
+        assert_eq!(ids, big, "every large record once, in order");
+        assert_eq!(sizes, [1, 1, 1, 1, 1]);
+        let (ids, sizes) = read_all(&srv, &owner, "contact").await;
+        assert_eq!(ids, small);
+        assert!(
+            sizes.iter().all(|&n| n > 1 && n * 2_000 <= LIST_BYTES),
+            "pages fill up to the budget: {sizes:?}"
+        );
+        assert!(
+            sizes.len() >= 3,
+            "10 records of 2 KB take several 10 KB pages: {sizes:?}"
+        );
+    }
+
+    fn limits(c: &mut streamflow::config::Config) {
+        c.record_limit = RECORD_LIMIT;
+        c.list_response_bytes = LIST_BYTES;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        story(
+            TestServer::start_with(Backend::Sqlite, limits)
+                .await
+                .unwrap(),
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let Some(srv) = TestServer::start_with(Backend::Postgres, limits).await else {
+            return;
+        };
+        story(srv).await;
+    }
+}

@@ -270,7 +270,8 @@ struct ListQuery {
 #[derive(Serialize, utoipa::ToSchema)]
 struct RecordPage {
     items: Vec<RecordView>,
-    /// Pass as `cursor` for the next page; null on the last page.
+    /// Pass as `cursor` for the next page; null on the last page. A page may hold fewer
+    /// than `limit` records and still have a next page: pages also end at a size limit.
     next_cursor: Option<String>,
 }
 
@@ -416,12 +417,19 @@ async fn list_records(
         updated_since,
         after,
     };
-    // One extra row tells whether there is a next page.
-    let mut rows = state
+    // One extra row tells whether there is a next page. The page also ends early once it
+    // holds `list_response_bytes` of records; the cursor then continues after the last one.
+    let (mut rows, cut_by_size) = state
         .store
-        .list_records(&principal.scope, &record_type, &filter, limit + 1)
+        .list_records(
+            &principal.scope,
+            &record_type,
+            &filter,
+            limit + 1,
+            state.config.list_response_bytes,
+        )
         .await?;
-    let next_cursor = if rows.len() as i64 > limit {
+    let next_cursor = if cut_by_size || rows.len() as i64 > limit {
         rows.truncate(limit as usize);
         rows.last().map(|r| encode_cursor(r.id))
     } else {

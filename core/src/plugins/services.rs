@@ -25,6 +25,8 @@ use crate::templates::Workflows;
 const MAX_KV_KEYS: i64 = 10_000;
 /// Records one `records.list` returns at most.
 const MAX_LIST: u32 = 100;
+/// Most record JSON one `records.list` call hands a plugin (the list ends early beyond it).
+const PLUGIN_LIST_BYTES: usize = 4 * 1024 * 1024;
 /// Records and events one plugin call may create: bounds what an automation chain can fan
 /// out to at each level.
 const MAX_CREATED_PER_CALL: u32 = 100;
@@ -184,11 +186,15 @@ impl HostServices for KernelServices {
         let limit = limit.clamp(1, MAX_LIST) as i64;
         let rows = self
             .handle
-            .block_on(
-                self.store
-                    .list_records(&self.scope, record_type, &filter, limit),
-            )
-            .map_err(unavailable)?;
+            .block_on(self.store.list_records(
+                &self.scope,
+                record_type,
+                &filter,
+                limit,
+                PLUGIN_LIST_BYTES,
+            ))
+            .map_err(unavailable)?
+            .0;
         Ok(rows.into_iter().map(to_plugin).collect())
     }
 

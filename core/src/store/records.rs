@@ -155,14 +155,19 @@ impl Store {
         }))
     }
 
-    /// One page of records, in id order, at most `limit`.
+    /// One page of records, in id order, at most `limit` rows and (beyond the first row)
+    /// at most `max_bytes` of record JSON. Rows are read one at a time and reading stops at
+    /// the budget, so a page of large records never sits in memory whole. The flag says
+    /// whether the budget, rather than `limit` or the end of the data, ended the page.
     pub async fn list_records(
         &self,
         scope: &TenantScope,
         record_type: &str,
         filter: &RecordFilter,
         limit: i64,
-    ) -> StoreResult<Vec<RecordRow>> {
+        max_bytes: usize,
+    ) -> StoreResult<(Vec<RecordRow>, bool)> {
+        use futures_util::TryStreamExt;
         // Only fixed fragments are joined; every value is a bound parameter.
         let mut sql =
             format!("SELECT {RECORD_COLUMNS} FROM records WHERE tenant_id = $1 AND type = $2");
@@ -194,7 +199,48 @@ impl Store {
             if let Some(after) = filter.after {
                 query = query.bind(after);
             }
-            Ok(query.bind(limit).fetch_all(pool).await?)
+            let mut rows = Vec::new();
+            let mut used = 0usize;
+            let mut stream = query.bind(limit).fetch(pool);
+            while let Some(row) = stream.try_next().await? {
+                used = used.saturating_add(row.json_len());
+                if used > max_bytes && !rows.is_empty() {
+                    return Ok((rows, true));
+                }
+                rows.push(row);
+            }
+            Ok((rows, false))
         })
     }
+}
+
+impl RecordRow {
+    /// About how many bytes this record takes in a JSON response: its data and score as
+    /// JSON text, plus the fixed fields.
+    pub fn json_len(&self) -> usize {
+        const FIXED: usize = 256;
+        FIXED
+            + self.record_type.len()
+            + self.stage.as_ref().map_or(0, String::len)
+            + json_len(&self.data.0)
+            + self.score.as_ref().map_or(0, |s| json_len(&s.0))
+    }
+}
+
+/// The length of `value` as compact JSON text, counted without building the text.
+pub fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` to a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }

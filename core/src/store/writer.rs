@@ -624,9 +624,16 @@ mod tests {
             }
         }
         let stored = store
-            .list_records(&tenant.scope(), "lead", &Default::default(), 100)
+            .list_records(
+                &tenant.scope(),
+                "lead",
+                &Default::default(),
+                100,
+                usize::MAX,
+            )
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!(stored.len(), 39);
     }
 }
