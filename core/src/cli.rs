@@ -80,7 +80,7 @@ struct ServeArgs {
     /// Login attempts per client address per minute.
     #[arg(long, env = "STREAMFLOW_LOGIN_PER_IP", default_value_t = 60)]
     login_per_ip: u32,
-    /// Login attempts per account per minute.
+    /// Login attempts per account from one client address per minute.
     #[arg(long, env = "STREAMFLOW_LOGIN_PER_ACCOUNT", default_value_t = 10)]
     login_per_account: u32,
     /// Most record writes committed together (group commit); 1 commits each alone.
@@ -137,6 +137,22 @@ struct ServeArgs {
     /// Log format: `text` or `json` (one JSON object per line).
     #[arg(long, env = "STREAMFLOW_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+
+    // --- Auth: session lifetime and login slow-down ---
+    /// Longest a session lives from its login, in seconds, however often it is refreshed.
+    #[arg(long, env = "STREAMFLOW_SESSION_MAX_AGE", default_value_t = 30 * 24 * 3600)]
+    session_max_age: u64,
+    /// Login attempts per account per minute from all addresses together; past it attempts
+    /// are delayed (never refused), so nobody can lock a user out.
+    #[arg(
+        long,
+        env = "STREAMFLOW_LOGIN_PER_ACCOUNT_GLOBAL",
+        default_value_t = 30
+    )]
+    login_per_account_global: u32,
+    /// Longest delay of a login attempt past that ceiling, in seconds.
+    #[arg(long, env = "STREAMFLOW_LOGIN_MAX_DELAY", default_value_t = 5)]
+    login_max_delay: u64,
 }
 
 impl ServeArgs {
@@ -164,6 +180,9 @@ impl ServeArgs {
             bundled_plugins: self.bundled_plugins,
             dispatcher: self.dispatcher,
             templates_dir: self.templates_dir.clone(),
+            session_max_age: std::time::Duration::from_secs(self.session_max_age),
+            login_per_account_global_per_minute: self.login_per_account_global,
+            login_max_delay: std::time::Duration::from_secs(self.login_max_delay),
             ..Config::default()
         }
     }

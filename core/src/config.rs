@@ -28,7 +28,8 @@ pub struct Config {
     pub refresh_token_ttl: Duration,
     /// Login attempts allowed per client address per minute (`STREAMFLOW_LOGIN_PER_IP`).
     pub login_per_ip_per_minute: u32,
-    /// Login attempts allowed per account per minute (`STREAMFLOW_LOGIN_PER_ACCOUNT`).
+    /// Login attempts allowed per account from one client address per minute
+    /// (`STREAMFLOW_LOGIN_PER_ACCOUNT`); past it that address is refused for that account.
     pub login_per_account_per_minute: u32,
     /// Most record writes committed in one transaction (`STREAMFLOW_WRITE_BATCH`, default
     /// 256). 1 turns group commit off: one transaction per write.
@@ -58,6 +59,18 @@ pub struct Config {
     /// Run this node's event dispatcher (`STREAMFLOW_DISPATCHER`, default on). Off makes
     /// an API-only node.
     pub dispatcher: bool,
+
+    // --- Auth: session lifetime and login slow-down ---
+    /// Longest a session lives from its login, however often it is refreshed
+    /// (`STREAMFLOW_SESSION_MAX_AGE`, seconds, default 30 days).
+    pub session_max_age: Duration,
+    /// Login attempts per account per minute from all addresses together
+    /// (`STREAMFLOW_LOGIN_PER_ACCOUNT_GLOBAL`, default 30); past it attempts are delayed,
+    /// not refused.
+    pub login_per_account_global_per_minute: u32,
+    /// The longest a login attempt is delayed past that ceiling
+    /// (`STREAMFLOW_LOGIN_MAX_DELAY`, seconds, default 5).
+    pub login_max_delay: Duration,
 }
 
 impl Default for Config {
@@ -87,6 +100,9 @@ impl Default for Config {
             bundled_plugins: true,
             templates_dir: None,
             dispatcher: true,
+            session_max_age: Duration::from_secs(30 * 24 * 3600),
+            login_per_account_global_per_minute: 30,
+            login_max_delay: Duration::from_secs(5),
         }
     }
 }

@@ -77,6 +77,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         login_limiter: LoginLimiter::new(
             config.login_per_ip_per_minute,
             config.login_per_account_per_minute,
+            config.login_per_account_global_per_minute,
+            config.login_max_delay,
         ),
         schemas,
         workflows,

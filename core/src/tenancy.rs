@@ -100,7 +100,39 @@ impl Role {
     pub fn may_grant(self, other: Role) -> bool {
         self.allows(Permission::UsersManage) && other <= self
     }
+
+    /// Whether this role may act on a user holding `target` (change their role, status or
+    /// password): it must be strictly higher, or be the owner's (an owner may act on any
+    /// other user, other owners included). Nobody acts on themselves through this rule (the
+    /// routes refuse that before asking), and [`Store::update_user`] refuses to demote or
+    /// disable a tenant's last active owner.
+    ///
+    /// [`Store::update_user`]: crate::store::Store::update_user
+    pub fn may_manage_user(self, target: Role) -> bool {
+        self.allows(Permission::UsersManage) && (self > target || self == Role::Owner)
+    }
+
+    /// Whether this role may revoke an API key made by a user who now holds `creator`:
+    /// being that creator, or being allowed to act on them ([`Role::may_manage_user`]).
+    /// An API key is never "the creator": it acts with its own role capped by its
+    /// creator's, so an admin-role key cannot revoke its admin's or the owner's keys.
+    pub fn may_revoke_key(self, is_creator: bool, creator: Role) -> bool {
+        self.allows(Permission::ApiKeysManage) && (is_creator || self.may_manage_user(creator))
+    }
+
+    /// Whether this role may change records of `record_type`. Field staff update only the
+    /// work they do: [`FIELD_RECORD_TYPES`]; members and above update every type.
+    pub fn may_update_record_type(self, record_type: &str) -> bool {
+        match self {
+            Role::Field => FIELD_RECORD_TYPES.contains(&record_type),
+            other => other.allows(Permission::RecordsUpdate),
+        }
+    }
 }
+
+/// The record types the `field` role may update: jobs, visits, tasks and time entries
+/// (the ids the industry templates use).
+pub const FIELD_RECORD_TYPES: [&str; 4] = ["job", "visit", "task", "time_entry"];
 
 #[cfg(test)]
 mod tests {
@@ -125,6 +157,68 @@ mod tests {
         assert!(Role::Admin.allows(Permission::UsersManage));
         assert!(!Role::Admin.may_grant(Role::Owner));
         assert!(Role::Owner.may_grant(Role::Owner));
+    }
+
+    /// The whole table: acting on a user needs a strictly higher role or the owner's.
+    #[test]
+    fn acting_on_users_needs_a_higher_role_or_the_owners() {
+        for actor in Role::ALL {
+            for target in Role::ALL {
+                let expected = match actor {
+                    Role::Owner => true,
+                    Role::Admin => target < Role::Admin,
+                    _ => false,
+                };
+                assert_eq!(
+                    actor.may_manage_user(target),
+                    expected,
+                    "{actor:?} on {target:?}"
+                );
+                // Revoking a key follows the same rule for its creator, and a creator with
+                // the permission may always revoke their own.
+                assert_eq!(
+                    actor.may_revoke_key(false, target),
+                    expected,
+                    "{actor:?} key of {target:?}"
+                );
+                assert_eq!(actor.may_revoke_key(true, target), actor >= Role::Admin);
+            }
+        }
+        assert!(
+            !Role::Admin.may_manage_user(Role::Admin),
+            "an admin cannot take over a peer"
+        );
+        assert!(!Role::Admin.may_manage_user(Role::Owner));
+    }
+
+    #[test]
+    fn granting_never_exceeds_ones_own_role() {
+        for actor in Role::ALL {
+            for granted in Role::ALL {
+                let expected = actor >= Role::Admin && granted <= actor;
+                assert_eq!(
+                    actor.may_grant(granted),
+                    expected,
+                    "{actor:?} grants {granted:?}"
+                );
+            }
+        }
+        assert!(
+            !Role::Admin.may_grant(Role::Owner),
+            "only owners make owners"
+        );
+    }
+
+    #[test]
+    fn field_staff_update_only_field_work() {
+        for t in FIELD_RECORD_TYPES {
+            assert!(Role::Field.may_update_record_type(t));
+        }
+        for t in ["lead", "contact", "estimate", "invoice"] {
+            assert!(!Role::Field.may_update_record_type(t), "{t}");
+            assert!(Role::Member.may_update_record_type(t));
+        }
+        assert!(!Role::Viewer.may_update_record_type("job"));
     }
 
     #[test]

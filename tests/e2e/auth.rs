@@ -322,3 +322,173 @@ both_backends! {
         assert_eq!(refresh(third["refresh_token"].as_str().unwrap()).await, 401);
     }
 }
+
+/// Moves the login of every session in the database back by `days`.
+async fn age_sessions(srv: &TestServer, days: i64) {
+    let by = days * 24 * 3600 * 1_000_000;
+    streamflow::on_pool!(srv.state.store.pool(), pool => {
+        sqlx::query("UPDATE refresh_tokens SET session_started_at = session_started_at - $1")
+            .bind(by)
+            .execute(pool)
+            .await
+            .unwrap();
+    });
+}
+
+both_backends! {
+    async fn a_session_ends_a_fixed_time_after_its_login(srv) {
+        let provider = srv.provider_token().await;
+        srv.tenant(&provider, "acme").await;
+        let email = "long-lived@acme.test";
+        srv.post("/provider/tenants/acme/users", &provider, json!({"email": email, "password": crate::harness::PASSWORD, "role": "member"})).await;
+        let refresh = |path: &'static str, token: String| {
+            let srv = &srv;
+            async move { srv.call(Method::POST, path, None, Some(json!({"refresh_token": token}))).await }
+        };
+        let login = srv.client_login("acme", email).await;
+        let (status, second) = refresh("/api/auth/refresh", login["refresh_token"].as_str().unwrap().into()).await;
+        assert_eq!(status, 200, "{second}");
+        // Refreshed tokens never outlive the session (30 days by default) either.
+        let latest_expiry_past_start: i64 = streamflow::on_pool!(srv.state.store.pool(), pool => {
+            sqlx::query_scalar("SELECT MAX(expires_at - session_started_at) FROM refresh_tokens")
+                .fetch_one(pool).await.unwrap()
+        });
+        assert!(latest_expiry_past_start <= 30 * 24 * 3600 * 1_000_000, "{latest_expiry_past_start}");
+
+        // 29 days in, the session still refreshes; past 30 days it is over, however fresh
+        // its latest refresh token is.
+        let p = srv.provider_login().await;
+        age_sessions(&srv, 29).await;
+        let (status, third) = refresh("/api/auth/refresh", second["refresh_token"].as_str().unwrap().into()).await;
+        assert_eq!(status, 200, "{third}");
+        age_sessions(&srv, 2).await;
+        let (status, body) = refresh("/api/auth/refresh", third["refresh_token"].as_str().unwrap().into()).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["error"]["code"], "session_expired");
+        assert!(body["error"]["message"].as_str().unwrap().contains("30 days"), "{body}");
+        // The same holds in the platform realms.
+        let (status, body) = refresh("/provider/auth/refresh", p["refresh_token"].as_str().unwrap().into()).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (401, Some("session_expired")));
+        // A new login starts a new session.
+        let fresh = srv.client_login("acme", email).await;
+        assert_eq!(refresh("/api/auth/refresh", fresh["refresh_token"].as_str().unwrap().into()).await.0, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_session_lifetime_allows_no_refresh() {
+    let srv = TestServer::start_with(Backend::Sqlite, |c| {
+        c.session_max_age = std::time::Duration::ZERO;
+    })
+    .await
+    .unwrap();
+    let login = srv.provider_login().await;
+    assert_eq!(
+        srv.get("/provider/me", login["access_token"].as_str().unwrap())
+            .await
+            .0,
+        200
+    );
+    let (status, body) = srv
+        .call(
+            Method::POST,
+            "/provider/auth/refresh",
+            None,
+            Some(json!({"refresh_token": login["refresh_token"]})),
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "session_expired");
+}
+
+both_backends! {
+    async fn over_long_passwords_are_refused_on_every_route(srv) {
+        let provider = srv.provider_token().await;
+        srv.tenant(&provider, "acme").await;
+        let owner = srv.user(&provider, "acme", "owner").await;
+        let (_, member) = srv.post("/api/users", &owner, json!({"email": "m@acme.test", "password": crate::harness::PASSWORD, "role": "member"})).await;
+        let at_cap = "p".repeat(256);
+        for long in ["p".repeat(257), "é".repeat(257), "x".repeat(512 * 1024)] {
+            // Logins: the same answer as a wrong password, in all three realms.
+            for (path, body) in [
+                ("/api/auth/login", json!({"tenant": "acme", "email": "m@acme.test", "password": long})),
+                ("/provider/auth/login", json!({"email": crate::harness::PROVIDER_EMAIL, "password": long})),
+                ("/developer/auth/login", json!({"email": "dev@plugins.test", "password": long})),
+            ] {
+                let (status, resp) = srv.call(Method::POST, path, None, Some(body)).await;
+                assert_eq!((status, resp["error"]["code"].as_str()), (401, Some("invalid_credentials")), "{path}");
+            }
+            // Setting a password: 422 naming the field.
+            let routes = [
+                ("/api/users", &owner, json!({"email": "n@acme.test", "password": long, "role": "viewer"})),
+                ("/provider/tenants/acme/users", &provider, json!({"email": "n@acme.test", "password": long, "role": "viewer"})),
+                ("/provider/developers", &provider, json!({"email": "d@plugins.test", "password": long, "name": "D"})),
+            ];
+            for (path, token, body) in routes {
+                let (status, resp) = srv.post(path, token, body).await;
+                assert_eq!(status, 422, "{path}: {resp}");
+                assert!(resp.to_string().contains("/password"), "{path}: {resp}");
+            }
+            let (status, resp) = srv.patch(&format!("/api/users/{}", member["id"].as_str().unwrap()), &owner, json!({"password": long})).await;
+            assert_eq!(status, 422, "{resp}");
+        }
+        // The cap itself is a valid password, and works at login.
+        let (status, _) = srv.post("/api/users", &owner, json!({"email": "cap@acme.test", "password": at_cap, "role": "viewer"})).await;
+        assert_eq!(status, 201);
+        let (status, body) = srv.call(Method::POST, "/api/auth/login", None, Some(json!({"tenant": "acme", "email": "cap@acme.test", "password": at_cap}))).await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_from_other_addresses_do_not_lock_out_the_user() {
+    let srv = TestServer::start_with(Backend::Sqlite, |c| {
+        c.login_per_account_per_minute = 3;
+        c.login_per_account_global_per_minute = 4;
+        c.login_max_delay = std::time::Duration::from_millis(200);
+    })
+    .await
+    .unwrap();
+    // The server listens on 127.0.0.1; attackers connect from other loopback addresses.
+    let from = |ip: &str| {
+        reqwest::Client::builder()
+            .local_address(Some(ip.parse().unwrap()))
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+    };
+    let login = |client: reqwest::Client, password: &'static str| {
+        let url = format!("{}/provider/auth/login", srv.base);
+        async move {
+            let resp = client
+                .post(url)
+                .json(&json!({"email": crate::harness::PROVIDER_EMAIL, "password": password}))
+                .send()
+                .await
+                .unwrap();
+            resp.status().as_u16()
+        }
+    };
+    for attacker in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
+        for _ in 0..3 {
+            assert_eq!(
+                login(from(attacker), "guess-guess-guess").await,
+                401,
+                "{attacker}"
+            );
+        }
+        assert_eq!(
+            login(from(attacker), "guess-guess-guess").await,
+            429,
+            "{attacker} is limited"
+        );
+    }
+    // Nine guesses at the account went past its ceiling of four, yet its user, from their
+    // own address, signs in (slowed down, not refused).
+    assert_eq!(
+        login(from("127.0.0.1"), crate::harness::PROVIDER_PASSWORD).await,
+        200
+    );
+    // ... and still has their own address's quota for typos.
+    assert_eq!(login(from("127.0.0.1"), "a-typo-in-it").await, 401);
+}

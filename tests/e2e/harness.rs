@@ -120,6 +120,7 @@ impl TestServer {
             database_url,
             login_per_ip_per_minute: 100_000,
             login_per_account_per_minute: 100_000,
+            login_per_account_global_per_minute: 100_000,
             provider_email: Some(PROVIDER_EMAIL.into()),
             provider_password: Some(PROVIDER_PASSWORD.into()),
             // Shared by the tests so each plugin compiles once; compiled artifacts are keyed

@@ -84,10 +84,11 @@ both_backends! {
         let path = format!("/api/records/lead/{}", lead["id"].as_str().unwrap());
         let new_user = |role: &str| json!({"email": format!("{role}-{}@acme.test", uuid::Uuid::new_v4().simple()), "password": crate::harness::PASSWORD, "role": role});
 
-        // (role, may read, create, update, delete, manage users)
+        // (role, may read, create, update, delete, manage users), on leads. Field staff
+        // update only jobs, visits, tasks and time entries (see roles.rs).
         let table = [
             ("viewer", true, false, false, false, false),
-            ("field", true, false, true, false, false),
+            ("field", true, false, false, false, false),
             ("member", true, true, true, false, false),
             ("manager", true, true, true, true, false),
             ("admin", true, true, true, true, true),

@@ -9,4 +9,5 @@ mod isolation;
 mod ops;
 mod plugins;
 mod records;
+mod roles;
 mod templates;

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use axum::Json;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::provider::CreateUser;
 use super::session::{self, RefreshRequest};
+use super::validate::PageQuery;
 use super::{AppState, JsonBody, validate};
 use crate::auth::extract::{ClientCredential, ClientPrincipal};
 use crate::auth::{self, Realm, TokenPair};
@@ -21,7 +22,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::records::{MAX_SCHEMA_DEPTH, check_json, compile_schema, valid_type_id};
 use crate::store::format_micros;
 use crate::store::records::RecordType;
-use crate::store::tenants::{ApiKey, User, UserChanges};
+use crate::store::tenants::{ApiKey, User, UserChanges, UserUpdate};
 use crate::tenancy::{Permission, Role, TenantScope};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -68,7 +69,8 @@ async fn login(
         &state,
         ip,
         &format!("client|{}|{email}", slug.unwrap_or("-")),
-    )?;
+    )
+    .await?;
     let tenant = match slug {
         Some(slug) => state.store.tenant_by_slug(slug).await?,
         None => None,
@@ -240,26 +242,41 @@ pub async fn insert_user(
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-struct UserList {
+pub struct UserList {
     items: Vec<UserView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
 }
 
-/// The tenant's users (owners and admins).
+/// A page of a tenant's users in creation order; shared with the provider realm.
+pub async fn user_page(
+    state: &AppState,
+    scope: &TenantScope,
+    query: &PageQuery,
+) -> ApiResult<UserList> {
+    let limit = query.limit()?;
+    let rows = state
+        .store
+        .list_users(scope, query.after_id()?, limit + 1)
+        .await?;
+    let (rows, next_cursor) = validate::page(rows, limit, |u| crate::records::encode_cursor(u.id));
+    Ok(UserList {
+        items: rows.into_iter().map(Into::into).collect(),
+        next_cursor,
+    })
+}
+
+/// The tenant's users in creation order, a page at a time (owners and admins).
 #[utoipa::path(get, path = "/users", tag = "client", security(("client_token" = [])),
-    responses((status = 200, body = UserList), (status = 403, body = ErrorBody)))]
+    params(PageQuery),
+    responses((status = 200, body = UserList), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn list_users(
     State(state): State<AppState>,
     principal: ClientPrincipal,
+    Query(query): Query<PageQuery>,
 ) -> ApiResult<Json<UserList>> {
     principal.require(Permission::UsersManage)?;
-    let items = state
-        .store
-        .list_users(&principal.scope)
-        .await?
-        .into_iter()
-        .map(Into::into)
-        .collect();
-    Ok(Json(UserList { items }))
+    Ok(Json(user_page(&state, &principal.scope, &query).await?))
 }
 
 fn may_grant(principal: &ClientPrincipal, role: Role, path: &str) -> ApiResult<()> {
@@ -272,6 +289,20 @@ fn may_grant(principal: &ClientPrincipal, role: Role, path: &str) -> ApiResult<(
             role.as_str()
         ))
         .with_details(serde_json::json!({ "path": path })))
+    }
+}
+
+/// 403 unless the caller may act on a user holding `target` ([`Role::may_manage_user`]).
+fn may_manage(principal: &ClientPrincipal, target: Role) -> ApiResult<()> {
+    if principal.role.may_manage_user(target) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "the {} role may not change a user with the {} role; only a higher role or an \
+             owner may",
+            principal.role.as_str(),
+            target.as_str()
+        )))
     }
 }
 
@@ -300,10 +331,13 @@ struct UpdateUser {
     password: Option<String>,
 }
 
-/// Change a user's role, status or password (owners and admins; not on yourself).
+/// Change a user's role, status or password. Only a strictly higher role, or an owner,
+/// may change a user; nobody grants a role above their own, nobody changes themselves,
+/// and a tenant's last active owner cannot be demoted or disabled (409).
 #[utoipa::path(patch, path = "/users/{id}", tag = "client", security(("client_token" = [])),
     params(("id" = String, Path)), request_body = UpdateUser,
-    responses((status = 200, body = UserView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = UserView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn update_user(
     State(state): State<AppState>,
     principal: ClientPrincipal,
@@ -323,8 +357,9 @@ async fn update_user(
             "you cannot change your own account here (role, status or password); ask another owner or admin",
         ));
     }
+    // An unreadable stored role is treated as the highest, so nobody but an owner acts.
     let target_role = Role::parse(&target.role).unwrap_or(Role::Owner);
-    may_grant(&principal, target_role, "")?;
+    may_manage(&principal, target_role)?;
     if let Some(role) = body.role {
         may_grant(&principal, role, "/role")?;
     }
@@ -346,12 +381,18 @@ async fn update_user(
         status: body.status,
         password_hash,
     };
-    let user = state
+    match state
         .store
         .update_user(&principal.scope, id, changes)
         .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
-    Ok(Json(user.into()))
+    {
+        UserUpdate::Updated(user) => Ok(Json(user.into())),
+        UserUpdate::NotFound => Err(ApiError::not_found("user")),
+        UserUpdate::LastOwner => Err(ApiError::conflict(
+            "last_owner",
+            "this is the tenant's last active owner: make another user owner first",
+        )),
+    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -389,6 +430,8 @@ struct NewApiKey {
 #[derive(Serialize, utoipa::ToSchema)]
 struct ApiKeyList {
     items: Vec<ApiKeyView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -399,22 +442,26 @@ struct CreateApiKey {
     role: Option<Role>,
 }
 
-/// The tenant's API keys (never the keys themselves).
+/// The tenant's API keys in creation order, a page at a time (never the keys themselves).
 #[utoipa::path(get, path = "/api-keys", tag = "client", security(("client_token" = [])),
-    responses((status = 200, body = ApiKeyList), (status = 403, body = ErrorBody)))]
+    params(PageQuery),
+    responses((status = 200, body = ApiKeyList), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn list_api_keys(
     State(state): State<AppState>,
     principal: ClientPrincipal,
+    Query(query): Query<PageQuery>,
 ) -> ApiResult<Json<ApiKeyList>> {
     principal.require(Permission::ApiKeysManage)?;
-    let items = state
+    let limit = query.limit()?;
+    let rows = state
         .store
-        .list_api_keys(&principal.scope)
-        .await?
-        .into_iter()
-        .map(Into::into)
-        .collect();
-    Ok(Json(ApiKeyList { items }))
+        .list_api_keys(&principal.scope, query.after_id()?, limit + 1)
+        .await?;
+    let (rows, next_cursor) = validate::page(rows, limit, |k| crate::records::encode_cursor(k.id));
+    Ok(Json(ApiKeyList {
+        items: rows.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
 }
 
 /// Create an API key for machine clients. The response is the only time the key is shown.
@@ -453,7 +500,9 @@ async fn create_api_key(
     ))
 }
 
-/// Revoke an API key; it stops working at once.
+/// Revoke an API key; it stops working at once. Only the key's creator, or a role that may
+/// change its creator (strictly higher, or an owner), may revoke it; an API key is never
+/// the creator.
 #[utoipa::path(delete, path = "/api-keys/{id}", tag = "client", security(("client_token" = [])),
     params(("id" = String, Path)),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -464,6 +513,25 @@ async fn revoke_api_key(
 ) -> ApiResult<StatusCode> {
     principal.require(Permission::ApiKeysManage)?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("API key"))?;
+    let (key, creator_role) = state
+        .store
+        .live_api_key(&principal.scope, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("API key"))?;
+    // A creator who no longer exists (or whose role is unreadable) counts as an owner.
+    let creator_role = creator_role
+        .as_deref()
+        .and_then(Role::parse)
+        .unwrap_or(Role::Owner);
+    let is_creator = principal.user_id() == Some(key.created_by);
+    if !principal.role.may_revoke_key(is_creator, creator_role) {
+        return Err(ApiError::forbidden(format!(
+            "the {} role may not revoke a key made by a user with the {} role; only its \
+             creator, a higher role or an owner may",
+            principal.role.as_str(),
+            creator_role.as_str()
+        )));
+    }
     if state.store.revoke_api_key(&principal.scope, id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -497,24 +565,32 @@ impl From<RecordType> for RecordTypeView {
 #[derive(Serialize, utoipa::ToSchema)]
 struct RecordTypeList {
     items: Vec<RecordTypeView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
 }
 
-/// The tenant's record types, each with the schema its records are validated against.
+/// The tenant's record types by id, each with the schema its records are validated
+/// against, a page at a time.
 #[utoipa::path(get, path = "/record-types", tag = "client", security(("client_token" = [])),
-    responses((status = 200, body = RecordTypeList)))]
+    params(PageQuery),
+    responses((status = 200, body = RecordTypeList), (status = 400, body = ErrorBody)))]
 async fn list_record_types(
     State(state): State<AppState>,
     principal: ClientPrincipal,
+    Query(query): Query<PageQuery>,
 ) -> ApiResult<Json<RecordTypeList>> {
     principal.require(Permission::RecordsRead)?;
-    let items = state
+    let limit = query.limit()?;
+    let after = query.after_key(valid_type_id)?;
+    let rows = state
         .store
-        .list_record_types(&principal.scope)
-        .await?
-        .into_iter()
-        .map(Into::into)
-        .collect();
-    Ok(Json(RecordTypeList { items }))
+        .list_record_types(&principal.scope, after.as_deref(), limit + 1)
+        .await?;
+    let (rows, next_cursor) = validate::page(rows, limit, |t| validate::key_cursor(&t.id));
+    Ok(Json(RecordTypeList {
+        items: rows.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
 }
 
 /// One record type.

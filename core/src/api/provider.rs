@@ -4,16 +4,17 @@
 use std::net::SocketAddr;
 
 use axum::Json;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::client::UserView;
+use super::client::{UserList, UserView};
 use super::session::{self, LoginRequest, RefreshRequest};
 use super::templates::{ApplyTemplate, TenantTemplate, apply_to};
+use super::validate::PageQuery;
 use super::{AppState, JsonBody, validate};
 use crate::auth::extract::ProviderPrincipal;
 use crate::auth::{self, Realm, TokenPair};
@@ -148,6 +149,8 @@ enum TemplateChoice {
 #[derive(Serialize, utoipa::ToSchema)]
 struct TenantList {
     items: Vec<TenantView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -202,25 +205,28 @@ async fn create_tenant(
     ))
 }
 
-/// All tenants, by slug.
+/// All tenants by slug, a page at a time.
 #[utoipa::path(get, path = "/tenants", tag = "provider", security(("provider_token" = [])),
-    responses((status = 200, body = TenantList)))]
+    params(PageQuery),
+    responses((status = 200, body = TenantList), (status = 400, body = ErrorBody)))]
 async fn list_tenants(
     State(state): State<AppState>,
     _: ProviderPrincipal,
+    Query(query): Query<PageQuery>,
 ) -> ApiResult<Json<TenantList>> {
-    let mut templates = state.store.list_tenant_templates().await?;
-    let items = state
+    let limit = query.limit()?;
+    let after = query.after_key(|slug| validate::slug(slug, "").is_ok())?;
+    let rows = state
         .store
-        .list_tenants()
-        .await?
-        .into_iter()
-        .map(|t| {
-            let template = templates.remove(&t.id);
-            TenantView::from(t).with_template(template)
-        })
-        .collect();
-    Ok(Json(TenantList { items }))
+        .list_tenants(after.as_deref(), limit + 1)
+        .await?;
+    let (rows, next_cursor) = validate::page(rows, limit, |t| validate::key_cursor(&t.slug));
+    // Each page reads the templates of its own tenants only: the work is bounded by the page.
+    let mut items = Vec::with_capacity(rows.len());
+    for tenant in rows {
+        items.push(tenant_view(&state, tenant).await?);
+    }
+    Ok(Json(TenantList { items, next_cursor }))
 }
 
 pub(super) async fn tenant(state: &AppState, slug: &str) -> ApiResult<Tenant> {
@@ -290,11 +296,6 @@ pub struct CreateUser {
     pub role: Role,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-struct UserList {
-    items: Vec<UserView>,
-}
-
 /// Create a user in a tenant with any role (typically its first owner).
 #[utoipa::path(post, path = "/tenants/{slug}/users", tag = "provider", security(("provider_token" = [])),
     params(("slug" = String, Path)), request_body = CreateUser,
@@ -310,24 +311,20 @@ async fn create_tenant_user(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
-/// A tenant's users.
+/// A tenant's users in creation order, a page at a time.
 #[utoipa::path(get, path = "/tenants/{slug}/users", tag = "provider", security(("provider_token" = [])),
-    params(("slug" = String, Path)),
-    responses((status = 200, body = UserList), (status = 404, body = ErrorBody)))]
+    params(("slug" = String, Path), PageQuery),
+    responses((status = 200, body = UserList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn list_tenant_users(
     State(state): State<AppState>,
     _: ProviderPrincipal,
     Path(slug): Path<String>,
+    Query(query): Query<PageQuery>,
 ) -> ApiResult<Json<UserList>> {
     let tenant = tenant(&state, &slug).await?;
-    let items = state
-        .store
-        .list_users(&tenant.scope())
-        .await?
-        .into_iter()
-        .map(UserView::from)
-        .collect();
-    Ok(Json(UserList { items }))
+    Ok(Json(
+        super::client::user_page(&state, &tenant.scope(), &query).await?,
+    ))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -471,7 +471,7 @@ async fn update_record(
     Path((record_type, id)): Path<(String, String)>,
     JsonBody(body): JsonBody<UpdateRecord>,
 ) -> ApiResult<Json<RecordView>> {
-    principal.require(Permission::RecordsUpdate)?;
+    principal.require_record_update(&record_type)?;
     let id = parse_id(&record_type, &id)?;
     if body.data.is_none() && body.stage.is_none() {
         return Err(ApiError::field("", "send `data`, `stage` or both"));

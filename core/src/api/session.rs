@@ -26,15 +26,22 @@ pub struct RefreshRequest {
     pub refresh_token: String,
 }
 
-/// Applies the login rate limits before any password is checked.
-pub fn rate_limit(state: &AppState, ip: IpAddr, account_key: &str) -> ApiResult<()> {
-    state.login_limiter.check(ip, account_key).map_err(|wait| {
+/// Applies the login rate limits before any password is checked: refuses past the
+/// address and account × address limits, and holds the attempt a while when the account
+/// is being tried from many addresses (see [`auth::LoginLimiter`]).
+pub async fn rate_limit(state: &AppState, ip: IpAddr, account_key: &str) -> ApiResult<()> {
+    let delay = state.login_limiter.check(ip, account_key).map_err(|wait| {
         metrics::counter!("streamflow_login_rate_limited_total").increment(1);
         ApiError::too_many_requests(
             format!("too many login attempts; try again in {wait} seconds"),
             wait,
         )
-    })
+    })?;
+    if !delay.is_zero() {
+        metrics::counter!("streamflow_login_delayed_total").increment(1);
+        tokio::time::sleep(delay).await;
+    }
+    Ok(())
 }
 
 /// Provider or developer login: checks the password and opens a session.
@@ -45,7 +52,7 @@ pub async fn platform_login(
     body: LoginRequest,
 ) -> ApiResult<TokenPair> {
     let email = validate::email(&body.email, "/email")?;
-    rate_limit(state, ip, &format!("{}|{email}", realm.as_str()))?;
+    rate_limit(state, ip, &format!("{}|{email}", realm.as_str())).await?;
     let kind = realm.account_kind().ok_or_else(ApiError::unauthorized)?;
     let account = state.store.account_by_email(kind, &email).await?;
     let hash = account.as_ref().map(|a| a.password_hash.clone());
@@ -71,9 +78,22 @@ pub async fn refresh(state: &AppState, realm: Realm, body: RefreshRequest) -> Ap
         .store
         .refresh_grant(realm.as_str(), &presented)
         .await?
-        && !subject_still_allowed(state, realm, grant.subject_id, grant.tenant_id).await?
     {
-        return Err(ApiError::unauthorized());
+        // However often it was refreshed, a session ends a fixed time after its login.
+        if state.auth.session_over(grant.session_started_at) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                "session_expired",
+                format!(
+                    "this session began more than {} ago and cannot be refreshed any more; \
+                     log in again",
+                    humanize(state.auth.session_max_age)
+                ),
+            ));
+        }
+        if !subject_still_allowed(state, realm, grant.subject_id, grant.tenant_id).await? {
+            return Err(ApiError::unauthorized());
+        }
     }
     let new_refresh = auth::new_secret("sfr_");
     let rotation = state
@@ -83,6 +103,7 @@ pub async fn refresh(state: &AppState, realm: Realm, body: RefreshRequest) -> Ap
             &presented,
             &auth::sha256(&new_refresh),
             state.auth.refresh_expiry(),
+            state.auth.session_max_age_micros(),
         )
         .await?;
     let grant = match rotation {
@@ -105,6 +126,18 @@ pub async fn refresh(state: &AppState, realm: Realm, body: RefreshRequest) -> Ap
     Ok(state
         .auth
         .pair(realm, grant.subject_id, grant.tenant_id, new_refresh))
+}
+
+/// A session lifetime as people say it: `30 days`, `12 hours`, `90 seconds`.
+fn humanize(age: std::time::Duration) -> String {
+    let secs = age.as_secs();
+    let (n, unit) = match secs {
+        s if s >= 86_400 && s % 86_400 == 0 => (s / 86_400, "day"),
+        s if s >= 3_600 && s % 3_600 == 0 => (s / 3_600, "hour"),
+        s if s >= 60 && s % 60 == 0 => (s / 60, "minute"),
+        s => (s, "second"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 
 async fn subject_still_allowed(

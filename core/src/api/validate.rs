@@ -2,9 +2,96 @@
 
 use crate::error::{ApiError, ApiResult};
 
-/// Shortest and longest password accepted. The upper bound keeps argon2 from being handed
-/// megabytes to hash.
-const PASSWORD_LEN: std::ops::RangeInclusive<usize> = 10..=256;
+/// Shortest password accepted; the longest is [`crate::auth::MAX_PASSWORD_CHARS`].
+const MIN_PASSWORD_CHARS: usize = 10;
+
+/// `?limit=&cursor=` of the paged lists (users, API keys, record types, tenants), as the
+/// record lists take them.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page size, 1-200 (default 50).
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Page size when `limit` is absent, and the largest allowed (as for records).
+pub const DEFAULT_PAGE_LIMIT: i64 = 50;
+pub const MAX_PAGE_LIMIT: i64 = 200;
+
+impl PageQuery {
+    /// The page size (an empty `limit=` is absent); 400 naming `limit` when out of range.
+    pub fn limit(&self) -> ApiResult<i64> {
+        match self.limit.as_deref().filter(|s| !s.is_empty()) {
+            None => Ok(DEFAULT_PAGE_LIMIT),
+            Some(text) => text
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (1..=MAX_PAGE_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_parameter",
+                        "limit: must be a whole number from 1 to 200",
+                    )
+                    .with_details(serde_json::json!({ "parameter": "limit" }))
+                }),
+        }
+    }
+
+    /// The position after which the page starts, for lists keyed by a UUID.
+    pub fn after_id(&self) -> ApiResult<Option<uuid::Uuid>> {
+        self.cursor().map(crate::records::decode_cursor).transpose()
+    }
+
+    /// The position after which the page starts, for lists keyed by a text id (a slug, a
+    /// record type id); `valid` is that id's shape, so only an id the list could hold is
+    /// ever bound into a query.
+    pub fn after_key(&self, valid: impl Fn(&str) -> bool) -> ApiResult<Option<String>> {
+        use base64::Engine;
+        self.cursor()
+            .map(|c| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(c)
+                    .ok()
+                    .and_then(|bytes| String::from_utf8(bytes).ok())
+                    .filter(|key| valid(key))
+                    .ok_or_else(invalid_cursor)
+            })
+            .transpose()
+    }
+
+    fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref().filter(|s| !s.is_empty())
+    }
+}
+
+fn invalid_cursor() -> ApiError {
+    ApiError::bad_request("invalid_cursor", "cursor is not one this server returned")
+        .with_details(serde_json::json!({ "parameter": "cursor" }))
+}
+
+/// The cursor of a text-keyed list (see [`PageQuery::after_key`]).
+pub fn key_cursor(key: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.as_bytes())
+}
+
+/// Cuts one page from `rows`, fetched with `limit + 1` so the extra row tells whether a
+/// next page exists; returns the page and the cursor of its last row when there is one.
+pub fn page<T>(
+    mut rows: Vec<T>,
+    limit: i64,
+    cursor: impl Fn(&T) -> String,
+) -> (Vec<T>, Option<String>) {
+    if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        let next = rows.last().map(cursor);
+        (rows, next)
+    } else {
+        (rows, None)
+    }
+}
 
 /// Trims and lowercases an email address and checks its shape.
 pub fn email(raw: &str, path: &str) -> ApiResult<String> {
@@ -24,17 +111,17 @@ pub fn email(raw: &str, path: &str) -> ApiResult<String> {
     }
 }
 
+/// A new password (user creation, reset, developer accounts): 10 to 256 characters.
 pub fn password(raw: &str, path: &str) -> ApiResult<()> {
-    let len = raw.chars().count();
-    if PASSWORD_LEN.contains(&len) {
+    // The cap first: it looks at the byte length before counting characters.
+    if crate::auth::password_within_cap(raw) && raw.chars().count() >= MIN_PASSWORD_CHARS {
         Ok(())
     } else {
         Err(ApiError::field(
             path,
             format!(
-                "must be {} to {} characters long",
-                PASSWORD_LEN.start(),
-                PASSWORD_LEN.end()
+                "must be {MIN_PASSWORD_CHARS} to {} characters long",
+                crate::auth::MAX_PASSWORD_CHARS
             ),
         ))
     }

@@ -92,6 +92,21 @@ impl ClientPrincipal {
         }
     }
 
+    /// 403 unless the caller may change records of `record_type` (field staff only their
+    /// own kind of work: [`crate::tenancy::FIELD_RECORD_TYPES`]).
+    pub fn require_record_update(&self, record_type: &str) -> ApiResult<()> {
+        self.require(Permission::RecordsUpdate)?;
+        if self.role.may_update_record_type(record_type) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "the {} role may update only {} records, not {record_type}",
+                self.role.as_str(),
+                crate::tenancy::FIELD_RECORD_TYPES.join(", ")
+            )))
+        }
+    }
+
     /// The signed-in user, or 403 for an API key. Accounts and keys are managed by people:
     /// a key that could create users or keys could outlive its own revocation through them.
     pub fn require_user(&self, what: &str) -> ApiResult<Uuid> {

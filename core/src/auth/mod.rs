@@ -107,6 +107,8 @@ pub struct Auth {
     client: RealmKeys,
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
+    /// How long a session lives from its login, however often it is refreshed.
+    pub session_max_age: Duration,
 }
 
 impl Auth {
@@ -137,6 +139,7 @@ impl Auth {
             client,
             access_ttl: config.access_token_ttl,
             refresh_ttl: config.refresh_token_ttl,
+            session_max_age: config.session_max_age,
         })
     }
 
@@ -184,24 +187,33 @@ impl Auth {
         tenant: Option<Uuid>,
     ) -> crate::store::StoreResult<TokenPair> {
         let refresh = new_secret("sfr_");
+        let now = crate::store::now_micros();
         let grant = crate::store::tokens::RefreshGrant {
             family_id: Uuid::now_v7(),
             subject_id: subject,
             tenant_id: tenant,
+            session_started_at: now,
         };
+        let expires_at = self
+            .refresh_expiry()
+            .min(now.saturating_add(self.session_max_age_micros()));
         store
-            .insert_refresh_token(
-                realm.as_str(),
-                &grant,
-                &sha256(&refresh),
-                self.refresh_expiry(),
-            )
+            .insert_refresh_token(realm.as_str(), &grant, &sha256(&refresh), expires_at)
             .await?;
         Ok(self.pair(realm, subject, tenant, refresh))
     }
 
     pub fn refresh_expiry(&self) -> i64 {
         crate::store::now_micros() + self.refresh_ttl.as_micros() as i64
+    }
+
+    pub fn session_max_age_micros(&self) -> i64 {
+        i64::try_from(self.session_max_age.as_micros()).unwrap_or(i64::MAX)
+    }
+
+    /// Whether a session that began at `started_at` (microseconds) is over.
+    pub fn session_over(&self, started_at: i64) -> bool {
+        crate::store::now_micros() >= started_at.saturating_add(self.session_max_age_micros())
     }
 
     pub fn pair(
@@ -236,8 +248,23 @@ pub fn sha256(text: &str) -> Vec<u8> {
     Sha256::digest(text.as_bytes()).to_vec()
 }
 
-/// Hashes a password with argon2id (OWASP parameters), off the async runtime.
+/// The longest password accepted anywhere, in characters. Nothing longer is ever handed to
+/// argon2: [`hash_password`] refuses it and [`verify_password`] answers "wrong" at once, so
+/// a login with a megabyte "password" costs no hashing.
+pub const MAX_PASSWORD_CHARS: usize = 256;
+
+/// Whether `password` is within [`MAX_PASSWORD_CHARS`]; looks at the byte length first, so
+/// an oversized input is refused without being scanned.
+pub fn password_within_cap(password: &str) -> bool {
+    password.len() <= 4 * MAX_PASSWORD_CHARS && password.chars().count() <= MAX_PASSWORD_CHARS
+}
+
+/// Hashes a password with argon2id (OWASP parameters), off the async runtime. A password
+/// over [`MAX_PASSWORD_CHARS`] is an error (routes validate before calling this).
 pub async fn hash_password(password: String) -> anyhow::Result<String> {
+    if !password_within_cap(&password) {
+        anyhow::bail!("a password is at most {MAX_PASSWORD_CHARS} characters long");
+    }
     tokio::task::spawn_blocking(move || {
         Argon2::default()
             .hash_password(password.as_bytes())
@@ -257,7 +284,11 @@ static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Checks a password against a stored hash (or the dummy one when there is no account).
+/// A password over [`MAX_PASSWORD_CHARS`] cannot be anyone's: it is wrong, without hashing.
 pub async fn verify_password(password: String, hash: Option<String>) -> bool {
+    if !password_within_cap(&password) {
+        return false;
+    }
     let known = hash.is_some();
     tokio::task::spawn_blocking(move || {
         let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());
@@ -273,34 +304,57 @@ pub async fn verify_password(password: String, hash: Option<String>) -> bool {
     .unwrap_or(false)
 }
 
-/// Login rate limits, per client address and per account, in memory on this node.
+/// Login rate limits, in memory on this node (governor).
+///
+/// - per client address: refused (429) past the quota;
+/// - per account × client address: refused past a tight quota, so one address cannot
+///   guess at an account, yet attempts from other addresses never lock its user out;
+/// - per account, from all addresses together: past this ceiling attempts are *delayed*
+///   (by up to `max_delay`), never refused, so an attack spread over many addresses slows
+///   the account's logins down but cannot keep its user from signing in.
 pub struct LoginLimiter {
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    per_account_address: DefaultKeyedRateLimiter<(String, IpAddr)>,
     per_account: DefaultKeyedRateLimiter<String>,
+    max_delay: Duration,
 }
 
 impl LoginLimiter {
-    pub fn new(per_ip_per_minute: u32, per_account_per_minute: u32) -> Arc<Self> {
+    pub fn new(
+        per_ip_per_minute: u32,
+        per_account_address_per_minute: u32,
+        per_account_per_minute: u32,
+        max_delay: Duration,
+    ) -> Arc<Self> {
         let quota = |n: u32| Quota::per_minute(NonZeroU32::new(n.max(1)).expect("n >= 1"));
         Arc::new(Self {
             per_ip: RateLimiter::keyed(quota(per_ip_per_minute)),
+            per_account_address: RateLimiter::keyed(quota(per_account_address_per_minute)),
             per_account: RateLimiter::keyed(quota(per_account_per_minute)),
+            max_delay,
         })
     }
 
-    /// `Err(seconds to wait)` when either limit is exhausted. `account` identifies the
+    /// `Err(seconds to wait)` when the address's limit or the account × address limit is
+    /// exhausted; otherwise `Ok(delay)`: how long to hold the attempt before checking the
+    /// password (zero unless the account's ceiling is exceeded). `account` identifies the
     /// account being logged into (realm, tenant and email), known or not.
-    pub fn check(&self, ip: IpAddr, account: &str) -> Result<(), u64> {
-        if self.per_account.len() > 100_000 {
+    pub fn check(&self, ip: IpAddr, account: &str) -> Result<Duration, u64> {
+        if self.per_account.len() > 100_000 || self.per_account_address.len() > 100_000 {
             self.per_account.retain_recent();
+            self.per_account_address.retain_recent();
             self.per_ip.retain_recent();
         }
         let now = DefaultClock::default().now();
         let wait = |e: governor::NotUntil<_>| e.wait_time_from(now).as_secs().max(1);
         self.per_ip.check_key(&ip).map_err(wait)?;
-        self.per_account
-            .check_key(&account.to_string())
-            .map_err(wait)
+        self.per_account_address
+            .check_key(&(account.to_string(), ip))
+            .map_err(wait)?;
+        Ok(match self.per_account.check_key(&account.to_string()) {
+            Ok(()) => Duration::ZERO,
+            Err(e) => e.wait_time_from(now).min(self.max_delay),
+        })
     }
 }
 
@@ -317,14 +371,62 @@ mod tests {
         assert!(!verify_password("anything".into(), None).await);
     }
 
+    #[tokio::test]
+    async fn over_long_passwords_never_reach_argon2() {
+        // A hash argon2 would accept the long password against: only the cap refuses it.
+        let long = "x".repeat(MAX_PASSWORD_CHARS + 1);
+        let hash = Argon2::default()
+            .hash_password(long.as_bytes())
+            .unwrap()
+            .to_string();
+        assert!(!verify_password(long.clone(), Some(hash)).await);
+        assert!(hash_password(long).await.is_err());
+        // Multi-byte characters count as characters, and the byte check is only a bound.
+        let accented = "é".repeat(MAX_PASSWORD_CHARS);
+        assert!(password_within_cap(&accented));
+        assert!(!password_within_cap(&"é".repeat(MAX_PASSWORD_CHARS + 1)));
+        assert!(!password_within_cap(&"a".repeat(10 * 1024 * 1024)));
+    }
+
     #[test]
-    fn limiter_refuses_past_quota() {
-        let limiter = LoginLimiter::new(100, 2);
+    fn limiter_refuses_past_quota_per_account_and_address() {
+        let limiter = LoginLimiter::new(100, 2, 100, Duration::from_secs(5));
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        assert!(limiter.check(ip, "a").is_ok());
-        assert!(limiter.check(ip, "a").is_ok());
+        assert_eq!(limiter.check(ip, "a"), Ok(Duration::ZERO));
+        assert_eq!(limiter.check(ip, "a"), Ok(Duration::ZERO));
         assert!(limiter.check(ip, "a").is_err());
         assert!(limiter.check(ip, "b").is_ok());
+        // The same account from another address is not locked.
+        assert_eq!(
+            limiter.check("10.0.0.2".parse().unwrap(), "a"),
+            Ok(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn attempts_from_other_addresses_delay_but_never_lock_out() {
+        let max_delay = Duration::from_secs(3);
+        let limiter = LoginLimiter::new(100, 2, 4, max_delay);
+        // An attacker spreads attempts over many addresses, past the account's ceiling.
+        for n in 0..20u8 {
+            let ip = IpAddr::from([192, 0, 2, n]);
+            for _ in 0..2 {
+                assert!(
+                    limiter.check(ip, "victim").is_ok(),
+                    "never refused from {ip}"
+                );
+            }
+            assert!(
+                limiter.check(ip, "victim").is_err(),
+                "each address has its quota"
+            );
+        }
+        // The user, from their own address, is let through: slowed, not refused.
+        let user: IpAddr = "10.0.0.1".parse().unwrap();
+        let delay = limiter.check(user, "victim").expect("not locked out");
+        assert!(delay > Duration::ZERO && delay <= max_delay, "{delay:?}");
+        // Other accounts are untouched.
+        assert_eq!(limiter.check(user, "someone-else"), Ok(Duration::ZERO));
     }
 
     #[test]

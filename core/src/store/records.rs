@@ -87,16 +87,28 @@ impl Store {
         ))
     }
 
-    pub async fn list_record_types(&self, scope: &TenantScope) -> StoreResult<Vec<RecordType>> {
-        on_pool!(self.pool(), pool => Ok(
-            sqlx::query_as::<_, RecordType>(
-                "SELECT id, name, schema, version, created_at, updated_at \
-                 FROM record_types WHERE tenant_id = $1 ORDER BY id",
-            )
-            .bind(scope.tenant_id())
-            .fetch_all(pool)
-            .await?
-        ))
+    /// A page of the tenant's record types by id: at most `limit`, after the type `after`
+    /// when given.
+    pub async fn list_record_types(
+        &self,
+        scope: &TenantScope,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<RecordType>> {
+        let sql = format!(
+            "SELECT id, name, schema, version, created_at, updated_at \
+             FROM record_types WHERE tenant_id = $1 {} ORDER BY id LIMIT $2",
+            if after.is_some() { "AND id > $3" } else { "" }
+        );
+        on_pool!(self.pool(), pool => {
+            let mut query = sqlx::query_as::<_, RecordType>(sqlx::AssertSqlSafe(sql))
+                .bind(scope.tenant_id())
+                .bind(limit);
+            if let Some(after) = after {
+                query = query.bind(after.to_string());
+            }
+            Ok(query.fetch_all(pool).await?)
+        })
     }
 
     /// Creates a record type or replaces its name and schema (bumping its version).

@@ -78,6 +78,15 @@ pub struct ApiKey {
     pub revoked_at: Option<i64>,
 }
 
+/// The outcome of [`Store::update_user`].
+#[derive(Debug)]
+pub enum UserUpdate {
+    Updated(User),
+    NotFound,
+    /// The change would leave the tenant without an active owner; nothing was changed.
+    LastOwner,
+}
+
 /// Changes to a user; `None` leaves a field as it is.
 #[derive(Debug, Default)]
 pub struct UserChanges {
@@ -136,14 +145,24 @@ impl Store {
         }
     }
 
-    pub async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
-        on_pool!(self.pool(), pool => Ok(
-            sqlx::query_as::<_, Tenant>(
-                "SELECT id, slug, name, status, created_at, updated_at FROM tenants ORDER BY slug",
-            )
-            .fetch_all(pool)
-            .await?
-        ))
+    /// A page of tenants by slug: at most `limit`, after the slug `after` when given.
+    pub async fn list_tenants(&self, after: Option<&str>, limit: i64) -> StoreResult<Vec<Tenant>> {
+        let sql = format!(
+            "SELECT id, slug, name, status, created_at, updated_at FROM tenants {} \
+             ORDER BY slug LIMIT $1",
+            if after.is_some() {
+                "WHERE slug > $2"
+            } else {
+                ""
+            }
+        );
+        on_pool!(self.pool(), pool => {
+            let mut query = sqlx::query_as::<_, Tenant>(sqlx::AssertSqlSafe(sql)).bind(limit);
+            if let Some(after) = after {
+                query = query.bind(after.to_string());
+            }
+            Ok(query.fetch_all(pool).await?)
+        })
     }
 
     pub async fn tenant_by_slug(&self, slug: &str) -> StoreResult<Option<Tenant>> {
@@ -228,14 +247,27 @@ impl Store {
         }
     }
 
-    pub async fn list_users(&self, scope: &TenantScope) -> StoreResult<Vec<User>> {
-        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 ORDER BY email");
-        on_pool!(self.pool(), pool => Ok(
-            sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(sql))
+    /// A page of the tenant's users in creation order: at most `limit`, after the user
+    /// `after` when given.
+    pub async fn list_users(
+        &self,
+        scope: &TenantScope,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> StoreResult<Vec<User>> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 {} ORDER BY id LIMIT $2",
+            if after.is_some() { "AND id > $3" } else { "" }
+        );
+        on_pool!(self.pool(), pool => {
+            let mut query = sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(sql))
                 .bind(scope.tenant_id())
-                .fetch_all(pool)
-                .await?
-        ))
+                .bind(limit);
+            if let Some(after) = after {
+                query = query.bind(after);
+            }
+            Ok(query.fetch_all(pool).await?)
+        })
     }
 
     pub async fn user_by_id(&self, scope: &TenantScope, id: Uuid) -> StoreResult<Option<User>> {
@@ -267,21 +299,55 @@ impl Store {
 
     /// Changes a user. A new password or a new status also signs the user out everywhere
     /// (every refresh token is revoked), so a reset locks out whoever stole a session.
+    ///
+    /// A tenant always keeps an active owner: demoting or disabling its last one is
+    /// refused ([`UserUpdate::LastOwner`]). Changes of role or status first lock the
+    /// tenant's row, so two owners demoting each other at once cannot both succeed.
     pub async fn update_user(
         &self,
         scope: &TenantScope,
         id: Uuid,
         changes: UserChanges,
-    ) -> StoreResult<Option<User>> {
+    ) -> StoreResult<UserUpdate> {
         let sql = format!(
             "UPDATE users SET role = COALESCE($1, role), status = COALESCE($2, status), \
              password_hash = COALESCE($3, password_hash), updated_at = $4 \
              WHERE tenant_id = $5 AND id = $6 RETURNING {USER_COLUMNS}"
         );
         let sign_out = changes.status.is_some() || changes.password_hash.is_some();
+        let may_remove_owner = changes.role.as_deref().is_some_and(|r| r != "owner")
+            || changes.status.as_deref().is_some_and(|s| s != "active");
         let now = now_micros();
-        let user = on_pool!(self.pool(), pool => async {
+        let outcome = on_pool!(self.pool(), pool => async {
             let mut tx = pool.begin().await?;
+            if may_remove_owner {
+                // A write to the tenant's row serializes concurrent role and status changes
+                // in this tenant (a row lock on PostgreSQL, the write lock on SQLite); the
+                // count below then sees every change committed before it.
+                sqlx::query("UPDATE tenants SET updated_at = updated_at WHERE id = $1")
+                    .bind(scope.tenant_id())
+                    .execute(&mut *tx)
+                    .await?;
+                let other_owners: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM users WHERE tenant_id = $1 AND id <> $2 \
+                     AND role = 'owner' AND status = 'active'",
+                )
+                .bind(scope.tenant_id())
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+                let target_is_owner: Option<bool> = sqlx::query_scalar(
+                    "SELECT role = 'owner' AND status = 'active' FROM users \
+                     WHERE tenant_id = $1 AND id = $2",
+                )
+                .bind(scope.tenant_id())
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if target_is_owner == Some(true) && other_owners == 0 {
+                    return Ok::<_, sqlx::Error>(UserUpdate::LastOwner);
+                }
+            }
             let user = sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(sql))
                 .bind(changes.role)
                 .bind(changes.status)
@@ -303,10 +369,13 @@ impl Store {
                 .await?;
             }
             tx.commit().await?;
-            Ok::<_, sqlx::Error>(user)
+            Ok(match user {
+                Some(user) => UserUpdate::Updated(user),
+                None => UserUpdate::NotFound,
+            })
         }.await)?;
         self.credentials.revoke_all();
-        Ok(user)
+        Ok(outcome)
     }
 
     /// A user's current role and whether both the user and its tenant are active (cached
@@ -384,16 +453,56 @@ impl Store {
         Ok(key)
     }
 
-    pub async fn list_api_keys(&self, scope: &TenantScope) -> StoreResult<Vec<ApiKey>> {
-        on_pool!(self.pool(), pool => Ok(
-            sqlx::query_as::<_, ApiKey>(
-                "SELECT tenant_id, id, name, prefix, role, created_by, created_at, revoked_at \
-                 FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id",
+    /// A page of the tenant's API keys in creation order: at most `limit`, after the key
+    /// `after` when given.
+    pub async fn list_api_keys(
+        &self,
+        scope: &TenantScope,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> StoreResult<Vec<ApiKey>> {
+        let sql = format!(
+            "SELECT tenant_id, id, name, prefix, role, created_by, created_at, revoked_at \
+             FROM api_keys WHERE tenant_id = $1 {} ORDER BY id LIMIT $2",
+            if after.is_some() { "AND id > $3" } else { "" }
+        );
+        on_pool!(self.pool(), pool => {
+            let mut query = sqlx::query_as::<_, ApiKey>(sqlx::AssertSqlSafe(sql))
+                .bind(scope.tenant_id())
+                .bind(limit);
+            if let Some(after) = after {
+                query = query.bind(after);
+            }
+            Ok(query.fetch_all(pool).await?)
+        })
+    }
+
+    /// A live key of this tenant with its creator's current role (`None` for the role when
+    /// the creator no longer exists).
+    pub async fn live_api_key(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+    ) -> StoreResult<Option<(ApiKey, Option<String>)>> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            #[sqlx(flatten)]
+            key: ApiKey,
+            creator_role: Option<String>,
+        }
+        let row = on_pool!(self.pool(), pool => {
+            sqlx::query_as::<_, Row>(
+                "SELECT k.tenant_id, k.id, k.name, k.prefix, k.role, k.created_by, \
+                        k.created_at, k.revoked_at, c.role AS creator_role \
+                 FROM api_keys k LEFT JOIN users c ON c.tenant_id = k.tenant_id AND c.id = k.created_by \
+                 WHERE k.tenant_id = $1 AND k.id = $2 AND k.revoked_at IS NULL",
             )
             .bind(scope.tenant_id())
-            .fetch_all(pool)
+            .bind(id)
+            .fetch_optional(pool)
             .await?
-        ))
+        });
+        Ok(row.map(|r| (r.key, r.creator_role)))
     }
 
     /// Revokes a key; false when this tenant has no such (unrevoked) key.

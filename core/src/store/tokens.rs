@@ -11,6 +11,9 @@ pub struct RefreshGrant {
     pub family_id: Uuid,
     pub subject_id: Uuid,
     pub tenant_id: Option<Uuid>,
+    /// When the login that started this family happened (microseconds); the session ends
+    /// a configured time after it, however often it is refreshed.
+    pub session_started_at: i64,
 }
 
 /// The outcome of presenting a refresh token.
@@ -34,8 +37,8 @@ impl Store {
     ) -> StoreResult<()> {
         on_pool!(self.pool(), pool => {
             sqlx::query(
-                "INSERT INTO refresh_tokens (id, token_hash, family_id, realm, subject_id, tenant_id, expires_at, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                "INSERT INTO refresh_tokens (id, token_hash, family_id, realm, subject_id, tenant_id, expires_at, created_at, session_started_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(Uuid::now_v7())
             .bind(token_hash)
@@ -45,6 +48,7 @@ impl Store {
             .bind(grant.tenant_id)
             .bind(expires_at)
             .bind(now_micros())
+            .bind(grant.session_started_at)
             .execute(pool)
             .await?;
         });
@@ -52,33 +56,39 @@ impl Store {
     }
 
     /// Marks the token used and stores its successor, atomically: of two concurrent uses of
-    /// one token exactly one rotates and the other is treated as reuse.
+    /// one token exactly one rotates and the other is treated as reuse. The successor
+    /// expires at `new_expires_at` or when the session reaches `session_max_age`
+    /// (microseconds), whichever comes first; a token whose session is over is not rotated.
     pub async fn rotate_refresh_token(
         &self,
         realm: &str,
         token_hash: &[u8],
         new_hash: &[u8],
         new_expires_at: i64,
+        session_max_age: i64,
     ) -> StoreResult<Rotation> {
         let now = now_micros();
+        let session_ends_at =
+            |grant: &RefreshGrant| grant.session_started_at.saturating_add(session_max_age);
         on_pool!(self.pool(), pool => {
             let mut tx = pool.begin().await?;
             let claimed = sqlx::query_as::<_, RefreshGrant>(
                 "UPDATE refresh_tokens SET used_at = $1 \
                  WHERE token_hash = $2 AND realm = $3 AND used_at IS NULL \
-                   AND revoked_at IS NULL AND expires_at > $1 \
-                 RETURNING family_id, subject_id, tenant_id",
+                   AND revoked_at IS NULL AND expires_at > $1 AND session_started_at > $4 \
+                 RETURNING family_id, subject_id, tenant_id, session_started_at",
             )
             .bind(now)
             .bind(token_hash)
             .bind(realm)
+            .bind(now.saturating_sub(session_max_age))
             .fetch_optional(&mut *tx)
             .await?;
             let outcome = match claimed {
                 Some(grant) => {
                     sqlx::query(
-                        "INSERT INTO refresh_tokens (id, token_hash, family_id, realm, subject_id, tenant_id, expires_at, created_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                        "INSERT INTO refresh_tokens (id, token_hash, family_id, realm, subject_id, tenant_id, expires_at, created_at, session_started_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                     )
                     .bind(Uuid::now_v7())
                     .bind(new_hash)
@@ -86,8 +96,9 @@ impl Store {
                     .bind(realm)
                     .bind(grant.subject_id)
                     .bind(grant.tenant_id)
-                    .bind(new_expires_at)
+                    .bind(new_expires_at.min(session_ends_at(&grant)))
                     .bind(now)
+                    .bind(grant.session_started_at)
                     .execute(&mut *tx)
                     .await?;
                     Rotation::Rotated(grant)
@@ -130,7 +141,7 @@ impl Store {
     ) -> StoreResult<Option<RefreshGrant>> {
         on_pool!(self.pool(), pool => Ok(
             sqlx::query_as::<_, RefreshGrant>(
-                "SELECT family_id, subject_id, tenant_id FROM refresh_tokens \
+                "SELECT family_id, subject_id, tenant_id, session_started_at FROM refresh_tokens \
                  WHERE token_hash = $1 AND realm = $2",
             )
             .bind(token_hash)
