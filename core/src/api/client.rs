@@ -42,7 +42,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 struct ClientLogin {
     /// The tenant's slug.
+    #[schema(
+        min_length = 2,
+        max_length = 63,
+        pattern = "^[a-z0-9][a-z0-9-]*[a-z0-9]$"
+    )]
     tenant: String,
+    #[schema(format = Email, max_length = 254, pattern = "^[^@\\s\\x00-\\x1f\\x7f-\\x9f]+@[^@\\s\\x00-\\x1f\\x7f-\\x9f]*\\.[^@\\s\\x00-\\x1f\\x7f-\\x9f]*$")]
     email: String,
     password: String,
 }
@@ -296,7 +302,9 @@ async fn create_user(
 struct UpdateUser {
     role: Option<Role>,
     /// `active` or `disabled`.
+    #[schema(pattern = "^(active|disabled)$")]
     status: Option<String>,
+    #[schema(format = Password, min_length = 10, max_length = 256)]
     password: Option<String>,
 }
 
@@ -394,6 +402,12 @@ struct ApiKeyList {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateApiKey {
+    /// Trimmed; not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: String,
     /// The role the key acts with; `member` if absent, never above the creator's.
     role: Option<Role>,
@@ -546,6 +560,12 @@ async fn get_record_type(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PutRecordType {
+    /// Trimmed; not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: String,
     /// A JSON Schema (draft 2020-12 unless `$schema` says otherwise) for records' `data`;
     /// null or absent accepts any object. Remote `$ref`s are refused.

@@ -154,7 +154,18 @@ struct TenantList {
 #[serde(deny_unknown_fields)]
 struct CreateTenant {
     /// Lowercase letters, digits and inner hyphens; what users type to log in.
+    #[schema(
+        min_length = 2,
+        max_length = 63,
+        pattern = "^[a-z0-9][a-z0-9-]*[a-z0-9]$"
+    )]
     slug: String,
+    /// Trimmed; not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: String,
     /// An industry template to apply at once (`"roofing"` or `{"id", "version"}`). If it
     /// cannot be applied, no tenant is created.
@@ -285,7 +296,10 @@ async fn resume_tenant(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    /// Trimmed and lowercased.
+    #[schema(format = Email, max_length = 254, pattern = "^[^@\\s\\x00-\\x1f\\x7f-\\x9f]+@[^@\\s\\x00-\\x1f\\x7f-\\x9f]*\\.[^@\\s\\x00-\\x1f\\x7f-\\x9f]*$")]
     pub email: String,
+    #[schema(format = Password, min_length = 10, max_length = 256)]
     pub password: String,
     pub role: Role,
 }
@@ -333,8 +347,17 @@ async fn list_tenant_users(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateDeveloper {
+    /// Trimmed and lowercased.
+    #[schema(format = Email, max_length = 254, pattern = "^[^@\\s\\x00-\\x1f\\x7f-\\x9f]+@[^@\\s\\x00-\\x1f\\x7f-\\x9f]*\\.[^@\\s\\x00-\\x1f\\x7f-\\x9f]*$")]
     email: String,
+    #[schema(format = Password, min_length = 10, max_length = 256)]
     password: String,
+    /// Trimmed; not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: String,
 }
 

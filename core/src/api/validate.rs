@@ -9,7 +9,7 @@ const PASSWORD_LEN: std::ops::RangeInclusive<usize> = 10..=256;
 /// Trims and lowercases an email address and checks its shape.
 pub fn email(raw: &str, path: &str) -> ApiResult<String> {
     let email = raw.trim().to_lowercase();
-    let shape_ok = email.len() <= 254
+    let shape_ok = email.chars().count() <= 254
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty() && domain.contains('.') && !domain.contains('@')
