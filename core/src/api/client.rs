@@ -48,7 +48,7 @@ struct ClientLogin {
         pattern = "^[a-z0-9][a-z0-9-]*[a-z0-9]$"
     )]
     tenant: String,
-    #[schema(format = Email, max_length = 254, pattern = "^[^@\\s\\x00-\\x1f\\x7f-\\x9f]+@[^@\\s\\x00-\\x1f\\x7f-\\x9f]*\\.[^@\\s\\x00-\\x1f\\x7f-\\x9f]*$")]
+    #[schema(format = Email, max_length = 254, pattern = "^[^@\\s\\x00-\\x1f\\x7f-\\x9f]+@[^@.\\s\\x00-\\x1f\\x7f-\\x9f]+(\\.[^@.\\s\\x00-\\x1f\\x7f-\\x9f]+)+$")]
     email: String,
     password: String,
 }

@@ -152,8 +152,8 @@ fn routes_and_doc() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 
 /// Adds to every operation the error statuses the layers and extractors answer with, unless
 /// the operation documents them itself: 500 everywhere; 401 where a token is required; 400
-/// where a path, query or body is parsed; 404 where the path names something; 408, 413, 415
-/// and 422 where a JSON or binary body is read; 429 on the login routes.
+/// where a path, query or body is parsed; 404 where the path names something; 422 where a
+/// body or query is checked; 408, 413 and 415 where a body is read; 429 on the login routes.
 struct CommonResponses;
 
 impl CommonResponses {
@@ -166,7 +166,14 @@ impl CommonResponses {
             .as_ref()
             .is_some_and(|s| !s.is_empty() && !s.contains(&Default::default()));
         let has_body = operation.request_body.is_some();
-        let has_params = operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
+        let params = operation.parameters.as_deref().unwrap_or_default();
+        let has_params = !params.is_empty();
+        let has_query = params.iter().any(|p| match p {
+            utoipa::openapi::RefOr::T(p) => {
+                matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Query)
+            }
+            utoipa::openapi::RefOr::Ref(_) => true,
+        });
         let mut statuses = vec![(
             500,
             "internal error; the x-request-id response header identifies it in the server logs",
@@ -189,14 +196,16 @@ impl CommonResponses {
                 "what the path names does not exist (or is not visible to you)",
             ));
         }
+        if has_body || has_query {
+            statuses.push((
+                422,
+                "a field or query parameter is invalid; `details.errors` lists each with where it is",
+            ));
+        }
         if has_body {
             statuses.push((408, "the request body did not arrive in time"));
             statuses.push((413, "the request body is larger than the limit"));
             statuses.push((415, "the body is not sent with its documented content type"));
-            statuses.push((
-                422,
-                "a field is invalid; `details.errors` lists each with its JSON pointer",
-            ));
         }
         if path.ends_with("/auth/login") {
             statuses.push((429, "too many login attempts; wait `Retry-After` seconds"));
@@ -561,6 +570,9 @@ mod tests {
             ("ClientLogin", "tenant", slug),
             ("ClientLogin", "email", email),
             ("LoginRequest", "email", email),
+            ("ApplyTemplate", "version", |s| {
+                semver::Version::parse(s).is_ok()
+            }),
         ]
     }
 
@@ -597,6 +609,15 @@ mod tests {
             "a@@b.c",
             "a@b.c@d",
             "a@.",
+            "0@.",
+            "a@b..c",
+            "1.0.0",
+            "1.0.0-rc.1",
+            "01.0.0",
+            "1.0.0-01",
+            "1.0.0-rc.01",
+            "1.0.0+build.01",
+            "1.0",
             " ana@example.com ",
             "ana@exa\u{1}mple.com",
             "名@例え.jp",
@@ -629,7 +650,11 @@ mod tests {
                     );
                 }
             }
-            assert!(accepted > 0, "{schema}.{field} accepts none of the samples");
+            assert!(
+                accepted > 0,
+                "{schema}.{field} accepts none of the samples: {}",
+                doc["components"]["schemas"][schema]
+            );
         }
     }
 

@@ -176,7 +176,8 @@ struct CreateTenant {
 /// template's, when one is given).
 #[utoipa::path(post, path = "/tenants", tag = "provider", security(("provider_token" = [])),
     request_body = CreateTenant,
-    responses((status = 201, body = TenantView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = TenantView), (status = 404, body = ErrorBody, description = "no such template (or version)"),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_tenant(
     State(state): State<AppState>,
     _: ProviderPrincipal,
@@ -297,7 +298,7 @@ async fn resume_tenant(
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     /// Trimmed and lowercased.
-    #[schema(format = Email, max_length = 254, pattern = "^[^@\\s\\x00-\\x1f\\x7f-\\x9f]+@[^@\\s\\x00-\\x1f\\x7f-\\x9f]*\\.[^@\\s\\x00-\\x1f\\x7f-\\x9f]*$")]
+    #[schema(format = Email, max_length = 254, pattern = "^[^@\\s\\x00-\\x1f\\x7f-\\x9f]+@[^@.\\s\\x00-\\x1f\\x7f-\\x9f]+(\\.[^@.\\s\\x00-\\x1f\\x7f-\\x9f]+)+$")]
     pub email: String,
     #[schema(format = Password, min_length = 10, max_length = 256)]
     pub password: String,
@@ -348,7 +349,7 @@ async fn list_tenant_users(
 #[serde(deny_unknown_fields)]
 struct CreateDeveloper {
     /// Trimmed and lowercased.
-    #[schema(format = Email, max_length = 254, pattern = "^[^@\\s\\x00-\\x1f\\x7f-\\x9f]+@[^@\\s\\x00-\\x1f\\x7f-\\x9f]*\\.[^@\\s\\x00-\\x1f\\x7f-\\x9f]*$")]
+    #[schema(format = Email, max_length = 254, pattern = "^[^@\\s\\x00-\\x1f\\x7f-\\x9f]+@[^@.\\s\\x00-\\x1f\\x7f-\\x9f]+(\\.[^@.\\s\\x00-\\x1f\\x7f-\\x9f]+)+$")]
     email: String,
     #[schema(format = Password, min_length = 10, max_length = 256)]
     password: String,
