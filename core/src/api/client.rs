@@ -48,7 +48,11 @@ struct ClientLogin {
         pattern = "^[a-z0-9][a-z0-9-]*[a-z0-9]$"
     )]
     tenant: String,
-    #[schema(format = Email, max_length = 254, pattern = "^[^@\\s\\x00-\\x1f\\x7f-\\x9f]+@[^@.\\s\\x00-\\x1f\\x7f-\\x9f]+(\\.[^@.\\s\\x00-\\x1f\\x7f-\\x9f]+)+$")]
+    /// An email address, `name@example.com` (trimmed and lowercased).
+    #[schema(
+        max_length = 254,
+        pattern = "^[^@\\s\\x00-\\x1f\\x7f-\\x9f]+@[^@.\\s\\x00-\\x1f\\x7f-\\x9f]+(\\.[^@.\\s\\x00-\\x1f\\x7f-\\x9f]+)+$"
+    )]
     email: String,
     password: String,
 }
@@ -576,7 +580,9 @@ struct PutRecordType {
 /// Define a record type or replace its name and schema (owners and admins). Later writes
 /// are validated against the new schema; existing records are left as they are.
 #[utoipa::path(put, path = "/record-types/{type}", tag = "client", security(("client_token" = [])),
-    params(("type" = String, Path)), request_body = PutRecordType,
+    params(("type" = String, Path, pattern = "^[a-z][a-z0-9_]{0,39}$",
+             description = "1-40 lowercase letters, digits and `_`, starting with a letter")),
+    request_body = PutRecordType,
     responses((status = 200, body = RecordTypeView), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn put_record_type(
     State(state): State<AppState>,

@@ -297,8 +297,12 @@ async fn resume_tenant(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
-    /// Trimmed and lowercased.
-    #[schema(format = Email, max_length = 254, pattern = "^[^@\\s\\x00-\\x1f\\x7f-\\x9f]+@[^@.\\s\\x00-\\x1f\\x7f-\\x9f]+(\\.[^@.\\s\\x00-\\x1f\\x7f-\\x9f]+)+$")]
+    /// An email address, `name@example.com`: trimmed and lowercased. Only its shape is checked
+    /// (the pattern), so the schema does not claim `format: email`.
+    #[schema(
+        max_length = 254,
+        pattern = "^[^@\\s\\x00-\\x1f\\x7f-\\x9f]+@[^@.\\s\\x00-\\x1f\\x7f-\\x9f]+(\\.[^@.\\s\\x00-\\x1f\\x7f-\\x9f]+)+$"
+    )]
     pub email: String,
     #[schema(format = Password, min_length = 10, max_length = 256)]
     pub password: String,
@@ -348,8 +352,12 @@ async fn list_tenant_users(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateDeveloper {
-    /// Trimmed and lowercased.
-    #[schema(format = Email, max_length = 254, pattern = "^[^@\\s\\x00-\\x1f\\x7f-\\x9f]+@[^@.\\s\\x00-\\x1f\\x7f-\\x9f]+(\\.[^@.\\s\\x00-\\x1f\\x7f-\\x9f]+)+$")]
+    /// An email address, `name@example.com`: trimmed and lowercased. Only its shape is checked
+    /// (the pattern), so the schema does not claim `format: email`.
+    #[schema(
+        max_length = 254,
+        pattern = "^[^@\\s\\x00-\\x1f\\x7f-\\x9f]+@[^@.\\s\\x00-\\x1f\\x7f-\\x9f]+(\\.[^@.\\s\\x00-\\x1f\\x7f-\\x9f]+)+$"
+    )]
     email: String,
     #[schema(format = Password, min_length = 10, max_length = 256)]
     password: String,
