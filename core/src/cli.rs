@@ -153,6 +153,39 @@ struct ServeArgs {
     /// Longest delay of a login attempt past that ceiling, in seconds.
     #[arg(long, env = "STREAMFLOW_LOGIN_MAX_DELAY", default_value_t = 5)]
     login_max_delay: u64,
+    // --- HTTP hardening (issue 9: slow clients, connection cap, /metrics access) ---
+    /// Milliseconds a connection has to send a complete request head.
+    #[arg(long, env = "STREAMFLOW_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    header_timeout_ms: u64,
+    /// Milliseconds the whole request body may take to arrive (then 408).
+    #[arg(long, env = "STREAMFLOW_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    body_timeout_ms: u64,
+    /// Milliseconds a connection may stay open with no request in progress.
+    #[arg(long, env = "STREAMFLOW_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    idle_timeout_ms: u64,
+    /// Connections served at once; past it new connections wait to be accepted.
+    #[arg(long, env = "STREAMFLOW_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// Addresses (IPs or CIDRs, comma-separated) that may read /metrics without a token;
+    /// an empty value allows none.
+    #[arg(long, env = "STREAMFLOW_METRICS_ALLOW", default_value = "127.0.0.0/8,::1",
+          value_parser = networks)]
+    metrics_allow: Networks,
+    /// A bearer token that opens /metrics from any address.
+    #[arg(long, env = "STREAMFLOW_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
+}
+
+/// A comma-separated list of networks (`STREAMFLOW_METRICS_ALLOW`).
+#[derive(Clone, Debug)]
+struct Networks(Vec<ipnet::IpNet>);
+
+fn networks(text: &str) -> Result<Networks, String> {
+    text.split(',')
+        .filter(|t| !t.trim().is_empty())
+        .map(crate::config::parse_network)
+        .collect::<Result<_, _>>()
+        .map(Networks)
 }
 
 impl ServeArgs {
@@ -183,6 +216,12 @@ impl ServeArgs {
             session_max_age: std::time::Duration::from_secs(self.session_max_age),
             login_per_account_global_per_minute: self.login_per_account_global,
             login_max_delay: std::time::Duration::from_secs(self.login_max_delay),
+            header_timeout: std::time::Duration::from_millis(self.header_timeout_ms),
+            body_timeout: std::time::Duration::from_millis(self.body_timeout_ms),
+            idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms),
+            max_connections: self.max_connections,
+            metrics_allow: self.metrics_allow.0.clone(),
+            metrics_token: self.metrics_token.clone().filter(|t| !t.is_empty()),
             ..Config::default()
         }
     }

@@ -71,6 +71,41 @@ pub struct Config {
     /// The longest a login attempt is delayed past that ceiling
     /// (`STREAMFLOW_LOGIN_MAX_DELAY`, seconds, default 5).
     pub login_max_delay: Duration,
+    // --- HTTP hardening (issue 9: slow clients, connection cap, /metrics access) ---
+    /// Time a connection has to send a complete request head, counted from the connection's
+    /// start or from the first byte after an idle spell (`STREAMFLOW_HEADER_TIMEOUT_MS`,
+    /// default 10 s). Past it the connection is closed.
+    pub header_timeout: Duration,
+    /// Time the whole request body may take to arrive, counted from its head
+    /// (`STREAMFLOW_BODY_TIMEOUT_MS`, default 30 s). Past it: 408 and the connection closes.
+    pub body_timeout: Duration,
+    /// A connection with no request in progress is closed after this long
+    /// (`STREAMFLOW_IDLE_TIMEOUT_MS`, default 60 s).
+    pub idle_timeout: Duration,
+    /// Connections served at once (`STREAMFLOW_MAX_CONNECTIONS`, default 1024); past it new
+    /// ones wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// Peers allowed to read `/metrics` without a token: IPs or CIDRs
+    /// (`STREAMFLOW_METRICS_ALLOW`, comma-separated; default loopback only).
+    pub metrics_allow: Vec<ipnet::IpNet>,
+    /// A bearer token that opens `/metrics` from anywhere (`STREAMFLOW_METRICS_TOKEN`).
+    pub metrics_token: Option<String>,
+}
+
+/// The loopback networks: the default of `metrics_allow`.
+pub fn loopback_networks() -> Vec<ipnet::IpNet> {
+    vec![
+        "127.0.0.0/8".parse().expect("a valid network"),
+        "::1/128".parse().expect("a valid network"),
+    ]
+}
+
+/// Parses one entry of `STREAMFLOW_METRICS_ALLOW`: a CIDR (`10.0.0.0/8`) or a single address.
+pub fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("`{text}` is neither an IP address nor a CIDR network"))
 }
 
 impl Default for Config {
@@ -103,6 +138,12 @@ impl Default for Config {
             session_max_age: Duration::from_secs(30 * 24 * 3600),
             login_per_account_global_per_minute: 30,
             login_max_delay: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            metrics_allow: loopback_networks(),
+            metrics_token: None,
         }
     }
 }

@@ -166,6 +166,14 @@ impl TestServer {
         })
     }
 
+    /// Tells the server to stop, as SIGTERM does: it stops accepting and finishes what is in
+    /// flight.
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
     /// Sends a request with an optional bearer token and JSON body; returns status and JSON.
     pub async fn call(
         &self,

@@ -5,6 +5,7 @@ mod harness;
 mod auth;
 mod binary;
 mod dispatch;
+mod hardening;
 mod isolation;
 mod ops;
 mod plugins;

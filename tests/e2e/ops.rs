@@ -141,6 +141,18 @@ async fn openapi_describes_every_route() {
         "a route was added without a test of its description"
     );
     assert!(doc["components"]["securitySchemes"]["client_token"].is_object());
+    // The statuses the shared layers answer with, and the constraints the server enforces.
+    let login = &doc["paths"]["/api/auth/login"]["post"]["responses"];
+    for status in ["400", "401", "413", "415", "422", "429", "500"] {
+        assert!(
+            login[status].is_object(),
+            "login does not document {status}"
+        );
+    }
+    assert!(doc["paths"]["/api/me"]["get"]["responses"]["401"].is_object());
+    let tenant = &doc["components"]["schemas"]["CreateTenant"]["properties"];
+    assert_eq!(tenant["slug"]["maxLength"], 63);
+    assert!(tenant["slug"]["pattern"].is_string());
     // The client realm's routes name their security scheme.
     assert_eq!(
         doc["paths"]["/api/records/{type}"]["post"]["security"][0],

@@ -43,7 +43,17 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 struct ClientLogin {
     /// The tenant's slug.
+    #[schema(
+        min_length = 2,
+        max_length = 63,
+        pattern = "^[a-z0-9][a-z0-9-]*[a-z0-9]$"
+    )]
     tenant: String,
+    /// An email address, `name@example.com` (trimmed and lowercased).
+    #[schema(
+        max_length = 254,
+        pattern = "^[^@\\s\\x00-\\x1f\\x7f-\\x9f]+@[^@.\\s\\x00-\\x1f\\x7f-\\x9f]+(\\.[^@.\\s\\x00-\\x1f\\x7f-\\x9f]+)+$"
+    )]
     email: String,
     password: String,
 }
@@ -327,7 +337,9 @@ async fn create_user(
 struct UpdateUser {
     role: Option<Role>,
     /// `active` or `disabled`.
+    #[schema(pattern = "^(active|disabled)$")]
     status: Option<String>,
+    #[schema(format = Password, min_length = 10, max_length = 256)]
     password: Option<String>,
 }
 
@@ -437,6 +449,12 @@ struct ApiKeyList {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateApiKey {
+    /// Trimmed; not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: String,
     /// The role the key acts with; `member` if absent, never above the creator's.
     role: Option<Role>,
@@ -622,6 +640,12 @@ async fn get_record_type(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PutRecordType {
+    /// Trimmed; not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: String,
     /// A JSON Schema (draft 2020-12 unless `$schema` says otherwise) for records' `data`;
     /// null or absent accepts any object. Remote `$ref`s are refused.
@@ -632,7 +656,9 @@ struct PutRecordType {
 /// Define a record type or replace its name and schema (owners and admins). Later writes
 /// are validated against the new schema; existing records are left as they are.
 #[utoipa::path(put, path = "/record-types/{type}", tag = "client", security(("client_token" = [])),
-    params(("type" = String, Path)), request_body = PutRecordType,
+    params(("type" = String, Path, pattern = "^[a-z][a-z0-9_]{0,39}$",
+             description = "1-40 lowercase letters, digits and `_`, starting with a letter")),
+    request_body = PutRecordType,
     responses((status = 200, body = RecordTypeView), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn put_record_type(
     State(state): State<AppState>,

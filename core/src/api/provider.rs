@@ -157,7 +157,18 @@ struct TenantList {
 #[serde(deny_unknown_fields)]
 struct CreateTenant {
     /// Lowercase letters, digits and inner hyphens; what users type to log in.
+    #[schema(
+        min_length = 2,
+        max_length = 63,
+        pattern = "^[a-z0-9][a-z0-9-]*[a-z0-9]$"
+    )]
     slug: String,
+    /// Trimmed; not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: String,
     /// An industry template to apply at once (`"roofing"` or `{"id", "version"}`). If it
     /// cannot be applied, no tenant is created.
@@ -168,7 +179,8 @@ struct CreateTenant {
 /// template's, when one is given).
 #[utoipa::path(post, path = "/tenants", tag = "provider", security(("provider_token" = [])),
     request_body = CreateTenant,
-    responses((status = 201, body = TenantView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = TenantView), (status = 404, body = ErrorBody, description = "no such template (or version)"),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_tenant(
     State(state): State<AppState>,
     _: ProviderPrincipal,
@@ -291,7 +303,14 @@ async fn resume_tenant(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    /// An email address, `name@example.com`: trimmed and lowercased. Only its shape is checked
+    /// (the pattern), so the schema does not claim `format: email`.
+    #[schema(
+        max_length = 254,
+        pattern = "^[^@\\s\\x00-\\x1f\\x7f-\\x9f]+@[^@.\\s\\x00-\\x1f\\x7f-\\x9f]+(\\.[^@.\\s\\x00-\\x1f\\x7f-\\x9f]+)+$"
+    )]
     pub email: String,
+    #[schema(format = Password, min_length = 10, max_length = 256)]
     pub password: String,
     pub role: Role,
 }
@@ -330,8 +349,21 @@ async fn list_tenant_users(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateDeveloper {
+    /// An email address, `name@example.com`: trimmed and lowercased. Only its shape is checked
+    /// (the pattern), so the schema does not claim `format: email`.
+    #[schema(
+        max_length = 254,
+        pattern = "^[^@\\s\\x00-\\x1f\\x7f-\\x9f]+@[^@.\\s\\x00-\\x1f\\x7f-\\x9f]+(\\.[^@.\\s\\x00-\\x1f\\x7f-\\x9f]+)+$"
+    )]
     email: String,
+    #[schema(format = Password, min_length = 10, max_length = 256)]
     password: String,
+    /// Trimmed; not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: String,
 }
 

@@ -68,6 +68,9 @@ async fn list_templates(State(state): State<AppState>, _: ProviderPrincipal) -> 
 #[into_params(parameter_in = Query)]
 struct VersionQuery {
     /// A version; the newest when absent.
+    #[param(
+        pattern = "^(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)(-(0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)(\\.(0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*))*)?(\\+[0-9A-Za-z-]+(\\.[0-9A-Za-z-]+)*)?$"
+    )]
     version: Option<String>,
 }
 
@@ -133,6 +136,9 @@ pub struct ApplyTemplate {
     /// A template id such as `roofing`.
     pub id: String,
     /// A version; the newest when absent.
+    #[schema(
+        pattern = "^(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)(-(0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)(\\.(0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*))*)?(\\+[0-9A-Za-z-]+(\\.[0-9A-Za-z-]+)*)?$"
+    )]
     pub version: Option<String>,
 }
 

@@ -96,10 +96,14 @@ pub fn page<T>(
 /// Trims and lowercases an email address and checks its shape.
 pub fn email(raw: &str, path: &str) -> ApiResult<String> {
     let email = raw.trim().to_lowercase();
-    let shape_ok = email.len() <= 254
+    let shape_ok = email.chars().count() <= 254
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
         && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty() && domain.contains('.') && !domain.contains('@')
+            // A domain of two or more non-empty labels: `a@b.c`, not `a@b`, `a@.` or `a@b..c`.
+            !local.is_empty()
+                && !domain.contains('@')
+                && domain.split('.').count() >= 2
+                && domain.split('.').all(|label| !label.is_empty())
         });
     if shape_ok {
         Ok(email)
@@ -176,6 +180,11 @@ mod tests {
         assert!(email("no-at-sign", "/email").is_err());
         assert!(email("a@b", "/email").is_err());
         assert!(email("a b@c.d", "/email").is_err());
+        assert!(email("0@.", "/email").is_err());
+        assert!(email("a@b..c", "/email").is_err());
+        assert!(email("a@.b", "/email").is_err());
+        assert!(email("a@b.", "/email").is_err());
+        assert!(email("a@b.c.d", "/email").is_ok());
     }
 
     #[test]
