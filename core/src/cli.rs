@@ -131,6 +131,16 @@ struct ServeArgs {
     /// Log format: `text` or `json` (one JSON object per line).
     #[arg(long, env = "STREAMFLOW_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    // Plugin uploads and fairness (issue 9: uploads, plugin host).
+    /// Plugin versions one developer may publish per rolling hour.
+    #[arg(long, env = "STREAMFLOW_UPLOADS_PER_HOUR", default_value_t = 20)]
+    uploads_per_hour: u32,
+    /// MiB of plugin packages one developer may have stored (all versions together).
+    #[arg(long, env = "STREAMFLOW_DEVELOPER_STORAGE_MB", default_value_t = 256)]
+    developer_storage_mb: u64,
+    /// Plugin calls one tenant may run at once; 0: a quarter of the instances (at least 1).
+    #[arg(long, env = "STREAMFLOW_PLUGIN_TENANT_SHARE", default_value_t = 0)]
+    plugin_tenant_share: u32,
 }
 
 impl ServeArgs {
@@ -156,6 +166,9 @@ impl ServeArgs {
             bundled_plugins: self.bundled_plugins,
             dispatcher: self.dispatcher,
             templates_dir: self.templates_dir.clone(),
+            uploads_per_hour: self.uploads_per_hour,
+            developer_storage_bytes: self.developer_storage_mb.saturating_mul(1 << 20),
+            plugin_tenant_share: self.plugin_tenant_share,
             ..Config::default()
         }
     }

@@ -52,6 +52,26 @@ pub struct Config {
     /// Run this node's event dispatcher (`STREAMFLOW_DISPATCHER`, default on). Off makes
     /// an API-only node.
     pub dispatcher: bool,
+    // Plugin uploads and fairness (issue 9: uploads, plugin host).
+    /// Versions one developer may publish per rolling hour (`STREAMFLOW_UPLOADS_PER_HOUR`,
+    /// default 20).
+    pub uploads_per_hour: u32,
+    /// Bytes of packages one developer may have stored, all versions together
+    /// (`STREAMFLOW_DEVELOPER_STORAGE_MB`, default 256 MiB).
+    pub developer_storage_bytes: u64,
+    /// Plugin calls one tenant may run at once (`STREAMFLOW_PLUGIN_TENANT_SHARE`; 0, the
+    /// default, means a quarter of `plugin_instances`, at least 1).
+    pub plugin_tenant_share: u32,
+}
+
+impl Config {
+    /// The per-tenant share of plugin instances, with the default worked out.
+    pub fn plugin_tenant_share(&self) -> usize {
+        match self.plugin_tenant_share {
+            0 => (self.plugin_instances as usize / 4).max(1),
+            n => n as usize,
+        }
+    }
 }
 
 impl Default for Config {
@@ -79,6 +99,9 @@ impl Default for Config {
             bundled_plugins: true,
             templates_dir: None,
             dispatcher: true,
+            uploads_per_hour: 20,
+            developer_storage_bytes: 256 << 20,
+            plugin_tenant_share: 0,
         }
     }
 }

@@ -6,7 +6,8 @@ pub mod config;
 pub mod health;
 mod services;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
@@ -18,6 +19,7 @@ use uuid::Uuid;
 
 use crate::crypto::SecretBox;
 use crate::events::Origin;
+use crate::fair::FairPool;
 use crate::records::SchemaCache;
 use crate::store::cache::ExpiringMap;
 use crate::store::plugins::InstallationRow;
@@ -29,6 +31,10 @@ use health::HealthBook;
 /// How long compiling a plugin may take before the request that needed it gives up (the
 /// compilation itself finishes in the background and is cached).
 pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How often each node drops compiled code nobody uses, besides after every change on the
+/// node itself (so another node's rejections and uninstalls are caught up with too).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// An enabled installation of an approved version, ready to call.
 pub struct Active {
@@ -85,6 +91,10 @@ pub struct PluginHost {
     pub health: HealthBook,
     /// One compilation at a time: compiling is CPU-heavy and rare.
     compiling: tokio::sync::Semaphore,
+    /// Sandbox instances, shared fairly: one tenant runs at most its share at once.
+    instances: FairPool,
+    /// One sweep of unused compiled code at a time.
+    sweeping: tokio::sync::Mutex<()>,
 }
 
 impl PluginHost {
@@ -97,7 +107,6 @@ impl PluginHost {
         secrets: Arc<SecretBox>,
     ) -> Self {
         Self {
-            runtime,
             store,
             writer,
             schemas,
@@ -106,7 +115,87 @@ impl PluginHost {
             active: ExpiringMap::default(),
             health: HealthBook::default(),
             compiling: tokio::sync::Semaphore::new(1),
+            instances: FairPool::new(
+                runtime.config().instances as usize,
+                (runtime.config().instances as usize / 4).max(1),
+            ),
+            sweeping: tokio::sync::Mutex::new(()),
+            runtime,
         }
+    }
+
+    /// Lets one tenant run at most `share` plugin calls at once (of the runtime's
+    /// instances); a call past it fails `busy`, like one that finds no free instance.
+    pub fn with_tenant_share(mut self, share: usize) -> Self {
+        self.instances = FairPool::new(self.runtime.config().instances as usize, share);
+        self
+    }
+
+    /// The pool of sandbox instances plugin calls take a slot of, tenant by tenant.
+    pub fn instances(&self) -> &FairPool {
+        &self.instances
+    }
+
+    /// Where a version's compiled code is on this node: `in_memory` (ready to call),
+    /// `on_disk` (in the compiled cache) or `none` (never compiled here, or evicted).
+    pub fn compiled_state(&self, sha256: &str) -> &'static str {
+        if self.runtime.is_loaded(sha256) {
+            "in_memory"
+        } else if self.runtime.is_cached(sha256) {
+            "on_disk"
+        } else {
+            "none"
+        }
+    }
+
+    /// Forgets cached installations and drops compiled code no installation uses: from
+    /// memory, everything no enabled installation of an approved version runs; from the
+    /// disk cache, the versions that are not approved. Call after any change to versions
+    /// or installations; it is also run every [`SWEEP_INTERVAL`].
+    pub async fn changed(&self) {
+        self.forget();
+        if let Err(e) = self.sweep().await {
+            tracing::warn!(error = %e, "could not sweep unused compiled plugins");
+        }
+    }
+
+    async fn sweep(&self) -> StoreResult<()> {
+        let _one = self.sweeping.lock().await;
+        let (in_use, not_approved) = self.store.compiled_keep_sets().await?;
+        let in_use: HashSet<String> = in_use.into_iter().collect();
+        let not_approved: HashSet<String> = not_approved.into_iter().collect();
+        let runtime = self.runtime.clone();
+        let (memory, disk) = tokio::task::spawn_blocking(move || {
+            (
+                runtime.retain_loaded(&in_use),
+                runtime.prune_disk_cache(&not_approved),
+            )
+        })
+        .await
+        .unwrap_or_default();
+        if memory + disk > 0 {
+            tracing::info!(
+                from_memory = memory,
+                from_disk = disk,
+                "evicted compiled plugins no installation uses"
+            );
+        }
+        Ok(())
+    }
+
+    /// Sweeps every [`SWEEP_INTERVAL`] until the host is dropped.
+    pub fn start_sweeper(self: &Arc<Self>) {
+        let host: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                tick.tick().await;
+                let Some(host) = host.upgrade() else { return };
+                if let Err(e) = host.sweep().await {
+                    tracing::warn!(error = %e, "could not sweep unused compiled plugins");
+                }
+            }
+        });
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -262,7 +351,22 @@ impl PluginHost {
             .increment(1);
             return Err(CallError::circuit_open());
         }
-        // Compiled versions stay in memory: only the first call reads the package.
+        // The tenant's share of the instances: past it the call is busy, so one tenant
+        // cannot take every instance from the others.
+        let Some(_slot) = self.instances.try_acquire(active.tenant_id) else {
+            metrics::counter!("streamflow_plugin_calls_total", "plugin" => active.plugin_id.clone(),
+                "hook" => hook.as_str(), "outcome" => "busy")
+            .increment(1);
+            return Err(CallError {
+                kind: Failure::Busy.kind(),
+                message: format!(
+                    "could not start: this tenant already runs its share of plugin calls ({} at once); try again",
+                    self.instances.share()
+                ),
+            });
+        };
+        // Compiled versions stay in memory while installed: only the first call reads the
+        // package.
         let loaded = match self.runtime.loaded(&active.sha256) {
             Some(loaded) => Ok(loaded),
             None => self.load(&active.plugin_id, &active.version).await,
