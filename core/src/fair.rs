@@ -143,13 +143,17 @@ mod tests {
         let a1 = pool.try_acquire(a).expect("first slot");
         let _a2 = pool.try_acquire(a).expect("second slot");
         assert!(pool.try_acquire(a).is_none(), "past the share");
-        let _b1 = pool.try_acquire(b).expect("another tenant still gets a slot");
+        let _b1 = pool
+            .try_acquire(b)
+            .expect("another tenant still gets a slot");
         let _b2 = pool.try_acquire(b).expect("and its whole share");
         // The pool is full: nobody gets more, not even a tenant with nothing.
         assert!(pool.try_acquire(c).is_none(), "past the total");
         drop(a1);
         assert!(pool.try_acquire(b).is_none(), "b is still at its share");
-        let _c1 = pool.try_acquire(c).expect("a freed slot goes to whoever has room");
+        let _c1 = pool
+            .try_acquire(c)
+            .expect("a freed slot goes to whoever has room");
     }
 
     #[test]

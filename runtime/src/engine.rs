@@ -439,7 +439,8 @@ impl Runtime {
 
     fn compile(&self, bytes: &[u8], sha256: &str) -> Result<Component, Failure> {
         let started = Instant::now();
-        let result = Component::new(&self.engine, bytes).map_err(|e| Failure::Load(format!("{e:#}")));
+        let result =
+            Component::new(&self.engine, bytes).map_err(|e| Failure::Load(format!("{e:#}")));
         metrics::counter!("streamflow_plugin_compilations_total",
             "outcome" => if result.is_ok() { "ok" } else { "failed" })
         .increment(1);

@@ -513,7 +513,10 @@ fn repackaged(package: &[u8], id: &str, version: &str) -> Vec<u8> {
     let parsed = streamflow_runtime::Package::parse(package.to_vec()).unwrap();
     let json = serde_json::to_vec(&parsed.manifest).unwrap();
     let section = with_manifest_bytes(Vec::new(), &json);
-    assert!(package.ends_with(&section), "the manifest is the last section");
+    assert!(
+        package.ends_with(&section),
+        "the manifest is the last section"
+    );
     let bare = &package[..package.len() - section.len()];
     let mut manifest = parsed.manifest.clone();
     manifest.id = id.to_string();
@@ -562,11 +565,19 @@ async fn compile_lifecycle(backend: Backend) {
 
     // An upload is validated, not compiled: nothing in memory, nothing on disk.
     let (status, v1) = srv.publish(&dev, package.clone()).await;
-    assert_eq!((status, v1["compiled"].as_str()), (201, Some("none")), "{v1}");
+    assert_eq!(
+        (status, v1["compiled"].as_str()),
+        (201, Some("none")),
+        "{v1}"
+    );
     let (status, v2) = srv
         .publish(&dev, repackaged(&package, "lead-score-rules", "0.2.0"))
         .await;
-    assert_eq!((status, v2["compiled"].as_str()), (201, Some("none")), "{v2}");
+    assert_eq!(
+        (status, v2["compiled"].as_str()),
+        (201, Some("none")),
+        "{v2}"
+    );
     assert_eq!(cached_files(&dir), Vec::<String>::new());
     assert_eq!(srv.state.plugins.runtime().loaded_count(), 0);
 
@@ -585,7 +596,10 @@ async fn compile_lifecycle(backend: Backend) {
     assert_eq!(cached_files(&dir).len(), 1);
     assert_eq!(srv.state.plugins.runtime().loaded_count(), 0);
     let entry = registry_entry(&srv, &provider, "lead-score-rules", "0.2.0").await;
-    assert_eq!(entry["compiled"], "none", "a pending version is still not compiled");
+    assert_eq!(
+        entry["compiled"], "none",
+        "a pending version is still not compiled"
+    );
 
     // Installed, it is in memory.
     let install = |version: &'static str| {
@@ -717,12 +731,18 @@ async fn rate_limited(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 429);
-    let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=3600).contains(&retry), "{retry}");
     // Only this developer is limited.
     let other = srv.developer(&provider, "other@rate.test").await;
     assert_eq!(
-        srv.publish(&other, repackaged(&package, "other-scorer", "0.1.0")).await.0,
+        srv.publish(&other, repackaged(&package, "other-scorer", "0.1.0"))
+            .await
+            .0,
         201
     );
     let (_, mine) = srv.get("/developer/plugins", &dev).await;
@@ -760,7 +780,12 @@ async fn storage_limited(backend: Backend) {
         "{body}"
     );
     assert_eq!(body["error"]["details"]["used_bytes"], size, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("does not fit"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not fit")
+    );
     // A declared length that cannot fit is refused before the body is read.
     let (status, body) =
         crate::records::headers_only_post(&srv, "/developer/plugins", &dev, size as usize).await;
@@ -772,7 +797,9 @@ async fn storage_limited(backend: Backend) {
     // Rejected uploads are not stored, so they took nothing; another developer has their own.
     let other = srv.developer(&provider, "other@bytes.test").await;
     assert_eq!(
-        srv.publish(&other, repackaged(&package, "other-scorer", "0.1.0")).await.0,
+        srv.publish(&other, repackaged(&package, "other-scorer", "0.1.0"))
+            .await
+            .0,
         201
     );
 }
@@ -942,7 +969,8 @@ async fn one_tenant_cannot_take_every_plugin_instance() {
     srv.tenant(&provider, "modest").await;
     let greedy = srv.user(&provider, "greedy", "owner").await;
     let modest = srv.user(&provider, "modest", "owner").await;
-    srv.install_plugin(&provider, SCORER, "greedy", json!({})).await;
+    srv.install_plugin(&provider, SCORER, "greedy", json!({}))
+        .await;
     let (status, body) = put(
         &srv,
         "/provider/tenants/modest/plugins/lead-score-rules",
@@ -979,7 +1007,10 @@ async fn one_tenant_cannot_take_every_plugin_instance() {
     assert_eq!(lead["score"]["plugin"], "lead-score-rules", "{lead}");
     // Busy is the host's capacity, not the plugin's fault: its breaker stays closed.
     let (_, list) = srv.get("/provider/tenants/greedy/plugins", &provider).await;
-    assert_eq!(list["items"][0]["health"]["consecutive_failures"], 0, "{list}");
+    assert_eq!(
+        list["items"][0]["health"]["consecutive_failures"], 0,
+        "{list}"
+    );
     drop(held);
     let lead = srv.lead(&greedy, hot_lead()).await;
     assert_eq!(lead["score"]["plugin"], "lead-score-rules", "{lead}");

@@ -246,7 +246,10 @@ async fn publish(
         return Err(upload_rate_limited(quota, usage.retry_after_secs(now)));
     }
     if let Some(len) = declared
-        && usage.stored_bytes.saturating_add(len.min(i64::MAX as u64) as i64) > quota.max_bytes
+        && usage
+            .stored_bytes
+            .saturating_add(len.min(i64::MAX as u64) as i64)
+            > quota.max_bytes
     {
         return Err(storage_full(quota, usage.stored_bytes, len));
     }

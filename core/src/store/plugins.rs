@@ -37,10 +37,14 @@ pub enum Published {
     NotOwner,
     /// The developer published [`UploadQuota::per_hour`] versions in the last hour; the
     /// oldest of them leaves the window in this many seconds.
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        retry_after_secs: u64,
+    },
     /// The developer's stored packages and this one would exceed
     /// [`UploadQuota::max_bytes`]; `used` is what is stored now.
-    StorageFull { used: i64 },
+    StorageFull {
+        used: i64,
+    },
 }
 
 /// How much one developer may upload: versions per rolling hour, and bytes of packages
