@@ -614,34 +614,34 @@ async fn compile_lifecycle(backend: Backend) {
     let entry = registry_entry(&srv, &provider, "lead-score-rules", "0.1.0").await;
     assert_eq!(entry["compiled"], "in_memory", "{entry}");
 
-    // The last installation moves to 0.2.0: 0.1.0 leaves memory (and stays on disk, since
-    // it is approved), 0.2.0 comes in.
+    // 0.2.0 approved: compiled too; 0.1.0 stays in memory while it is installed.
     assert_eq!(approve("0.2.0").await.0, 200);
-    assert_eq!(install("=0.2.0").await.0, 200);
-    let old = registry_entry(&srv, &provider, "lead-score-rules", "0.1.0").await;
-    let new = registry_entry(&srv, &provider, "lead-score-rules", "0.2.0").await;
+    let (old, new) = (
+        registry_entry(&srv, &provider, "lead-score-rules", "0.1.0").await,
+        registry_entry(&srv, &provider, "lead-score-rules", "0.2.0").await,
+    );
     assert_eq!(
         (old["compiled"].as_str(), new["compiled"].as_str()),
-        (Some("on_disk"), Some("in_memory"))
+        (Some("in_memory"), Some("on_disk"))
     );
-    assert_eq!(srv.state.plugins.runtime().loaded_count(), 1);
     assert_eq!(cached_files(&dir).len(), 2);
 
-    // Rejecting a version deletes its compiled code, on disk too.
-    let (status, rejected) = srv
-        .post(
-            "/provider/plugins/lead-score-rules/versions/0.1.0/reject",
-            &provider,
-            json!({}),
-        )
-        .await;
-    assert_eq!(
-        (status, rejected["compiled"].as_str()),
-        (200, Some("none")),
-        "{rejected}"
+    // The last installation moves to 0.2.0: 0.1.0 is used by nobody and is not the newest
+    // approved version, so it leaves memory and disk; 0.2.0 comes in.
+    assert_eq!(install("=0.2.0").await.0, 200);
+    let (old, new) = (
+        registry_entry(&srv, &provider, "lead-score-rules", "0.1.0").await,
+        registry_entry(&srv, &provider, "lead-score-rules", "0.2.0").await,
     );
+    assert_eq!(
+        (old["compiled"].as_str(), new["compiled"].as_str()),
+        (Some("none"), Some("in_memory"))
+    );
+    assert_eq!(srv.state.plugins.runtime().loaded_count(), 1);
     assert_eq!(cached_files(&dir).len(), 1);
-    // Uninstalling the last user of 0.2.0 drops it from memory.
+
+    // Uninstalled, 0.2.0 leaves memory; as the newest approved version it stays on disk,
+    // ready for the next installation.
     assert_eq!(
         srv.delete("/provider/tenants/acme/plugins/lead-score-rules", &provider)
             .await
@@ -651,6 +651,21 @@ async fn compile_lifecycle(backend: Backend) {
     assert_eq!(srv.state.plugins.runtime().loaded_count(), 0);
     let entry = registry_entry(&srv, &provider, "lead-score-rules", "0.2.0").await;
     assert_eq!(entry["compiled"], "on_disk");
+
+    // Rejecting it deletes its compiled code from disk too.
+    let (status, rejected) = srv
+        .post(
+            "/provider/plugins/lead-score-rules/versions/0.2.0/reject",
+            &provider,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, rejected["compiled"].as_str()),
+        (200, Some("none")),
+        "{rejected}"
+    );
+    assert_eq!(cached_files(&dir), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -694,7 +709,7 @@ async fn a_version_that_does_not_compile_cannot_be_approved() {
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("cannot be approved"),
+            .contains("cannot be approved: it does not compile on this host"),
         "{body}"
     );
     let entry = registry_entry(&srv, &provider, "lead-score-rules", "0.1.0").await;

@@ -150,7 +150,8 @@ impl PluginHost {
 
     /// Forgets cached installations and drops compiled code no installation uses: from
     /// memory, everything no enabled installation of an approved version runs; from the
-    /// disk cache, the versions that are not approved. Call after any change to versions
+    /// disk cache, every version of the registry except those and each plugin's newest
+    /// approved version (what a new installation picks). Call after any change to versions
     /// or installations; it is also run every [`SWEEP_INTERVAL`].
     pub async fn changed(&self) {
         self.forget();
@@ -161,14 +162,14 @@ impl PluginHost {
 
     async fn sweep(&self) -> StoreResult<()> {
         let _one = self.sweeping.lock().await;
-        let (in_use, not_approved) = self.store.compiled_keep_sets().await?;
+        let (in_use, versions) = self.store.compiled_keep_sets().await?;
         let in_use: HashSet<String> = in_use.into_iter().collect();
-        let not_approved: HashSet<String> = not_approved.into_iter().collect();
+        let remove = disk_evictions(&in_use, &versions);
         let runtime = self.runtime.clone();
         let (memory, disk) = tokio::task::spawn_blocking(move || {
             (
                 runtime.retain_loaded(&in_use),
-                runtime.prune_disk_cache(&not_approved),
+                runtime.prune_disk_cache(&remove),
             )
         })
         .await
@@ -485,6 +486,39 @@ impl PluginHost {
     }
 }
 
+/// The hashes whose compiled code the disk cache drops: every version of the registry but
+/// those in use and each plugin's newest approved version. Hashes the registry does not
+/// know are not named, so their files are left alone.
+fn disk_evictions(
+    in_use: &HashSet<String>,
+    versions: &[crate::store::plugins::VersionHash],
+) -> HashSet<String> {
+    let mut newest: std::collections::HashMap<&str, (semver::Version, &str)> =
+        std::collections::HashMap::new();
+    for v in versions.iter().filter(|v| v.status == "approved") {
+        let Ok(parsed) = semver::Version::parse(&v.version) else {
+            continue;
+        };
+        match newest.get(v.plugin_id.as_str()) {
+            Some((best, _)) if *best >= parsed => {}
+            _ => {
+                newest.insert(&v.plugin_id, (parsed, &v.sha256));
+            }
+        }
+    }
+    let keep: HashSet<&str> = newest
+        .values()
+        .map(|(_, sha)| *sha)
+        .chain(in_use.iter().map(String::as_str))
+        .collect();
+    versions
+        .iter()
+        .map(|v| v.sha256.as_str())
+        .filter(|sha| !keep.contains(sha))
+        .map(str::to_string)
+        .collect()
+}
+
 fn score_json(score: &Score, scorer: &Active) -> Value {
     json!({
         "value": score.value,
@@ -551,4 +585,36 @@ fn requested(manifest: &Manifest) -> String {
         .map(|c| c.as_str())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::plugins::VersionHash;
+
+    fn v(id: &str, version: &str, status: &str) -> VersionHash {
+        VersionHash {
+            plugin_id: id.into(),
+            version: version.into(),
+            sha256: format!("{id}@{version}"),
+            status: status.into(),
+        }
+    }
+
+    #[test]
+    fn disk_keeps_what_runs_and_each_plugins_newest_approved_version() {
+        let versions = [
+            v("a", "0.1.0", "approved"),
+            v("a", "0.10.0", "approved"),
+            v("a", "0.2.0", "approved"),
+            v("a", "0.11.0", "pending"),
+            v("a", "0.12.0", "rejected"),
+            v("b", "1.0.0", "rejected"),
+            v("c", "1.0.0", "approved"),
+        ];
+        let in_use: HashSet<String> = ["a@0.1.0".to_string()].into();
+        let mut removed: Vec<String> = disk_evictions(&in_use, &versions).into_iter().collect();
+        removed.sort();
+        assert_eq!(removed, ["a@0.11.0", "a@0.12.0", "a@0.2.0", "b@1.0.0"]);
+    }
 }

@@ -83,6 +83,15 @@ impl UploadUsage {
     }
 }
 
+/// A version's identity, package hash and status (no package, no manifest).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct VersionHash {
+    pub plugin_id: String,
+    pub version: String,
+    pub sha256: String,
+    pub status: String,
+}
+
 /// A page of registry versions, in listing order (newest upload first).
 #[derive(Debug, Clone, Default)]
 pub struct VersionFilter {
@@ -281,10 +290,10 @@ impl Store {
     }
 
     /// Hashes of the packages some tenant's enabled installation runs (an approved
-    /// version), and of the versions that are not approved. A registry-wide question
-    /// (which compiled code to keep on this node); it reveals no tenant data.
-    pub async fn compiled_keep_sets(&self) -> StoreResult<(Vec<String>, Vec<String>)> {
-        let (in_use, not_approved) = on_pool!(self.pool(), pool => {
+    /// version), and every version's id, version, hash and status. A registry-wide
+    /// question (which compiled code to keep on this node); it reveals no tenant data.
+    pub async fn compiled_keep_sets(&self) -> StoreResult<(Vec<String>, Vec<VersionHash>)> {
+        let (in_use, versions) = on_pool!(self.pool(), pool => {
             let in_use: Vec<String> = sqlx::query_scalar(
                 "SELECT DISTINCT v.sha256 FROM plugin_installations i JOIN plugin_versions v \
                  ON v.plugin_id = i.plugin_id AND v.version = i.version \
@@ -292,15 +301,14 @@ impl Store {
             )
             .fetch_all(pool)
             .await?;
-            let not_approved: Vec<String> = sqlx::query_scalar(
-                "SELECT sha256 FROM plugin_versions WHERE status <> 'approved' \
-                 AND sha256 NOT IN (SELECT sha256 FROM plugin_versions WHERE status = 'approved')",
+            let versions: Vec<VersionHash> = sqlx::query_as(
+                "SELECT plugin_id, version, sha256, status FROM plugin_versions",
             )
             .fetch_all(pool)
             .await?;
-            (in_use, not_approved)
+            (in_use, versions)
         });
-        Ok((in_use, not_approved))
+        Ok((in_use, versions))
     }
 
     pub async fn get_version(
