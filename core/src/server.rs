@@ -55,7 +55,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         workflows.clone(),
         Arc::new(secrets),
     )
-    .with_tenant_share(config.plugin_tenant_share());
+    .with_tenant_share(config.plugin_tenant_share())
+    .with_uploads_per_hour(config.uploads_per_hour);
     if config.bundled_plugins {
         let added = crate::plugins::bundled::register(&store)
             .await

@@ -1031,3 +1031,32 @@ async fn one_tenant_cannot_take_every_plugin_instance() {
     assert_eq!(lead["score"]["plugin"], "lead-score-rules", "{lead}");
     assert_eq!(pool.active_tenants(), 0, "idle tenants leave no entry");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_uploads_count_against_the_attempts() {
+    // One version an hour: three attempts, whatever becomes of them.
+    let srv = TestServer::start_with(Backend::Sqlite, |c| c.uploads_per_hour = 1)
+        .await
+        .unwrap();
+    let provider = srv.provider_token().await;
+    let dev = srv.developer(&provider, "dev@flood.test").await;
+    for _ in 0..3 {
+        assert_eq!(srv.publish(&dev, b"not wasm".to_vec()).await.0, 422);
+    }
+    let (status, body) = srv.publish(&dev, plugin_package(SCORER)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("rate_limited")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("refused ones included"),
+        "{body}"
+    );
+    // Someone else is not held up.
+    let other = srv.developer(&provider, "other@flood.test").await;
+    assert_eq!(srv.publish(&other, plugin_package(SCORER)).await.0, 201);
+}

@@ -253,6 +253,18 @@ async fn publish(
     {
         return Err(storage_full(quota, usage.stored_bytes, len));
     }
+    // Attempts, refused ones included: each costs the package checks below.
+    if let Err(retry_after) = state.plugins.upload_attempt(principal.account.id) {
+        return Err(ApiError::too_many_requests(
+            format!(
+                "you sent {} plugin uploads in the last hour, refused ones included, the most this server takes; try again in {retry_after} s",
+                quota
+                    .per_hour
+                    .saturating_mul(crate::plugins::UPLOAD_ATTEMPTS_PER_UPLOAD as i64)
+            ),
+            retry_after,
+        ));
+    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

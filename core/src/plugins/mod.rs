@@ -95,7 +95,14 @@ pub struct PluginHost {
     instances: FairPool,
     /// One sweep of unused compiled code at a time.
     sweeping: tokio::sync::Mutex<()>,
+    /// Upload attempts per developer on this node, refused ones included (their checks
+    /// cost CPU too).
+    upload_attempts: governor::DefaultKeyedRateLimiter<Uuid>,
 }
+
+/// Upload attempts a developer may make per hour, as a multiple of the versions they may
+/// publish: room for fixing a refused package, not for flooding the checks.
+pub const UPLOAD_ATTEMPTS_PER_UPLOAD: u32 = 3;
 
 impl PluginHost {
     pub fn new(
@@ -120,8 +127,29 @@ impl PluginHost {
                 (runtime.config().instances as usize / 4).max(1),
             ),
             sweeping: tokio::sync::Mutex::new(()),
+            upload_attempts: upload_attempts_limiter(20),
             runtime,
         }
+    }
+
+    /// Sets how many versions a developer may publish per hour; this node lets them try
+    /// [`UPLOAD_ATTEMPTS_PER_UPLOAD`] times as many uploads.
+    pub fn with_uploads_per_hour(mut self, per_hour: u32) -> Self {
+        self.upload_attempts = upload_attempts_limiter(per_hour);
+        self
+    }
+
+    /// Counts an upload attempt by `developer`; `Err(seconds)` to wait when over the limit.
+    pub fn upload_attempt(&self, developer: Uuid) -> Result<(), u64> {
+        use governor::clock::{Clock, DefaultClock};
+        if self.upload_attempts.len() > 10_000 {
+            self.upload_attempts.retain_recent();
+        }
+        self.upload_attempts.check_key(&developer).map_err(|e| {
+            e.wait_time_from(DefaultClock::default().now())
+                .as_secs()
+                .max(1)
+        })
     }
 
     /// Lets one tenant run at most `share` plugin calls at once (of the runtime's
@@ -484,6 +512,12 @@ impl PluginHost {
             Err(e) => failed_outcome(&scorer, &e),
         }))
     }
+}
+
+fn upload_attempts_limiter(per_hour: u32) -> governor::DefaultKeyedRateLimiter<Uuid> {
+    let attempts = per_hour.saturating_mul(UPLOAD_ATTEMPTS_PER_UPLOAD).max(1);
+    let attempts = std::num::NonZeroU32::new(attempts).expect("at least 1");
+    governor::RateLimiter::keyed(governor::Quota::per_hour(attempts))
 }
 
 /// The hashes whose compiled code the disk cache drops: every version of the registry but
