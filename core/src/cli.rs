@@ -174,6 +174,16 @@ struct ServeArgs {
     /// A bearer token that opens /metrics from any address.
     #[arg(long, env = "STREAMFLOW_METRICS_TOKEN", hide_env_values = true)]
     metrics_token: Option<String>,
+    // Plugin uploads and fairness (issue 9: uploads, plugin host).
+    /// Plugin versions one developer may publish per rolling hour.
+    #[arg(long, env = "STREAMFLOW_UPLOADS_PER_HOUR", default_value_t = 20)]
+    uploads_per_hour: u32,
+    /// MiB of plugin packages one developer may have stored (all versions together).
+    #[arg(long, env = "STREAMFLOW_DEVELOPER_STORAGE_MB", default_value_t = 256)]
+    developer_storage_mb: u64,
+    /// Plugin calls one tenant may run at once; 0: a quarter of the instances (at least 1).
+    #[arg(long, env = "STREAMFLOW_PLUGIN_TENANT_SHARE", default_value_t = 0)]
+    plugin_tenant_share: u32,
 }
 
 /// A comma-separated list of networks (`STREAMFLOW_METRICS_ALLOW`).
@@ -222,6 +232,9 @@ impl ServeArgs {
             max_connections: self.max_connections,
             metrics_allow: self.metrics_allow.0.clone(),
             metrics_token: self.metrics_token.clone().filter(|t| !t.is_empty()),
+            uploads_per_hour: self.uploads_per_hour,
+            developer_storage_bytes: self.developer_storage_mb.saturating_mul(1 << 20),
+            plugin_tenant_share: self.plugin_tenant_share,
             ..Config::default()
         }
     }

@@ -90,6 +90,17 @@ pub struct Config {
     pub metrics_allow: Vec<ipnet::IpNet>,
     /// A bearer token that opens `/metrics` from anywhere (`STREAMFLOW_METRICS_TOKEN`).
     pub metrics_token: Option<String>,
+
+    // Plugin uploads and fairness (issue 9: uploads, plugin host).
+    /// Versions one developer may publish per rolling hour (`STREAMFLOW_UPLOADS_PER_HOUR`,
+    /// default 20).
+    pub uploads_per_hour: u32,
+    /// Bytes of packages one developer may have stored, all versions together
+    /// (`STREAMFLOW_DEVELOPER_STORAGE_MB`, default 256 MiB).
+    pub developer_storage_bytes: u64,
+    /// Plugin calls one tenant may run at once (`STREAMFLOW_PLUGIN_TENANT_SHARE`; 0, the
+    /// default, means a quarter of `plugin_instances`, at least 1).
+    pub plugin_tenant_share: u32,
 }
 
 /// The loopback networks: the default of `metrics_allow`.
@@ -106,6 +117,16 @@ pub fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
     text.parse::<ipnet::IpNet>()
         .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
         .map_err(|_| format!("`{text}` is neither an IP address nor a CIDR network"))
+}
+
+impl Config {
+    /// The per-tenant share of plugin instances, with the default worked out.
+    pub fn plugin_tenant_share(&self) -> usize {
+        match self.plugin_tenant_share {
+            0 => (self.plugin_instances as usize / 4).max(1),
+            n => n as usize,
+        }
+    }
 }
 
 impl Default for Config {
@@ -144,6 +165,9 @@ impl Default for Config {
             max_connections: 1024,
             metrics_allow: loopback_networks(),
             metrics_token: None,
+            uploads_per_hour: 20,
+            developer_storage_bytes: 256 << 20,
+            plugin_tenant_share: 0,
         }
     }
 }

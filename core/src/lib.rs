@@ -17,6 +17,7 @@ pub mod crypto;
 pub mod demo;
 pub mod error;
 pub mod events;
+pub mod fair;
 pub mod plugin_cli;
 pub mod plugins;
 pub mod records;

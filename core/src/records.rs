@@ -249,8 +249,8 @@ type CachedValidator = (Instant, i64, Option<Arc<jsonschema::Validator>>);
 /// [`CREDENTIAL_CACHE_TTL`], when the cached version is next confirmed.
 pub struct SchemaCache {
     validators: RwLock<HashMap<(Uuid, String), CachedValidator>>,
-    /// Validations allowed to run at once.
-    validation_slots: tokio::sync::Semaphore,
+    /// Validations allowed to run at once, shared fairly between tenants.
+    validation_slots: crate::fair::FairPool,
     /// Largest record `data`, in bytes of JSON.
     record_limit: usize,
 }
@@ -261,6 +261,9 @@ pub const DEFAULT_RECORD_LIMIT: usize = 256 * 1024;
 /// Concurrent validations: enough to keep both cores busy, few enough that a flood of
 /// expensive writes queues instead of piling up threads.
 const VALIDATION_SLOTS: usize = 4;
+/// Of which one tenant may hold at most this many, so a tenant flooding expensive writes
+/// queues behind itself and leaves the rest to the others.
+const VALIDATION_SLOTS_PER_TENANT: usize = 2;
 
 impl Default for SchemaCache {
     fn default() -> Self {
@@ -273,7 +276,10 @@ impl SchemaCache {
     pub fn new(record_limit: usize) -> Self {
         Self {
             validators: RwLock::default(),
-            validation_slots: tokio::sync::Semaphore::new(VALIDATION_SLOTS),
+            validation_slots: crate::fair::FairPool::new(
+                VALIDATION_SLOTS,
+                VALIDATION_SLOTS_PER_TENANT,
+            ),
             record_limit,
         }
     }
@@ -297,11 +303,7 @@ impl SchemaCache {
         };
         // Validation is CPU work whose cost depends on the tenant's schema and data: it runs
         // on the blocking pool, a few at a time, never on the threads that serve requests.
-        let _slot = self
-            .validation_slots
-            .acquire()
-            .await
-            .map_err(|_| ApiError::internal())?;
+        let _slot = self.validation_slots.acquire(scope.tenant_id()).await;
         let data = data.clone();
         let errors: Vec<FieldError> = tokio::task::spawn_blocking(move || {
             validator

@@ -76,7 +76,9 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         schemas.clone(),
         workflows.clone(),
         Arc::new(secrets),
-    );
+    )
+    .with_tenant_share(config.plugin_tenant_share())
+    .with_uploads_per_hour(config.uploads_per_hour);
     if config.bundled_plugins {
         let added = crate::plugins::bundled::register(&store)
             .await
@@ -85,9 +87,11 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
             tracing::info!(plugins = %added.join(", "), "bundled plugins registered and approved");
         }
     }
+    let plugins = Arc::new(plugins);
+    plugins.start_sweeper();
     Ok(AppState {
         writer,
-        plugins: Arc::new(plugins),
+        plugins,
         auth: Arc::new(auth),
         login_limiter: LoginLimiter::new(
             config.login_per_ip_per_minute,

@@ -1,7 +1,9 @@
 //! The sandbox: one wasmtime engine with the pooling allocator, compiled plugins cached in
 //! memory and on disk, and a fresh store per call with a deadline and memory and output caps.
+//! Nothing is compiled until the kernel asks ([`Runtime::load`]); the kernel evicts what no
+//! installation uses ([`Runtime::retain_loaded`], [`Runtime::prune_disk_cache`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -308,13 +310,95 @@ impl Runtime {
             pre,
             sha256: sha256.clone(),
         });
-        self.loaded.lock().unwrap().insert(sha256, loaded.clone());
+        let mut map = self.loaded.lock().unwrap();
+        map.insert(sha256, loaded.clone());
+        metrics::gauge!("streamflow_plugin_compiled_in_memory").set(map.len() as f64);
         Ok(loaded)
     }
 
     /// Whether a package is compiled and in memory.
     pub fn is_loaded(&self, sha256: &str) -> bool {
         self.loaded.lock().unwrap().contains_key(sha256)
+    }
+
+    /// Whether this node's disk cache holds the package compiled for this engine.
+    pub fn is_cached(&self, sha256: &str) -> bool {
+        self.cache_path(sha256).is_some_and(|p| p.exists())
+    }
+
+    /// How many compiled packages are in memory.
+    pub fn loaded_count(&self) -> usize {
+        self.loaded.lock().unwrap().len()
+    }
+
+    /// Drops from memory every compiled package whose hash `keep` does not name; returns
+    /// how many were dropped. Calls already running keep their copy until they finish.
+    pub fn retain_loaded(&self, keep: &HashSet<String>) -> usize {
+        let mut loaded = self.loaded.lock().unwrap();
+        let before = loaded.len();
+        loaded.retain(|sha, _| keep.contains(sha));
+        let evicted = before - loaded.len();
+        metrics::gauge!("streamflow_plugin_compiled_in_memory").set(loaded.len() as f64);
+        if evicted > 0 {
+            metrics::counter!("streamflow_plugin_evictions_total", "from" => "memory")
+                .increment(evicted as u64);
+        }
+        evicted
+    }
+
+    /// Deletes from the disk cache the compiled packages whose hash is in `remove`, and any
+    /// compiled by another engine configuration or version (they can never be loaded
+    /// again). Files the cache does not recognise are left alone. Returns how many were
+    /// deleted.
+    pub fn prune_disk_cache(&self, remove: &HashSet<String>) -> usize {
+        let Some(dir) = &self.config.cache_dir else {
+            return 0;
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        let engine_key = self.engine_key();
+        let mut deleted = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".cwasm")) else {
+                continue;
+            };
+            let Some((sha, key)) = stem.split_once('-') else {
+                continue;
+            };
+            if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                continue;
+            }
+            if remove.contains(sha) || key != engine_key {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => deleted += 1,
+                    Err(e) => {
+                        tracing::warn!(path = %entry.path().display(), error = %e, "could not delete a cached compiled plugin")
+                    }
+                }
+            }
+        }
+        if deleted > 0 {
+            metrics::counter!("streamflow_plugin_evictions_total", "from" => "disk")
+                .increment(deleted as u64);
+        }
+        deleted
+    }
+
+    /// The engine's compatibility hash, as the cache file names carry it.
+    fn engine_key(&self) -> String {
+        let mut hasher = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut hasher);
+        format!("{:016x}", std::hash::Hasher::finish(&hasher))
+    }
+
+    /// Where the disk cache keeps this package compiled, if there is a disk cache.
+    fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
+        // The name covers the engine's settings and version, so an upgrade or a changed
+        // setting never loads a stale artifact.
+        let dir = self.config.cache_dir.as_ref()?;
+        Some(dir.join(format!("{sha256}-{}.cwasm", self.engine_key())))
     }
 
     /// The compiled package with this hash, if it is in memory: what a call needs, without
@@ -324,16 +408,9 @@ impl Runtime {
     }
 
     fn compile_cached(&self, bytes: &[u8], sha256: &str) -> Result<Component, Failure> {
-        let Some(dir) = &self.config.cache_dir else {
-            return Component::new(&self.engine, bytes)
-                .map_err(|e| Failure::Load(format!("{e:#}")));
+        let Some(path) = self.cache_path(sha256) else {
+            return self.compile(bytes, sha256);
         };
-        // The cache key covers the engine's settings and version, so an upgrade or a
-        // changed setting never loads a stale artifact.
-        let mut hasher = std::hash::DefaultHasher::new();
-        std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut hasher);
-        let engine_key = std::hash::Hasher::finish(&hasher);
-        let path = dir.join(format!("{sha256}-{engine_key:016x}.cwasm"));
         if path.exists() {
             // SAFETY: the file was written by `Component::serialize` of this engine
             // configuration into a directory only the server writes; the name carries the
@@ -345,14 +422,7 @@ impl Runtime {
                 }
             }
         }
-        let started = Instant::now();
-        let component =
-            Component::new(&self.engine, bytes).map_err(|e| Failure::Load(format!("{e:#}")))?;
-        tracing::info!(
-            sha256,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "compiled plugin"
-        );
+        let component = self.compile(bytes, sha256)?;
         match component.serialize() {
             Ok(artifact) => {
                 let tmp = path.with_extension(format!("tmp{}", std::process::id()));
@@ -365,6 +435,22 @@ impl Runtime {
             Err(e) => tracing::warn!(error = %e, "could not serialise compiled plugin"),
         }
         Ok(component)
+    }
+
+    fn compile(&self, bytes: &[u8], sha256: &str) -> Result<Component, Failure> {
+        let started = Instant::now();
+        let result =
+            Component::new(&self.engine, bytes).map_err(|e| Failure::Load(format!("{e:#}")));
+        metrics::counter!("streamflow_plugin_compilations_total",
+            "outcome" => if result.is_ok() { "ok" } else { "failed" })
+        .increment(1);
+        tracing::info!(
+            sha256,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            ok = result.is_ok(),
+            "compiled plugin"
+        );
+        result
     }
 
     /// Run one hook in a fresh instance. Blocks the calling thread for at most about the

@@ -348,7 +348,11 @@ both_backends! {
     }
 }
 
-fn with_manifest(mut component: Vec<u8>, manifest: &Value) -> Vec<u8> {
+fn with_manifest(component: Vec<u8>, manifest: &Value) -> Vec<u8> {
+    with_manifest_bytes(component, &serde_json::to_vec(manifest).unwrap())
+}
+
+fn with_manifest_bytes(mut component: Vec<u8>, data: &[u8]) -> Vec<u8> {
     fn leb(out: &mut Vec<u8>, mut v: usize) {
         loop {
             let b = (v & 0x7f) as u8;
@@ -361,11 +365,10 @@ fn with_manifest(mut component: Vec<u8>, manifest: &Value) -> Vec<u8> {
         }
     }
     let name = b"streamflow-manifest";
-    let data = serde_json::to_vec(manifest).unwrap();
     let mut body = Vec::new();
     leb(&mut body, name.len());
     body.extend_from_slice(name);
-    body.extend_from_slice(&data);
+    body.extend_from_slice(data);
     component.push(0);
     leb(&mut component, body.len());
     component.extend_from_slice(&body);
@@ -499,4 +502,561 @@ fn cli_scaffolds_builds_and_inspects_a_plugin() {
     assert!(text.contains("hooks:         score-lead"), "{text}");
     let (ok, text) = run(&["plugin", "inspect", "acme-scorer/Cargo.toml"]);
     assert!(!ok && text.contains("not a usable package"), "{text}");
+}
+
+// ---- Uploads: validated on upload, compiled on approval, evicted when unused, limited per
+// developer; bundled ids reserved; lists paged; plugin instances shared fairly.
+
+/// `package` with its manifest's id and version replaced (the manifest is the package's
+/// last section, as `streamflow plugin build` appends it).
+fn repackaged(package: &[u8], id: &str, version: &str) -> Vec<u8> {
+    let parsed = streamflow_runtime::Package::parse(package.to_vec()).unwrap();
+    let json = serde_json::to_vec(&parsed.manifest).unwrap();
+    let section = with_manifest_bytes(Vec::new(), &json);
+    assert!(
+        package.ends_with(&section),
+        "the manifest is the last section"
+    );
+    let bare = &package[..package.len() - section.len()];
+    let mut manifest = parsed.manifest.clone();
+    manifest.id = id.to_string();
+    manifest.version = semver::Version::parse(version).unwrap();
+    streamflow_runtime::Package::assemble(&manifest, bare).unwrap()
+}
+
+fn cached_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("plugin-cache"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".cwasm"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The registry's view of one version, as the provider lists it.
+async fn registry_entry(srv: &TestServer, provider: &str, id: &str, version: &str) -> Value {
+    let (status, list) = srv.get("/provider/plugins?limit=200", provider).await;
+    assert_eq!(status, 200, "{list}");
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["id"] == id && v["version"] == version)
+        .cloned()
+        .unwrap_or_else(|| panic!("{id} {version} not listed: {list}"))
+}
+
+async fn compile_lifecycle(backend: Backend) {
+    // A data directory of its own, so the compiled cache holds only this test's code.
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_path_buf();
+    let Some(srv) = TestServer::start_with(backend, |c| c.data_dir = dir.clone()).await else {
+        return;
+    };
+    let provider = srv.provider_token().await;
+    srv.tenant(&provider, "acme").await;
+    let dev = srv.developer(&provider, "dev@lifecycle.test").await;
+    let package = plugin_package(SCORER);
+
+    // An upload is validated, not compiled: nothing in memory, nothing on disk.
+    let (status, v1) = srv.publish(&dev, package.clone()).await;
+    assert_eq!(
+        (status, v1["compiled"].as_str()),
+        (201, Some("none")),
+        "{v1}"
+    );
+    let (status, v2) = srv
+        .publish(&dev, repackaged(&package, "lead-score-rules", "0.2.0"))
+        .await;
+    assert_eq!(
+        (status, v2["compiled"].as_str()),
+        (201, Some("none")),
+        "{v2}"
+    );
+    assert_eq!(cached_files(&dir), Vec::<String>::new());
+    assert_eq!(srv.state.plugins.runtime().loaded_count(), 0);
+
+    // Approval compiles; with no installation the code stays on disk only.
+    let approve = |v: &'static str| {
+        let path = format!("/provider/plugins/lead-score-rules/versions/{v}/approve");
+        let (srv, provider) = (&srv, &provider);
+        async move { srv.post(&path, provider, json!({})).await }
+    };
+    let (status, approved) = approve("0.1.0").await;
+    assert_eq!(
+        (status, approved["compiled"].as_str()),
+        (200, Some("on_disk")),
+        "{approved}"
+    );
+    assert_eq!(cached_files(&dir).len(), 1);
+    assert_eq!(srv.state.plugins.runtime().loaded_count(), 0);
+    let entry = registry_entry(&srv, &provider, "lead-score-rules", "0.2.0").await;
+    assert_eq!(
+        entry["compiled"], "none",
+        "a pending version is still not compiled"
+    );
+
+    // Installed, it is in memory.
+    let install = |version: &'static str| {
+        put(
+            &srv,
+            "/provider/tenants/acme/plugins/lead-score-rules",
+            &provider,
+            json!({"version": version}),
+        )
+    };
+    assert_eq!(install("=0.1.0").await.0, 201);
+    let entry = registry_entry(&srv, &provider, "lead-score-rules", "0.1.0").await;
+    assert_eq!(entry["compiled"], "in_memory", "{entry}");
+
+    // 0.2.0 approved: compiled too; 0.1.0 stays in memory while it is installed.
+    assert_eq!(approve("0.2.0").await.0, 200);
+    let (old, new) = (
+        registry_entry(&srv, &provider, "lead-score-rules", "0.1.0").await,
+        registry_entry(&srv, &provider, "lead-score-rules", "0.2.0").await,
+    );
+    assert_eq!(
+        (old["compiled"].as_str(), new["compiled"].as_str()),
+        (Some("in_memory"), Some("on_disk"))
+    );
+    assert_eq!(cached_files(&dir).len(), 2);
+
+    // The last installation moves to 0.2.0: 0.1.0 is used by nobody and is not the newest
+    // approved version, so it leaves memory and disk; 0.2.0 comes in.
+    assert_eq!(install("=0.2.0").await.0, 200);
+    let (old, new) = (
+        registry_entry(&srv, &provider, "lead-score-rules", "0.1.0").await,
+        registry_entry(&srv, &provider, "lead-score-rules", "0.2.0").await,
+    );
+    assert_eq!(
+        (old["compiled"].as_str(), new["compiled"].as_str()),
+        (Some("none"), Some("in_memory"))
+    );
+    assert_eq!(srv.state.plugins.runtime().loaded_count(), 1);
+    assert_eq!(cached_files(&dir).len(), 1);
+
+    // Uninstalled, 0.2.0 leaves memory; as the newest approved version it stays on disk,
+    // ready for the next installation.
+    assert_eq!(
+        srv.delete("/provider/tenants/acme/plugins/lead-score-rules", &provider)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(srv.state.plugins.runtime().loaded_count(), 0);
+    let entry = registry_entry(&srv, &provider, "lead-score-rules", "0.2.0").await;
+    assert_eq!(entry["compiled"], "on_disk");
+
+    // Rejecting it deletes its compiled code from disk too.
+    let (status, rejected) = srv
+        .post(
+            "/provider/plugins/lead-score-rules/versions/0.2.0/reject",
+            &provider,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, rejected["compiled"].as_str()),
+        (200, Some("none")),
+        "{rejected}"
+    );
+    assert_eq!(cached_files(&dir), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_compile_on_approval_and_unused_code_is_evicted_sqlite() {
+    compile_lifecycle(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_compile_on_approval_and_unused_code_is_evicted_postgres() {
+    compile_lifecycle(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_does_not_compile_cannot_be_approved() {
+    // The scorer's memory needs more than 1 MiB, which this host's sandbox does not allow:
+    // the package is valid, but the host cannot load it.
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_path_buf();
+    let srv = TestServer::start_with(Backend::Sqlite, |c| {
+        c.data_dir = dir.clone();
+        c.plugin_max_limits.memory_mb = 1;
+    })
+    .await
+    .unwrap();
+    let provider = srv.provider_token().await;
+    let dev = srv.developer(&provider, "dev@nocompile.test").await;
+    assert_eq!(srv.publish(&dev, plugin_package(SCORER)).await.0, 201);
+    let (status, body) = srv
+        .post(
+            "/provider/plugins/lead-score-rules/versions/0.1.0/approve",
+            &provider,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("plugin_does_not_compile")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be approved: it does not compile on this host"),
+        "{body}"
+    );
+    let entry = registry_entry(&srv, &provider, "lead-score-rules", "0.1.0").await;
+    assert_eq!(entry["status"], "pending", "the version stays as it was");
+    assert_eq!(cached_files(&dir), Vec::<String>::new());
+}
+
+async fn rate_limited(backend: Backend) {
+    let Some(srv) = TestServer::start_with(backend, |c| c.uploads_per_hour = 2).await else {
+        return;
+    };
+    let provider = srv.provider_token().await;
+    let dev = srv.developer(&provider, "dev@rate.test").await;
+    let package = plugin_package(SCORER);
+    // Four at once: the quota holds under concurrency, exactly two get in.
+    let uploads = (1..=4).map(|i| {
+        let body = repackaged(&package, "lead-score-rules", &format!("0.{i}.0"));
+        srv.publish(&dev, body)
+    });
+    let results = futures_util::future::join_all(uploads).await;
+    let mut statuses: Vec<u16> = results.iter().map(|(s, _)| *s).collect();
+    statuses.sort();
+    assert_eq!(statuses, vec![201, 201, 429, 429], "{results:?}");
+    let refused = results.iter().find(|(s, _)| *s == 429).unwrap();
+    assert_eq!(refused.1["error"]["code"], "rate_limited", "{}", refused.1);
+    // The answer says when to come back, in the header too.
+    let resp = srv
+        .http
+        .post(format!("{}/developer/plugins", srv.base))
+        .bearer_auth(&dev)
+        .header("content-type", "application/octet-stream")
+        .body(repackaged(&package, "lead-score-rules", "0.9.0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3600).contains(&retry), "{retry}");
+    // Only this developer is limited.
+    let other = srv.developer(&provider, "other@rate.test").await;
+    assert_eq!(
+        srv.publish(&other, repackaged(&package, "other-scorer", "0.1.0"))
+            .await
+            .0,
+        201
+    );
+    let (_, mine) = srv.get("/developer/plugins", &dev).await;
+    assert_eq!(mine["items"].as_array().unwrap().len(), 2, "{mine}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_rate_is_limited_per_developer_sqlite() {
+    rate_limited(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_rate_is_limited_per_developer_postgres() {
+    rate_limited(Backend::Postgres).await;
+}
+
+async fn storage_limited(backend: Backend) {
+    let package = plugin_package(SCORER);
+    let size = package.len() as u64;
+    // Room for one and a half packages.
+    let Some(srv) =
+        TestServer::start_with(backend, |c| c.developer_storage_bytes = size * 3 / 2).await
+    else {
+        return;
+    };
+    let provider = srv.provider_token().await;
+    let dev = srv.developer(&provider, "dev@bytes.test").await;
+    assert_eq!(srv.publish(&dev, package.clone()).await.0, 201);
+    let (status, body) = srv
+        .publish(&dev, repackaged(&package, "lead-score-rules", "0.2.0"))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("storage_quota_exceeded")),
+        "{body}"
+    );
+    assert_eq!(body["error"]["details"]["used_bytes"], size, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not fit")
+    );
+    // A declared length that cannot fit is refused before the body is read.
+    let (status, body) =
+        crate::records::headers_only_post(&srv, "/developer/plugins", &dev, size as usize).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("storage_quota_exceeded")),
+        "{body}"
+    );
+    // Rejected uploads are not stored, so they took nothing; another developer has their own.
+    let other = srv.developer(&provider, "other@bytes.test").await;
+    assert_eq!(
+        srv.publish(&other, repackaged(&package, "other-scorer", "0.1.0"))
+            .await
+            .0,
+        201
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn developer_storage_is_limited_sqlite() {
+    storage_limited(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn developer_storage_is_limited_postgres() {
+    storage_limited(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundled_plugin_ids_are_reserved() {
+    let srv = TestServer::start_with(Backend::Sqlite, |c| c.bundled_plugins = true)
+        .await
+        .unwrap();
+    let provider = srv.provider_token().await;
+    let dev = srv.developer(&provider, "dev@squatter.test").await;
+    let package = plugin_package(SCORER);
+    let (status, body) = srv.publish(&dev, package.clone()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("plugin_id_reserved")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("lead-score-rules is reserved"),
+        "{body}"
+    );
+    // Every bundled id, not only this one; other ids are free.
+    let (status, body) = srv
+        .publish(&dev, repackaged(&package, "job-scheduler", "9.0.0"))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        srv.publish(&dev, repackaged(&package, "my-own-scorer", "0.1.0"))
+            .await
+            .0,
+        201
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_never_install_a_developers_plugin_under_a_bundled_id() {
+    // A database from before the ids were reserved: a developer took lead-score-rules.
+    let old = TestServer::start(Backend::Sqlite).await;
+    let provider = old.provider_token().await;
+    let dev = old.developer(&provider, "dev@early.test").await;
+    assert_eq!(old.publish(&dev, plugin_package(SCORER)).await.0, 201);
+    let url = old.state.config.database_url.clone();
+    // The same database served with the bundled plugins: the server starts (the developer
+    // keeps the id), but no template resolves it to their plugin.
+    let srv = TestServer::start_with(Backend::Sqlite, |c| {
+        c.database_url = url.clone();
+        c.bundled_plugins = true;
+    })
+    .await
+    .unwrap();
+    let provider = srv.provider_token().await;
+    // Approved by the provider, even: still not the first-party plugin.
+    let (status, approved) = srv
+        .post(
+            "/provider/plugins/lead-score-rules/versions/0.1.0/approve",
+            &provider,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{approved}");
+    srv.tenant(&provider, "summit").await;
+    let (status, body) = srv
+        .post(
+            "/provider/tenants/summit/template",
+            &provider,
+            json!({"id": "roofing"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("template_invalid")),
+        "{body}"
+    );
+    let text = body.to_string();
+    assert!(
+        text.contains("lead-score-rules") && text.contains("not available here"),
+        "{text}"
+    );
+    let (_, installed) = srv.get("/provider/tenants/summit/plugins", &provider).await;
+    assert_eq!(installed["items"], json!([]), "nothing was installed");
+}
+
+async fn pages(srv: &TestServer, first: &str, token: &str) -> Vec<Vec<Value>> {
+    let mut out = Vec::new();
+    let mut path = first.to_string();
+    loop {
+        let (status, page) = srv.get(&path, token).await;
+        assert_eq!(status, 200, "{path}: {page}");
+        out.push(page["items"].as_array().unwrap().clone());
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("{first}&cursor={cursor}"),
+            None => return out,
+        }
+        assert!(out.len() < 20, "paging does not end");
+    }
+}
+
+both_backends! {
+    async fn registry_and_installation_lists_are_paged(srv) {
+        let provider = srv.provider_token().await;
+        let dev = srv.developer(&provider, "dev@pages.test").await;
+        let package = plugin_package(SCORER);
+        for i in 0..5 {
+            let (status, body) = srv
+                .publish(&dev, repackaged(&package, "paged-scorer", &format!("0.{i}.0")))
+                .await;
+            assert_eq!(status, 201, "{body}");
+        }
+        // The developer's list: newest first, two at a time, every version once.
+        let got = pages(&srv, "/developer/plugins?limit=2", &dev).await;
+        assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2, 1]);
+        let versions: Vec<String> = got.concat().iter()
+            .map(|v| v["version"].as_str().unwrap().to_string()).collect();
+        assert_eq!(versions, ["0.4.0", "0.3.0", "0.2.0", "0.1.0", "0.0.0"]);
+        // The provider's, filtered by status, pages the same way.
+        assert_eq!(srv.post("/provider/plugins/paged-scorer/versions/0.2.0/reject", &provider, json!({})).await.0, 200);
+        let got = pages(&srv, "/provider/plugins?status=pending&limit=3", &provider).await;
+        assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 1]);
+        assert!(got.concat().iter().all(|v| v["status"] == "pending" && v["version"] != "0.2.0"));
+        let (_, all) = srv.get("/provider/plugins", &provider).await;
+        assert_eq!((all["items"].as_array().unwrap().len(), &all["next_cursor"]), (5, &Value::Null));
+        // Bad parameters are named.
+        for bad in ["limit=0", "limit=201", "limit=x", "status=bogus"] {
+            let (status, body) = srv.get(&format!("/provider/plugins?{bad}"), &provider).await;
+            assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_parameter")), "{bad}: {body}");
+        }
+        for bad in ["nope", "AAAA", "W1tdXQ"] {
+            let (status, body) = srv.get(&format!("/developer/plugins?cursor={bad}"), &dev).await;
+            assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_cursor")), "{bad}: {body}");
+        }
+
+        // A tenant's installations, by id.
+        srv.tenant(&provider, "paged").await;
+        let owner = srv.user(&provider, "paged", "owner").await;
+        for crate_dir in ["plugins/lead-followup", "plugins/job-scheduler"] {
+            srv.install_plugin(&provider, crate_dir, "paged", json!({})).await;
+        }
+        for (first, token) in [("/provider/tenants/paged/plugins?limit=1", &provider), ("/api/plugins?limit=1", &owner)] {
+            let got = pages(&srv, first, token).await;
+            let ids: Vec<&str> = got.iter().flatten().map(|i| i["plugin_id"].as_str().unwrap()).collect();
+            assert_eq!(ids, ["job-scheduler", "lead-followup"], "{first}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenant_cannot_take_every_plugin_instance() {
+    let srv = TestServer::start_with(Backend::Sqlite, |c| c.plugin_tenant_share = 2)
+        .await
+        .unwrap();
+    let provider = srv.provider_token().await;
+    srv.tenant(&provider, "greedy").await;
+    srv.tenant(&provider, "modest").await;
+    let greedy = srv.user(&provider, "greedy", "owner").await;
+    let modest = srv.user(&provider, "modest", "owner").await;
+    srv.install_plugin(&provider, SCORER, "greedy", json!({}))
+        .await;
+    let (status, body) = put(
+        &srv,
+        "/provider/tenants/modest/plugins/lead-score-rules",
+        &provider,
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+
+    // The greedy tenant runs as many plugin calls as its share allows...
+    let pool = srv.state.plugins.instances();
+    assert_eq!(pool.share(), 2);
+    let greedy_id = srv
+        .state
+        .store
+        .tenant_by_slug("greedy")
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let held: Vec<_> = (0..2)
+        .map(|_| pool.try_acquire(greedy_id).expect("within the share"))
+        .collect();
+    // ...so its next call is busy (the lead is saved, unscored), while the other tenant's
+    // calls still run.
+    let lead = srv.lead(&greedy, hot_lead()).await;
+    assert!(lead["score"].is_null(), "{lead}");
+    assert!(
+        event_kinds(&srv, lead["id"].as_str().unwrap())
+            .await
+            .contains(&"plugin.failed".to_string())
+    );
+    let lead = srv.lead(&modest, hot_lead()).await;
+    assert_eq!(lead["score"]["plugin"], "lead-score-rules", "{lead}");
+    // Busy is the host's capacity, not the plugin's fault: its breaker stays closed.
+    let (_, list) = srv.get("/provider/tenants/greedy/plugins", &provider).await;
+    assert_eq!(
+        list["items"][0]["health"]["consecutive_failures"], 0,
+        "{list}"
+    );
+    drop(held);
+    let lead = srv.lead(&greedy, hot_lead()).await;
+    assert_eq!(lead["score"]["plugin"], "lead-score-rules", "{lead}");
+    assert_eq!(pool.active_tenants(), 0, "idle tenants leave no entry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_uploads_count_against_the_attempts() {
+    // One version an hour: three attempts, whatever becomes of them.
+    let srv = TestServer::start_with(Backend::Sqlite, |c| c.uploads_per_hour = 1)
+        .await
+        .unwrap();
+    let provider = srv.provider_token().await;
+    let dev = srv.developer(&provider, "dev@flood.test").await;
+    for _ in 0..3 {
+        assert_eq!(srv.publish(&dev, b"not wasm".to_vec()).await.0, 422);
+    }
+    let (status, body) = srv.publish(&dev, plugin_package(SCORER)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("rate_limited")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("refused ones included"),
+        "{body}"
+    );
+    // Someone else is not held up.
+    let other = srv.developer(&provider, "other@flood.test").await;
+    assert_eq!(srv.publish(&other, plugin_package(SCORER)).await.0, 201);
 }

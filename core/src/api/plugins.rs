@@ -9,6 +9,8 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use streamflow_runtime::{Call, Hook, Limits, Manifest, Package, Reply};
@@ -20,10 +22,13 @@ use super::{AppState, JsonBody};
 use crate::auth::extract::{ClientPrincipal, DeveloperPrincipal, ProviderPrincipal};
 use crate::error::{ApiError, ApiResult, ErrorBody, FieldError};
 use crate::plugins::health::HealthView;
-use crate::plugins::{CallError, check_grants, config};
+use crate::plugins::{CallError, PluginHost, check_grants, config};
 use crate::records::compile_schema;
 use crate::store::TenantScope;
-use crate::store::plugins::{AuditRow, InstallationRow, NewVersion, Published, VersionRow};
+use crate::store::plugins::{
+    AuditRow, InstallationRow, NewVersion, Published, UPLOAD_WINDOW_MICROS, UploadQuota,
+    VersionFilter, VersionRow,
+};
 use crate::tenancy::Permission;
 
 pub fn developer_router() -> OpenApiRouter<AppState> {
@@ -71,6 +76,10 @@ struct VersionView {
     size: i64,
     /// `pending`, `approved` or `rejected`.
     status: String,
+    /// Where this node holds the version compiled: `none` (uploads are only validated;
+    /// compiling happens on approval or first use, and unused code is evicted), `on_disk`
+    /// or `in_memory`.
+    compiled: &'static str,
     uploaded_at: String,
     reviewed_at: Option<String>,
 }
@@ -82,7 +91,7 @@ fn manifest_of(row: &VersionRow) -> ApiResult<Manifest> {
     })
 }
 
-fn version_view(row: &VersionRow) -> ApiResult<VersionView> {
+fn version_view(plugins: &PluginHost, row: &VersionRow) -> ApiResult<VersionView> {
     let m = manifest_of(row)?;
     Ok(VersionView {
         id: row.plugin_id.clone(),
@@ -104,6 +113,7 @@ fn version_view(row: &VersionRow) -> ApiResult<VersionView> {
         sha256: row.sha256.clone(),
         size: row.size,
         status: row.status.clone(),
+        compiled: plugins.compiled_state(&row.sha256),
         uploaded_at: crate::store::format_micros(row.uploaded_at),
         reviewed_at: row.reviewed_at.map(crate::store::format_micros),
     })
@@ -112,14 +122,100 @@ fn version_view(row: &VersionRow) -> ApiResult<VersionView> {
 #[derive(Serialize, utoipa::ToSchema)]
 struct VersionList {
     items: Vec<VersionView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// Paging of the registry and installation lists, like record lists.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct PageQuery {
+    /// Page size, 1-200 (default 50).
+    limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 200;
+
+fn bad_parameter(parameter: &str, message: &str) -> ApiError {
+    ApiError::bad_request("invalid_parameter", format!("{parameter}: {message}"))
+        .with_details(json!({ "parameter": parameter }))
+}
+
+fn invalid_cursor() -> ApiError {
+    ApiError::bad_request("invalid_cursor", "cursor is not one this server returned")
+        .with_details(json!({ "parameter": "cursor" }))
+}
+
+impl PageQuery {
+    fn limit(&self) -> ApiResult<i64> {
+        match self.limit.as_deref().filter(|s| !s.is_empty()) {
+            None => Ok(DEFAULT_LIMIT),
+            Some(text) => text
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+                .ok_or_else(|| bad_parameter("limit", "must be a whole number from 1 to 200")),
+        }
+    }
+
+    /// The cursor's payload, decoded as JSON.
+    fn cursor<T: serde::de::DeserializeOwned>(&self) -> ApiResult<Option<T>> {
+        let Some(text) = self.cursor.as_deref().filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        URL_SAFE_NO_PAD
+            .decode(text)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .map(Some)
+            .ok_or_else(invalid_cursor)
+    }
+}
+
+fn encode_page_cursor(value: &impl Serialize) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).expect("a cursor serialises"))
+}
+
+/// One page of versions: fetches one row more than asked to tell whether a next page
+/// exists.
+async fn version_page(
+    state: &AppState,
+    mut filter: VersionFilter,
+    page: &PageQuery,
+) -> ApiResult<VersionList> {
+    let limit = page.limit()?;
+    filter.after = page.cursor::<(i64, String, String)>()?;
+    let mut rows = state.store.list_versions(&filter, limit + 1).await?;
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last()
+            .map(|r| encode_page_cursor(&(r.uploaded_at, &r.plugin_id, &r.version)))
+    } else {
+        None
+    };
+    Ok(VersionList {
+        items: rows
+            .iter()
+            .map(|r| version_view(&state.plugins, r))
+            .collect::<ApiResult<_>>()?,
+        next_cursor,
+    })
 }
 
 /// Publish a plugin version: the body is the package file `streamflow plugin build` wrote.
-/// The first developer to publish an id owns it. Versions are immutable and start pending.
+/// The first developer to publish an id owns it; the ids of the plugins bundled with the
+/// server are reserved (403). Versions are immutable and start pending. The package is
+/// validated (component and manifest) but not compiled: that happens on approval. Each
+/// developer may publish a limited number of versions per hour (429 with `Retry-After`)
+/// and store a limited number of bytes of packages in all (413 `storage_quota_exceeded`).
 #[utoipa::path(post, path = "/plugins", tag = "developer", security(("developer_token" = [])),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 201, body = VersionView), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
-              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 429, body = ErrorBody)))]
 async fn publish(
     State(state): State<AppState>,
     principal: DeveloperPrincipal,
@@ -134,6 +230,40 @@ async fn publish(
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
+    }
+    // The developer's quota, checked before the body is read (and again, atomically, when
+    // the version is stored).
+    let quota = UploadQuota {
+        per_hour: state.config.uploads_per_hour as i64,
+        max_bytes: state.config.developer_storage_bytes.min(i64::MAX as u64) as i64,
+    };
+    let now = crate::store::now_micros();
+    let usage = state
+        .store
+        .upload_usage(principal.account.id, now - UPLOAD_WINDOW_MICROS)
+        .await?;
+    if usage.recent >= quota.per_hour {
+        return Err(upload_rate_limited(quota, usage.retry_after_secs(now)));
+    }
+    if let Some(len) = declared
+        && usage
+            .stored_bytes
+            .saturating_add(len.min(i64::MAX as u64) as i64)
+            > quota.max_bytes
+    {
+        return Err(storage_full(quota, usage.stored_bytes, len));
+    }
+    // Attempts, refused ones included: each costs the package checks below.
+    if let Err(retry_after) = state.plugins.upload_attempt(principal.account.id) {
+        return Err(ApiError::too_many_requests(
+            format!(
+                "you sent {} plugin uploads in the last hour, refused ones included, the most this server takes; try again in {retry_after} s",
+                quota
+                    .per_hour
+                    .saturating_mul(crate::plugins::UPLOAD_ATTEMPTS_PER_UPLOAD as i64)
+            ),
+            retry_after,
+        ));
     }
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -169,6 +299,16 @@ async fn publish(
             ApiError::validation(e.0.into_iter().map(|m| FieldError::new("", m)).collect())
         })?;
     let manifest = &package.manifest;
+    if state.config.bundled_plugins && crate::plugins::bundled::is_reserved(&manifest.id) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "plugin_id_reserved",
+            format!(
+                "the plugin id {} is reserved: a first-party plugin bundled with the server has it; choose another id",
+                manifest.id
+            ),
+        ));
+    }
     if let Some(schema) = manifest.config.as_ref().and_then(|c| c.schema.as_ref()) {
         compile_schema(schema).map_err(|e| {
             ApiError::field(
@@ -193,6 +333,7 @@ async fn publish(
                 package: &package.bytes,
                 sha256: &package.sha256,
             },
+            quota,
         )
         .await?;
     let row = match published {
@@ -212,33 +353,59 @@ async fn publish(
                 manifest.id
             )));
         }
+        Published::RateLimited { retry_after_secs } => {
+            return Err(upload_rate_limited(quota, retry_after_secs));
+        }
+        Published::StorageFull { used } => {
+            return Err(storage_full(quota, used, package.bytes.len() as u64));
+        }
     };
     tracing::info!(plugin = %row.plugin_id, version = %row.version, sha256 = %row.sha256, "plugin version published");
-    // Compile now, in the background, so the first call after approval does not wait.
-    let plugins = state.plugins.clone();
-    let (id, v) = (row.plugin_id.clone(), row.version.clone());
-    tokio::spawn(async move {
-        if let Err(e) = plugins.load(&id, &v).await {
-            tracing::warn!(plugin = %id, version = %v, error = %e.message, "published plugin does not compile");
-        }
-    });
-    Ok((StatusCode::CREATED, Json(version_view(&row)?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(version_view(&state.plugins, &row)?),
+    ))
 }
 
-/// Your published versions.
+fn upload_rate_limited(quota: UploadQuota, retry_after: u64) -> ApiError {
+    ApiError::too_many_requests(
+        format!(
+            "you published {} plugin versions in the last hour, the most allowed; try again in {retry_after} s",
+            quota.per_hour
+        ),
+        retry_after,
+    )
+}
+
+fn storage_full(quota: UploadQuota, used: i64, package: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "storage_quota_exceeded",
+        format!(
+            "your stored plugin packages take {used} bytes of the {} allowed per developer; this package ({package} bytes) does not fit",
+            quota.max_bytes
+        ),
+    )
+    .with_details(json!({
+        "used_bytes": used,
+        "limit_bytes": quota.max_bytes,
+        "package_bytes": package,
+    }))
+}
+
+/// Your published versions, newest first, a page at a time.
 #[utoipa::path(get, path = "/plugins", tag = "developer", security(("developer_token" = [])),
-    responses((status = 200, body = VersionList)))]
+    params(PageQuery), responses((status = 200, body = VersionList), (status = 400, body = ErrorBody)))]
 async fn list_own(
     State(state): State<AppState>,
     principal: DeveloperPrincipal,
+    Query(page): Query<PageQuery>,
 ) -> ApiResult<Json<VersionList>> {
-    let rows = state
-        .store
-        .list_versions(Some(principal.account.id))
-        .await?;
-    Ok(Json(VersionList {
-        items: rows.iter().map(version_view).collect::<ApiResult<_>>()?,
-    }))
+    let filter = VersionFilter {
+        developer: Some(principal.account.id),
+        ..VersionFilter::default()
+    };
+    Ok(Json(version_page(&state, filter, &page).await?))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -246,28 +413,38 @@ async fn list_own(
 struct RegistryQuery {
     /// Only versions with this status: pending, approved or rejected.
     status: Option<String>,
+    /// Page size, 1-200 (default 50).
+    limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
 }
 
-/// Every published version, newest first.
+/// Every published version, newest first, a page at a time.
 #[utoipa::path(get, path = "/plugins", tag = "provider", security(("provider_token" = [])),
-    params(RegistryQuery), responses((status = 200, body = VersionList)))]
+    params(RegistryQuery), responses((status = 200, body = VersionList), (status = 400, body = ErrorBody)))]
 async fn list_registry(
     State(state): State<AppState>,
     _: ProviderPrincipal,
     Query(query): Query<RegistryQuery>,
 ) -> ApiResult<Json<VersionList>> {
-    let rows = state.store.list_versions(None).await?;
-    let items = rows
-        .iter()
-        .filter(|r| {
-            query
-                .status
-                .as_deref()
-                .is_none_or(|s| s.is_empty() || r.status == s)
-        })
-        .map(version_view)
-        .collect::<ApiResult<_>>()?;
-    Ok(Json(VersionList { items }))
+    let status = query.status.filter(|s| !s.is_empty());
+    if let Some(s) = &status
+        && !["pending", "approved", "rejected"].contains(&s.as_str())
+    {
+        return Err(bad_parameter(
+            "status",
+            "must be pending, approved or rejected",
+        ));
+    }
+    let filter = VersionFilter {
+        status,
+        ..VersionFilter::default()
+    };
+    let page = PageQuery {
+        limit: query.limit,
+        cursor: query.cursor,
+    };
+    Ok(Json(version_page(&state, filter, &page).await?))
 }
 
 async fn review(
@@ -282,20 +459,39 @@ async fn review(
         .review_version(id, version, status, None, principal.account.id)
         .await?
         .ok_or_else(|| ApiError::not_found("plugin version"))?;
-    state.plugins.forget();
+    // A rejected version's compiled code goes (memory and disk); an approved one stays on
+    // disk, and in memory only while an installation runs it.
+    state.plugins.changed().await;
     tracing::info!(plugin = %id, version, status, "plugin version reviewed");
-    Ok(Json(version_view(&row)?))
+    Ok(Json(version_view(&state.plugins, &row)?))
 }
 
-/// Approve a version: tenants may then install it.
+/// Approve a version: tenants may then install it. The version is compiled here (uploads
+/// are only validated); one that does not compile on this host is refused with the
+/// compiler's error (422 `plugin_does_not_compile`) and stays as it was.
 #[utoipa::path(post, path = "/plugins/{id}/versions/{version}/approve", tag = "provider", security(("provider_token" = [])),
     params(("id" = String, Path), ("version" = String, Path)),
-    responses((status = 200, body = VersionView), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = VersionView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn approve(
     State(state): State<AppState>,
     principal: ProviderPrincipal,
     Path((id, version)): Path<(String, String)>,
 ) -> ApiResult<Json<VersionView>> {
+    if state.store.get_version(&id, &version).await?.is_none() {
+        return Err(ApiError::not_found("plugin version"));
+    }
+    if let Err(e) = state.plugins.load(&id, &version).await {
+        tracing::warn!(plugin = %id, version, error = %e.message, "plugin version refused approval: it does not compile");
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "plugin_does_not_compile",
+            format!(
+                "{id} {version} cannot be approved: it does not compile on this host: {}",
+                e.message
+            ),
+        )
+        .with_details(json!({ "kind": e.kind })));
+    }
     review(&state, &principal, &id, &version, "approved").await
 }
 
@@ -343,6 +539,34 @@ struct InstallationView {
 #[derive(Serialize, utoipa::ToSchema)]
 struct InstallationList {
     items: Vec<InstallationView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// One page of a tenant's installations, by plugin id.
+async fn installation_page(
+    state: &AppState,
+    scope: &TenantScope,
+    page: &PageQuery,
+    with_health: bool,
+) -> ApiResult<InstallationList> {
+    let limit = page.limit()?;
+    let after = page.cursor::<String>()?;
+    let mut rows = state
+        .store
+        .list_installations_page(scope, after.as_deref(), limit + 1)
+        .await?;
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| encode_page_cursor(&r.plugin_id))
+    } else {
+        None
+    };
+    let mut items = Vec::with_capacity(rows.len());
+    for row in &rows {
+        items.push(installation_view(state, row, with_health).await?);
+    }
+    Ok(InstallationList { items, next_cursor })
 }
 
 async fn installation_view(
@@ -569,28 +793,25 @@ async fn configure(
             .seal_secrets(scope.tenant_id(), &version.plugin_id, &prepared.secrets);
     let row = make_row(prepared.public, sealed);
     let stored = state.store.put_installation(scope, &row).await?;
-    state.plugins.forget();
+    // The version it left, if nobody else runs it, is dropped from memory.
+    state.plugins.changed().await;
     Ok(stored)
 }
 
-/// A tenant's installations, with their health on this node.
+/// A tenant's installations by plugin id, a page at a time, with their health on this
+/// node.
 #[utoipa::path(get, path = "/tenants/{slug}/plugins", tag = "provider", security(("provider_token" = [])),
-    params(("slug" = String, Path)), responses((status = 200, body = InstallationList), (status = 404, body = ErrorBody)))]
+    params(("slug" = String, Path), PageQuery),
+    responses((status = 200, body = InstallationList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn list_installed(
     State(state): State<AppState>,
     _: ProviderPrincipal,
     Path(slug): Path<String>,
+    Query(page): Query<PageQuery>,
 ) -> ApiResult<Json<InstallationList>> {
     let tenant = tenant(&state, &slug).await?;
-    let rows = state
-        .store
-        .list_installations(&TenantScope::new(tenant.id))
-        .await?;
-    let mut items = Vec::with_capacity(rows.len());
-    for row in &rows {
-        items.push(installation_view(&state, row, true).await?);
-    }
-    Ok(Json(InstallationList { items }))
+    let scope = TenantScope::new(tenant.id);
+    Ok(Json(installation_page(&state, &scope, &page, true).await?))
 }
 
 /// Uninstall a plugin from a tenant. Its stored kv data is kept for a reinstall.
@@ -610,7 +831,7 @@ async fn uninstall(
     {
         return Err(ApiError::not_found("installation"));
     }
-    state.plugins.forget();
+    state.plugins.changed().await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -680,20 +901,18 @@ async fn audit(
     }))
 }
 
-/// The plugins installed for your business.
+/// The plugins installed for your business, by id, a page at a time.
 #[utoipa::path(get, path = "/plugins", tag = "plugins", security(("client_token" = [])),
-    responses((status = 200, body = InstallationList)))]
+    params(PageQuery), responses((status = 200, body = InstallationList), (status = 400, body = ErrorBody)))]
 async fn client_list(
     State(state): State<AppState>,
     principal: ClientPrincipal,
+    Query(page): Query<PageQuery>,
 ) -> ApiResult<Json<InstallationList>> {
     principal.require(Permission::RecordsRead)?;
-    let rows = state.store.list_installations(&principal.scope).await?;
-    let mut items = Vec::with_capacity(rows.len());
-    for row in &rows {
-        items.push(installation_view(&state, row, false).await?);
-    }
-    Ok(Json(InstallationList { items }))
+    Ok(Json(
+        installation_page(&state, &principal.scope, &page, false).await?,
+    ))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -3,16 +3,22 @@
 //! like any other version: a newer binary brings newer versions, which tenants upgrade to by
 //! their semver requirement; nothing is replaced in place. `STREAMFLOW_BUNDLED_PLUGINS=0`
 //! leaves the registry alone.
+//!
+//! While they are registered, their ids are reserved: developers cannot publish under them
+//! ([`is_reserved`]), and templates resolve them only to the first-party account's
+//! versions ([`versions_for_templates`]), even in a database where a developer took one
+//! of the ids before it was reserved (the server logs an error for each such id).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
 
 use anyhow::Context;
 use streamflow_runtime::{Manifest, Package};
 use uuid::Uuid;
 
-use crate::store::Store;
 use crate::store::accounts::AccountKind;
-use crate::store::plugins::{NewVersion, Published};
+use crate::store::plugins::{NewVersion, Published, UploadQuota, VersionRow};
+use crate::store::{Store, StoreResult};
 
 /// The developer account that owns the bundled plugins. Nobody can sign in to it: its
 /// password is random and never stored anywhere but as a hash.
@@ -62,6 +68,46 @@ pub fn manifests() -> anyhow::Result<HashMap<String, Manifest>> {
         .collect()
 }
 
+/// The ids of the bundled plugins.
+pub fn ids() -> &'static HashSet<String> {
+    static IDS: OnceLock<HashSet<String>> = OnceLock::new();
+    IDS.get_or_init(|| {
+        all()
+            .iter()
+            .filter_map(|p| match p.manifest() {
+                Ok(m) => Some(m.id),
+                Err(e) => {
+                    tracing::error!(error = %e, "a bundled plugin's manifest does not parse");
+                    None
+                }
+            })
+            .collect()
+    })
+}
+
+/// Whether `id` is a bundled plugin's, which no developer may publish under.
+pub fn is_reserved(id: &str) -> bool {
+    ids().contains(id)
+}
+
+/// The approved versions of `id` a template may install: for a bundled id (while the
+/// bundled plugins are registered), only the first-party account's.
+pub async fn versions_for_templates(
+    store: &Store,
+    bundled_registered: bool,
+    id: &str,
+) -> StoreResult<Vec<VersionRow>> {
+    let mut versions = store.approved_versions(id).await?;
+    if bundled_registered && is_reserved(id) {
+        let first_party = store
+            .account_by_email(AccountKind::Developer, FIRST_PARTY_EMAIL)
+            .await?
+            .map(|a| a.id);
+        versions.retain(|v| Some(v.uploaded_by) == first_party);
+    }
+    Ok(versions)
+}
+
 /// Publishes and approves every bundled plugin version the registry lacks. Returns the
 /// `id@version`s it added.
 pub async fn register(store: &Store) -> anyhow::Result<Vec<String>> {
@@ -83,6 +129,7 @@ pub async fn register(store: &Store) -> anyhow::Result<Vec<String>> {
                     package: &package.bytes,
                     sha256: &package.sha256,
                 },
+                UploadQuota::UNLIMITED,
             )
             .await?;
         match published {
@@ -99,10 +146,17 @@ pub async fn register(store: &Store) -> anyhow::Result<Vec<String>> {
                 added.push(format!("{}@{version}", manifest.id));
             }
             Published::Exists => {}
-            Published::NotOwner => tracing::warn!(
+            // Only a database from before the ids were reserved: the developer keeps the
+            // id (their tenants' installations go on), but templates never install it.
+            Published::NotOwner => tracing::error!(
                 plugin = %manifest.id,
-                "a developer account already owns this plugin id; the bundled plugin is not registered"
+                "a developer account owns this bundled plugin's id (taken before bundled ids were reserved); \
+                 the bundled plugin is not registered and templates naming it are refused until the provider \
+                 resolves it"
             ),
+            Published::RateLimited { .. } | Published::StorageFull { .. } => {
+                unreachable!("the first-party account has no quota")
+            }
         }
     }
     Ok(added)

@@ -6,7 +6,8 @@ pub mod config;
 pub mod health;
 mod services;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
@@ -18,6 +19,7 @@ use uuid::Uuid;
 
 use crate::crypto::SecretBox;
 use crate::events::Origin;
+use crate::fair::FairPool;
 use crate::records::SchemaCache;
 use crate::store::cache::ExpiringMap;
 use crate::store::plugins::InstallationRow;
@@ -29,6 +31,10 @@ use health::HealthBook;
 /// How long compiling a plugin may take before the request that needed it gives up (the
 /// compilation itself finishes in the background and is cached).
 pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How often each node drops compiled code nobody uses, besides after every change on the
+/// node itself (so another node's rejections and uninstalls are caught up with too).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// An enabled installation of an approved version, ready to call.
 pub struct Active {
@@ -85,7 +91,18 @@ pub struct PluginHost {
     pub health: HealthBook,
     /// One compilation at a time: compiling is CPU-heavy and rare.
     compiling: tokio::sync::Semaphore,
+    /// Sandbox instances, shared fairly: one tenant runs at most its share at once.
+    instances: FairPool,
+    /// One sweep of unused compiled code at a time.
+    sweeping: tokio::sync::Mutex<()>,
+    /// Upload attempts per developer on this node, refused ones included (their checks
+    /// cost CPU too).
+    upload_attempts: governor::DefaultKeyedRateLimiter<Uuid>,
 }
+
+/// Upload attempts a developer may make per hour, as a multiple of the versions they may
+/// publish: room for fixing a refused package, not for flooding the checks.
+pub const UPLOAD_ATTEMPTS_PER_UPLOAD: u32 = 3;
 
 impl PluginHost {
     pub fn new(
@@ -97,7 +114,6 @@ impl PluginHost {
         secrets: Arc<SecretBox>,
     ) -> Self {
         Self {
-            runtime,
             store,
             writer,
             schemas,
@@ -106,7 +122,109 @@ impl PluginHost {
             active: ExpiringMap::default(),
             health: HealthBook::default(),
             compiling: tokio::sync::Semaphore::new(1),
+            instances: FairPool::new(
+                runtime.config().instances as usize,
+                (runtime.config().instances as usize / 4).max(1),
+            ),
+            sweeping: tokio::sync::Mutex::new(()),
+            upload_attempts: upload_attempts_limiter(20),
+            runtime,
         }
+    }
+
+    /// Sets how many versions a developer may publish per hour; this node lets them try
+    /// [`UPLOAD_ATTEMPTS_PER_UPLOAD`] times as many uploads.
+    pub fn with_uploads_per_hour(mut self, per_hour: u32) -> Self {
+        self.upload_attempts = upload_attempts_limiter(per_hour);
+        self
+    }
+
+    /// Counts an upload attempt by `developer`; `Err(seconds)` to wait when over the limit.
+    pub fn upload_attempt(&self, developer: Uuid) -> Result<(), u64> {
+        use governor::clock::{Clock, DefaultClock};
+        if self.upload_attempts.len() > 10_000 {
+            self.upload_attempts.retain_recent();
+        }
+        self.upload_attempts.check_key(&developer).map_err(|e| {
+            e.wait_time_from(DefaultClock::default().now())
+                .as_secs()
+                .max(1)
+        })
+    }
+
+    /// Lets one tenant run at most `share` plugin calls at once (of the runtime's
+    /// instances); a call past it fails `busy`, like one that finds no free instance.
+    pub fn with_tenant_share(mut self, share: usize) -> Self {
+        self.instances = FairPool::new(self.runtime.config().instances as usize, share);
+        self
+    }
+
+    /// The pool of sandbox instances plugin calls take a slot of, tenant by tenant.
+    pub fn instances(&self) -> &FairPool {
+        &self.instances
+    }
+
+    /// Where a version's compiled code is on this node: `in_memory` (ready to call),
+    /// `on_disk` (in the compiled cache) or `none` (never compiled here, or evicted).
+    pub fn compiled_state(&self, sha256: &str) -> &'static str {
+        if self.runtime.is_loaded(sha256) {
+            "in_memory"
+        } else if self.runtime.is_cached(sha256) {
+            "on_disk"
+        } else {
+            "none"
+        }
+    }
+
+    /// Forgets cached installations and drops compiled code no installation uses: from
+    /// memory, everything no enabled installation of an approved version runs; from the
+    /// disk cache, every version of the registry except those and each plugin's newest
+    /// approved version (what a new installation picks). Call after any change to versions
+    /// or installations; it is also run every [`SWEEP_INTERVAL`].
+    pub async fn changed(&self) {
+        self.forget();
+        if let Err(e) = self.sweep().await {
+            tracing::warn!(error = %e, "could not sweep unused compiled plugins");
+        }
+    }
+
+    async fn sweep(&self) -> StoreResult<()> {
+        let _one = self.sweeping.lock().await;
+        let (in_use, versions) = self.store.compiled_keep_sets().await?;
+        let in_use: HashSet<String> = in_use.into_iter().collect();
+        let remove = disk_evictions(&in_use, &versions);
+        let runtime = self.runtime.clone();
+        let (memory, disk) = tokio::task::spawn_blocking(move || {
+            (
+                runtime.retain_loaded(&in_use),
+                runtime.prune_disk_cache(&remove),
+            )
+        })
+        .await
+        .unwrap_or_default();
+        if memory + disk > 0 {
+            tracing::info!(
+                from_memory = memory,
+                from_disk = disk,
+                "evicted compiled plugins no installation uses"
+            );
+        }
+        Ok(())
+    }
+
+    /// Sweeps every [`SWEEP_INTERVAL`] until the host is dropped.
+    pub fn start_sweeper(self: &Arc<Self>) {
+        let host: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                tick.tick().await;
+                let Some(host) = host.upgrade() else { return };
+                if let Err(e) = host.sweep().await {
+                    tracing::warn!(error = %e, "could not sweep unused compiled plugins");
+                }
+            }
+        });
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -262,7 +380,22 @@ impl PluginHost {
             .increment(1);
             return Err(CallError::circuit_open());
         }
-        // Compiled versions stay in memory: only the first call reads the package.
+        // The tenant's share of the instances: past it the call is busy, so one tenant
+        // cannot take every instance from the others.
+        let Some(_slot) = self.instances.try_acquire(active.tenant_id) else {
+            metrics::counter!("streamflow_plugin_calls_total", "plugin" => active.plugin_id.clone(),
+                "hook" => hook.as_str(), "outcome" => "busy")
+            .increment(1);
+            return Err(CallError {
+                kind: Failure::Busy.kind(),
+                message: format!(
+                    "could not start: this tenant already runs its share of plugin calls ({} at once); try again",
+                    self.instances.share()
+                ),
+            });
+        };
+        // Compiled versions stay in memory while installed: only the first call reads the
+        // package.
         let loaded = match self.runtime.loaded(&active.sha256) {
             Some(loaded) => Ok(loaded),
             None => self.load(&active.plugin_id, &active.version).await,
@@ -381,6 +514,45 @@ impl PluginHost {
     }
 }
 
+fn upload_attempts_limiter(per_hour: u32) -> governor::DefaultKeyedRateLimiter<Uuid> {
+    let attempts = per_hour.saturating_mul(UPLOAD_ATTEMPTS_PER_UPLOAD).max(1);
+    let attempts = std::num::NonZeroU32::new(attempts).expect("at least 1");
+    governor::RateLimiter::keyed(governor::Quota::per_hour(attempts))
+}
+
+/// The hashes whose compiled code the disk cache drops: every version of the registry but
+/// those in use and each plugin's newest approved version. Hashes the registry does not
+/// know are not named, so their files are left alone.
+fn disk_evictions(
+    in_use: &HashSet<String>,
+    versions: &[crate::store::plugins::VersionHash],
+) -> HashSet<String> {
+    let mut newest: std::collections::HashMap<&str, (semver::Version, &str)> =
+        std::collections::HashMap::new();
+    for v in versions.iter().filter(|v| v.status == "approved") {
+        let Ok(parsed) = semver::Version::parse(&v.version) else {
+            continue;
+        };
+        match newest.get(v.plugin_id.as_str()) {
+            Some((best, _)) if *best >= parsed => {}
+            _ => {
+                newest.insert(&v.plugin_id, (parsed, &v.sha256));
+            }
+        }
+    }
+    let keep: HashSet<&str> = newest
+        .values()
+        .map(|(_, sha)| *sha)
+        .chain(in_use.iter().map(String::as_str))
+        .collect();
+    versions
+        .iter()
+        .map(|v| v.sha256.as_str())
+        .filter(|sha| !keep.contains(sha))
+        .map(str::to_string)
+        .collect()
+}
+
 fn score_json(score: &Score, scorer: &Active) -> Value {
     json!({
         "value": score.value,
@@ -447,4 +619,36 @@ fn requested(manifest: &Manifest) -> String {
         .map(|c| c.as_str())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::plugins::VersionHash;
+
+    fn v(id: &str, version: &str, status: &str) -> VersionHash {
+        VersionHash {
+            plugin_id: id.into(),
+            version: version.into(),
+            sha256: format!("{id}@{version}"),
+            status: status.into(),
+        }
+    }
+
+    #[test]
+    fn disk_keeps_what_runs_and_each_plugins_newest_approved_version() {
+        let versions = [
+            v("a", "0.1.0", "approved"),
+            v("a", "0.10.0", "approved"),
+            v("a", "0.2.0", "approved"),
+            v("a", "0.11.0", "pending"),
+            v("a", "0.12.0", "rejected"),
+            v("b", "1.0.0", "rejected"),
+            v("c", "1.0.0", "approved"),
+        ];
+        let in_use: HashSet<String> = ["a@0.1.0".to_string()].into();
+        let mut removed: Vec<String> = disk_evictions(&in_use, &versions).into_iter().collect();
+        removed.sort();
+        assert_eq!(removed, ["a@0.11.0", "a@0.12.0", "a@0.2.0", "b@1.0.0"]);
+    }
 }

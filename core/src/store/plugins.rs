@@ -35,6 +35,72 @@ pub enum Published {
     Exists,
     /// Another developer owns the id.
     NotOwner,
+    /// The developer published [`UploadQuota::per_hour`] versions in the last hour; the
+    /// oldest of them leaves the window in this many seconds.
+    RateLimited {
+        retry_after_secs: u64,
+    },
+    /// The developer's stored packages and this one would exceed
+    /// [`UploadQuota::max_bytes`]; `used` is what is stored now.
+    StorageFull {
+        used: i64,
+    },
+}
+
+/// How much one developer may upload: versions per rolling hour, and bytes of packages
+/// stored in all (every version they published, whatever its status).
+#[derive(Debug, Clone, Copy)]
+pub struct UploadQuota {
+    pub per_hour: i64,
+    pub max_bytes: i64,
+}
+
+impl UploadQuota {
+    /// For the first-party plugins bundled with the server.
+    pub const UNLIMITED: UploadQuota = UploadQuota {
+        per_hour: i64::MAX,
+        max_bytes: i64::MAX,
+    };
+}
+
+/// A developer's uploads: versions published since a time, the oldest of them, and the
+/// bytes of all their stored packages.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UploadUsage {
+    pub recent: i64,
+    pub oldest_recent: Option<i64>,
+    pub stored_bytes: i64,
+}
+
+/// The rolling window of [`UploadQuota::per_hour`], in microseconds.
+pub const UPLOAD_WINDOW_MICROS: i64 = 3_600 * 1_000_000;
+
+impl UploadUsage {
+    /// Seconds until the oldest upload in the window leaves it (at least 1).
+    pub fn retry_after_secs(&self, now: i64) -> u64 {
+        let leaves = self.oldest_recent.unwrap_or(now) + UPLOAD_WINDOW_MICROS;
+        ((leaves - now).max(0) as u64).div_ceil(1_000_000).max(1)
+    }
+}
+
+/// A version's identity, package hash and status (no package, no manifest).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct VersionHash {
+    pub plugin_id: String,
+    pub version: String,
+    pub sha256: String,
+    pub status: String,
+}
+
+/// A page of registry versions, in listing order (newest upload first).
+#[derive(Debug, Clone, Default)]
+pub struct VersionFilter {
+    /// Only this developer's versions.
+    pub developer: Option<Uuid>,
+    /// Only versions with this status.
+    pub status: Option<String>,
+    /// After this `(uploaded_at, plugin_id, version)`.
+    pub after: Option<(i64, String, String)>,
 }
 
 /// The highest of `approved` that `requirement` accepts.
@@ -94,14 +160,25 @@ pub const AUDIT_PAGE: i64 = 200;
 impl Store {
     /// Publishes a version: claims the id for `developer` if nobody owns it, refuses it if
     /// someone else does, and never replaces an existing version.
+    ///
+    /// The developer's quota is checked in the same transaction, after locking the
+    /// developer's account row (PostgreSQL; SQLite has one writer anyway), so concurrent
+    /// uploads cannot both slip under it.
     pub async fn publish_version(
         &self,
         developer: Uuid,
         new: &NewVersion<'_>,
+        quota: UploadQuota,
     ) -> StoreResult<Published> {
         let now = now_micros();
         let result: Result<Published, sqlx::Error> = on_pool!(self.pool(), pool => async {
             let mut tx = pool.begin().await?;
+            // A write first: takes SQLite's write lock and the account's row lock on
+            // PostgreSQL, so the usage read below sees every upload committed before it.
+            sqlx::query("UPDATE developer_accounts SET name = name WHERE id = $1")
+                .bind(developer)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query(
                 "INSERT INTO plugins (id, developer_id, created_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (id) DO NOTHING",
@@ -117,6 +194,21 @@ impl Store {
                 .await?;
             if owner != developer {
                 return Ok(Published::NotOwner);
+            }
+            let usage: (i64, Option<i64>, i64) = sqlx::query_as(
+                "SELECT COUNT(*) FILTER (WHERE uploaded_at > $2), MIN(uploaded_at) FILTER (WHERE uploaded_at > $2), \
+                 CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM plugin_versions WHERE uploaded_by = $1",
+            )
+            .bind(developer)
+            .bind(now - UPLOAD_WINDOW_MICROS)
+            .fetch_one(&mut *tx)
+            .await?;
+            let usage = UploadUsage { recent: usage.0, oldest_recent: usage.1, stored_bytes: usage.2 };
+            if usage.recent >= quota.per_hour {
+                return Ok(Published::RateLimited { retry_after_secs: usage.retry_after_secs(now) });
+            }
+            if usage.stored_bytes.saturating_add(new.package.len() as i64) > quota.max_bytes {
+                return Ok(Published::StorageFull { used: usage.stored_bytes });
             }
             let inserted = sqlx::query_as::<_, VersionRow>(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO plugin_versions (plugin_id, version, name, api, manifest, package, sha256, \
@@ -145,19 +237,78 @@ impl Store {
         Ok(result?)
     }
 
-    /// Every version, newest upload first; only `developer`'s when given.
-    pub async fn list_versions(&self, developer: Option<Uuid>) -> StoreResult<Vec<VersionRow>> {
+    /// A developer's uploads since `since` and the bytes they store (what the quota
+    /// counts; [`Store::publish_version`] checks it again atomically).
+    pub async fn upload_usage(&self, developer: Uuid, since: i64) -> StoreResult<UploadUsage> {
+        let usage: (i64, Option<i64>, i64) = on_pool!(self.pool(), pool => {
+            sqlx::query_as(
+                "SELECT COUNT(*) FILTER (WHERE uploaded_at > $2), MIN(uploaded_at) FILTER (WHERE uploaded_at > $2), \
+                 CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM plugin_versions WHERE uploaded_by = $1",
+            )
+            .bind(developer)
+            .bind(since)
+            .fetch_one(pool)
+            .await?
+        });
+        Ok(UploadUsage {
+            recent: usage.0,
+            oldest_recent: usage.1,
+            stored_bytes: usage.2,
+        })
+    }
+
+    /// Up to `limit` versions matching `filter`, newest upload first (then by id and
+    /// version, so the order is total and a page's last row is a cursor).
+    pub async fn list_versions(
+        &self,
+        filter: &VersionFilter,
+        limit: i64,
+    ) -> StoreResult<Vec<VersionRow>> {
+        let (after_at, after_id, after_version) = match &filter.after {
+            Some((at, id, version)) => (Some(*at), Some(id.as_str()), Some(version.as_str())),
+            None => (None, None, None),
+        };
         let rows = on_pool!(self.pool(), pool => {
             sqlx::query_as::<_, VersionRow>(sqlx::AssertSqlSafe(format!(
                 "SELECT {VERSION_COLUMNS} FROM plugin_versions \
-                 WHERE $1 IS NULL OR plugin_id IN (SELECT id FROM plugins WHERE developer_id = $1) \
-                 ORDER BY uploaded_at DESC, plugin_id, version"
+                 WHERE ($1 IS NULL OR plugin_id IN (SELECT id FROM plugins WHERE developer_id = $1)) \
+                 AND ($2 IS NULL OR status = $2) \
+                 AND ($3 IS NULL OR uploaded_at < $3 OR (uploaded_at = $3 AND (plugin_id > $4 \
+                      OR (plugin_id = $4 AND version > $5)))) \
+                 ORDER BY uploaded_at DESC, plugin_id, version LIMIT $6"
             )))
-            .bind(developer)
+            .bind(filter.developer)
+            .bind(filter.status.as_deref())
+            .bind(after_at)
+            .bind(after_id)
+            .bind(after_version)
+            .bind(limit)
             .fetch_all(pool)
             .await?
         });
         Ok(rows)
+    }
+
+    /// Hashes of the packages some tenant's enabled installation runs (an approved
+    /// version), and every version's id, version, hash and status. A registry-wide
+    /// question (which compiled code to keep on this node); it reveals no tenant data.
+    pub async fn compiled_keep_sets(&self) -> StoreResult<(Vec<String>, Vec<VersionHash>)> {
+        let (in_use, versions) = on_pool!(self.pool(), pool => {
+            let in_use: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT v.sha256 FROM plugin_installations i JOIN plugin_versions v \
+                 ON v.plugin_id = i.plugin_id AND v.version = i.version \
+                 WHERE i.enabled AND v.status = 'approved'",
+            )
+            .fetch_all(pool)
+            .await?;
+            let versions: Vec<VersionHash> = sqlx::query_as(
+                "SELECT plugin_id, version, sha256, status FROM plugin_versions",
+            )
+            .fetch_all(pool)
+            .await?;
+            (in_use, versions)
+        });
+        Ok((in_use, versions))
     }
 
     pub async fn get_version(
@@ -281,6 +432,27 @@ impl Store {
             .await?
         });
         Ok(row)
+    }
+
+    /// Up to `limit` of the tenant's installations with an id after `after`, by id.
+    pub async fn list_installations_page(
+        &self,
+        scope: &TenantScope,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<InstallationRow>> {
+        let rows = on_pool!(self.pool(), pool => {
+            sqlx::query_as::<_, InstallationRow>(sqlx::AssertSqlSafe(format!(
+                "SELECT {INSTALLATION_COLUMNS} FROM plugin_installations WHERE tenant_id = $1 \
+                 AND ($2 IS NULL OR plugin_id > $2) ORDER BY plugin_id LIMIT $3"
+            )))
+            .bind(scope.tenant_id())
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows)
     }
 
     pub async fn list_installations(

@@ -106,7 +106,12 @@ pub async fn apply(
         let Ok(requirement) = semver::VersionReq::parse(&spec.version) else {
             continue; // reported by the checks
         };
-        let approved = state.store.approved_versions(&spec.id).await?;
+        let approved = crate::plugins::bundled::versions_for_templates(
+            &state.store,
+            state.config.bundled_plugins,
+            &spec.id,
+        )
+        .await?;
         if let Some(row) = pick_version(&approved, &requirement) {
             let manifest: Manifest =
                 serde_json::from_value(row.manifest.0.clone()).map_err(|_| ApiError::internal())?;
@@ -321,7 +326,7 @@ pub async fn apply(
     for (id, _, _) in &write.record_types {
         state.schemas.forget(scope, id);
     }
-    state.plugins.forget();
+    state.plugins.changed().await;
     state.workflows.forget(scope);
     tracing::info!(tenant = %scope.tenant_id(), template = %merged.id, version = %merged.version,
         "template applied");
