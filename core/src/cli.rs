@@ -131,6 +131,15 @@ struct ServeArgs {
     /// Log format: `text` or `json` (one JSON object per line).
     #[arg(long, env = "STREAMFLOW_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    // Plugin limits (issue 9: plugins and events).
+    /// Bytes (keys and values) one plugin installation may keep in its key-value store.
+    #[arg(long, env = "STREAMFLOW_PLUGIN_KV_BYTES", default_value_t = 16 * 1024 * 1024)]
+    plugin_kv_bytes: u64,
+    /// Plugin and automation runs one originating change may cause over its whole chain
+    /// of events; past it the chain stops with an `automation.budget_exhausted` event.
+    #[arg(long, env = "STREAMFLOW_AUTOMATION_BUDGET", default_value_t = 1000,
+          value_parser = clap::value_parser!(i64).range(1..))]
+    automation_budget: i64,
 }
 
 impl ServeArgs {
@@ -156,6 +165,9 @@ impl ServeArgs {
             bundled_plugins: self.bundled_plugins,
             dispatcher: self.dispatcher,
             templates_dir: self.templates_dir.clone(),
+            // Plugin limits (issue 9: plugins and events).
+            plugin_kv_bytes: self.plugin_kv_bytes,
+            automation_budget: self.automation_budget,
             ..Config::default()
         }
     }

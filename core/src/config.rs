@@ -52,6 +52,13 @@ pub struct Config {
     /// Run this node's event dispatcher (`STREAMFLOW_DISPATCHER`, default on). Off makes
     /// an API-only node.
     pub dispatcher: bool,
+    // Plugin limits (issue 9: plugins and events).
+    /// Bytes (keys and values) one installation may keep in `kv`
+    /// (`STREAMFLOW_PLUGIN_KV_BYTES`, default 16 MiB).
+    pub plugin_kv_bytes: u64,
+    /// Plugin and automation runs one originating change may cause, over its whole chain
+    /// (`STREAMFLOW_AUTOMATION_BUDGET`, default 1000).
+    pub automation_budget: i64,
 }
 
 impl Default for Config {
@@ -79,6 +86,9 @@ impl Default for Config {
             bundled_plugins: true,
             templates_dir: None,
             dispatcher: true,
+            // Plugin limits (issue 9: plugins and events).
+            plugin_kv_bytes: 16 * 1024 * 1024,
+            automation_budget: 1000,
         }
     }
 }

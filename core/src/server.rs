@@ -54,7 +54,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         schemas.clone(),
         workflows.clone(),
         Arc::new(secrets),
-    );
+    )
+    .with_kv_quota(config.plugin_kv_bytes);
     if config.bundled_plugins {
         let added = crate::plugins::bundled::register(&store)
             .await

@@ -165,14 +165,8 @@ impl HostState {
         if self.call.grants.allows(cap) {
             return Ok(self.call.services.clone());
         }
+        // The services audit it and log it (aggregated per minute, not line by line).
         self.call.services.denied(cap, operation);
-        tracing::warn!(
-            tenant = %self.call.tenant,
-            plugin = %self.call.plugin,
-            capability = %cap,
-            operation,
-            "plugin call denied: capability not granted"
-        );
         metrics::counter!("streamflow_plugin_denied_total", "capability" => cap.as_str())
             .increment(1);
         Err(types::HostError::Denied(format!(
@@ -208,6 +202,7 @@ impl streamflow::plugin::log::Host for HostState {
             return;
         }
         let message: String = message.chars().take(MAX_LOG_LINE).collect();
+        let message = host::escape_text(&message);
         let (tenant, plugin) = (&self.call.tenant, &self.call.plugin);
         match level {
             Level::Trace => tracing::trace!(target: "plugin", %tenant, %plugin, "{message}"),

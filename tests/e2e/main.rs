@@ -7,6 +7,7 @@ mod binary;
 mod dispatch;
 mod isolation;
 mod ops;
+mod plugin_limits;
 mod plugins;
 mod records;
 mod templates;

@@ -350,6 +350,7 @@ pub async fn create(
             created_by,
             actor,
             depth: 0,
+            root: None,
         })
         .await?;
     match outcome {
@@ -537,6 +538,7 @@ async fn update_record(
             events,
             actor: principal.actor(),
             depth: 0,
+            root: None,
         })
         .await?;
     match outcome {

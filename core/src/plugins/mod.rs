@@ -55,7 +55,9 @@ impl CallError {
     fn from_failure(f: &Failure) -> Self {
         CallError {
             kind: f.kind(),
-            message: f.to_string(),
+            // Panic messages and plugin errors are the plugin's text: escaped before they
+            // reach logs, health and deliveries.
+            message: streamflow_runtime::host::escape_text(&f.to_string()),
         }
     }
 
@@ -85,6 +87,8 @@ pub struct PluginHost {
     pub health: HealthBook,
     /// One compilation at a time: compiling is CPU-heavy and rare.
     compiling: tokio::sync::Semaphore,
+    /// Bytes each installation may keep in `kv` ([`PluginHost::with_kv_quota`]).
+    kv_bytes: u64,
 }
 
 impl PluginHost {
@@ -106,7 +110,14 @@ impl PluginHost {
             active: ExpiringMap::default(),
             health: HealthBook::default(),
             compiling: tokio::sync::Semaphore::new(1),
+            kv_bytes: 16 * 1024 * 1024,
         }
+    }
+
+    /// Sets the bytes (keys and values) each installation may keep in `kv`.
+    pub fn with_kv_quota(mut self, bytes: u64) -> Self {
+        self.kv_bytes = bytes;
+        self
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -287,6 +298,8 @@ impl PluginHost {
                         scope: *scope,
                         plugin_id: active.plugin_id.clone(),
                         version: active.version.clone(),
+                        grants: active.grants.clone(),
+                        kv_bytes: self.kv_bytes,
                         origin,
                         created: Default::default(),
                     }),
@@ -421,7 +434,7 @@ pub fn check_grants(
         match serde_json::from_value::<Capability>(Value::String(name.clone())) {
             Err(_) => errors.push(crate::error::FieldError::new(
                 format!("/grants/{i}"),
-                format!("{name:?} is not a capability (kv, records:read, records:write, events, secrets, ai, http)"),
+                format!("{name:?} is not a capability (kv, records:read, records:read-pii, records:write, events, secrets, ai, http)"),
             )),
             Ok(cap) if !manifest.requests(cap) => errors.push(crate::error::FieldError::new(
                 format!("/grants/{i}"),
