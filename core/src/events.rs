@@ -516,10 +516,15 @@ impl Dispatcher {
         let mut hash = Sha256::new();
         hash.update(event.root().as_bytes());
         hash.update(b"budget_exhausted");
+        // Timed like the root (ids are UUIDv7), so every event of the chain derives the same id.
+        let root_ms = event
+            .root()
+            .get_timestamp()
+            .map_or(0, |t| t.to_unix().0 * 1000 + u64::from(t.to_unix().1 / 1_000_000));
         let origin = Origin {
             key: hash.finalize().into(),
             depth: event.depth,
-            at_ms: (event.created_at / 1000).max(0) as u64,
+            at_ms: root_ms,
             root: event.root(),
         };
         if let Err(e) = self

@@ -158,15 +158,18 @@ impl HostState {
     /// Deny-by-default: the call goes through only if the provider granted `cap` to this
     /// installation. A refusal is audited and answered with `denied`.
     fn check(
-        &self,
+        &mut self,
         cap: Capability,
         operation: &str,
     ) -> Result<Arc<dyn host::HostServices>, types::HostError> {
         if self.call.grants.allows(cap) {
             return Ok(self.call.services.clone());
         }
-        // The services audit it and log it (aggregated per minute, not line by line).
+        // The services audit it and log it (aggregated per minute, not line by line); the
+        // time that takes is the host's, not the plugin's.
+        let started = std::time::Instant::now();
         self.call.services.denied(cap, operation);
+        self.host_time += started.elapsed();
         metrics::counter!("streamflow_plugin_denied_total", "capability" => cap.as_str())
             .increment(1);
         Err(types::HostError::Denied(format!(
