@@ -517,10 +517,9 @@ impl Dispatcher {
         hash.update(event.root().as_bytes());
         hash.update(b"budget_exhausted");
         // Timed like the root (ids are UUIDv7), so every event of the chain derives the same id.
-        let root_ms = event
-            .root()
-            .get_timestamp()
-            .map_or(0, |t| t.to_unix().0 * 1000 + u64::from(t.to_unix().1 / 1_000_000));
+        let root_ms = event.root().get_timestamp().map_or(0, |t| {
+            t.to_unix().0 * 1000 + u64::from(t.to_unix().1 / 1_000_000)
+        });
         let origin = Origin {
             key: hash.finalize().into(),
             depth: event.depth,
@@ -943,12 +942,12 @@ pub(crate) fn pii_pointers(schema: &Value) -> Vec<String> {
                         }
                     }
                     map.iter().any(|(k, v)| {
-                        !(top && matches!(k.as_str(), "properties" | "allOf" | "$ref"))
-                            && !matches!(
-                                k.as_str(),
-                                "enum" | "const" | "default" | "examples" | "$defs" | "definitions"
-                            )
-                            && self.elsewhere(v, seen, false)
+                        let walked = top && matches!(k.as_str(), "properties" | "allOf" | "$ref");
+                        let not_schema = matches!(
+                            k.as_str(),
+                            "enum" | "const" | "default" | "examples" | "$defs" | "definitions"
+                        );
+                        !walked && !not_schema && self.elsewhere(v, seen, false)
                     })
                 }
                 _ => false,
@@ -1016,7 +1015,9 @@ pub(crate) fn strip_pointers(data: &mut Value, pointers: &[String]) {
         };
         let mut at = Some(&mut *data);
         for token in parents {
-            at = at.and_then(|v| v.as_object_mut()).and_then(|o| o.get_mut(token));
+            at = at
+                .and_then(|v| v.as_object_mut())
+                .and_then(|o| o.get_mut(token));
         }
         if let Some(object) = at.and_then(|v| v.as_object_mut()) {
             object.remove(last);
@@ -1051,7 +1052,14 @@ mod tests {
         found.sort();
         assert_eq!(
             found,
-            vec!["/address/street", "/contact/phone", "/either", "/email", "/name", "/phones"]
+            vec![
+                "/address/street",
+                "/contact/phone",
+                "/either",
+                "/email",
+                "/name",
+                "/phones"
+            ]
         );
         let mut data = json!({
             "name": "Ada", "budget": 5, "address": {"street": "1 Way", "city": "Oslo"},
@@ -1068,7 +1076,12 @@ mod tests {
         let mut data = json!({"p1": "x", "q": 1});
         strip_pointers(&mut data, &pii_pointers(&loose));
         assert_eq!(data, json!({}));
-        assert!(pii_pointers(&json!({"type": "object", "properties": {"a": {"enum": [{"x-pii": true}]}}})).is_empty());
+        assert!(
+            pii_pointers(
+                &json!({"type": "object", "properties": {"a": {"enum": [{"x-pii": true}]}}})
+            )
+            .is_empty()
+        );
     }
 
     #[test]

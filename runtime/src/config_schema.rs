@@ -83,7 +83,9 @@ const UNKNOWN_MAP: &[&str] = &["patternProperties", "dependentSchemas", "depende
 impl Walker<'_> {
     fn problem(&mut self, path: &str, message: impl std::fmt::Display) {
         let at = if path.is_empty() { "" } else { path };
-        self.out.problems.push(format!("config.schema{at}: {message}"));
+        self.out
+            .problems
+            .push(format!("config.schema{at}: {message}"));
     }
 
     fn walk(&mut self, node: &Value, path: String, place: Place, depth: usize) {
@@ -160,7 +162,12 @@ impl Walker<'_> {
         };
         for &keyword in UNKNOWN_ONE {
             if let Some(sub) = object.get(keyword).filter(|s| s.is_object()) {
-                self.walk(sub, format!("{path}/{keyword}"), unknown(keyword), depth + 1);
+                self.walk(
+                    sub,
+                    format!("{path}/{keyword}"),
+                    unknown(keyword),
+                    depth + 1,
+                );
             }
         }
         for &keyword in UNKNOWN_MANY {
@@ -283,7 +290,9 @@ mod tests {
         );
         // A root that is itself a reference, and a percent-encoded pointer.
         assert_eq!(
-            fields(json!({"$ref": "#/$defs/c%20fg", "$defs": {"c fg": {"type": "object", "properties": {"k": SECRET()}}}})),
+            fields(
+                json!({"$ref": "#/$defs/c%20fg", "$defs": {"c fg": {"type": "object", "properties": {"k": SECRET()}}}})
+            ),
             vec!["/k"]
         );
         // An unreferenced definition applies nowhere.
@@ -294,20 +303,66 @@ mod tests {
     fn each_unplaceable_position_is_refused_with_its_path() {
         let cases = [
             (json!({"items": SECRET()}), "/items", "items"),
-            (json!({"prefixItems": [SECRET()]}), "/prefixItems/0", "prefixItems"),
-            (json!({"additionalProperties": SECRET()}), "/additionalProperties", "additionalProperties"),
-            (json!({"patternProperties": {"^k": SECRET()}}), "/patternProperties/^k", "patternProperties"),
-            (json!({"anyOf": [{"properties": {"k": SECRET()}}]}), "/anyOf/0/properties/k", "anyOf"),
-            (json!({"oneOf": [{}, {"properties": {"k": SECRET()}}]}), "/oneOf/1/properties/k", "oneOf"),
-            (json!({"not": {"properties": {"k": SECRET()}}}), "/not/properties/k", "not"),
-            (json!({"if": {"properties": {"k": SECRET()}}}), "/if/properties/k", "if"),
-            (json!({"if": {}, "then": {"properties": {"k": SECRET()}}}), "/then/properties/k", "then"),
-            (json!({"if": {}, "else": {"properties": {"k": SECRET()}}}), "/else/properties/k", "else"),
-            (json!({"dependentSchemas": {"x": {"properties": {"k": SECRET()}}}}), "/dependentSchemas/x/properties/k", "dependentSchemas"),
-            (json!({"properties": {"list": {"type": "array", "items": {"$ref": "#/$defs/s"}}}, "$defs": {"s": SECRET()}}),
-                "/properties/list/items/$ref → /$defs/s", "items"),
-            (json!({"properties": {"a": {"anyOf": [{"$ref": "#/$defs/o"}]}}, "$defs": {"o": {"properties": {"k": SECRET()}}}}),
-                "/properties/a/anyOf/0/$ref → /$defs/o/properties/k", "anyOf"),
+            (
+                json!({"prefixItems": [SECRET()]}),
+                "/prefixItems/0",
+                "prefixItems",
+            ),
+            (
+                json!({"additionalProperties": SECRET()}),
+                "/additionalProperties",
+                "additionalProperties",
+            ),
+            (
+                json!({"patternProperties": {"^k": SECRET()}}),
+                "/patternProperties/^k",
+                "patternProperties",
+            ),
+            (
+                json!({"anyOf": [{"properties": {"k": SECRET()}}]}),
+                "/anyOf/0/properties/k",
+                "anyOf",
+            ),
+            (
+                json!({"oneOf": [{}, {"properties": {"k": SECRET()}}]}),
+                "/oneOf/1/properties/k",
+                "oneOf",
+            ),
+            (
+                json!({"not": {"properties": {"k": SECRET()}}}),
+                "/not/properties/k",
+                "not",
+            ),
+            (
+                json!({"if": {"properties": {"k": SECRET()}}}),
+                "/if/properties/k",
+                "if",
+            ),
+            (
+                json!({"if": {}, "then": {"properties": {"k": SECRET()}}}),
+                "/then/properties/k",
+                "then",
+            ),
+            (
+                json!({"if": {}, "else": {"properties": {"k": SECRET()}}}),
+                "/else/properties/k",
+                "else",
+            ),
+            (
+                json!({"dependentSchemas": {"x": {"properties": {"k": SECRET()}}}}),
+                "/dependentSchemas/x/properties/k",
+                "dependentSchemas",
+            ),
+            (
+                json!({"properties": {"list": {"type": "array", "items": {"$ref": "#/$defs/s"}}}, "$defs": {"s": SECRET()}}),
+                "/properties/list/items/$ref → /$defs/s",
+                "items",
+            ),
+            (
+                json!({"properties": {"a": {"anyOf": [{"$ref": "#/$defs/o"}]}}, "$defs": {"o": {"properties": {"k": SECRET()}}}}),
+                "/properties/a/anyOf/0/$ref → /$defs/o/properties/k",
+                "anyOf",
+            ),
         ];
         for (properties, path, keyword) in cases {
             let mut schema = json!({"type": "object"});
@@ -327,7 +382,10 @@ mod tests {
             json!({"type": "object", "properties": {"token": SECRET(), "child": {"$ref": "#"}}}),
             "a recursive $ref",
         );
-        refused(json!({"type": "object", "writeOnly": true}), "whole configuration");
+        refused(
+            json!({"type": "object", "writeOnly": true}),
+            "whole configuration",
+        );
         let s = scan(&json!({"properties": {"k": {"writeOnly": "yes"}}}));
         assert!(s.problems[0].contains("true or false"), "{s:?}");
         let s = scan(&json!({"properties": {"k": {"$ref": "https://x.test/s.json"}}}));
@@ -335,6 +393,9 @@ mod tests {
         let s = scan(&json!({"properties": {"k": {"$ref": "#/nowhere"}}}));
         assert!(s.problems[0].contains("points at nothing"), "{s:?}");
         // A recursive schema without secrets terminates and is fine.
-        assert!(fields(json!({"properties": {"child": {"$ref": "#"}, "n": {"type": "integer"}}})).is_empty());
+        assert!(
+            fields(json!({"properties": {"child": {"$ref": "#"}, "n": {"type": "integer"}}}))
+                .is_empty()
+        );
     }
 }

@@ -17,7 +17,9 @@ macro_rules! each_backend {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                let srv = TestServer::start_with(Backend::Sqlite, $tweak).await.unwrap();
+                let srv = TestServer::start_with(Backend::Sqlite, $tweak)
+                    .await
+                    .unwrap();
                 $story(srv).await;
             }
 
@@ -80,7 +82,11 @@ async fn count(srv: &TestServer, sql: &'static str, tenant: uuid::Uuid) -> i64 {
     })
 }
 
-each_backend!(nested_secrets_are_sealed_and_never_echoed, defaults, nested_secrets);
+each_backend!(
+    nested_secrets_are_sealed_and_never_echoed,
+    defaults,
+    nested_secrets
+);
 
 async fn nested_secrets(srv: TestServer) {
     let provider = srv.provider_token().await;
@@ -105,9 +111,15 @@ async fn nested_secrets(srv: TestServer) {
         "{installed}"
     );
     let (_, listed) = srv.get("/provider/tenants/acme/plugins", &provider).await;
-    assert!(!listed.to_string().contains("tok-nested-ref-secret"), "{listed}");
+    assert!(
+        !listed.to_string().contains("tok-nested-ref-secret"),
+        "{listed}"
+    );
     let (_, mine) = srv.get("/api/plugins", &owner).await;
-    assert!(!mine.to_string().contains("tok-nested-ref-secret"), "{mine}");
+    assert!(
+        !mine.to_string().contains("tok-nested-ref-secret"),
+        "{mine}"
+    );
     // Not in the stored plain config either, and not handed to config.get.
     let stored: String = streamflow::on_pool!(srv.state.store.pool(), pool => {
         sqlx::query_scalar::<_, sqlx::types::Json<Value>>(
@@ -121,7 +133,10 @@ async fn nested_secrets(srv: TestServer) {
     });
     assert!(!stored.contains("tok-nested-ref-secret"), "{stored}");
     let seen = action(&srv, &owner, "config", json!({})).await;
-    assert!(seen.get("creds").is_none_or(|c| c.get("token").is_none()), "{seen}");
+    assert!(
+        seen.get("creds").is_none_or(|c| c.get("token").is_none()),
+        "{seen}"
+    );
     assert!(!seen.to_string().contains("tok-nested"), "{seen}");
 
     // A secret too short for its schema is refused without being echoed, however short.
@@ -138,7 +153,10 @@ async fn nested_secrets(srv: TestServer) {
     assert!(!text.contains("zq"), "the secret is quoted: {text}");
     // The kept secret still works, untouched.
     let (_, listed) = srv.get("/provider/tenants/acme/plugins", &provider).await;
-    assert_eq!(listed["items"][0]["secrets_set"], json!(["/api_key", "/creds/token"]));
+    assert_eq!(
+        listed["items"][0]["secrets_set"],
+        json!(["/api_key", "/creds/token"])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,12 +184,16 @@ async fn misplaced_secrets_and_foreign_subscriptions_are_refused_at_upload() {
     let (status, body) = srv
         .publish(
             &dev,
-            with_manifest(component.clone(), &manifest(json!({"subscriptions": ["plugin.lead-followup.followup"]}))),
+            with_manifest(
+                component.clone(),
+                &manifest(json!({"subscriptions": ["plugin.lead-followup.followup"]})),
+            ),
         )
         .await;
     assert_eq!(status, 422, "{body}");
     assert!(
-        body.to_string().contains("subscriptions: \\\"plugin.lead-followup.followup\\\"")
+        body.to_string()
+            .contains("subscriptions: \\\"plugin.lead-followup.followup\\\"")
             && body.to_string().contains("not another plugin's"),
         "{body}"
     );
@@ -207,10 +229,14 @@ async fn misplaced_secrets_and_foreign_subscriptions_are_refused_at_upload() {
         .await;
     assert_eq!(status, 422, "{body}");
     assert!(
-        body.to_string().contains("config.schema/properties/auth/oneOf/0"),
+        body.to_string()
+            .contains("config.schema/properties/auth/oneOf/0"),
         "{body}"
     );
-    assert_eq!(srv.get("/provider/plugins", &provider).await.1["items"], json!([]));
+    assert_eq!(
+        srv.get("/provider/plugins", &provider).await.1["items"],
+        json!([])
+    );
 }
 
 each_backend!(events_carry_only_what_grants_allow, defaults, event_grants);
@@ -218,7 +244,10 @@ each_backend!(events_carry_only_what_grants_allow, defaults, event_grants);
 /// Deletes a new lead and returns what the hostile plugin was handed for it.
 async fn deleted(srv: &TestServer, owner: &str, tenant: uuid::Uuid) -> Value {
     let lead = srv
-        .lead(owner, json!({"name": "Ada Private", "contact": {"phone": "555-0199"}, "budget": 5}))
+        .lead(
+            owner,
+            json!({"name": "Ada Private", "contact": {"phone": "555-0199"}, "budget": 5}),
+        )
         .await;
     let id = lead["id"].as_str().unwrap().to_string();
     let (status, body) = srv.delete(&format!("/api/records/lead/{id}"), owner).await;
@@ -255,14 +284,29 @@ async fn event_grants(srv: TestServer) {
     assert_eq!(seen["record_type"], "lead");
     assert_eq!(seen["payload"]["stage"], "new", "{seen}");
     assert!(seen["payload"].get("data").is_none(), "{seen}");
-    assert!(!seen.to_string().contains("Ada") && !seen.to_string().contains("555"), "{seen}");
+    assert!(
+        !seen.to_string().contains("Ada") && !seen.to_string().contains("555"),
+        "{seen}"
+    );
     // records:read without the PII grant: the data, less the fields marked x-pii.
-    put(&srv, path, &provider, json!({"grants": ["kv", "records:read"]})).await;
+    put(
+        &srv,
+        path,
+        &provider,
+        json!({"grants": ["kv", "records:read"]}),
+    )
+    .await;
     srv.state.plugins.forget();
     let seen = deleted(&srv, &owner, tenant).await;
-    assert_eq!(seen["payload"]["data"], json!({"budget": 5, "contact": {}}), "{seen}");
+    assert_eq!(
+        seen["payload"]["data"],
+        json!({"budget": 5, "contact": {}}),
+        "{seen}"
+    );
     // The records capability hides them the same way.
-    let kept = srv.lead(&owner, json!({"name": "Bea Private", "budget": 7})).await;
+    let kept = srv
+        .lead(&owner, json!({"name": "Bea Private", "budget": 7}))
+        .await;
     let read = action(&srv, &owner, "read-record", json!({"id": kept["id"]})).await;
     assert_eq!(
         serde_json::from_str::<Value>(read["ok"].as_str().unwrap()).unwrap(),
@@ -270,11 +314,20 @@ async fn event_grants(srv: TestServer) {
         "{read}"
     );
     // With records:read-pii: everything.
-    put(&srv, path, &provider, json!({"grants": ["kv", "records:read", "records:read-pii"]})).await;
+    put(
+        &srv,
+        path,
+        &provider,
+        json!({"grants": ["kv", "records:read", "records:read-pii"]}),
+    )
+    .await;
     srv.state.plugins.forget();
     let seen = deleted(&srv, &owner, tenant).await;
     assert_eq!(seen["payload"]["data"]["name"], "Ada Private", "{seen}");
-    assert_eq!(seen["payload"]["data"]["contact"]["phone"], "555-0199", "{seen}");
+    assert_eq!(
+        seen["payload"]["data"]["contact"]["phone"], "555-0199",
+        "{seen}"
+    );
 }
 
 each_backend!(
@@ -291,7 +344,10 @@ async fn budget(srv: TestServer) {
     srv.install_plugin(&provider, HOSTILE, "acme", json!({"grants": ["events"]}))
         .await;
     // One ping; each delivery answers with three (3^depth without a budget).
-    assert_eq!(action(&srv, &owner, "ping", json!({})).await, json!({"ok": "pinged"}));
+    assert_eq!(
+        action(&srv, &owner, "ping", json!({})).await,
+        json!({"ok": "pinged"})
+    );
     drained(&srv, tenant).await;
     let pings = count(
         &srv,
@@ -321,7 +377,11 @@ async fn budget(srv: TestServer) {
         tenant,
     )
     .await;
-    assert_eq!(skipped, pings - delivered, "every ping past the budget is skipped");
+    assert_eq!(
+        skipped,
+        pings - delivered,
+        "every ping past the budget is skipped"
+    );
     let roots = count(
         &srv,
         "SELECT COUNT(DISTINCT root_id) FROM events WHERE tenant_id = $1 AND root_id IS NOT NULL",
@@ -348,14 +408,24 @@ async fn kv_quota(srv: TestServer) {
     let value = "v".repeat(300);
     let writes = (0..20).map(|i| {
         let (srv, owner, value) = (&srv, owner.clone(), value.clone());
-        async move { action(srv, &owner, "kv-set", json!({"key": format!("k{i:02}"), "value": value})).await }
+        async move {
+            action(
+                srv,
+                &owner,
+                "kv-set",
+                json!({"key": format!("k{i:02}"), "value": value}),
+            )
+            .await
+        }
     });
     let outcomes = futures_util::future::join_all(writes).await;
     let stored = outcomes.iter().filter(|o| o["ok"] == "stored").count();
     let refused: Vec<&Value> = outcomes.iter().filter(|o| o["ok"] != "stored").collect();
     assert_eq!(stored, 3, "{outcomes:?}");
     assert!(
-        refused.iter().all(|o| o["host_error"].as_str().unwrap().contains("kv quota")),
+        refused
+            .iter()
+            .all(|o| o["host_error"].as_str().unwrap().contains("kv quota")),
         "{refused:?}"
     );
     assert_eq!(kv_usage(&srv, tenant).await, (909, 3));
@@ -369,7 +439,13 @@ async fn kv_quota(srv: TestServer) {
     assert_eq!(bytes, 900);
     // Overwriting a stored key with a smaller value always works, and frees room.
     let first = outcomes.iter().position(|o| o["ok"] == "stored").unwrap();
-    let out = action(&srv, &owner, "kv-set", json!({"key": format!("k{first:02}"), "value": "small"})).await;
+    let out = action(
+        &srv,
+        &owner,
+        "kv-set",
+        json!({"key": format!("k{first:02}"), "value": "small"}),
+    )
+    .await;
     assert_eq!(out["ok"], "stored", "{out}");
     assert_eq!(kv_usage(&srv, tenant).await, (606 + 3 + 5, 3));
 }
@@ -394,7 +470,10 @@ async fn denied_calls_are_counted_not_written_one_by_one() {
     let owner = srv.user(&provider, "acme", "owner").await;
     srv.install_plugin(&provider, HOSTILE, "acme", json!({"grants": []}))
         .await;
-    assert_eq!(action(&srv, &owner, "deny", json!({"n": 1000})).await, json!({"ok": 1000}));
+    assert_eq!(
+        action(&srv, &owner, "deny", json!({"n": 1000})).await,
+        json!({"ok": 1000})
+    );
     let (_, audit) = srv
         .get("/provider/tenants/acme/plugins/hostile/audit", &provider)
         .await;

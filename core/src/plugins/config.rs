@@ -102,7 +102,10 @@ fn holds_secret(at: &str, config: &Value, secret_fields: &[String]) -> bool {
 /// What a validation error says without its instance (the crate's masked form, which
 /// puts a placeholder where the value would be quoted).
 fn without_value(e: &jsonschema::ValidationError<'_>) -> String {
-    format!("{} (the value is secret and not shown)", e.masked_with("the value"))
+    format!(
+        "{} (the value is secret and not shown)",
+        e.masked_with("the value")
+    )
 }
 
 fn field_errors(details: Value) -> Vec<FieldError> {
@@ -196,7 +199,9 @@ mod tests {
         let errors = prepare(&schema, &[], json!({"keys": ["sk-live"]}), &Map::new()).unwrap_err();
         assert_eq!(errors[0].path, "/config");
         assert!(
-            errors[0].message.contains("config.schema/properties/keys/items"),
+            errors[0]
+                .message
+                .contains("config.schema/properties/keys/items"),
             "{errors:?}"
         );
     }
@@ -282,10 +287,14 @@ mod tests {
             (json!({"creds": {"pin": "qz", "other": 1}}), "/config/creds"),
             (json!({"creds": {"pin": 7}}), "/config/creds/pin"),
         ] {
-            let errors = prepare(&short, &["/creds/pin".to_string()], input, &Map::new()).unwrap_err();
+            let errors =
+                prepare(&short, &["/creds/pin".to_string()], input, &Map::new()).unwrap_err();
             assert!(errors.iter().any(|e| e.path == path), "{errors:?}");
             for e in &errors {
-                assert!(!e.message.contains("qz") && !e.message.contains('7'), "{errors:?}");
+                assert!(
+                    !e.message.contains("qz") && !e.message.contains('7'),
+                    "{errors:?}"
+                );
             }
         }
         let missing = prepare(&schema(), &secrets, json!({}), &Map::new()).unwrap_err();

@@ -106,7 +106,9 @@ pub enum KvSet {
     /// A new key past the installation's key limit.
     TooManyKeys,
     /// The write would take the installation past its byte quota (`used` bytes now).
-    OverQuota { used: i64 },
+    OverQuota {
+        used: i64,
+    },
 }
 
 impl Store {
