@@ -437,3 +437,30 @@ impl HostServices for KernelServices {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::keep_hidden;
+    use serde_json::json;
+
+    #[test]
+    fn an_update_keeps_the_fields_the_plugin_could_not_see() {
+        let stored = json!({"name": "Ada", "contact": {"phone": "1", "city": "Oslo"}, "budget": 5});
+        let hidden = ["/name".to_string(), "/contact/phone".to_string()];
+        // Left out (as the plugin was shown the record): kept.
+        let mut data = json!({"budget": 6, "contact": {"city": "Bergen"}});
+        keep_hidden(&mut data, &stored, &hidden);
+        assert_eq!(
+            data,
+            json!({"name": "Ada", "contact": {"phone": "1", "city": "Bergen"}, "budget": 6})
+        );
+        // Given: the plugin's value stands; a parent that is no longer an object is left be.
+        let mut data = json!({"name": "Bo", "contact": "none"});
+        keep_hidden(&mut data, &stored, &hidden);
+        assert_eq!(data, json!({"name": "Bo", "contact": "none"}));
+        // Nothing visible: the data cannot change.
+        let mut data = json!({"x": 1});
+        keep_hidden(&mut data, &stored, &[String::new()]);
+        assert_eq!(data, stored);
+    }
+}
