@@ -404,8 +404,14 @@ impl Dispatcher {
             })
             .collect();
         // A chain's runs spend its root's budget, once per event (on its first attempt; a
-        // crash before settling may spend twice, which only stops a chain sooner).
-        if event.depth > 0 && event.attempts == 0 && !due.is_empty() {
+        // crash before settling may spend twice, which only stops a chain sooner). The
+        // report of an exhausted budget is delivered (once per chain); whatever its
+        // subscribers cause is in the same chain, and refused.
+        if event.depth > 0
+            && event.attempts == 0
+            && !due.is_empty()
+            && event.kind != "automation.budget_exhausted"
+        {
             let budget = state.config.automation_budget;
             match state
                 .store
