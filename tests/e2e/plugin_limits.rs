@@ -330,6 +330,92 @@ async fn event_grants(srv: TestServer) {
     );
 }
 
+const WATCH: &str = r#"
+id = "watch"
+name = "Watch"
+version = "1.0.0"
+description = "Hands every new lead to the hostile plugin's keep-input action."
+
+[[record_types]]
+id = "lead"
+name = "Lead"
+[record_types.fields]
+name = { type = "string", pii = true }
+budget = { type = "number" }
+
+[[automations]]
+id = "keep"
+name = "Keep the input"
+on = "record.created"
+record_type = "lead"
+run = { plugin = "hostile", action = "keep-input", params = { why = "test" } }
+
+[[plugins]]
+id = "hostile"
+version = "^0.1"
+grants = ["kv", "records:read"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automation_action_inputs_carry_only_what_grants_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("watch.toml"), WATCH).unwrap();
+    let templates_dir = dir.path().to_path_buf();
+    let srv = TestServer::start_with(Backend::Sqlite, |c| c.templates_dir = Some(templates_dir))
+        .await
+        .unwrap();
+    let provider = srv.provider_token().await;
+    let dev = srv.developer(&provider, "dev@watch.test").await;
+    assert_eq!(srv.publish(&dev, plugin_package(HOSTILE)).await.0, 201);
+    let (status, body) = srv
+        .post(
+            "/provider/plugins/hostile/versions/0.1.0/approve",
+            &provider,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = srv
+        .post(
+            "/provider/tenants",
+            &provider,
+            json!({"slug": "acme", "name": "Acme", "template": "watch"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let tenant = tenant_id(&srv, "acme").await;
+    let owner = srv.user(&provider, "acme", "owner").await;
+    // records:read, no PII grant: the record without its personal fields.
+    let input = run_keep(&srv, &owner, tenant).await;
+    assert_eq!(input["record"]["data"], json!({"budget": 5}), "{input}");
+    assert_eq!(input["params"], json!({"why": "test"}), "{input}");
+    assert_eq!(input["event"]["kind"], "record.created", "{input}");
+    // No records:read: which record and its stage, no data.
+    let (status, body) = put(
+        &srv,
+        "/provider/tenants/acme/plugins/hostile",
+        &provider,
+        json!({"grants": ["kv"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let input = run_keep(&srv, &owner, tenant).await;
+    assert!(input["record"].get("data").is_none(), "{input}");
+    assert!(input["record"]["id"].is_string(), "{input}");
+    assert!(!input.to_string().contains("Ada"), "{input}");
+}
+
+/// Creates a lead, lets the automation run, and returns the input its action was handed.
+async fn run_keep(srv: &TestServer, owner: &str, tenant: uuid::Uuid) -> Value {
+    let lead = srv
+        .lead(owner, json!({"name": "Ada Private", "budget": 5}))
+        .await;
+    drained(srv, tenant).await;
+    let seen = action(srv, owner, "seen", json!({"kind": "action"})).await;
+    assert_eq!(seen["ok"]["record"]["id"], lead["id"], "{seen}");
+    seen["ok"].clone()
+}
+
 each_backend!(
     a_self_subscribing_plugin_is_stopped_by_its_budget,
     |c: &mut Config| c.automation_budget = 10,

@@ -116,6 +116,8 @@ impl Plugin for Hostile {
                 std::hint::black_box(0);
             },
             "seen" => kv::get_json::<Value>(&format!("seen:{}", text("kind"))).map(|v| json!(v)),
+            // What an automation handed the action, for the test to read back (`seen`).
+            "keep-input" => kv::set_json("seen:action", &input).map(|()| json!("kept")),
             "ping" => events::emit("ping", &json!({"n": "start"})).map(|()| json!("pinged")),
             // The same refused call, `n` times in one call.
             "deny" => {
