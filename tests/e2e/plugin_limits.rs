@@ -429,7 +429,7 @@ async fn budget(srv: TestServer) {
     let owner = srv.user(&provider, "acme", "owner").await;
     srv.install_plugin(&provider, HOSTILE, "acme", json!({"grants": ["events"]}))
         .await;
-    // One ping; each delivery answers with three (3^depth without a budget).
+    // Two pings; each delivery answers with three (3^depth without a budget).
     assert_eq!(
         action(&srv, &owner, "ping", json!({})).await,
         json!({"ok": "pinged"})
@@ -453,9 +453,10 @@ async fn budget(srv: TestServer) {
         tenant,
     )
     .await;
-    // The first ping's own delivery, then the budget's 10: 11 deliveries of 3 pings each.
-    assert_eq!(delivered, 11);
-    assert_eq!(pings, 1 + 3 * 11);
+    // The action's two pings (one call, so one chain) are delivered, then the budget's 10:
+    // 12 deliveries of 3 pings each.
+    assert_eq!(delivered, 12);
+    assert_eq!(pings, 2 + 3 * 12);
     assert_eq!(stopped, 1, "reported once per chain");
     let skipped = count(
         &srv,

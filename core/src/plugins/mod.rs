@@ -300,6 +300,7 @@ impl PluginHost {
                         version: active.version.clone(),
                         grants: active.grants.clone(),
                         kv_bytes: self.kv_bytes,
+                        call_root: Uuid::now_v7(),
                         origin,
                         created: Default::default(),
                     }),

@@ -46,6 +46,9 @@ pub(super) struct KernelServices {
     pub grants: Grants,
     /// Bytes the installation may keep in `kv`.
     pub kv_bytes: u64,
+    /// The chain root of what a call the dispatcher did not make creates: one per call, so
+    /// the events one API call emits share one budget (see `events`).
+    pub call_root: Uuid,
     /// Set when the dispatcher makes the call: writes are idempotent per origin.
     pub origin: Option<Origin>,
     /// Records and events created so far in this call (numbers derived ids).
@@ -98,7 +101,7 @@ impl KernelServices {
     }
 
     fn root(&self) -> Option<Uuid> {
-        self.origin.as_ref().map(|o| o.root)
+        Some(self.origin.as_ref().map_or(self.call_root, |o| o.root))
     }
 
     /// The fields of `record_type` this plugin may not see (none with `records:read-pii`).

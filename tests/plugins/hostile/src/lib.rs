@@ -118,7 +118,10 @@ impl Plugin for Hostile {
             "seen" => kv::get_json::<Value>(&format!("seen:{}", text("kind"))).map(|v| json!(v)),
             // What an automation handed the action, for the test to read back (`seen`).
             "keep-input" => kv::set_json("seen:action", &input).map(|()| json!("kept")),
-            "ping" => events::emit("ping", &json!({"n": "start"})).map(|()| json!("pinged")),
+            // Two pings from one API call: one chain, one budget.
+            "ping" => events::emit("ping", &json!({"n": "start"}))
+                .and_then(|()| events::emit("ping", &json!({"n": "start-2"})))
+                .map(|()| json!("pinged")),
             // The same refused call, `n` times in one call.
             "deny" => {
                 let n = input.get("n").and_then(Value::as_u64).unwrap_or(1);
