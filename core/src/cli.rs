@@ -184,6 +184,15 @@ struct ServeArgs {
     /// Plugin calls one tenant may run at once; 0: a quarter of the instances (at least 1).
     #[arg(long, env = "STREAMFLOW_PLUGIN_TENANT_SHARE", default_value_t = 0)]
     plugin_tenant_share: u32,
+    // Plugin limits (issue 9: plugins and events).
+    /// Bytes (keys and values) one plugin installation may keep in its key-value store.
+    #[arg(long, env = "STREAMFLOW_PLUGIN_KV_BYTES", default_value_t = 16 * 1024 * 1024)]
+    plugin_kv_bytes: u64,
+    /// Plugin and automation runs one originating change may cause over its whole chain
+    /// of events; past it the chain stops with an `automation.budget_exhausted` event.
+    #[arg(long, env = "STREAMFLOW_AUTOMATION_BUDGET", default_value_t = 1000,
+          value_parser = clap::value_parser!(i64).range(1..))]
+    automation_budget: i64,
 }
 
 /// A comma-separated list of networks (`STREAMFLOW_METRICS_ALLOW`).
@@ -235,6 +244,9 @@ impl ServeArgs {
             uploads_per_hour: self.uploads_per_hour,
             developer_storage_bytes: self.developer_storage_mb.saturating_mul(1 << 20),
             plugin_tenant_share: self.plugin_tenant_share,
+            // Plugin limits (issue 9: plugins and events).
+            plugin_kv_bytes: self.plugin_kv_bytes,
+            automation_budget: self.automation_budget,
             ..Config::default()
         }
     }

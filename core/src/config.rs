@@ -101,6 +101,13 @@ pub struct Config {
     /// Plugin calls one tenant may run at once (`STREAMFLOW_PLUGIN_TENANT_SHARE`; 0, the
     /// default, means a quarter of `plugin_instances`, at least 1).
     pub plugin_tenant_share: u32,
+    // Plugin limits (issue 9: plugins and events).
+    /// Bytes (keys and values) one installation may keep in `kv`
+    /// (`STREAMFLOW_PLUGIN_KV_BYTES`, default 16 MiB).
+    pub plugin_kv_bytes: u64,
+    /// Plugin and automation runs one originating change may cause, over its whole chain
+    /// (`STREAMFLOW_AUTOMATION_BUDGET`, default 1000).
+    pub automation_budget: i64,
 }
 
 /// The loopback networks: the default of `metrics_allow`.
@@ -168,6 +175,9 @@ impl Default for Config {
             uploads_per_hour: 20,
             developer_storage_bytes: 256 << 20,
             plugin_tenant_share: 0,
+            // Plugin limits (issue 9: plugins and events).
+            plugin_kv_bytes: 16 * 1024 * 1024,
+            automation_budget: 1000,
         }
     }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use streamflow_runtime::{Call, Hook, PluginEvent, Reply};
+use streamflow_runtime::{Call, Capability, Grants, Hook, PluginEvent, Reply};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -57,6 +57,8 @@ pub struct Origin {
     pub depth: i64,
     /// The event's time, in milliseconds, used as the time part of derived record ids.
     pub at_ms: u64,
+    /// The event the chain started from: what it creates spends that root's budget.
+    pub root: Uuid,
 }
 
 impl Origin {
@@ -68,6 +70,7 @@ impl Origin {
             key: hash.finalize().into(),
             depth: event.depth + 1,
             at_ms: (event.created_at / 1000).max(0) as u64,
+            root: event.root(),
         }
     }
 
@@ -355,6 +358,7 @@ impl Dispatcher {
                             actor: "dispatcher",
                             payload: &stopped,
                             depth: event.depth,
+                            root: Some(event.root()),
                         },
                     )
                     .await
@@ -391,22 +395,45 @@ impl Dispatcher {
             },
             "record": record.as_ref().map(record_json),
         });
+        let due: Vec<&Target> = targets
+            .iter()
+            .filter(|t| !finished.contains(&t.name()))
+            .filter(|t| match t {
+                Target::Automation(a) => a.when.iter().all(|c| c.holds(&context)),
+                Target::Plugin(_) => true,
+            })
+            .collect();
+        // A chain's runs spend its root's budget, once per event (on its first attempt; a
+        // crash before settling may spend twice, which only stops a chain sooner). The
+        // report of an exhausted budget is delivered (once per chain); whatever its
+        // subscribers cause is in the same chain, and refused.
+        if event.depth > 0
+            && event.attempts == 0
+            && !due.is_empty()
+            && event.kind != "automation.budget_exhausted"
+        {
+            let budget = state.config.automation_budget;
+            match state
+                .store
+                .spend_budget(&scope, event.root(), due.len() as i64, budget)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return self.budget_exhausted(&scope, &event, &due, budget).await,
+                Err(e) => return (Vec::new(), retry(&event, e.to_string())),
+            }
+        }
         let mut deliveries = Vec::new();
         let mut failure: Option<String> = None;
         let mut retryable = false;
-        for target in &targets {
+        for target in due {
             let name = target.name();
-            if finished.contains(&name) {
-                continue;
-            }
-            if let Target::Automation(a) = target
-                && !a.when.iter().all(|c| c.holds(&context))
-            {
-                continue;
-            }
             let origin = Origin::new(&event, &name);
             let result = match target {
-                Target::Plugin(active) => self.deliver(&scope, active, &event, origin).await,
+                Target::Plugin(active) => {
+                    self.deliver(&scope, active, &event, record.as_ref(), origin)
+                        .await
+                }
                 Target::Automation(a) => {
                     self.run(&scope, a, &event, &context, record.as_ref(), origin)
                         .await
@@ -455,7 +482,10 @@ impl Dispatcher {
             }
         }
         for active in self.state.plugins.active(scope).await?.iter() {
+            // Other plugins' events are theirs: refused at upload, and not delivered even to
+            // a manifest stored before that check.
             if active.manifest.has_hook(Hook::OnEvent)
+                && active.manifest.may_receive(&event.kind)
                 && active
                     .manifest
                     .subscriptions
@@ -468,19 +498,101 @@ impl Dispatcher {
         Ok(targets)
     }
 
+    /// Stops a chain that used up its budget: its targets are skipped, and the first event
+    /// of the chain to find it so writes `automation.budget_exhausted` (once per chain: its
+    /// id is derived from the root).
+    async fn budget_exhausted(
+        &self,
+        scope: &TenantScope,
+        event: &QueuedEvent,
+        due: &[&Target],
+        budget: i64,
+    ) -> (Vec<Delivery>, Settle) {
+        let message = format!(
+            "stopped: the change that started this chain has caused {budget} plugin and automation runs, its budget; they may be triggering each other"
+        );
+        let names: Vec<String> = due.iter().map(|t| t.name()).collect();
+        let payload = json!({
+            "root": event.root(),
+            "kind": event.kind,
+            "depth": event.depth,
+            "budget": budget,
+            "targets": names,
+        });
+        let mut hash = Sha256::new();
+        hash.update(event.root().as_bytes());
+        hash.update(b"budget_exhausted");
+        // Timed like the root (ids are UUIDv7), so every event of the chain derives the same id.
+        let root_ms = event.root().get_timestamp().map_or(0, |t| {
+            t.to_unix().0 * 1000 + u64::from(t.to_unix().1 / 1_000_000)
+        });
+        let origin = Origin {
+            key: hash.finalize().into(),
+            depth: event.depth,
+            at_ms: root_ms,
+            root: event.root(),
+        };
+        if let Err(e) = self
+            .state
+            .store
+            .insert_event(
+                scope,
+                &NewEvent {
+                    id: origin.derived_id(0),
+                    kind: "automation.budget_exhausted",
+                    record: event.record_type.as_deref().zip(event.record_id),
+                    actor: "dispatcher",
+                    payload: &payload,
+                    depth: event.depth,
+                    root: Some(event.root()),
+                },
+            )
+            .await
+        {
+            return (Vec::new(), retry(event, e.to_string()));
+        }
+        tracing::warn!(tenant = %event.tenant_id, kind = %event.kind, root = %event.root(), "{message}");
+        let deliveries = names
+            .iter()
+            .map(|name| Delivery {
+                event_id: event.id,
+                target: name.clone(),
+                tenant_id: event.tenant_id,
+                status: "skipped",
+                attempts: event.attempts + 1,
+                output: None,
+                error: Some(message.clone()),
+                event_at: event.created_at,
+                finished_at: now_micros(),
+                node: self.node.clone(),
+            })
+            .collect();
+        (
+            deliveries,
+            Settle::Done {
+                seq: event.seq,
+                error: Some(message),
+            },
+        )
+    }
+
     async fn deliver(
         &self,
         scope: &TenantScope,
         active: &Arc<Active>,
         event: &QueuedEvent,
+        record: Option<&RecordRow>,
         origin: Origin,
     ) -> Result<Option<String>, TargetError> {
+        let payload = plugin_payload(&self.state.store, scope, &active.grants, event, record)
+            .await
+            .map_err(|e| TargetError::transient(e.to_string()))?;
         let call = Call::OnEvent(PluginEvent {
             id: event.id.to_string(),
             kind: event.kind.clone(),
             record_type: event.record_type.clone(),
             record_id: event.record_id.map(|id| id.to_string()),
-            payload: event.payload.0.to_string(),
+            payload: payload.to_string(),
             at: event.created_at,
         });
         let _slot = self
@@ -517,11 +629,23 @@ impl Dispatcher {
                         "plugin {plugin} is not installed and enabled for this tenant"
                     )));
                 };
+                // The action sees what its plugin's grants allow, like `on-event`.
+                let store = &self.state.store;
+                let payload = plugin_payload(store, scope, &active.grants, event, record)
+                    .await
+                    .map_err(|e| TargetError::transient(e.to_string()))?;
+                let record_view = match record {
+                    Some(row) => plugin_record_json(store, scope, &active.grants, row)
+                        .await
+                        .map_err(|e| TargetError::transient(e.to_string()))?,
+                    None => Value::Null,
+                };
                 let mut event_json = context["event"].clone();
                 event_json["at"] = json!(event.created_at);
+                event_json["payload"] = payload;
                 let input = json!({
                     "event": event_json,
-                    "record": context["record"],
+                    "record": record_view,
                     "params": automation.run.params,
                 });
                 let call = Call::RunAction {
@@ -630,6 +754,7 @@ impl Dispatcher {
                 created_by: None,
                 actor: format!("automation:{}", automation.id),
                 depth: origin.depth,
+                root: Some(origin.root),
             })
             .await;
         match outcome {
@@ -695,9 +820,275 @@ fn record_json(row: &RecordRow) -> Value {
     })
 }
 
+// What plugins may see of records and events.
+//
+// `records:read` is needed for any record data: without it a plugin is told which record
+// changed (kind, type, id) and its stage, nothing more. `records:read-pii` adds the fields
+// the record type's schema marks `"x-pii": true`; without it they are left out of events,
+// action inputs and what the `records` capability returns.
+
+/// Payload keys that are about a record's place in its pipeline, not its data.
+const STAGE_KEYS: &[&str] = &["stage", "from", "to", "version", "previous_version"];
+
+/// An event's payload as a plugin with `grants` may see it.
+pub(crate) async fn plugin_payload(
+    store: &crate::store::Store,
+    scope: &TenantScope,
+    grants: &Grants,
+    event: &QueuedEvent,
+    record: Option<&RecordRow>,
+) -> crate::store::StoreResult<Value> {
+    let payload = &event.payload.0;
+    let Some(record_type) = event.record_type.as_deref() else {
+        // Not about a record: the kernel's reports (kinds, depths, target names) and a
+        // plugin's own events.
+        return Ok(payload.clone());
+    };
+    if !grants.allows(Capability::RecordsRead) {
+        let mut view = Map::new();
+        for key in STAGE_KEYS {
+            if let Some(v) = payload.get(*key) {
+                view.insert(key.to_string(), v.clone());
+            }
+        }
+        if let Some(row) = record {
+            view.insert("stage".into(), json!(row.stage));
+        }
+        return Ok(Value::Object(view));
+    }
+    let mut payload = payload.clone();
+    if !grants.allows(Capability::RecordsReadPii)
+        && let Some(data) = payload.get_mut("data")
+    {
+        strip_pointers(data, &pii_fields(store, scope, record_type).await?);
+    }
+    Ok(payload)
+}
+
+/// A record as a plugin action's input shows it, by the plugin's grants.
+pub(crate) async fn plugin_record_json(
+    store: &crate::store::Store,
+    scope: &TenantScope,
+    grants: &Grants,
+    row: &RecordRow,
+) -> crate::store::StoreResult<Value> {
+    let mut view = record_json(row);
+    if !grants.allows(Capability::RecordsRead) {
+        if let Some(object) = view.as_object_mut() {
+            object.remove("data");
+        }
+    } else if !grants.allows(Capability::RecordsReadPii) {
+        strip_pointers(
+            &mut view["data"],
+            &pii_fields(store, scope, &row.record_type).await?,
+        );
+    }
+    Ok(view)
+}
+
+/// The PII fields of a tenant's record type (see [`pii_pointers`]).
+pub(crate) async fn pii_fields(
+    store: &crate::store::Store,
+    scope: &TenantScope,
+    record_type: &str,
+) -> crate::store::StoreResult<Vec<String>> {
+    Ok(store
+        .record_type(scope, record_type)
+        .await?
+        .and_then(|t| t.schema)
+        .map(|schema| pii_pointers(&schema.0))
+        .unwrap_or_default())
+}
+
+/// JSON pointers (into a record's data) of what a schema marks `"x-pii": true`: fields
+/// reached through `properties` (and `allOf` / local `$ref`, which apply at the same
+/// place). A mark anywhere else beneath a field (under `items`, `anyOf`, ...) makes that
+/// whole field personal, and one that cannot be tied to a field makes the whole data so
+/// (`""`): when in doubt, leave out more.
+pub(crate) fn pii_pointers(schema: &Value) -> Vec<String> {
+    /// Schema nodes looked at, at most: a schema whose `$ref`s branch so much that it
+    /// would take longer is treated as personal throughout.
+    const MAX_VISITS: usize = 20_000;
+    struct Scan<'a> {
+        root: &'a Value,
+        visits: usize,
+        out: Vec<String>,
+    }
+    fn marked(node: &Value) -> bool {
+        node.get("x-pii").and_then(Value::as_bool) == Some(true)
+    }
+    impl Scan<'_> {
+        fn tick(&mut self) -> bool {
+            self.visits += 1;
+            self.visits <= MAX_VISITS
+        }
+        /// Whether a mark sits in `node` outside the places `walk` follows (`top`: the
+        /// node's own mark, `properties`, `allOf` and `$ref` are walked precisely).
+        fn elsewhere(&mut self, node: &Value, seen: &mut Vec<String>, top: bool) -> bool {
+            if !self.tick() {
+                return true;
+            }
+            match node {
+                Value::Array(items) => items.iter().any(|v| self.elsewhere(v, seen, false)),
+                Value::Object(map) => {
+                    if !top && marked(node) {
+                        return true;
+                    }
+                    if !top
+                        && let Some(Value::String(r)) = map.get("$ref")
+                        && let Some(pointer) = r.strip_prefix('#')
+                        && !seen.iter().any(|s| s == pointer)
+                    {
+                        seen.push(pointer.to_string());
+                        let root = self.root;
+                        if let Some(target) = root.pointer(pointer)
+                            && self.elsewhere(target, seen, false)
+                        {
+                            return true;
+                        }
+                    }
+                    map.iter().any(|(k, v)| {
+                        let walked = top && matches!(k.as_str(), "properties" | "allOf" | "$ref");
+                        let not_schema = matches!(
+                            k.as_str(),
+                            "enum" | "const" | "default" | "examples" | "$defs" | "definitions"
+                        );
+                        !walked && !not_schema && self.elsewhere(v, seen, false)
+                    })
+                }
+                _ => false,
+            }
+        }
+        fn walk(&mut self, node: &Value, at: String, depth: usize) {
+            if self.out.iter().any(|p| p.is_empty()) {
+                return;
+            }
+            if depth > 64 || !self.tick() {
+                self.out = vec![String::new()];
+                return;
+            }
+            if marked(node) || self.elsewhere(node, &mut Vec::new(), true) {
+                if !self.out.contains(&at) {
+                    self.out.push(at);
+                }
+                return;
+            }
+            if let Some(Value::Object(props)) = node.get("properties") {
+                for (name, sub) in props {
+                    let here = format!("{at}/{}", name.replace('~', "~0").replace('/', "~1"));
+                    self.walk(sub, here, depth + 1);
+                }
+            }
+            if let Some(Value::Array(all)) = node.get("allOf") {
+                for sub in all {
+                    self.walk(sub, at.clone(), depth + 1);
+                }
+            }
+            let root = self.root;
+            if let Some(Value::String(r)) = node.get("$ref")
+                && let Some(target) = r.strip_prefix('#').and_then(|p| root.pointer(p))
+            {
+                self.walk(target, at, depth + 1);
+            }
+        }
+    }
+    let mut scan = Scan {
+        root: schema,
+        visits: 0,
+        out: Vec::new(),
+    };
+    scan.walk(schema, String::new(), 0);
+    if scan.out.iter().any(|p| p.is_empty()) {
+        return vec![String::new()];
+    }
+    scan.out
+}
+
+/// Removes each pointer's value from `data` (`""`: everything).
+pub(crate) fn strip_pointers(data: &mut Value, pointers: &[String]) {
+    for pointer in pointers {
+        if pointer.is_empty() {
+            *data = Value::Object(Map::new());
+            return;
+        }
+        let tokens: Vec<String> = pointer
+            .split('/')
+            .skip(1)
+            .map(|t| t.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        let Some((last, parents)) = tokens.split_last() else {
+            continue;
+        };
+        let mut at = Some(&mut *data);
+        for token in parents {
+            at = at
+                .and_then(|v| v.as_object_mut())
+                .and_then(|o| o.get_mut(token));
+        }
+        if let Some(object) = at.and_then(|v| v.as_object_mut()) {
+            object.remove(last);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pii_fields_are_found_wherever_they_are_marked() {
+        let pii = json!({"type": "string", "x-pii": true});
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "name": pii,
+                "budget": {"type": "number"},
+                "address": {"type": "object", "properties": {"street": pii, "city": {"type": "string"}}},
+                "phones": {"type": "array", "items": pii},
+                "contact": {"$ref": "#/$defs/person"},
+                "either": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/secretish"}]}
+            },
+            "allOf": [{"properties": {"email": pii}}],
+            "$defs": {
+                "person": {"type": "object", "properties": {"phone": pii, "role": {"type": "string"}}},
+                "secretish": pii
+            }
+        });
+        let mut found = pii_pointers(&schema);
+        found.sort();
+        assert_eq!(
+            found,
+            vec![
+                "/address/street",
+                "/contact/phone",
+                "/either",
+                "/email",
+                "/name",
+                "/phones"
+            ]
+        );
+        let mut data = json!({
+            "name": "Ada", "budget": 5, "address": {"street": "1 Way", "city": "Oslo"},
+            "phones": ["1"], "contact": {"phone": "2", "role": "x"}, "either": "3", "email": "a@b"
+        });
+        strip_pointers(&mut data, &pii_pointers(&schema));
+        assert_eq!(
+            data,
+            json!({"budget": 5, "address": {"city": "Oslo"}, "contact": {"role": "x"}})
+        );
+        // A mark that cannot be tied to a field hides all the data.
+        let loose = json!({"type": "object", "patternProperties": {"^p": pii}});
+        assert_eq!(pii_pointers(&loose), vec![String::new()]);
+        let mut data = json!({"p1": "x", "q": 1});
+        strip_pointers(&mut data, &pii_pointers(&loose));
+        assert_eq!(data, json!({}));
+        assert!(
+            pii_pointers(
+                &json!({"type": "object", "properties": {"a": {"enum": [{"x-pii": true}]}}})
+            )
+            .is_empty()
+        );
+    }
 
     #[test]
     fn derived_ids_are_stable_distinct_and_time_ordered() {
@@ -705,6 +1096,7 @@ mod tests {
             key: [key; 32],
             depth: 1,
             at_ms,
+            root: Uuid::nil(),
         };
         let a = origin(1, 1_700_000_000_000);
         assert_eq!(a.derived_id(0), a.derived_id(0));

@@ -334,7 +334,7 @@ version = "0.1.0"
 api = "0.1.0"
 description = "Scores leads by budget."
 hooks = ["score-lead"]
-# Capabilities the provider may grant: kv, records:read, records:write, events.
+# Capabilities the provider may grant: kv, records:read, records:read-pii, records:write, events.
 capabilities = []
 
 [limits]

@@ -78,7 +78,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         Arc::new(secrets),
     )
     .with_tenant_share(config.plugin_tenant_share())
-    .with_uploads_per_hour(config.uploads_per_hour);
+    .with_uploads_per_hour(config.uploads_per_hour)
+    .with_kv_quota(config.plugin_kv_bytes);
     if config.bundled_plugins {
         let added = crate::plugins::bundled::register(&store)
             .await

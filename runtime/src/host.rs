@@ -155,3 +155,55 @@ impl HostServices for NoServices {
 fn unavailable() -> HostError {
     HostError::Unavailable("no storage in this context".into())
 }
+
+/// Plugin-supplied text made safe for a log line: control characters (newlines, carriage
+/// returns, escape sequences), Unicode line separators and bidirectional overrides are
+/// written as `\n`, `\u{1b}` and the like, and backslashes doubled, so a plugin can neither
+/// forge a line of its own nor hide or reorder what is printed around its text.
+pub fn escape_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control()
+                || matches!(
+                    c,
+                    '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+                )
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c) =>
+            {
+                out.extend(c.escape_unicode())
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_text;
+
+    #[test]
+    fn plugin_text_cannot_forge_or_hide_log_lines() {
+        assert_eq!(escape_text("plain text, é ✓"), "plain text, é ✓");
+        assert_eq!(
+            escape_text("ok\nINFO forged line\r\x1b[2Kgone\t\\n"),
+            "ok\\nINFO forged line\\r\\u{1b}[2Kgone\\t\\\\n"
+        );
+        assert_eq!(
+            escape_text("a\u{2028}b\u{202e}c\u{2066}d\0"),
+            "a\\u{2028}b\\u{202e}c\\u{2066}d\\u{0}"
+        );
+        for c in (0u32..0x20).chain(0x7f..0xa0).filter_map(char::from_u32) {
+            assert!(
+                !escape_text(&format!("x{c}y")).chars().any(char::is_control),
+                "{c:?}"
+            );
+        }
+    }
+}

@@ -8,6 +8,7 @@
 //!
 //! wasmtime lives in this crate alone so the kernel's rebuilds skip it.
 
+pub mod config_schema;
 mod engine;
 pub mod host;
 pub mod manifest;

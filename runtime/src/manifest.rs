@@ -10,6 +10,19 @@ use serde::{Deserialize, Serialize};
 /// here beside the old ones; none is ever removed while plugins use it.
 pub const SUPPORTED_API_VERSIONS: &[&str] = &["0.1.0"];
 
+/// Event kinds the kernel writes, which any plugin may subscribe to. Plugins' own events
+/// are `plugin.<id>.<kind>`.
+pub const KERNEL_EVENT_KINDS: &[&str] = &[
+    "record.created",
+    "record.updated",
+    "record.deleted",
+    "stage.changed",
+    "lead.scored",
+    "plugin.failed",
+    "automation.loop_stopped",
+    "automation.budget_exhausted",
+];
+
 /// Longest plugin id.
 pub const MAX_ID_LEN: usize = 64;
 
@@ -67,6 +80,10 @@ pub enum Capability {
     RecordsRead,
     #[serde(rename = "records:write")]
     RecordsWrite,
+    /// With `records:read`: records and events include the fields the record type's schema
+    /// marks `"x-pii": true` (personal data). Without it they are left out.
+    #[serde(rename = "records:read-pii")]
+    RecordsReadPii,
     #[serde(rename = "events")]
     Events,
     #[serde(rename = "secrets")]
@@ -83,6 +100,7 @@ impl Capability {
             Capability::Kv => "kv",
             Capability::RecordsRead => "records:read",
             Capability::RecordsWrite => "records:write",
+            Capability::RecordsReadPii => "records:read-pii",
             Capability::Events => "events",
             Capability::Secrets => "secrets",
             Capability::Ai => "ai",
@@ -97,6 +115,7 @@ impl Capability {
             Capability::Kv
                 | Capability::RecordsRead
                 | Capability::RecordsWrite
+                | Capability::RecordsReadPii
                 | Capability::Events
         )
     }
@@ -291,6 +310,12 @@ impl Manifest {
                 ));
             }
         }
+        if self.requests(Capability::RecordsReadPii) && !self.requests(Capability::RecordsRead) {
+            errors.push(
+                "capabilities: records:read-pii adds personal fields to records:read; request both"
+                    .into(),
+            );
+        }
         if !self.subscriptions.is_empty() && !self.has_hook(Hook::OnEvent) {
             errors.push(
                 "subscriptions: events can only be delivered to a plugin with the on-event hook"
@@ -305,6 +330,13 @@ impl Manifest {
                 errors.push(format!(
                     "subscriptions: {:?} is not an event kind such as \"record.created\"",
                     truncate(s)
+                ));
+            } else if !self.may_receive(s) {
+                errors.push(format!(
+                    "subscriptions: {:?}: a plugin receives the kernel's events ({}) and its own \"plugin.{}.<kind>\" events, not another plugin's",
+                    truncate(s),
+                    KERNEL_EVENT_KINDS.join(", "),
+                    self.id
                 ));
             }
         }
@@ -341,6 +373,8 @@ impl Manifest {
                         errors.push("config.schema: a JSON Schema object".into());
                     } else if schema.get("type").and_then(|t| t.as_str()) != Some("object") {
                         errors.push("config.schema: the configuration must be an object (\"type\": \"object\")".into());
+                    } else {
+                        errors.extend(crate::config_schema::scan(schema).problems);
                     }
                 }
             }
@@ -353,27 +387,20 @@ impl Manifest {
     }
 
     /// JSON pointers (into the configuration) of the fields the schema marks as secret.
+    /// [`Manifest::validate`] refuses a schema that marks secrets where they cannot be
+    /// found (see [`crate::config_schema`]).
     pub fn secret_fields(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        collect_secrets(&self.config_schema(), String::new(), &mut out, 0);
-        out
+        crate::config_schema::scan(&self.config_schema()).fields
     }
-}
 
-fn collect_secrets(schema: &serde_json::Value, at: String, out: &mut Vec<String>, depth: usize) {
-    if depth > 16 {
-        return;
-    }
-    let Some(props) = schema.get("properties").and_then(|p| p.as_object()) else {
-        return;
-    };
-    for (name, sub) in props {
-        let path = format!("{at}/{}", name.replace('~', "~0").replace('/', "~1"));
-        if sub.get("writeOnly").and_then(|w| w.as_bool()) == Some(true) {
-            out.push(path);
-        } else {
-            collect_secrets(sub, path, out, depth + 1);
-        }
+    /// Whether this plugin may receive events of `kind`: the kernel's own, and its own
+    /// `plugin.<id>.*` events. Other plugins' events are theirs.
+    pub fn may_receive(&self, kind: &str) -> bool {
+        KERNEL_EVENT_KINDS.contains(&kind)
+            || kind
+                .strip_prefix("plugin.")
+                .and_then(|rest| rest.strip_prefix(self.id.as_str()))
+                .is_some_and(|rest| rest.len() > 1 && rest.starts_with('.'))
     }
 }
 
@@ -470,6 +497,66 @@ properties = { api_key = { type = "string", writeOnly = true }, nested = { type 
         ] {
             assert!(all.contains(needle), "{needle} missing from {all}");
         }
+    }
+
+    #[test]
+    fn subscriptions_are_kernel_kinds_or_the_plugins_own() {
+        let with = |subs: &str| {
+            GOOD.replace(
+                "hooks = [\"score-lead\"]",
+                &format!("hooks = [\"on-event\"]\nsubscriptions = [{subs}]"),
+            )
+        };
+        let m = Manifest::from_toml(&with(
+            "\"record.deleted\", \"plugin.lead-score-rules.done\", \"plugin.failed\"",
+        ))
+        .unwrap();
+        m.validate().unwrap();
+        assert!(m.may_receive("plugin.lead-score-rules.done"));
+        for other in [
+            "plugin.lead-followup.task",
+            "plugin.lead-score-rules-x.done",
+            "plugin.lead-score-rules",
+            "lead.qualified",
+        ] {
+            assert!(!m.may_receive(other), "{other}");
+            let err = Manifest::from_toml(&with(&format!("\"{other}\"")))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("subscriptions: \"{other}\"")) && err.contains("its own"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn misplaced_secrets_and_pii_without_read_are_refused() {
+        let text = GOOD.replace(
+            "nested = { type = \"object\", properties",
+            "list = { type = \"array\", items = { type = \"string\", writeOnly = true } }, nested = { type = \"object\", properties",
+        );
+        let err = Manifest::from_toml(&text)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("config.schema/properties/list/items: \"writeOnly\" under \"items\""),
+            "{err}"
+        );
+        let text = GOOD.replace(
+            "hooks = [\"score-lead\"]",
+            "hooks = [\"score-lead\"]\ncapabilities = [\"records:read-pii\"]",
+        );
+        let err = Manifest::from_toml(&text)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("request both"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod dispatch;
 mod hardening;
 mod isolation;
 mod ops;
+mod plugin_limits;
 mod plugins;
 mod records;
 mod roles;

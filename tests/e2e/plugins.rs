@@ -11,7 +11,7 @@ use crate::both_backends;
 use crate::harness::{Backend, TestServer, event_kinds, plugin_package};
 
 const SCORER: &str = "plugins/lead-score-rules";
-const HOSTILE: &str = "tests/plugins/hostile";
+pub(crate) const HOSTILE: &str = "tests/plugins/hostile";
 
 async fn put(srv: &TestServer, path: &str, token: &str, body: Value) -> (u16, Value) {
     srv.call(Method::PUT, path, Some(token), Some(body)).await
@@ -348,7 +348,7 @@ both_backends! {
     }
 }
 
-fn with_manifest(component: Vec<u8>, manifest: &Value) -> Vec<u8> {
+pub(crate) fn with_manifest(component: Vec<u8>, manifest: &Value) -> Vec<u8> {
     with_manifest_bytes(component, &serde_json::to_vec(manifest).unwrap())
 }
 

@@ -863,7 +863,12 @@ struct AuditEntry {
     version: String,
     capability: String,
     operation: String,
+    /// The first denied call of this minute's entry.
     at: String,
+    /// Denied calls this entry stands for (they are counted per minute).
+    calls: i64,
+    /// The latest of them.
+    last_at: String,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -871,7 +876,8 @@ struct AuditList {
     items: Vec<AuditEntry>,
 }
 
-/// Capability calls the plugin made without a grant, newest first (at most 200).
+/// Capability calls the plugin made without a grant, newest first (at most 200 entries,
+/// each counting the calls of one capability and operation in one minute).
 #[utoipa::path(get, path = "/tenants/{slug}/plugins/{id}/audit", tag = "provider", security(("provider_token" = [])),
     params(("slug" = String, Path), ("id" = String, Path)),
     responses((status = 200, body = AuditList), (status = 404, body = ErrorBody)))]
@@ -896,6 +902,8 @@ async fn audit(
                 capability: r.capability,
                 operation: r.operation,
                 at: crate::store::format_micros(r.created_at),
+                calls: r.calls,
+                last_at: crate::store::format_micros(r.last_at),
             })
             .collect(),
     }))

@@ -351,6 +351,7 @@ pub async fn create(
             created_by,
             actor,
             depth: 0,
+            root: None,
         })
         .await?;
     match outcome {
@@ -545,6 +546,7 @@ async fn update_record(
             events,
             actor: principal.actor(),
             depth: 0,
+            root: None,
         })
         .await?;
     match outcome {

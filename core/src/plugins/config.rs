@@ -27,6 +27,20 @@ pub fn prepare(
     input: Value,
     kept_secrets: &Map<String, Value>,
 ) -> Result<PreparedConfig, Vec<FieldError>> {
+    // The same rule the package check applies, for schemas stored before it existed: a
+    // secret the host cannot place would be stored and shown in plain text.
+    let placement = streamflow_runtime::config_schema::scan(schema).problems;
+    if !placement.is_empty() {
+        return Err(placement
+            .into_iter()
+            .map(|p| {
+                FieldError::new(
+                    "/config",
+                    format!("the plugin's config schema is unusable: {p}"),
+                )
+            })
+            .collect());
+    }
     if !input.is_object() {
         return Err(vec![FieldError::new("/config", "must be a JSON object")]);
     }
@@ -48,10 +62,13 @@ pub fn prepare(
         .iter_errors(&config)
         .take(MAX_REPORTED_ERRORS)
         .map(|e| {
-            FieldError::new(
-                format!("/config{}", e.instance_path()),
-                redact(&e.to_string(), &config, secret_fields),
-            )
+            let at = e.instance_path().to_string();
+            let message = if holds_secret(&at, &config, secret_fields) {
+                without_value(&e)
+            } else {
+                e.to_string()
+            };
+            FieldError::new(format!("/config{at}"), message)
         })
         .collect();
     if !errors.is_empty() {
@@ -69,18 +86,26 @@ pub fn prepare(
     })
 }
 
-/// A validation message quotes the offending value; never let that be a secret.
-fn redact(message: &str, config: &Value, secret_fields: &[String]) -> String {
-    let mut message = message.to_string();
-    for pointer in secret_fields {
-        if let Some(secret) = config.pointer(pointer) {
-            let text = secret.to_string();
-            if text.len() > 2 && message.contains(&text) {
-                message = message.replace(&text, "\"********\"");
-            }
-        }
-    }
-    message
+/// Whether the value at `at` is, lies inside or contains a secret that the configuration
+/// holds. Messages about such a value are built without quoting it: the rule is where the
+/// value sits, not whether its text happens to appear in the message.
+fn holds_secret(at: &str, config: &Value, secret_fields: &[String]) -> bool {
+    secret_fields.iter().any(|secret| {
+        config.pointer(secret).is_some()
+            && (at == secret
+                || at.is_empty()
+                || secret.starts_with(&format!("{at}/"))
+                || at.starts_with(&format!("{secret}/")))
+    })
+}
+
+/// What a validation error says without its instance (the crate's masked form, which
+/// puts a placeholder where the value would be quoted).
+fn without_value(e: &jsonschema::ValidationError<'_>) -> String {
+    format!(
+        "{} (the value is secret and not shown)",
+        e.masked_with("the value")
+    )
 }
 
 fn field_errors(details: Value) -> Vec<FieldError> {
@@ -165,6 +190,22 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    #[test]
+    fn schemas_with_unplaceable_secrets_are_unusable() {
+        let schema = json!({
+            "type": "object",
+            "properties": {"keys": {"type": "array", "items": {"type": "string", "writeOnly": true}}}
+        });
+        let errors = prepare(&schema, &[], json!({"keys": ["sk-live"]}), &Map::new()).unwrap_err();
+        assert_eq!(errors[0].path, "/config");
+        assert!(
+            errors[0]
+                .message
+                .contains("config.schema/properties/keys/items"),
+            "{errors:?}"
+        );
+    }
+
     fn schema() -> Value {
         json!({
             "type": "object",
@@ -228,6 +269,34 @@ mod tests {
             errors.iter().all(|e| !e.message.contains("tiny1")),
             "{errors:?}"
         );
+        // However short the secret, and whatever rule it breaks, its value is not quoted:
+        // neither at its own path nor in an error about an object that contains it.
+        let short = json!({
+            "type": "object",
+            "properties": {
+                "creds": {
+                    "type": "object",
+                    "properties": {"pin": {"type": "string", "writeOnly": true, "minLength": 8}},
+                    "maxProperties": 1,
+                    "not": {"required": ["other"]}
+                }
+            }
+        });
+        for (input, path) in [
+            (json!({"creds": {"pin": "qz"}}), "/config/creds/pin"),
+            (json!({"creds": {"pin": "qz", "other": 1}}), "/config/creds"),
+            (json!({"creds": {"pin": 7}}), "/config/creds/pin"),
+        ] {
+            let errors =
+                prepare(&short, &["/creds/pin".to_string()], input, &Map::new()).unwrap_err();
+            assert!(errors.iter().any(|e| e.path == path), "{errors:?}");
+            for e in &errors {
+                assert!(
+                    !e.message.contains("qz") && !e.message.contains('7'),
+                    "{errors:?}"
+                );
+            }
+        }
         let missing = prepare(&schema(), &secrets, json!({}), &Map::new()).unwrap_err();
         assert!(missing[0].message.contains("api_key"), "{missing:?}");
         assert_eq!(

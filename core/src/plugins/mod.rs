@@ -61,7 +61,9 @@ impl CallError {
     fn from_failure(f: &Failure) -> Self {
         CallError {
             kind: f.kind(),
-            message: f.to_string(),
+            // Panic messages and plugin errors are the plugin's text: escaped before they
+            // reach logs, health and deliveries.
+            message: streamflow_runtime::host::escape_text(&f.to_string()),
         }
     }
 
@@ -98,6 +100,8 @@ pub struct PluginHost {
     /// Upload attempts per developer on this node, refused ones included (their checks
     /// cost CPU too).
     upload_attempts: governor::DefaultKeyedRateLimiter<Uuid>,
+    /// Bytes each installation may keep in `kv` ([`PluginHost::with_kv_quota`]).
+    kv_bytes: u64,
 }
 
 /// Upload attempts a developer may make per hour, as a multiple of the versions they may
@@ -128,8 +132,15 @@ impl PluginHost {
             ),
             sweeping: tokio::sync::Mutex::new(()),
             upload_attempts: upload_attempts_limiter(20),
+            kv_bytes: 16 * 1024 * 1024,
             runtime,
         }
+    }
+
+    /// Sets the bytes (keys and values) each installation may keep in `kv`.
+    pub fn with_kv_quota(mut self, bytes: u64) -> Self {
+        self.kv_bytes = bytes;
+        self
     }
 
     /// Sets how many versions a developer may publish per hour; this node lets them try
@@ -420,6 +431,9 @@ impl PluginHost {
                         scope: *scope,
                         plugin_id: active.plugin_id.clone(),
                         version: active.version.clone(),
+                        grants: active.grants.clone(),
+                        kv_bytes: self.kv_bytes,
+                        call_root: Uuid::now_v7(),
                         origin,
                         created: Default::default(),
                     }),
@@ -593,7 +607,7 @@ pub fn check_grants(
         match serde_json::from_value::<Capability>(Value::String(name.clone())) {
             Err(_) => errors.push(crate::error::FieldError::new(
                 format!("/grants/{i}"),
-                format!("{name:?} is not a capability (kv, records:read, records:write, events, secrets, ai, http)"),
+                format!("{name:?} is not a capability (kv, records:read, records:read-pii, records:write, events, secrets, ai, http)"),
             )),
             Ok(cap) if !manifest.requests(cap) => errors.push(crate::error::FieldError::new(
                 format!("/grants/{i}"),

@@ -5,17 +5,18 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use streamflow_runtime::{Capability, HostError, HostServices, PluginRecord};
+use streamflow_runtime::{Capability, Grants, HostError, HostServices, PluginRecord};
 use uuid::Uuid;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::error::ApiError;
-use crate::events::Origin;
+use crate::events::{Origin, pii_fields, strip_pointers};
 use crate::records::{
     MAX_DATA_DEPTH, SchemaCache, WriteRules, check_json, check_stage, valid_type_id,
 };
 use crate::store::events::NewEvent;
+use crate::store::plugins::KvSet;
 use crate::store::records::{RecordFilter, RecordRow};
 use crate::store::writer::{RecordWrite, RecordWriter, WriteOutcome};
 use crate::store::{Store, TenantScope};
@@ -42,6 +43,14 @@ pub(super) struct KernelServices {
     pub workflows: Arc<Workflows>,
     pub plugin_id: String,
     pub version: String,
+    /// What the installation was granted: records lose their personal fields without
+    /// `records:read-pii`.
+    pub grants: Grants,
+    /// Bytes the installation may keep in `kv`.
+    pub kv_bytes: u64,
+    /// The chain root of what a call the dispatcher did not make creates: one per call, so
+    /// the events one API call emits share one budget (see `events`).
+    pub call_root: Uuid,
     /// Set when the dispatcher makes the call: writes are idempotent per origin.
     pub origin: Option<Origin>,
     /// Records and events created so far in this call (numbers derived ids).
@@ -62,13 +71,15 @@ fn invalid(e: ApiError) -> HostError {
     HostError::Invalid(format!("{}{details}", e.message))
 }
 
-fn to_plugin(row: RecordRow) -> PluginRecord {
+fn to_plugin(row: RecordRow, pii: &[String]) -> PluginRecord {
+    let mut data = row.data.0;
+    strip_pointers(&mut data, pii);
     PluginRecord {
         id: row.id.to_string(),
         record_type: row.record_type,
         stage: row.stage,
         version: row.version as u64,
-        data: row.data.0.to_string(),
+        data: data.to_string(),
         created_at: row.created_at,
         updated_at: row.updated_at,
     }
@@ -89,6 +100,20 @@ impl KernelServices {
 
     fn depth(&self) -> i64 {
         self.origin.as_ref().map_or(0, |o| o.depth)
+    }
+
+    fn root(&self) -> Option<Uuid> {
+        Some(self.origin.as_ref().map_or(self.call_root, |o| o.root))
+    }
+
+    /// The fields of `record_type` this plugin may not see (none with `records:read-pii`).
+    async fn hidden(&self, record_type: &str) -> Result<Vec<String>, HostError> {
+        if self.grants.allows(Capability::RecordsReadPii) {
+            return Ok(Vec::new());
+        }
+        pii_fields(&self.store, &self.scope, record_type)
+            .await
+            .map_err(unavailable)
     }
 
     /// The id of the next thing this call creates: derived from the origin when the
@@ -127,6 +152,40 @@ impl KernelServices {
     }
 }
 
+/// Puts back into `data` each `hidden` field it lacks, from `stored`.
+fn keep_hidden(data: &mut Value, stored: &Value, hidden: &[String]) {
+    'fields: for pointer in hidden {
+        if pointer.is_empty() {
+            // Nothing of the record is visible: the update cannot change its data.
+            *data = stored.clone();
+            return;
+        }
+        let (Some(value), None) = (stored.pointer(pointer), data.pointer(pointer)) else {
+            continue;
+        };
+        let tokens: Vec<String> = pointer
+            .split('/')
+            .skip(1)
+            .map(|t| t.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        let Some((last, parents)) = tokens.split_last() else {
+            continue;
+        };
+        let mut at = &mut *data;
+        for token in parents {
+            let Value::Object(object) = at else {
+                continue 'fields;
+            };
+            at = object
+                .entry(token.clone())
+                .or_insert_with(|| Value::Object(Default::default()));
+        }
+        if let Value::Object(object) = at {
+            object.insert(last.clone(), value.clone());
+        }
+    }
+}
+
 impl HostServices for KernelServices {
     fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, HostError> {
         self.handle
@@ -135,19 +194,27 @@ impl HostServices for KernelServices {
     }
 
     fn kv_set(&self, key: &str, value: &[u8]) -> Result<(), HostError> {
-        let stored = self
+        let quota = i64::try_from(self.kv_bytes).unwrap_or(i64::MAX);
+        let outcome = self
             .handle
-            .block_on(
-                self.store
-                    .kv_set(&self.scope, &self.plugin_id, key, value, MAX_KV_KEYS),
-            )
+            .block_on(self.store.kv_set(
+                &self.scope,
+                &self.plugin_id,
+                key,
+                value,
+                MAX_KV_KEYS,
+                quota,
+            ))
             .map_err(unavailable)?;
-        if stored {
-            Ok(())
-        } else {
-            Err(HostError::Limit(format!(
+        match outcome {
+            KvSet::Stored => Ok(()),
+            KvSet::TooManyKeys => Err(HostError::Limit(format!(
                 "at most {MAX_KV_KEYS} keys per tenant"
-            )))
+            ))),
+            KvSet::OverQuota { used } => Err(HostError::Limit(format!(
+                "kv quota: {used} of {quota} bytes (keys and values) used; this write needs {} more",
+                key.len() + value.len()
+            ))),
         }
     }
 
@@ -162,11 +229,15 @@ impl HostServices for KernelServices {
         let Ok(id) = Uuid::parse_str(id) else {
             return Ok(None);
         };
-        let row = self
-            .handle
-            .block_on(self.store.get_record(&self.scope, record_type, id))
-            .map_err(unavailable)?;
-        Ok(row.map(to_plugin))
+        self.handle.block_on(async {
+            let row = self
+                .store
+                .get_record(&self.scope, record_type, id)
+                .await
+                .map_err(unavailable)?;
+            let hidden = self.hidden(record_type).await?;
+            Ok(row.map(|r| to_plugin(r, &hidden)))
+        })
     }
 
     fn record_list(
@@ -184,18 +255,15 @@ impl HostServices for KernelServices {
             ..Default::default()
         };
         let limit = limit.clamp(1, MAX_LIST) as i64;
-        let rows = self
-            .handle
-            .block_on(self.store.list_records(
-                &self.scope,
-                record_type,
-                &filter,
-                limit,
-                PLUGIN_LIST_BYTES,
-            ))
-            .map_err(unavailable)?
-            .0;
-        Ok(rows.into_iter().map(to_plugin).collect())
+        self.handle.block_on(async {
+            let (rows, _) = self
+                .store
+                .list_records(&self.scope, record_type, &filter, limit, PLUGIN_LIST_BYTES)
+                .await
+                .map_err(unavailable)?;
+            let hidden = self.hidden(record_type).await?;
+            Ok(rows.into_iter().map(|r| to_plugin(r, &hidden)).collect())
+        })
     }
 
     fn record_create(
@@ -222,7 +290,7 @@ impl HostServices for KernelServices {
                         row.record_type
                     )));
                 }
-                return Ok(to_plugin(row));
+                return Ok(to_plugin(row, &self.hidden(record_type).await?));
             }
             let stage = self
                 .rules()
@@ -242,11 +310,12 @@ impl HostServices for KernelServices {
                     created_by: None,
                     actor: self.actor(),
                     depth: self.depth(),
+                    root: self.root(),
                 })
                 .await
                 .map_err(unavailable)?;
             match outcome {
-                WriteOutcome::Created(row) => Ok(to_plugin(row)),
+                WriteOutcome::Created(row) => Ok(to_plugin(row, &self.hidden(record_type).await?)),
                 _ => Err(HostError::Unavailable("unexpected write outcome".into())),
             }
         })
@@ -263,7 +332,7 @@ impl HostServices for KernelServices {
         Self::check_type(record_type)?;
         let not_found = || HostError::Invalid(format!("no {record_type} {id}"));
         let id = Uuid::parse_str(id).map_err(|_| not_found())?;
-        let data = self.parse_data(data)?;
+        let mut data = self.parse_data(data)?;
         self.handle.block_on(async {
             let current = self
                 .store
@@ -271,6 +340,10 @@ impl HostServices for KernelServices {
                 .await
                 .map_err(unavailable)?
                 .ok_or_else(not_found)?;
+            // Fields the plugin cannot see, and so leaves out, keep their stored values: an
+            // update replaces data as a whole and must not erase them.
+            let hidden = self.hidden(record_type).await?;
+            keep_hidden(&mut data, &current.data.0, &hidden);
             let expected = expected_version.map_or(current.version, |v| v as i64);
             if expected != current.version {
                 return Err(HostError::Conflict(format!(
@@ -295,11 +368,12 @@ impl HostServices for KernelServices {
                     events: Vec::new(),
                     actor: self.actor(),
                     depth: self.depth(),
+                    root: self.root(),
                 })
                 .await
                 .map_err(unavailable)?;
             match outcome {
-                WriteOutcome::Updated(row) => Ok(to_plugin(row)),
+                WriteOutcome::Updated(row) => Ok(to_plugin(row, &hidden)),
                 WriteOutcome::NotFound => Err(not_found()),
                 WriteOutcome::VersionConflict { current_version } => Err(HostError::Conflict(
                     format!("the record is at version {current_version}; read it again"),
@@ -339,11 +413,14 @@ impl HostServices for KernelServices {
                     actor: &self.actor(),
                     payload: &payload,
                     depth: self.depth(),
+                    root: self.root(),
                 },
             ))
             .map_err(unavailable)
     }
 
+    /// Counts the denial in its minute's audit row; only the window's first denial is
+    /// logged, so a plugin looping on a refused call costs one row and one line a minute.
     fn denied(&self, capability: Capability, operation: &str) {
         let result = self.handle.block_on(self.store.audit_denied(
             &self.scope,
@@ -352,8 +429,43 @@ impl HostServices for KernelServices {
             capability.as_str(),
             operation,
         ));
-        if let Err(e) = result {
-            tracing::error!(error = %e, "could not audit a denied plugin call");
+        match result {
+            Ok(1) => tracing::warn!(
+                tenant = %self.scope.tenant_id(),
+                plugin = %self.plugin_id,
+                capability = %capability,
+                operation,
+                "plugin call denied: capability not granted (further denials this minute are counted in the audit, not logged)"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "could not audit a denied plugin call"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_hidden;
+    use serde_json::json;
+
+    #[test]
+    fn an_update_keeps_the_fields_the_plugin_could_not_see() {
+        let stored = json!({"name": "Ada", "contact": {"phone": "1", "city": "Oslo"}, "budget": 5});
+        let hidden = ["/name".to_string(), "/contact/phone".to_string()];
+        // Left out (as the plugin was shown the record): kept.
+        let mut data = json!({"budget": 6, "contact": {"city": "Bergen"}});
+        keep_hidden(&mut data, &stored, &hidden);
+        assert_eq!(
+            data,
+            json!({"name": "Ada", "contact": {"phone": "1", "city": "Bergen"}, "budget": 6})
+        );
+        // Given: the plugin's value stands; a parent that is no longer an object is left be.
+        let mut data = json!({"name": "Bo", "contact": "none"});
+        keep_hidden(&mut data, &stored, &hidden);
+        assert_eq!(data, json!({"name": "Bo", "contact": "none"}));
+        // Nothing visible: the data cannot change.
+        let mut data = json!({"x": 1});
+        keep_hidden(&mut data, &stored, &[String::new()]);
+        assert_eq!(data, stored);
     }
 }

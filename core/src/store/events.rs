@@ -27,6 +27,15 @@ pub struct QueuedEvent {
     pub created_at: i64,
     pub depth: i64,
     pub attempts: i64,
+    /// The event its automation chain started from; `None`: it started one.
+    pub root_id: Option<Uuid>,
+}
+
+impl QueuedEvent {
+    /// The root of this event's chain: whose budget its work spends.
+    pub fn root(&self) -> Uuid {
+        self.root_id.unwrap_or(self.id)
+    }
 }
 
 /// The outcome of one target of one event.
@@ -69,6 +78,8 @@ pub struct NewEvent<'a> {
     pub actor: &'a str,
     pub payload: &'a Value,
     pub depth: i64,
+    /// The event the chain started from (`None`: this event starts one).
+    pub root: Option<Uuid>,
 }
 
 /// What becomes of a claimed event.
@@ -83,7 +94,7 @@ pub enum Settle {
 }
 
 const EVENT_COLUMNS: &str = "seq, id, tenant_id, kind, record_type, record_id, actor, payload, \
-     created_at, depth, attempts";
+     created_at, depth, attempts, root_id";
 
 /// Rows per multi-row INSERT of deliveries (11 parameters each).
 const DELIVERIES_PER_INSERT: usize = 500;
@@ -335,11 +346,12 @@ impl Store {
             actor,
             payload,
             depth,
+            root,
         } = *event;
         on_pool!(self.pool(), pool => {
             sqlx::query(
-                "INSERT INTO events (id, tenant_id, kind, record_type, record_id, actor, payload, created_at, depth) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO events (id, tenant_id, kind, record_type, record_id, actor, payload, created_at, depth, root_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
             )
             .bind(id)
             .bind(scope.tenant_id())
@@ -350,10 +362,42 @@ impl Store {
             .bind(Json(payload))
             .bind(now_micros())
             .bind(depth)
+            .bind(root)
             .execute(pool)
             .await?;
         });
         Ok(())
+    }
+
+    /// Spends `runs` of the budget of the chain started by `root`, if at most `budget` is
+    /// spent with them; `false` (and nothing spent) when the chain has used it up. One
+    /// statement, so concurrent dispatchers on any node cannot overspend.
+    pub async fn spend_budget(
+        &self,
+        scope: &TenantScope,
+        root: Uuid,
+        runs: i64,
+        budget: i64,
+    ) -> StoreResult<bool> {
+        if runs > budget {
+            return Ok(false);
+        }
+        let spent = on_pool!(self.pool(), pool => {
+            sqlx::query_scalar::<_, i64>(
+                "INSERT INTO event_budgets (tenant_id, root_id, spent, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (tenant_id, root_id) DO UPDATE SET spent = event_budgets.spent + excluded.spent, \
+                 updated_at = excluded.updated_at WHERE event_budgets.spent + excluded.spent <= $5 \
+                 RETURNING spent",
+            )
+            .bind(scope.tenant_id())
+            .bind(root)
+            .bind(runs)
+            .bind(now_micros())
+            .bind(budget)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(spent.is_some())
     }
 
     /// The tenant's latest deliveries (automation runs and plugin deliveries), newest first.

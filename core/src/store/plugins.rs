@@ -151,11 +151,31 @@ pub struct AuditRow {
     pub version: String,
     pub capability: String,
     pub operation: String,
+    /// The window's first call.
     pub created_at: i64,
+    /// Calls the row stands for (denials are counted per minute, not written one by one).
+    pub calls: i64,
+    /// The window's latest call.
+    pub last_at: i64,
 }
 
 /// How many audit entries a listing returns at most.
 pub const AUDIT_PAGE: i64 = 200;
+
+/// Denied calls are aggregated per this window.
+pub const AUDIT_WINDOW_MICROS: i64 = 60_000_000;
+
+/// What [`Store::kv_set`] came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvSet {
+    Stored,
+    /// A new key past the installation's key limit.
+    TooManyKeys,
+    /// The write would take the installation past its byte quota (`used` bytes now).
+    OverQuota {
+        used: i64,
+    },
+}
 
 impl Store {
     /// Publishes a version: claims the id for `developer` if nobody owns it, refuses it if
@@ -506,8 +526,12 @@ impl Store {
         Ok(value)
     }
 
-    /// Stores a value unless the tenant × plugin already holds `max_keys` other keys;
-    /// `Ok(false)` when that limit refused it.
+    /// Stores a value if the installation stays within `max_keys` keys and `max_bytes`
+    /// bytes (keys and values) with it. The check and the write are one transaction that
+    /// first locks the installation's usage row (on PostgreSQL the upsert takes the row
+    /// lock; on SQLite the first statement, a write, takes the database's write lock), so
+    /// concurrent writers, on any number of nodes, are serialised and cannot overshoot.
+    /// A write that shrinks a value is always allowed.
     pub async fn kv_set(
         &self,
         scope: &TenantScope,
@@ -515,27 +539,62 @@ impl Store {
         key: &str,
         value: &[u8],
         max_keys: i64,
-    ) -> StoreResult<bool> {
-        let done = on_pool!(self.pool(), pool => {
-            sqlx::query(
-                "INSERT INTO plugin_kv (tenant_id, plugin_id, key, value, updated_at) \
-                 SELECT $1, $2, $3, $4, $5 \
-                 WHERE EXISTS (SELECT 1 FROM plugin_kv WHERE tenant_id = $1 AND plugin_id = $2 AND key = $3) \
-                    OR (SELECT COUNT(*) FROM plugin_kv WHERE tenant_id = $1 AND plugin_id = $2) < $6 \
-                 ON CONFLICT (tenant_id, plugin_id, key) DO UPDATE SET value = excluded.value, \
-                 updated_at = excluded.updated_at",
+        max_bytes: i64,
+    ) -> StoreResult<KvSet> {
+        let size = (key.len() + value.len()) as i64;
+        let outcome = on_pool!(self.pool(), pool => {
+            let mut tx = pool.begin().await?;
+            let (bytes, keys): (i64, i64) = sqlx::query_as(
+                "INSERT INTO plugin_kv_usage (tenant_id, plugin_id, bytes, key_count) VALUES ($1, $2, 0, 0) \
+                 ON CONFLICT (tenant_id, plugin_id) DO UPDATE SET bytes = plugin_kv_usage.bytes \
+                 RETURNING bytes, key_count",
+            )
+            .bind(scope.tenant_id())
+            .bind(plugin_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let old: Option<i64> = sqlx::query_scalar(
+                "SELECT CAST(length(value) AS BIGINT) FROM plugin_kv WHERE tenant_id = $1 AND plugin_id = $2 AND key = $3",
             )
             .bind(scope.tenant_id())
             .bind(plugin_id)
             .bind(key)
-            .bind(value)
-            .bind(now_micros())
-            .bind(max_keys)
-            .execute(pool)
-            .await?
-            .rows_affected()
+            .fetch_optional(&mut *tx)
+            .await?;
+            let old_size = old.map(|v| v + key.len() as i64);
+            let new_keys = keys + i64::from(old_size.is_none());
+            let new_bytes = bytes - old_size.unwrap_or(0) + size;
+            if old_size.is_none() && new_keys > max_keys {
+                KvSet::TooManyKeys
+            } else if new_bytes > max_bytes && size > old_size.unwrap_or(0) {
+                KvSet::OverQuota { used: bytes }
+            } else {
+                sqlx::query(
+                    "INSERT INTO plugin_kv (tenant_id, plugin_id, key, value, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (tenant_id, plugin_id, key) DO UPDATE SET value = excluded.value, \
+                     updated_at = excluded.updated_at",
+                )
+                .bind(scope.tenant_id())
+                .bind(plugin_id)
+                .bind(key)
+                .bind(value)
+                .bind(now_micros())
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE plugin_kv_usage SET bytes = $3, key_count = $4 WHERE tenant_id = $1 AND plugin_id = $2",
+                )
+                .bind(scope.tenant_id())
+                .bind(plugin_id)
+                .bind(new_bytes)
+                .bind(new_keys)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                KvSet::Stored
+            }
         });
-        Ok(done > 0)
+        Ok(outcome)
     }
 
     pub async fn kv_delete(
@@ -545,16 +604,44 @@ impl Store {
         key: &str,
     ) -> StoreResult<()> {
         on_pool!(self.pool(), pool => {
-            sqlx::query("DELETE FROM plugin_kv WHERE tenant_id = $1 AND plugin_id = $2 AND key = $3")
+            let mut tx = pool.begin().await?;
+            // Same order as kv_set: the usage row first.
+            sqlx::query(
+                "INSERT INTO plugin_kv_usage (tenant_id, plugin_id, bytes, key_count) VALUES ($1, $2, 0, 0) \
+                 ON CONFLICT (tenant_id, plugin_id) DO UPDATE SET bytes = plugin_kv_usage.bytes",
+            )
+            .bind(scope.tenant_id())
+            .bind(plugin_id)
+            .execute(&mut *tx)
+            .await?;
+            let removed: Option<i64> = sqlx::query_scalar(
+                "DELETE FROM plugin_kv WHERE tenant_id = $1 AND plugin_id = $2 AND key = $3 \
+                 RETURNING CAST(length(value) AS BIGINT)",
+            )
+            .bind(scope.tenant_id())
+            .bind(plugin_id)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(size) = removed {
+                sqlx::query(
+                    "UPDATE plugin_kv_usage SET bytes = bytes - $3, key_count = key_count - 1 \
+                     WHERE tenant_id = $1 AND plugin_id = $2",
+                )
                 .bind(scope.tenant_id())
                 .bind(plugin_id)
-                .bind(key)
-                .execute(pool)
+                .bind(size + key.len() as i64)
+                .execute(&mut *tx)
                 .await?;
+            }
+            tx.commit().await?;
         });
         Ok(())
     }
 
+    /// Counts a denied call in its minute's audit row (one row per installation version ×
+    /// capability × operation × minute). Returns how many calls the row now stands for:
+    /// 1 means this is the window's first, the one worth a log line.
     pub async fn audit_denied(
         &self,
         scope: &TenantScope,
@@ -562,11 +649,16 @@ impl Store {
         version: &str,
         capability: &str,
         operation: &str,
-    ) -> StoreResult<()> {
-        on_pool!(self.pool(), pool => {
-            sqlx::query(
-                "INSERT INTO plugin_audit (id, tenant_id, plugin_id, version, capability, operation, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    ) -> StoreResult<i64> {
+        let now = now_micros();
+        let window = now - now.rem_euclid(AUDIT_WINDOW_MICROS);
+        let calls = on_pool!(self.pool(), pool => {
+            sqlx::query_scalar::<_, i64>(
+                "INSERT INTO plugin_audit (id, tenant_id, plugin_id, version, capability, operation, created_at, \
+                 window_start, calls, last_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $7) \
+                 ON CONFLICT (tenant_id, plugin_id, version, capability, operation, window_start) \
+                 DO UPDATE SET calls = plugin_audit.calls + 1, last_at = excluded.last_at \
+                 RETURNING calls",
             )
             .bind(Uuid::now_v7())
             .bind(scope.tenant_id())
@@ -574,11 +666,12 @@ impl Store {
             .bind(version)
             .bind(capability)
             .bind(operation)
-            .bind(now_micros())
-            .execute(pool)
-            .await?;
+            .bind(now)
+            .bind(window)
+            .fetch_one(pool)
+            .await?
         });
-        Ok(())
+        Ok(calls)
     }
 
     /// The newest denied calls of one installation.
@@ -589,7 +682,8 @@ impl Store {
     ) -> StoreResult<Vec<AuditRow>> {
         let rows = on_pool!(self.pool(), pool => {
             sqlx::query_as::<_, AuditRow>(
-                "SELECT id, plugin_id, version, capability, operation, created_at FROM plugin_audit \
+                "SELECT id, plugin_id, version, capability, operation, created_at, calls, \
+                 COALESCE(last_at, created_at) AS last_at FROM plugin_audit \
                  WHERE tenant_id = $1 AND plugin_id = $2 ORDER BY created_at DESC, id DESC LIMIT $3",
             )
             .bind(scope.tenant_id())

@@ -46,6 +46,8 @@ pub enum RecordWrite {
         actor: Actor,
         /// How many automations led to this change (0 for people and API clients).
         depth: i64,
+        /// The event the automation chain started from (None for people and API clients).
+        root: Option<Uuid>,
     },
     /// Replaces `data` and/or `stage` if the stored version is still `expected_version`.
     Update {
@@ -60,6 +62,7 @@ pub enum RecordWrite {
         events: Vec<(&'static str, Value)>,
         actor: Actor,
         depth: i64,
+        root: Option<Uuid>,
     },
     Delete {
         scope: TenantScope,
@@ -240,6 +243,7 @@ struct PendingEvent {
     actor: Actor,
     payload: Value,
     depth: i64,
+    root: Option<Uuid>,
 }
 
 /// The two multi-row INSERTs of a batch, written per backend: a VALUES list on SQLite
@@ -286,7 +290,7 @@ impl BulkInsert for sqlx::SqliteConnection {
         now: i64,
     ) -> Result<(), sqlx::Error> {
         let mut insert = sqlx::QueryBuilder::new(
-            "INSERT INTO events (id, tenant_id, kind, record_type, record_id, actor, payload, created_at, depth) ",
+            "INSERT INTO events (id, tenant_id, kind, record_type, record_id, actor, payload, created_at, depth, root_id) ",
         );
         insert.push_values(events, |mut b, e| {
             b.push_bind(Uuid::now_v7())
@@ -297,7 +301,8 @@ impl BulkInsert for sqlx::SqliteConnection {
                 .push_bind(&e.actor)
                 .push_bind(Json(&e.payload))
                 .push_bind(now)
-                .push_bind(e.depth);
+                .push_bind(e.depth)
+                .push_bind(e.root);
         });
         insert.build().execute(self).await?;
         Ok(())
@@ -335,11 +340,11 @@ impl BulkInsert for sqlx::PgConnection {
     ) -> Result<(), sqlx::Error> {
         // In array order, so `seq` follows the order the changes happened.
         sqlx::query(
-            "INSERT INTO events (id, tenant_id, kind, record_type, record_id, actor, payload, created_at, depth) \
-             SELECT id, tenant_id, kind, record_type, record_id, actor, payload, $8, depth \
+            "INSERT INTO events (id, tenant_id, kind, record_type, record_id, actor, payload, created_at, depth, root_id) \
+             SELECT id, tenant_id, kind, record_type, record_id, actor, payload, $8, depth, root_id \
              FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::jsonb[], \
-               $9::int8[]) WITH ORDINALITY \
-               AS e(id, tenant_id, kind, record_type, record_id, actor, payload, depth, n) ORDER BY n",
+               $9::int8[], $10::uuid[]) WITH ORDINALITY \
+               AS e(id, tenant_id, kind, record_type, record_id, actor, payload, depth, root_id, n) ORDER BY n",
         )
         .bind(events.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
         .bind(events.iter().map(|e| e.tenant_id).collect::<Vec<_>>())
@@ -350,6 +355,7 @@ impl BulkInsert for sqlx::PgConnection {
         .bind(events.iter().map(|e| Json(e.payload.clone())).collect::<Vec<_>>())
         .bind(now)
         .bind(events.iter().map(|e| e.depth).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.root).collect::<Vec<_>>())
         .execute(self)
         .await?;
         Ok(())
@@ -442,7 +448,7 @@ async fn apply_batch(
         let mut created = created.into_iter();
         for write in writes {
             let outcome = match write {
-                RecordWrite::Create { actor, events: extra, depth, .. } => {
+                RecordWrite::Create { actor, events: extra, depth, root, .. } => {
                     let row = created.next().expect("one row per create");
                     let event = |kind, payload| PendingEvent {
                         tenant_id: row.tenant_id,
@@ -452,6 +458,7 @@ async fn apply_batch(
                         actor: actor.clone(),
                         payload,
                         depth: *depth,
+                        root: *root,
                     };
                     events.push(event("record.created", json!({ "version": 1, "stage": row.stage })));
                     if row.stage.is_some() {
@@ -466,7 +473,7 @@ async fn apply_batch(
                     }
                     WriteOutcome::Created(row)
                 }
-                RecordWrite::Update { scope, record_type, id, expected_version, data, stage, score, events: extra, actor, depth } => {
+                RecordWrite::Update { scope, record_type, id, expected_version, data, stage, score, events: extra, actor, depth, root } => {
                     let current = current_record!(tx, scope, record_type, id);
                     match current {
                         None => WriteOutcome::NotFound,
@@ -525,6 +532,7 @@ async fn apply_batch(
                                     actor: actor.clone(),
                                     payload,
                                     depth: *depth,
+                                    root: *root,
                                 };
                                 events.push(event(
                                     "record.updated",
@@ -555,15 +563,16 @@ async fn apply_batch(
                     }
                     match current {
                         None => WriteOutcome::NotFound,
-                        Some(RecordRow { version, data, .. }) => {
+                        Some(RecordRow { version, data, stage, .. }) => {
                             events.push(PendingEvent {
                                 tenant_id: scope.tenant_id(),
                                 kind: "record.deleted",
                                 record_type: record_type.clone(),
                                 record_id: *id,
                                 actor: actor.clone(),
-                                payload: json!({ "version": version, "data": data.0 }),
+                                payload: json!({ "version": version, "stage": stage, "data": data.0 }),
                                 depth: 0,
+                                root: None,
                             });
                             WriteOutcome::Deleted
                         }
@@ -597,6 +606,7 @@ mod tests {
             created_by: None,
             actor: "test".into(),
             depth: 0,
+            root: None,
         }
     }
 

@@ -6,7 +6,9 @@
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use streamflow_plugin_sdk::{Error, Lead, Plugin, Score, Temperature, config, events, kv, records};
+use streamflow_plugin_sdk::{
+    Error, Event, Lead, Plugin, Score, Temperature, config, events, kv, log, records,
+};
 
 #[derive(Deserialize)]
 struct Settings {
@@ -71,6 +73,30 @@ impl Plugin for Hostile {
         }
     }
 
+    fn on_event(event: Event) -> Result<(), Error> {
+        let host = |e| Error::Failed(format!("{e:?}"));
+        match event.kind.as_str() {
+            // Three more of its own kind per ping: without a budget, 3^depth deliveries.
+            "plugin.hostile.ping" => {
+                for n in 0..3 {
+                    events::emit("ping", &json!({ "n": n })).map_err(host)?;
+                }
+                Ok(())
+            }
+            // Keep what the host delivered, for the test to read back.
+            kind => kv::set_json(
+                &format!("seen:{kind}"),
+                &json!({
+                    "kind": kind,
+                    "record_type": event.record_type,
+                    "record_id": event.record_id,
+                    "payload": event.json()?,
+                }),
+            )
+            .map_err(host),
+        }
+    }
+
     fn run_action(name: &str, input: Value) -> Result<Value, Error> {
         let text = |key: &str| {
             input
@@ -89,6 +115,21 @@ impl Plugin for Hostile {
             "loop" => loop {
                 std::hint::black_box(0);
             },
+            "seen" => kv::get_json::<Value>(&format!("seen:{}", text("kind"))).map(|v| json!(v)),
+            // What an automation handed the action, for the test to read back (`seen`).
+            "keep-input" => kv::set_json("seen:action", &input).map(|()| json!("kept")),
+            // Two pings from one API call: one chain, one budget.
+            "ping" => events::emit("ping", &json!({"n": "start"}))
+                .and_then(|()| events::emit("ping", &json!({"n": "start-2"})))
+                .map(|()| json!("pinged")),
+            // The same refused call, `n` times in one call.
+            "deny" => {
+                let n = input.get("n").and_then(Value::as_u64).unwrap_or(1);
+                let denied = (0..n).filter(|_| kv::get("k").is_err()).count();
+                log::info(&format!("denied {denied} times\nINFO forged line"));
+                Ok(json!(denied))
+            }
+            "config" => Ok(serde_json::from_str::<Value>(&config::raw()).unwrap_or_default()),
             _ => return Err(Error::InvalidInput(format!("no action {name}"))),
         };
         // Report host errors as data so the test can read exactly what the host answered.
