@@ -9,8 +9,6 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use streamflow_runtime::{Call, Hook, Limits, Manifest, Package, Reply};
@@ -18,6 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::provider::tenant;
+use super::validate::{self, PageQuery, bad_parameter};
 use super::{AppState, JsonBody};
 use crate::auth::extract::{ClientPrincipal, DeveloperPrincipal, ProviderPrincipal};
 use crate::error::{ApiError, ApiResult, ErrorBody, FieldError};
@@ -126,59 +125,6 @@ struct VersionList {
     next_cursor: Option<String>,
 }
 
-/// Paging of the registry and installation lists, like record lists.
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-struct PageQuery {
-    /// Page size, 1-200 (default 50).
-    limit: Option<String>,
-    /// `next_cursor` of the previous page.
-    cursor: Option<String>,
-}
-
-const DEFAULT_LIMIT: i64 = 50;
-const MAX_LIMIT: i64 = 200;
-
-fn bad_parameter(parameter: &str, message: &str) -> ApiError {
-    ApiError::bad_request("invalid_parameter", format!("{parameter}: {message}"))
-        .with_details(json!({ "parameter": parameter }))
-}
-
-fn invalid_cursor() -> ApiError {
-    ApiError::bad_request("invalid_cursor", "cursor is not one this server returned")
-        .with_details(json!({ "parameter": "cursor" }))
-}
-
-impl PageQuery {
-    fn limit(&self) -> ApiResult<i64> {
-        match self.limit.as_deref().filter(|s| !s.is_empty()) {
-            None => Ok(DEFAULT_LIMIT),
-            Some(text) => text
-                .parse::<i64>()
-                .ok()
-                .filter(|n| (1..=MAX_LIMIT).contains(n))
-                .ok_or_else(|| bad_parameter("limit", "must be a whole number from 1 to 200")),
-        }
-    }
-
-    /// The cursor's payload, decoded as JSON.
-    fn cursor<T: serde::de::DeserializeOwned>(&self) -> ApiResult<Option<T>> {
-        let Some(text) = self.cursor.as_deref().filter(|s| !s.is_empty()) else {
-            return Ok(None);
-        };
-        URL_SAFE_NO_PAD
-            .decode(text)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .map(Some)
-            .ok_or_else(invalid_cursor)
-    }
-}
-
-fn encode_page_cursor(value: &impl Serialize) -> String {
-    URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).expect("a cursor serialises"))
-}
-
 /// One page of versions: fetches one row more than asked to tell whether a next page
 /// exists.
 async fn version_page(
@@ -187,15 +133,11 @@ async fn version_page(
     page: &PageQuery,
 ) -> ApiResult<VersionList> {
     let limit = page.limit()?;
-    filter.after = page.cursor::<(i64, String, String)>()?;
-    let mut rows = state.store.list_versions(&filter, limit + 1).await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last()
-            .map(|r| encode_page_cursor(&(r.uploaded_at, &r.plugin_id, &r.version)))
-    } else {
-        None
-    };
+    filter.after = page.after::<(i64, String, String)>()?;
+    let rows = state.store.list_versions(&filter, limit + 1).await?;
+    let (rows, next_cursor) = validate::page(rows, limit, |r| {
+        validate::json_cursor(&(r.uploaded_at, &r.plugin_id, &r.version))
+    });
     Ok(VersionList {
         items: rows
             .iter()
@@ -414,6 +356,7 @@ struct RegistryQuery {
     /// Only versions with this status: pending, approved or rejected.
     status: Option<String>,
     /// Page size, 1-200 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     limit: Option<String>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -551,17 +494,12 @@ async fn installation_page(
     with_health: bool,
 ) -> ApiResult<InstallationList> {
     let limit = page.limit()?;
-    let after = page.cursor::<String>()?;
-    let mut rows = state
+    let after = page.after::<String>()?;
+    let rows = state
         .store
         .list_installations_page(scope, after.as_deref(), limit + 1)
         .await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| encode_page_cursor(&r.plugin_id))
-    } else {
-        None
-    };
+    let (rows, next_cursor) = validate::page(rows, limit, |r| validate::json_cursor(&r.plugin_id));
     let mut items = Vec::with_capacity(rows.len());
     for row in &rows {
         items.push(installation_view(state, row, with_health).await?);

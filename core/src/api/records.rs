@@ -13,22 +13,19 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::validate::{PageQuery, bad_parameter};
 use super::{AppState, JsonBody};
 use crate::auth::extract::ClientPrincipal;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::plugins::ScoreOutcome;
 use crate::records::{
-    RecordView, WriteRules, check_stage, decode_cursor, encode_cursor, unknown_type, valid_type_id,
+    RecordView, WriteRules, check_stage, encode_cursor, unknown_type, valid_type_id,
 };
 use crate::store::TenantScope;
 use crate::store::parse_rfc3339_micros;
 use crate::store::records::{RecordFilter, RecordRow};
 use crate::store::writer::{RecordWrite, WriteOutcome};
 use crate::tenancy::Permission;
-
-/// Page size when `limit` is absent, and the largest allowed.
-const DEFAULT_LIMIT: i64 = 50;
-const MAX_LIMIT: i64 = 200;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -240,6 +237,12 @@ struct CreateRecord {
     /// The record's fields: a JSON object, validated against the type's schema.
     #[schema(value_type = Object)]
     data: Value,
+    /// The stage to start in; the pipeline's first stage if absent.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000]*\S[^\u0000]*$"
+    )]
     stage: Option<String>,
 }
 
@@ -249,8 +252,16 @@ struct UpdateRecord {
     /// Replaces the record's data as a whole (send every field).
     #[schema(value_type = Option<Object>)]
     data: Option<Value>,
+    /// Move the record to this stage (one the pipeline allows from the current one).
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000]*\S[^\u0000]*$"
+    )]
     stage: Option<String>,
     /// The version you read; a stale version gets 409 and changes nothing.
+    #[serde(deserialize_with = "super::validate::whole_number")]
+    #[schema(minimum = 1)]
     version: i64,
 }
 
@@ -258,10 +269,12 @@ struct UpdateRecord {
 #[into_params(parameter_in = Query)]
 struct ListQuery {
     /// Only records in this stage.
+    #[param(max_length = 100)]
     stage: Option<String>,
     /// Only records changed at or after this RFC 3339 time.
     updated_since: Option<String>,
     /// Page size, 1-200 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     limit: Option<String>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -379,18 +392,12 @@ async fn list_records(
         limit: present(query.limit),
         cursor: present(query.cursor),
     };
-    let bad = |parameter: &str, message: &str| {
-        ApiError::bad_request("invalid_parameter", format!("{parameter}: {message}"))
-            .with_details(json!({ "parameter": parameter }))
+    let bad = bad_parameter;
+    let page = PageQuery {
+        limit: query.limit,
+        cursor: query.cursor,
     };
-    let limit = match query.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(text) => text
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| bad("limit", "must be a whole number from 1 to 200"))?,
-    };
+    let limit = page.limit()?;
     let updated_since = match query.updated_since.as_deref() {
         None => None,
         Some(text) => Some(parse_rfc3339_micros(text).ok_or_else(|| {
@@ -400,7 +407,7 @@ async fn list_records(
             )
         })?),
     };
-    let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let after = page.after_id()?;
     if let Some(stage) = &query.stage {
         check_stage(stage, "stage").map_err(|e| bad("stage", &e.message))?;
     }

@@ -11,6 +11,7 @@ const MIN_PASSWORD_CHARS: usize = 10;
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Page size, 1-200 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -29,14 +30,23 @@ impl PageQuery {
                 .parse::<i64>()
                 .ok()
                 .filter(|n| (1..=MAX_PAGE_LIMIT).contains(n))
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_parameter",
-                        "limit: must be a whole number from 1 to 200",
-                    )
-                    .with_details(serde_json::json!({ "parameter": "limit" }))
-                }),
+                .ok_or_else(|| bad_parameter("limit", "must be a whole number from 1 to 200")),
         }
+    }
+
+    /// The position after which the page starts, for lists keyed by a tuple of values
+    /// (see [`json_cursor`]).
+    pub fn after<T: serde::de::DeserializeOwned>(&self) -> ApiResult<Option<T>> {
+        use base64::Engine;
+        self.cursor()
+            .map(|c| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(c)
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                    .ok_or_else(invalid_cursor)
+            })
+            .transpose()
     }
 
     /// The position after which the page starts, for lists keyed by a UUID.
@@ -66,6 +76,28 @@ impl PageQuery {
     }
 }
 
+/// Deserialises an integer also when it is written with a zero fraction (`3.0`): JSON Schema
+/// counts that as an integer, so a client generated from the description may send it.
+pub fn whole_number<'de, D: serde::Deserializer<'de>>(de: D) -> Result<i64, D::Error> {
+    use serde::Deserialize;
+    let number = serde_json::Number::deserialize(de)?;
+    number
+        .as_i64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| f as i64)
+        })
+        .ok_or_else(|| serde::de::Error::custom(format!("expected a whole number, got {number}")))
+}
+
+/// 400 for a query parameter that is not what the route takes.
+pub fn bad_parameter(parameter: &str, message: &str) -> ApiError {
+    ApiError::bad_request("invalid_parameter", format!("{parameter}: {message}"))
+        .with_details(serde_json::json!({ "parameter": parameter }))
+}
+
 fn invalid_cursor() -> ApiError {
     ApiError::bad_request("invalid_cursor", "cursor is not one this server returned")
         .with_details(serde_json::json!({ "parameter": "cursor" }))
@@ -75,6 +107,13 @@ fn invalid_cursor() -> ApiError {
 pub fn key_cursor(key: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.as_bytes())
+}
+
+/// The cursor of a list keyed by a tuple of values (see [`PageQuery::after`]).
+pub fn json_cursor(key: &impl serde::Serialize) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(key).expect("a cursor serialises"))
 }
 
 /// Cuts one page from `rows`, fetched with `limit + 1` so the extra row tells whether a
@@ -170,6 +209,25 @@ pub fn name(raw: &str, path: &str, max: usize) -> ApiResult<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_numbers_may_carry_a_zero_fraction() {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            #[serde(deserialize_with = "whole_number")]
+            version: i64,
+        }
+        let parse = |text: &str| serde_json::from_str::<Body>(text).map(|b| b.version);
+        assert_eq!(parse(r#"{"version": 3}"#).unwrap(), 3);
+        assert_eq!(parse(r#"{"version": -159.0}"#).unwrap(), -159);
+        for bad in [
+            r#"{"version": 1.5}"#,
+            r#"{"version": "3"}"#,
+            r#"{"version": 1e300}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn emails() {
