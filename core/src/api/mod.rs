@@ -318,10 +318,23 @@ async fn name_panicked_request(req: Request, next: Next) -> Response {
         .into_response()
 }
 
+/// Bytes per second below which a declared body is too slow to be waited for: each
+/// `MIN_BODY_RATE` bytes of `Content-Length` add a second to the body deadline.
+const MIN_BODY_RATE: u64 = 64 * 1024;
+
 /// Gives the request body `timeout` to arrive, whatever reads it. A body that misses it
 /// fails its reader; the response is then 408 and the connection closes (its remaining
 /// bytes will not be read).
 async fn body_deadline(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
+    // A large declared body (a plugin package) gets more time, at the slowest rate a real
+    // client on a poor link would send; a stalled one is still cut off.
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let timeout = timeout.saturating_add(Duration::from_secs(declared / MIN_BODY_RATE));
     let expired = Arc::new(AtomicBool::new(false));
     let flag = expired.clone();
     let req = req.map(|body| {
