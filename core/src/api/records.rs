@@ -272,11 +272,13 @@ struct ListQuery {
     #[param(max_length = 100)]
     stage: Option<String>,
     /// Only records changed at or after this RFC 3339 time.
+    #[param(format = DateTime)]
     updated_since: Option<String>,
     /// Page size, 1-200 (default 50).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     limit: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[A-Za-z0-9_-]*$")]
     cursor: Option<String>,
 }
 
