@@ -71,9 +71,10 @@ struct ServeArgs {
     /// Largest JSON request body in bytes.
     #[arg(long, env = "STREAMFLOW_BODY_LIMIT", default_value_t = 1024 * 1024)]
     body_limit: usize,
-    /// Largest record `data` in bytes of JSON, whoever writes it (at most the body limit).
-    #[arg(long, env = "STREAMFLOW_RECORD_LIMIT", default_value_t = 256 * 1024)]
-    record_limit: usize,
+    /// Largest record `data` in bytes of JSON, whoever writes it (at most the body limit;
+    /// default 256 KiB, or the body limit when that is smaller).
+    #[arg(long, env = "STREAMFLOW_RECORD_LIMIT")]
+    record_limit: Option<usize>,
     /// Most record JSON in one list response, in bytes; a page ends early beyond it.
     #[arg(long, env = "STREAMFLOW_LIST_RESPONSE_BYTES", default_value_t = 4 * 1024 * 1024)]
     list_response_bytes: usize,
@@ -213,7 +214,9 @@ impl ServeArgs {
             listen: self.listen,
             database_url: self.database.database_url.clone(),
             body_limit: self.body_limit,
-            record_limit: self.record_limit,
+            record_limit: self
+                .record_limit
+                .unwrap_or(crate::records::DEFAULT_RECORD_LIMIT.min(self.body_limit)),
             list_response_bytes: self.list_response_bytes,
             login_per_ip_per_minute: self.login_per_ip,
             login_per_account_per_minute: self.login_per_account,

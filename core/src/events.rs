@@ -949,11 +949,23 @@ pub(crate) fn pii_pointers(schema: &Value) -> Vec<String> {
                     }
                     map.iter().any(|(k, v)| {
                         let walked = top && matches!(k.as_str(), "properties" | "allOf" | "$ref");
+                        if walked {
+                            return false;
+                        }
+                        // Maps whose values are schemas, whatever their keys: a property
+                        // may well be named `default` or `enum`.
+                        if matches!(
+                            k.as_str(),
+                            "properties" | "patternProperties" | "dependentSchemas"
+                        ) && let Value::Object(schemas) = v
+                        {
+                            return schemas.values().any(|s| self.elsewhere(s, seen, false));
+                        }
                         let not_schema = matches!(
                             k.as_str(),
                             "enum" | "const" | "default" | "examples" | "$defs" | "definitions"
                         );
-                        !walked && !not_schema && self.elsewhere(v, seen, false)
+                        !not_schema && self.elsewhere(v, seen, false)
                     })
                 }
                 _ => false,
@@ -1088,6 +1100,10 @@ mod tests {
             )
             .is_empty()
         );
+        // A property named like a non-schema keyword is still a schema.
+        let named = json!({"type": "object", "properties": {"items": {"type": "array",
+            "items": {"type": "object", "properties": {"default": pii}}}}});
+        assert_eq!(pii_pointers(&named), vec!["/items".to_string()]);
     }
 
     #[test]

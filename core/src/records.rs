@@ -237,8 +237,53 @@ fn check_refs(schema: &Value) -> Result<(), String> {
             ));
         }
     }
+    // No cycle, but references that share targets can still multiply: `allOf: [{$ref: a1},
+    // {$ref: a1}]`, with `a1` built the same way, level after level, makes validation walk
+    // 2^levels subschemas. Count the schema as validation sees it, each reference replaced
+    // by its target (memoised, so counting is linear), and refuse it past a bound.
+    fn nodes(value: &Value) -> u64 {
+        1 + match value {
+            Value::Object(map) => map.values().map(nodes).sum(),
+            Value::Array(items) => items.iter().map(nodes).sum(),
+            _ => 0,
+        }
+    }
+    fn expanded(
+        i: usize,
+        schema: &Value,
+        refs: &[(String, String)],
+        leads_to: &dyn Fn(usize, usize) -> bool,
+        memo: &mut [Option<u64>],
+    ) -> u64 {
+        if let Some(n) = memo[i] {
+            return n;
+        }
+        let own = schema.pointer(&refs[i].1).map_or(1, nodes);
+        let mut total = own;
+        for j in 0..refs.len() {
+            if leads_to(i, j) {
+                total = total.saturating_add(expanded(j, schema, refs, leads_to, memo));
+            }
+        }
+        memo[i] = Some(total);
+        total
+    }
+    let mut memo = vec![None; refs.len()];
+    let mut total = nodes(schema);
+    for i in 0..refs.len() {
+        total = total.saturating_add(expanded(i, schema, &refs, &leads_to, &mut memo));
+    }
+    if total > MAX_EXPANDED_SCHEMA_NODES {
+        return Err(format!(
+            "its $refs expand it to more than {MAX_EXPANDED_SCHEMA_NODES} subschemas, which \
+             would make every validation slow; reference shared definitions fewer times"
+        ));
+    }
     Ok(())
 }
+
+/// Largest a schema may be once each `$ref` is replaced by what it points at.
+const MAX_EXPANDED_SCHEMA_NODES: u64 = 100_000;
 
 /// A cached validator: when its version was last confirmed, the schema version it was
 /// compiled from, and the validator (none when the type has no schema).
@@ -568,6 +613,28 @@ mod tests {
         let v = compile_schema(&reuse).unwrap();
         assert!(!v.is_valid(&json!({"budget": -1})));
         assert!(v.is_valid(&json!({"budget": 5, "paid": 0})));
+    }
+
+    #[test]
+    fn schema_refuses_references_that_multiply() {
+        let mut defs = serde_json::Map::new();
+        for i in 0..40 {
+            let next = format!("#/$defs/a{}", i + 1);
+            defs.insert(
+                format!("a{i}"),
+                json!({"allOf": [{"$ref": next}, {"$ref": next}]}),
+            );
+        }
+        defs.insert("a40".into(), json!({"type": "string"}));
+        let doubling = json!({"$defs": defs, "$ref": "#/$defs/a0"});
+        let err = compile_schema(&doubling).unwrap_err();
+        assert!(err.contains("expand"), "{err}");
+        // Sharing a definition a few times is fine.
+        let shared = json!({
+            "$defs": {"money": {"type": "number", "minimum": 0}},
+            "properties": {"a": {"$ref": "#/$defs/money"}, "b": {"$ref": "#/$defs/money"}}
+        });
+        assert!(compile_schema(&shared).is_ok());
     }
 
     #[test]

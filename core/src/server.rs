@@ -178,7 +178,7 @@ impl From<&Config> for ConnectionLimits {
         Self {
             header: config.header_timeout,
             idle: config.idle_timeout,
-            max_connections: config.max_connections.max(1),
+            max_connections: config.max_connections.clamp(1, Semaphore::MAX_PERMITS),
         }
     }
 }

@@ -18,6 +18,12 @@ use serde_json::Value;
 
 /// Deepest schema nesting walked (schemas nest at most 32 levels; `$ref` adds a few).
 const MAX_DEPTH: usize = 64;
+/// Most subschemas one scan visits. `$ref`s that share targets (`allOf: [{$ref: a}, {$ref:
+/// a}]`, with `a` built the same way, level after level) would make the walk exponential
+/// in the schema's size; a schema that needs more than this is refused as too complex.
+const MAX_VISITS: usize = 20_000;
+/// Most problems one scan reports.
+const MAX_PROBLEMS: usize = 20;
 
 /// What a configuration schema says about secrets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,6 +41,7 @@ pub fn scan(schema: &Value) -> SecretScan {
     let mut walker = Walker {
         root: schema,
         stack: Vec::new(),
+        visits: 0,
         out: &mut out,
     };
     walker.walk(schema, String::new(), Place::At(String::new()), 0);
@@ -54,6 +61,8 @@ struct Walker<'a> {
     root: &'a Value,
     /// `$ref` targets being followed, with whether the place was known there.
     stack: Vec<(String, bool)>,
+    /// Subschemas visited so far (see [`MAX_VISITS`]).
+    visits: usize,
     out: &'a mut SecretScan,
 }
 
@@ -82,6 +91,10 @@ const UNKNOWN_MAP: &[&str] = &["patternProperties", "dependentSchemas", "depende
 
 impl Walker<'_> {
     fn problem(&mut self, path: &str, message: impl std::fmt::Display) {
+        // Enough to fix the schema by; a pathological one must not fill memory.
+        if self.out.problems.len() >= MAX_PROBLEMS {
+            return;
+        }
         let at = if path.is_empty() { "" } else { path };
         self.out
             .problems
@@ -92,6 +105,20 @@ impl Walker<'_> {
         let Some(object) = node.as_object() else {
             return; // `true`/`false` schemas carry no keywords
         };
+        self.visits += 1;
+        if self.visits > MAX_VISITS {
+            if self.visits == MAX_VISITS + 1 {
+                self.out.problems.truncate(MAX_PROBLEMS - 1);
+                self.problem(
+                    "",
+                    format!(
+                        "is too complex to be checked for secret fields (its \"$ref\"s reach more \
+                         than {MAX_VISITS} subschemas); share fewer references"
+                    ),
+                );
+            }
+            return;
+        }
         if depth > MAX_DEPTH {
             self.problem(&path, "nests too deeply to be checked for secret fields");
             return;
@@ -256,6 +283,28 @@ fn percent_decode(text: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn shared_references_cannot_make_the_scan_exponential() {
+        // a0 -> a1 twice -> a2 twice ... : 2^24 paths through 24 definitions.
+        let mut defs = serde_json::Map::new();
+        for i in 0..24 {
+            let next = format!("#/$defs/a{}", i + 1);
+            defs.insert(
+                format!("a{i}"),
+                json!({"allOf": [{"$ref": next}, {"$ref": next}]}),
+            );
+        }
+        defs.insert("a24".into(), json!({"type": "object"}));
+        let schema = json!({"$defs": defs, "allOf": [{"$ref": "#/$defs/a0"}]});
+        let scan = scan(&schema);
+        assert_eq!(scan.problems.len(), 1, "{:?}", scan.problems);
+        assert!(
+            scan.problems[0].contains("too complex"),
+            "{:?}",
+            scan.problems
+        );
+    }
 
     fn fields(schema: Value) -> Vec<String> {
         let s = scan(&schema);

@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+
+use crate::manifest::Capability;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
@@ -175,6 +177,20 @@ pub(crate) struct HostState {
     /// When the current call started, and how much of it was spent in host calls.
     pub(crate) started: Instant,
     pub(crate) host_time: Duration,
+    /// Refused capability calls of this call: capability, operation and the repeats not
+    /// yet audited (the first of each is audited when it happens).
+    pub(crate) denials: Vec<(Capability, String, u32)>,
+}
+
+impl HostState {
+    /// Audits the refusals counted but not yet written, once per capability and operation.
+    fn flush_denials(&mut self) {
+        for (cap, operation, repeats) in std::mem::take(&mut self.denials) {
+            if repeats > 0 {
+                self.call.services.denied(cap, &operation, repeats);
+            }
+        }
+    }
 }
 
 impl WasiView for HostState {
@@ -465,6 +481,7 @@ impl Runtime {
         let (mut store, stderr) = self.new_store(invocation, limits);
         let started = Instant::now();
         let result = v0_1::call(&loaded.pre, &mut store, call);
+        store.data_mut().flush_denials();
         finish(result, &store, &stderr, limits, started)
     }
 
@@ -514,6 +531,7 @@ impl Runtime {
             log_lines: 0,
             started: Instant::now(),
             host_time: Duration::ZERO,
+            denials: Vec::new(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -559,6 +577,7 @@ impl WarmInstance {
         self.store.data_mut().host_time = Duration::ZERO;
         let started = Instant::now();
         let result = v0_1::call_on(&self.plugin, &mut self.store, call);
+        self.store.data_mut().flush_denials();
         finish(result, &self.store, &self.stderr, self.limits, started)
     }
 }

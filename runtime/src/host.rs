@@ -104,8 +104,9 @@ pub trait HostServices: Send + Sync {
         expected_version: Option<u64>,
     ) -> Result<PluginRecord, HostError>;
     fn emit_event(&self, kind: &str, payload: &str) -> Result<(), HostError>;
-    /// A call the installation was not granted: record it in the audit log.
-    fn denied(&self, capability: Capability, operation: &str);
+    /// Calls the installation was not granted (`calls` of them, with this capability and
+    /// operation): record them in the audit log.
+    fn denied(&self, capability: Capability, operation: &str, calls: u32);
 }
 
 /// Services for calls that must not touch storage (benchmarks, `plugin inspect`-style
@@ -149,7 +150,7 @@ impl HostServices for NoServices {
     fn emit_event(&self, _: &str, _: &str) -> Result<(), HostError> {
         Err(unavailable())
     }
-    fn denied(&self, _: Capability, _: &str) {}
+    fn denied(&self, _: Capability, _: &str, _: u32) {}
 }
 
 fn unavailable() -> HostError {

@@ -165,11 +165,23 @@ impl HostState {
         if self.call.grants.allows(cap) {
             return Ok(self.call.services.clone());
         }
-        // The services audit it and log it (aggregated per minute, not line by line); the
-        // time that takes is the host's, not the plugin's.
-        let started = std::time::Instant::now();
-        self.call.services.denied(cap, operation);
-        self.host_time += started.elapsed();
+        // The first refusal of each capability and operation in a call is audited at once
+        // (aggregated per minute, not line by line; that time is the host's); repeats are
+        // counted here and written once when the call ends, so a plugin looping on a
+        // refused call costs the database nothing more and runs into its own deadline.
+        match self
+            .denials
+            .iter_mut()
+            .find(|(c, op, _)| *c == cap && op == operation)
+        {
+            Some((_, _, repeats)) => *repeats += 1,
+            None => {
+                let started = std::time::Instant::now();
+                self.call.services.denied(cap, operation, 1);
+                self.host_time += started.elapsed();
+                self.denials.push((cap, operation.to_string(), 0));
+            }
+        }
         metrics::counter!("streamflow_plugin_denied_total", "capability" => cap.as_str())
             .increment(1);
         Err(types::HostError::Denied(format!(

@@ -354,6 +354,7 @@ async fn list_own(
 #[into_params(parameter_in = Query)]
 struct RegistryQuery {
     /// Only versions with this status: pending, approved or rejected.
+    #[param(pattern = "^(pending|approved|rejected)?$")]
     status: Option<String>,
     /// Page size, 1-200 (default 50).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]

@@ -421,16 +421,17 @@ impl HostServices for KernelServices {
 
     /// Counts the denial in its minute's audit row; only the window's first denial is
     /// logged, so a plugin looping on a refused call costs one row and one line a minute.
-    fn denied(&self, capability: Capability, operation: &str) {
+    fn denied(&self, capability: Capability, operation: &str, calls: u32) {
         let result = self.handle.block_on(self.store.audit_denied(
             &self.scope,
             &self.plugin_id,
             &self.version,
             capability.as_str(),
             operation,
+            calls,
         ));
         match result {
-            Ok(1) => tracing::warn!(
+            Ok(total) if total == i64::from(calls) => tracing::warn!(
                 tenant = %self.scope.tenant_id(),
                 plugin = %self.plugin_id,
                 capability = %capability,

@@ -649,15 +649,16 @@ impl Store {
         version: &str,
         capability: &str,
         operation: &str,
+        calls: u32,
     ) -> StoreResult<i64> {
         let now = now_micros();
         let window = now - now.rem_euclid(AUDIT_WINDOW_MICROS);
         let calls = on_pool!(self.pool(), pool => {
             sqlx::query_scalar::<_, i64>(
                 "INSERT INTO plugin_audit (id, tenant_id, plugin_id, version, capability, operation, created_at, \
-                 window_start, calls, last_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $7) \
+                 window_start, calls, last_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $7) \
                  ON CONFLICT (tenant_id, plugin_id, version, capability, operation, window_start) \
-                 DO UPDATE SET calls = plugin_audit.calls + 1, last_at = excluded.last_at \
+                 DO UPDATE SET calls = plugin_audit.calls + excluded.calls, last_at = excluded.last_at \
                  RETURNING calls",
             )
             .bind(Uuid::now_v7())
@@ -668,6 +669,7 @@ impl Store {
             .bind(operation)
             .bind(now)
             .bind(window)
+            .bind(i64::from(calls))
             .fetch_one(pool)
             .await?
         });
