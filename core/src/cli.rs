@@ -167,6 +167,13 @@ struct ServeArgs {
     /// Connections served at once; past it new connections wait to be accepted.
     #[arg(long, env = "STREAMFLOW_MAX_CONNECTIONS", default_value_t = 1024)]
     max_connections: usize,
+    /// Connections one peer address may hold at once (0: no limit, e.g. behind a proxy).
+    #[arg(
+        long,
+        env = "STREAMFLOW_MAX_CONNECTIONS_PER_PEER",
+        default_value_t = 256
+    )]
+    max_connections_per_peer: usize,
     /// Addresses (IPs or CIDRs, comma-separated) that may read /metrics without a token;
     /// an empty value allows none.
     #[arg(long, env = "STREAMFLOW_METRICS_ALLOW", default_value = "127.0.0.0/8,::1",
@@ -242,6 +249,7 @@ impl ServeArgs {
             body_timeout: std::time::Duration::from_millis(self.body_timeout_ms),
             idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms),
             max_connections: self.max_connections,
+            max_connections_per_peer: self.max_connections_per_peer,
             metrics_allow: self.metrics_allow.0.clone(),
             metrics_token: self.metrics_token.clone().filter(|t| !t.is_empty()),
             uploads_per_hour: self.uploads_per_hour,

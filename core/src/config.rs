@@ -85,6 +85,10 @@ pub struct Config {
     /// Connections served at once (`STREAMFLOW_MAX_CONNECTIONS`, default 1024); past it new
     /// ones wait in the listen backlog until one closes.
     pub max_connections: usize,
+    /// Connections one peer address may hold at once (`STREAMFLOW_MAX_CONNECTIONS_PER_PEER`,
+    /// default 256; 0 for no limit of its own, as behind a reverse proxy); past it a new
+    /// connection from that address is closed at once.
+    pub max_connections_per_peer: usize,
     /// Peers allowed to read `/metrics` without a token: IPs or CIDRs
     /// (`STREAMFLOW_METRICS_ALLOW`, comma-separated; default loopback only).
     pub metrics_allow: Vec<ipnet::IpNet>,
@@ -170,6 +174,7 @@ impl Default for Config {
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
+            max_connections_per_peer: 256,
             metrics_allow: loopback_networks(),
             metrics_token: None,
             uploads_per_hour: 20,

@@ -171,6 +171,8 @@ struct ConnectionLimits {
     header: Duration,
     idle: Duration,
     max_connections: usize,
+    /// Connections one peer address may hold at once (0: no limit of its own).
+    max_per_peer: usize,
 }
 
 impl From<&Config> for ConnectionLimits {
@@ -179,6 +181,50 @@ impl From<&Config> for ConnectionLimits {
             header: config.header_timeout,
             idle: config.idle_timeout,
             max_connections: config.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+            max_per_peer: config.max_connections_per_peer,
+        }
+    }
+}
+
+/// Open connections per peer address; an address's entry goes with its last connection.
+#[derive(Default)]
+struct PeerCounts {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection of a peer, counted until dropped.
+struct PeerSlot {
+    counts: Arc<PeerCounts>,
+    ip: std::net::IpAddr,
+}
+
+impl PeerCounts {
+    /// Counts a new connection from `ip`, or `None` when it already holds `max` (0: no cap).
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut open = self.open.lock().expect("not poisoned");
+        let count = open.entry(ip).or_insert(0);
+        if max > 0 && *count >= max {
+            if *count == 0 {
+                open.remove(&ip);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self.counts.open.lock().expect("not poisoned");
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
         }
     }
 }
@@ -194,6 +240,7 @@ async fn accept_loop(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let peers = Arc::new(PeerCounts::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -219,6 +266,16 @@ async fn accept_loop(
                 }
             },
         };
+        // One address may not take every slot: past its own cap it is closed at once.
+        let peer = match peers.enter(remote.ip(), limits.max_per_peer) {
+            Some(peer) => peer,
+            None => {
+                metrics::counter!("streamflow_http_connections_refused_total", "reason" => "per_peer")
+                    .increment(1);
+                drop(stream);
+                continue;
+            }
+        };
         while connections.try_join_next().is_some() {}
         connections.spawn(serve_connection(
             stream,
@@ -226,7 +283,7 @@ async fn accept_loop(
             app.clone(),
             limits,
             stop_rx.clone(),
-            permit,
+            (permit, peer),
         ));
     }
     // New connections are refused from here on; open ones finish their request and close.
@@ -241,7 +298,7 @@ async fn serve_connection(
     app: Router,
     limits: ConnectionLimits,
     mut stop: watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
+    _slot: (OwnedSemaphorePermit, PeerSlot),
 ) {
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::new());

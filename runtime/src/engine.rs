@@ -362,10 +362,11 @@ impl Runtime {
         evicted
     }
 
-    /// Deletes from the disk cache the compiled packages whose hash is in `remove`, and any
-    /// compiled by another engine configuration or version (they can never be loaded
-    /// again). Files the cache does not recognise are left alone. Returns how many were
-    /// deleted.
+    /// Deletes from the disk cache this engine's compiled packages whose hash is in
+    /// `remove`. Files compiled by another engine configuration or version are left alone:
+    /// another process sharing the directory (a node with other plugin limits, a test
+    /// server) may still load them. Files the cache does not recognise are left alone too.
+    /// Returns how many were deleted.
     pub fn prune_disk_cache(&self, remove: &HashSet<String>) -> usize {
         let Some(dir) = &self.config.cache_dir else {
             return 0;
@@ -386,7 +387,7 @@ impl Runtime {
             if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
                 continue;
             }
-            if remove.contains(sha) || key != engine_key {
+            if remove.contains(sha) && key == engine_key {
                 match std::fs::remove_file(entry.path()) {
                     Ok(()) => deleted += 1,
                     Err(e) => {

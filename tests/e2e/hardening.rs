@@ -241,6 +241,60 @@ async fn connections_past_the_cap_wait_until_one_frees() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection() {
+    let srv = server(|c| c.max_connections_per_peer = 2).await;
+    let from = |ip: &str| {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        let server = srv
+            .base
+            .trim_start_matches("http://")
+            .parse::<std::net::SocketAddr>()
+            .unwrap();
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind((ip, 0).into()).unwrap();
+            socket.connect(server).await.unwrap()
+        }
+    };
+    let health = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut conn = from("127.0.0.1").await;
+        conn.write_all(health).await.unwrap();
+        assert!(read_response(&mut conn).await.starts_with("HTTP/1.1 200"));
+        held.push(conn);
+    }
+    // A third from the same address is closed unanswered...
+    let mut third = from("127.0.0.1").await;
+    let _ = third.write_all(health).await;
+    let answer = read_to_close(&mut third).await;
+    assert!(answer.is_empty(), "{answer}");
+    // ...while another address is served.
+    let mut other = from("127.0.0.2").await;
+    other.write_all(health).await.unwrap();
+    assert!(read_response(&mut other).await.starts_with("HTTP/1.1 200"));
+    // A held connection freed makes room again.
+    drop(held.pop());
+    let again = tokio::time::timeout(BOUND, async {
+        loop {
+            let mut conn = from("127.0.0.1").await;
+            if conn.write_all(health).await.is_ok() && read_to_close_or_response(&mut conn).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(again.is_ok(), "the freed slot was never reused");
+}
+
+/// Whether the server answered (true) or closed the connection unanswered (false).
+async fn read_to_close_or_response(conn: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(tokio::time::timeout(BOUND, conn.read(&mut buf)).await, Ok(Ok(n)) if n > 0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_the_request_in_flight() {
     let mut srv = server(|_| {}).await;
     let mut conn = connect(&srv).await;
@@ -248,18 +302,28 @@ async fn shutdown_finishes_the_request_in_flight() {
     conn.write_all(
         format!(
             "POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n",
+             Content-Length: {}\r\nExpect: 100-continue\r\n\r\n",
             body.len()
         )
         .as_bytes(),
     )
     .await
     .unwrap();
-    conn.write_all(&body[..10]).await.unwrap();
-    // Let the server take the request in before it is told to stop.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The server answers `100 Continue` once the handler starts reading the body: from then
+    // on the request is in flight, however slow the machine.
+    let mut seen = Vec::new();
+    tokio::time::timeout(BOUND, async {
+        let mut buf = [0u8; 256];
+        while !String::from_utf8_lossy(&seen).contains("100 Continue\r\n\r\n") {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before 100 Continue");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the server asked for the body");
     srv.stop();
-    conn.write_all(&body[10..]).await.unwrap();
+    conn.write_all(body).await.unwrap();
     let response = read_to_close(&mut conn).await;
     assert!(response.starts_with("HTTP/1.1 401"), "{response}");
     // And nothing new is accepted.

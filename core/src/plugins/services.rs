@@ -62,6 +62,42 @@ fn unavailable(e: impl std::fmt::Display) -> HostError {
     HostError::Unavailable("storage is unavailable; try again later".into())
 }
 
+/// [`invalid`], for a write that carried fields the plugin may not see (`hidden`, pointers
+/// into `data`): an error about one of them says which field, never what it holds.
+fn invalid_hiding(mut e: ApiError, hidden: &[String]) -> HostError {
+    // An error at a hidden field, inside one, or at an object holding one (its message may
+    // quote the whole object).
+    let related = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
+    let covers = |path: &str| {
+        path.strip_prefix("/data").is_some_and(|at| {
+            hidden
+                .iter()
+                .any(|h| h.is_empty() || related(at, h) || related(h, at) || at.is_empty())
+        })
+    };
+    let mut masked = false;
+    if let Some(Value::Array(errors)) = e.details.get_mut("errors") {
+        for error in errors {
+            if error
+                .get("path")
+                .and_then(Value::as_str)
+                .is_some_and(covers)
+            {
+                error["message"] = Value::String(
+                    "does not match the record type's schema (the value is personal data this \
+                     plugin may not read, so it is not shown)"
+                        .into(),
+                );
+                masked = true;
+            }
+        }
+    }
+    if masked {
+        e.message = "the record's data does not match its type's schema".into();
+    }
+    invalid(e)
+}
+
 fn invalid(e: ApiError) -> HostError {
     let details = e
         .details
@@ -354,7 +390,7 @@ impl HostServices for KernelServices {
             self.rules()
                 .update(&self.scope, record_type, Some(&current), stage, Some(&data))
                 .await
-                .map_err(invalid)?;
+                .map_err(|e| invalid_hiding(e, &hidden))?;
             let outcome = self
                 .writer
                 .submit(RecordWrite::Update {
@@ -448,6 +484,27 @@ impl HostServices for KernelServices {
 mod tests {
     use super::keep_hidden;
     use serde_json::json;
+
+    #[test]
+    fn errors_about_hidden_fields_do_not_quote_them() {
+        use crate::error::{ApiError, FieldError};
+        let error = || {
+            ApiError::validation(vec![
+                FieldError::new("/data/email", "\"ada@secret.test\" is not a \"uri\""),
+                FieldError::new("/data/budget", "-5 is less than the minimum of 0"),
+            ])
+        };
+        let text = |e: streamflow_runtime::HostError| format!("{e:?}");
+        let shown = text(super::invalid_hiding(error(), &["/email".to_string()]));
+        assert!(!shown.contains("ada@secret.test"), "{shown}");
+        assert!(
+            shown.contains("/data/email") && shown.contains("-5 is less"),
+            "{shown}"
+        );
+        let all = text(super::invalid_hiding(error(), &[String::new()]));
+        assert!(!all.contains("ada@secret") && !all.contains("-5"), "{all}");
+        assert!(text(super::invalid_hiding(error(), &[])).contains("ada@secret.test"));
+    }
 
     #[test]
     fn an_update_keeps_the_fields_the_plugin_could_not_see() {
