@@ -293,6 +293,9 @@ both_backends! {
         // Another tenant's users and keys never show up in these pages.
         let other = srv.user(&provider, "beta", "owner").await;
         new_key(&srv, &other, "viewer").await;
+        for email in ["c@dev.test", "a@dev.test", "b@dev.test"] {
+            srv.developer(&provider, email).await;
+        }
 
         for limit in [1, 2, 5, 50] {
             let users = all_pages(&srv, "/api/users", &owner, limit).await;
@@ -305,13 +308,15 @@ both_backends! {
             assert_eq!(field_of(&tenants, "slug"), ["acme", "beta", "delta", "gamma", "omega"], "limit {limit}");
             let provider_users = all_pages(&srv, "/provider/tenants/acme/users", &provider, limit).await;
             assert_eq!(field_of(&provider_users, "id"), user_ids, "limit {limit}");
+            let developers = all_pages(&srv, "/provider/developers", &provider, limit).await;
+            assert_eq!(field_of(&developers, "email"), ["a@dev.test", "b@dev.test", "c@dev.test"], "limit {limit}");
         }
         // Without `limit`, a page holds up to 50; an empty `limit=` is no limit.
         let (_, page) = srv.get("/api/users?limit=", &owner).await;
         assert_eq!(page["items"].as_array().unwrap().len(), 5);
         assert!(page["next_cursor"].is_null());
 
-        for path in ["/api/users", "/api/api-keys", "/api/record-types", "/provider/tenants"] {
+        for path in ["/api/users", "/api/api-keys", "/api/record-types", "/provider/tenants", "/provider/developers"] {
             let token = if path.starts_with("/provider") { &provider } else { &owner };
             for bad in ["limit=0", "limit=201", "limit=ten", "limit=-1"] {
                 let (status, body) = srv.get(&format!("{path}?{bad}"), token).await;

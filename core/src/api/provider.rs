@@ -389,6 +389,8 @@ impl From<Account> for DeveloperView {
 #[derive(Serialize, utoipa::ToSchema)]
 struct DeveloperList {
     items: Vec<DeveloperView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
 }
 
 /// Create a plugin developer account.
@@ -414,19 +416,24 @@ async fn create_developer(
     Ok((StatusCode::CREATED, Json(account.into())))
 }
 
-/// All developer accounts.
+/// All developer accounts by email, a page at a time.
 #[utoipa::path(get, path = "/developers", tag = "provider", security(("provider_token" = [])),
-    responses((status = 200, body = DeveloperList)))]
+    params(PageQuery),
+    responses((status = 200, body = DeveloperList), (status = 400, body = ErrorBody)))]
 async fn list_developers(
     State(state): State<AppState>,
     _: ProviderPrincipal,
+    Query(query): Query<PageQuery>,
 ) -> ApiResult<Json<DeveloperList>> {
-    let items = state
+    let limit = query.limit()?;
+    let after = query.after_key(|email| validate::email(email, "").is_ok_and(|e| e == email))?;
+    let rows = state
         .store
-        .list_developers()
-        .await?
-        .into_iter()
-        .map(Into::into)
-        .collect();
-    Ok(Json(DeveloperList { items }))
+        .list_developers(after.as_deref(), limit + 1)
+        .await?;
+    let (rows, next_cursor) = validate::page(rows, limit, |a| validate::key_cursor(&a.email));
+    Ok(Json(DeveloperList {
+        items: rows.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
 }

@@ -139,12 +139,19 @@ impl Store {
         ))
     }
 
-    pub async fn list_developers(&self) -> StoreResult<Vec<Account>> {
+    /// Developer accounts by email, at most `limit`, after the email `after` if given.
+    pub async fn list_developers(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<Account>> {
         on_pool!(self.pool(), pool => Ok(
             sqlx::query_as::<_, Account>(
                 "SELECT id, email, name, password_hash, created_at \
-                 FROM developer_accounts ORDER BY email",
+                 FROM developer_accounts WHERE ($1 IS NULL OR email > $1) ORDER BY email LIMIT $2",
             )
+            .bind(after)
+            .bind(limit)
             .fetch_all(pool)
             .await?
         ))
