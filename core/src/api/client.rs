@@ -392,6 +392,7 @@ async fn update_user(
         role: body.role.map(|r| r.as_str().to_string()),
         status: body.status,
         password_hash,
+        checked_role: Some(target.role.clone()),
     };
     match state
         .store
@@ -400,6 +401,10 @@ async fn update_user(
     {
         UserUpdate::Updated(user) => Ok(Json(user.into())),
         UserUpdate::NotFound => Err(ApiError::not_found("user")),
+        UserUpdate::RoleChanged => Err(ApiError::conflict(
+            "user_changed",
+            "the user's role changed while this change was checked; read the user again",
+        )),
         UserUpdate::LastOwner => Err(ApiError::conflict(
             "last_owner",
             "this is the tenant's last active owner: make another user owner first",

@@ -85,6 +85,9 @@ pub enum UserUpdate {
     NotFound,
     /// The change would leave the tenant without an active owner; nothing was changed.
     LastOwner,
+    /// The user's role is no longer the one the change was checked against; nothing was
+    /// changed.
+    RoleChanged,
 }
 
 /// Changes to a user; `None` leaves a field as it is.
@@ -93,6 +96,9 @@ pub struct UserChanges {
     pub role: Option<String>,
     pub status: Option<String>,
     pub password_hash: Option<String>,
+    /// Apply only while the user still has this role (the one the caller's right to act was
+    /// checked against), so a concurrent promotion cannot slip past the check.
+    pub checked_role: Option<String>,
 }
 
 const USER_COLUMNS: &str =
@@ -312,7 +318,7 @@ impl Store {
         let sql = format!(
             "UPDATE users SET role = COALESCE($1, role), status = COALESCE($2, status), \
              password_hash = COALESCE($3, password_hash), updated_at = $4 \
-             WHERE tenant_id = $5 AND id = $6 RETURNING {USER_COLUMNS}"
+             WHERE tenant_id = $5 AND id = $6 AND ($7 IS NULL OR role = $7) RETURNING {USER_COLUMNS}"
         );
         let sign_out = changes.status.is_some() || changes.password_hash.is_some();
         let may_remove_owner = changes.role.as_deref().is_some_and(|r| r != "owner")
@@ -355,8 +361,20 @@ impl Store {
                 .bind(now)
                 .bind(scope.tenant_id())
                 .bind(id)
+                .bind(changes.checked_role.clone())
                 .fetch_optional(&mut *tx)
                 .await?;
+            if user.is_none() && changes.checked_role.is_some() {
+                let exists: Option<i64> =
+                    sqlx::query_scalar("SELECT CAST(1 AS BIGINT) FROM users WHERE tenant_id = $1 AND id = $2")
+                        .bind(scope.tenant_id())
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if exists.is_some() {
+                    return Ok(UserUpdate::RoleChanged);
+                }
+            }
             if sign_out && user.is_some() {
                 sqlx::query(
                     "UPDATE refresh_tokens SET revoked_at = $1 \
@@ -570,5 +588,57 @@ impl Store {
             };
             (r.key, creator)
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    /// A change checked against the role a user had is not applied once that role changed
+    /// (a promotion racing the check), and nothing is written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_checked_against_a_stale_role_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let tenant = store.create_tenant("acme", "Acme").await.unwrap().unwrap();
+        let scope = tenant.scope();
+        let user = store
+            .create_user(&scope, "m@acme.test", "hash", "member")
+            .await
+            .unwrap()
+            .unwrap();
+        // Promoted after the caller checked it as a member...
+        let promote = UserChanges {
+            role: Some("admin".into()),
+            ..UserChanges::default()
+        };
+        assert!(matches!(
+            store.update_user(&scope, user.id, promote).await.unwrap(),
+            UserUpdate::Updated(_)
+        ));
+        // ...so a password reset checked against `member` is refused and changes nothing.
+        let reset = UserChanges {
+            password_hash: Some("new-hash".into()),
+            checked_role: Some("member".into()),
+            ..UserChanges::default()
+        };
+        assert!(matches!(
+            store.update_user(&scope, user.id, reset).await.unwrap(),
+            UserUpdate::RoleChanged
+        ));
+        let stored = store.user_by_id(&scope, user.id).await.unwrap().unwrap();
+        assert_eq!(stored.password_hash, "hash");
+        let current = UserChanges {
+            password_hash: Some("new-hash".into()),
+            checked_role: Some("admin".into()),
+            ..UserChanges::default()
+        };
+        assert!(matches!(
+            store.update_user(&scope, user.id, current).await.unwrap(),
+            UserUpdate::Updated(_)
+        ));
     }
 }
