@@ -203,9 +203,10 @@ async fn hostile_plugins_fail_alone() {
             "{mode}: {events:?}"
         );
         if mode == "loop" {
-            // The deadline is 100 ms; allow for a debug build and a busy machine.
+            // The deadline is 400 ms of the plugin's own time; allow for a debug build and a
+            // busy machine.
             assert!(
-                elapsed.as_millis() < 2_000,
+                elapsed.as_millis() < 5_000,
                 "an infinite loop held the request for {elapsed:?}"
             );
             eprintln!("infinite loop stopped: {}", h["last_failure"]["message"]);
