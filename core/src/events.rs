@@ -987,7 +987,7 @@ pub(crate) fn pii_pointers(schema: &Value) -> Vec<String> {
             }
             if let Some(Value::Object(props)) = node.get("properties") {
                 for (name, sub) in props {
-                    let here = format!("{at}/{}", name.replace('~', "~0").replace('/', "~1"));
+                    let here = format!("{at}/{}", streamflow_runtime::pointer::escape(name));
                     self.walk(sub, here, depth + 1);
                 }
             }
@@ -1023,23 +1023,7 @@ pub(crate) fn strip_pointers(data: &mut Value, pointers: &[String]) {
             *data = Value::Object(Map::new());
             return;
         }
-        let tokens: Vec<String> = pointer
-            .split('/')
-            .skip(1)
-            .map(|t| t.replace("~1", "/").replace("~0", "~"))
-            .collect();
-        let Some((last, parents)) = tokens.split_last() else {
-            continue;
-        };
-        let mut at = Some(&mut *data);
-        for token in parents {
-            at = at
-                .and_then(|v| v.as_object_mut())
-                .and_then(|o| o.get_mut(token));
-        }
-        if let Some(object) = at.and_then(|v| v.as_object_mut()) {
-            object.remove(last);
-        }
+        crate::plugins::config::take_pointer(data, pointer);
     }
 }
 

@@ -120,7 +120,7 @@ pub fn check_json(value: &Value, path: &str, max_depth: usize) -> ApiResult<()> 
                 .enumerate()
                 .try_for_each(|(i, v)| walk(v, format!("{path}/{i}"), depth_left - 1)),
             Value::Object(map) => map.iter().try_for_each(|(k, v)| {
-                let here = format!("{path}/{}", k.replace('~', "~0").replace('/', "~1"));
+                let here = format!("{path}/{}", streamflow_runtime::pointer::escape(k));
                 if k.contains('\0') {
                     return Err(FieldError::new(here, "keys must not contain U+0000"));
                 }
@@ -190,7 +190,7 @@ fn check_refs(schema: &Value) -> Result<(), String> {
                     refs.push((at.clone(), pointer.to_string()));
                 }
                 for (key, child) in map {
-                    let key = key.replace('~', "~0").replace('/', "~1");
+                    let key = streamflow_runtime::pointer::escape(key);
                     collect(child, format!("{at}/{key}"), refs)?;
                 }
             }

@@ -66,9 +66,7 @@ struct Walker<'a> {
     out: &'a mut SecretScan,
 }
 
-fn escape(token: &str) -> String {
-    token.replace('~', "~0").replace('/', "~1")
-}
+use crate::pointer::escape;
 
 /// Single subschemas whose instance location is not fixed, or that apply conditionally.
 const UNKNOWN_ONE: &[&str] = &[

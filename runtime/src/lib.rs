@@ -13,6 +13,7 @@ mod engine;
 pub mod host;
 pub mod manifest;
 pub mod package;
+pub mod pointer;
 mod v0_1;
 
 pub use engine::{Call, Failure, Invocation, Loaded, Reply, Runtime, RuntimeConfig, WarmInstance};

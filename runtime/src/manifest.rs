@@ -10,18 +10,25 @@ use serde::{Deserialize, Serialize};
 /// here beside the old ones; none is ever removed while plugins use it.
 pub const SUPPORTED_API_VERSIONS: &[&str] = &["0.1.0"];
 
-/// Event kinds the kernel writes, which any plugin may subscribe to. Plugins' own events
-/// are `plugin.<id>.<kind>`.
-pub const KERNEL_EVENT_KINDS: &[&str] = &[
+/// Event kinds the kernel writes about records, which automations and plugins react to.
+/// Plugins' own events are `plugin.<id>.<kind>`.
+pub const RECORD_EVENT_KINDS: &[&str] = &[
     "record.created",
     "record.updated",
     "record.deleted",
     "stage.changed",
     "lead.scored",
     "plugin.failed",
-    "automation.loop_stopped",
-    "automation.budget_exhausted",
 ];
+
+/// Event kinds the kernel writes when it stops a chain of automations: plugins may
+/// subscribe to them (to report), template automations may not (they would extend it).
+pub const CHAIN_EVENT_KINDS: &[&str] = &["automation.loop_stopped", "automation.budget_exhausted"];
+
+/// Whether the kernel writes events of `kind` (any plugin may subscribe to them).
+pub fn is_kernel_event(kind: &str) -> bool {
+    RECORD_EVENT_KINDS.contains(&kind) || CHAIN_EVENT_KINDS.contains(&kind)
+}
 
 /// Longest plugin id.
 pub const MAX_ID_LEN: usize = 64;
@@ -335,7 +342,7 @@ impl Manifest {
                 errors.push(format!(
                     "subscriptions: {:?}: a plugin receives the kernel's events ({}) and its own \"plugin.{}.<kind>\" events, not another plugin's",
                     truncate(s),
-                    KERNEL_EVENT_KINDS.join(", "),
+                    [RECORD_EVENT_KINDS, CHAIN_EVENT_KINDS].concat().join(", "),
                     self.id
                 ));
             }
@@ -396,7 +403,7 @@ impl Manifest {
     /// Whether this plugin may receive events of `kind`: the kernel's own, and its own
     /// `plugin.<id>.*` events. Other plugins' events are theirs.
     pub fn may_receive(&self, kind: &str) -> bool {
-        KERNEL_EVENT_KINDS.contains(&kind)
+        is_kernel_event(kind)
             || kind
                 .strip_prefix("plugin.")
                 .and_then(|rest| rest.strip_prefix(self.id.as_str()))

@@ -12,6 +12,8 @@ use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use streamflow_runtime::pointer::push as push_token;
+
 use super::AppState;
 use crate::error::{ApiError, FieldError};
 
@@ -109,18 +111,6 @@ pub fn pointer(path: &serde_path_to_error::Path) -> String {
         }
     }
     out
-}
-
-/// Appends one reference token, escaped per RFC 6901 (`~` as `~0`, `/` as `~1`).
-fn push_token(pointer: &mut String, token: &str) {
-    pointer.push('/');
-    for c in token.chars() {
-        match c {
-            '~' => pointer.push_str("~0"),
-            '/' => pointer.push_str("~1"),
-            c => pointer.push(c),
-        }
-    }
 }
 
 pub fn too_large(limit: usize) -> ApiError {

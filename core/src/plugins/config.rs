@@ -152,12 +152,10 @@ pub fn apply_defaults(schema: &Value, value: &mut Value, depth: usize) {
     }
 }
 
-fn unescape(token: &str) -> String {
-    token.replace("~1", "/").replace("~0", "~")
-}
-
-fn set_pointer(root: &mut Value, pointer: &str, value: Value) {
-    let tokens: Vec<String> = pointer.split('/').skip(1).map(unescape).collect();
+/// Sets the value at `pointer`, making the objects on the way (nothing when a parent is
+/// not an object).
+pub(crate) fn set_pointer(root: &mut Value, pointer: &str, value: Value) {
+    let tokens = streamflow_runtime::pointer::tokens(pointer);
     let Some((last, parents)) = tokens.split_last() else {
         return;
     };
@@ -175,8 +173,9 @@ fn set_pointer(root: &mut Value, pointer: &str, value: Value) {
     }
 }
 
-fn take_pointer(root: &mut Value, pointer: &str) -> Option<Value> {
-    let tokens: Vec<String> = pointer.split('/').skip(1).map(unescape).collect();
+/// Removes and returns the value at `pointer`, if there is one.
+pub(crate) fn take_pointer(root: &mut Value, pointer: &str) -> Option<Value> {
+    let tokens = streamflow_runtime::pointer::tokens(pointer);
     let (last, parents) = tokens.split_last()?;
     let mut at = root;
     for token in parents {

@@ -190,7 +190,7 @@ impl KernelServices {
 
 /// Puts back into `data` each `hidden` field it lacks, from `stored`.
 fn keep_hidden(data: &mut Value, stored: &Value, hidden: &[String]) {
-    'fields: for pointer in hidden {
+    for pointer in hidden {
         if pointer.is_empty() {
             // Nothing of the record is visible: the update cannot change its data.
             *data = stored.clone();
@@ -199,26 +199,7 @@ fn keep_hidden(data: &mut Value, stored: &Value, hidden: &[String]) {
         let (Some(value), None) = (stored.pointer(pointer), data.pointer(pointer)) else {
             continue;
         };
-        let tokens: Vec<String> = pointer
-            .split('/')
-            .skip(1)
-            .map(|t| t.replace("~1", "/").replace("~0", "~"))
-            .collect();
-        let Some((last, parents)) = tokens.split_last() else {
-            continue;
-        };
-        let mut at = &mut *data;
-        for token in parents {
-            let Value::Object(object) = at else {
-                continue 'fields;
-            };
-            at = object
-                .entry(token.clone())
-                .or_insert_with(|| Value::Object(Default::default()));
-        }
-        if let Value::Object(object) = at {
-            object.insert(last.clone(), value.clone());
-        }
+        crate::plugins::config::set_pointer(data, pointer, value.clone());
     }
 }
 

@@ -72,6 +72,29 @@ pub struct UploadUsage {
     pub stored_bytes: i64,
 }
 
+/// A developer's uploads after `$2` (count and oldest) and the bytes all their versions
+/// store: what the upload quotas count.
+/// Makes sure an installation's kv usage row exists and locks it (a write: the row lock on
+/// PostgreSQL, the write lock on SQLite), returning its bytes and key count, so a kv write
+/// checks and changes the usage with no other write in between.
+const KV_USAGE_LOCK_SQL: &str = "INSERT INTO plugin_kv_usage (tenant_id, plugin_id, bytes, key_count) \
+     VALUES ($1, $2, 0, 0) ON CONFLICT (tenant_id, plugin_id) DO UPDATE SET bytes = plugin_kv_usage.bytes \
+     RETURNING bytes, key_count";
+
+const UPLOAD_USAGE_SQL: &str = "SELECT COUNT(*) FILTER (WHERE uploaded_at > $2), \
+     MIN(uploaded_at) FILTER (WHERE uploaded_at > $2), \
+     CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM plugin_versions WHERE uploaded_by = $1";
+
+impl From<(i64, Option<i64>, i64)> for UploadUsage {
+    fn from((recent, oldest_recent, stored_bytes): (i64, Option<i64>, i64)) -> Self {
+        Self {
+            recent,
+            oldest_recent,
+            stored_bytes,
+        }
+    }
+}
+
 /// The rolling window of [`UploadQuota::per_hour`], in microseconds.
 pub const UPLOAD_WINDOW_MICROS: i64 = 3_600 * 1_000_000;
 
@@ -215,15 +238,12 @@ impl Store {
             if owner != developer {
                 return Ok(Published::NotOwner);
             }
-            let usage: (i64, Option<i64>, i64) = sqlx::query_as(
-                "SELECT COUNT(*) FILTER (WHERE uploaded_at > $2), MIN(uploaded_at) FILTER (WHERE uploaded_at > $2), \
-                 CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM plugin_versions WHERE uploaded_by = $1",
-            )
+            let usage: UploadUsage = sqlx::query_as::<_, (i64, Option<i64>, i64)>(UPLOAD_USAGE_SQL)
             .bind(developer)
             .bind(now - UPLOAD_WINDOW_MICROS)
             .fetch_one(&mut *tx)
-            .await?;
-            let usage = UploadUsage { recent: usage.0, oldest_recent: usage.1, stored_bytes: usage.2 };
+            .await?
+            .into();
             if usage.recent >= quota.per_hour {
                 return Ok(Published::RateLimited { retry_after_secs: usage.retry_after_secs(now) });
             }
@@ -261,20 +281,13 @@ impl Store {
     /// counts; [`Store::publish_version`] checks it again atomically).
     pub async fn upload_usage(&self, developer: Uuid, since: i64) -> StoreResult<UploadUsage> {
         let usage: (i64, Option<i64>, i64) = on_pool!(self.pool(), pool => {
-            sqlx::query_as(
-                "SELECT COUNT(*) FILTER (WHERE uploaded_at > $2), MIN(uploaded_at) FILTER (WHERE uploaded_at > $2), \
-                 CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM plugin_versions WHERE uploaded_by = $1",
-            )
-            .bind(developer)
-            .bind(since)
-            .fetch_one(pool)
-            .await?
+            sqlx::query_as(UPLOAD_USAGE_SQL)
+                .bind(developer)
+                .bind(since)
+                .fetch_one(pool)
+                .await?
         });
-        Ok(UploadUsage {
-            recent: usage.0,
-            oldest_recent: usage.1,
-            stored_bytes: usage.2,
-        })
+        Ok(usage.into())
     }
 
     /// Up to `limit` versions matching `filter`, newest upload first (then by id and
@@ -545,9 +558,7 @@ impl Store {
         let outcome = on_pool!(self.pool(), pool => {
             let mut tx = pool.begin().await?;
             let (bytes, keys): (i64, i64) = sqlx::query_as(
-                "INSERT INTO plugin_kv_usage (tenant_id, plugin_id, bytes, key_count) VALUES ($1, $2, 0, 0) \
-                 ON CONFLICT (tenant_id, plugin_id) DO UPDATE SET bytes = plugin_kv_usage.bytes \
-                 RETURNING bytes, key_count",
+                KV_USAGE_LOCK_SQL,
             )
             .bind(scope.tenant_id())
             .bind(plugin_id)
@@ -607,8 +618,7 @@ impl Store {
             let mut tx = pool.begin().await?;
             // Same order as kv_set: the usage row first.
             sqlx::query(
-                "INSERT INTO plugin_kv_usage (tenant_id, plugin_id, bytes, key_count) VALUES ($1, $2, 0, 0) \
-                 ON CONFLICT (tenant_id, plugin_id) DO UPDATE SET bytes = plugin_kv_usage.bytes",
+                KV_USAGE_LOCK_SQL,
             )
             .bind(scope.tenant_id())
             .bind(plugin_id)

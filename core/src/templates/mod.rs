@@ -27,15 +27,8 @@ pub const MAX_AUTOMATION_DEPTH: i64 = 8;
 /// The furthest a built-in action's `due` may lie after its event.
 pub const MAX_DUE_DAYS: f64 = 3650.0;
 
-/// Event kinds the kernel writes.
-pub const KERNEL_EVENTS: &[&str] = &[
-    "record.created",
-    "record.updated",
-    "record.deleted",
-    "stage.changed",
-    "lead.scored",
-    "plugin.failed",
-];
+/// Event kinds automations react to: the kernel's record events (one list, the runtime's).
+pub use streamflow_runtime::manifest::RECORD_EVENT_KINDS as KERNEL_EVENTS;
 
 /// Types every tenant has before any template (see `store::tenants`).
 pub const BUILT_IN_TYPES: &[&str] = &["lead", "contact", "job"];
