@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use streamflow::api::AppState;
 use streamflow::config::Config;
+use streamflow::kernel::{Kernel, NewId, NewRecord, WriteContext};
 use streamflow::store::{Store, TenantScope};
 use streamflow::templates::Template;
 
@@ -125,7 +125,7 @@ static WORK: [Work; 3] = [
     },
 ];
 
-async fn state(database_url: String) -> AppState {
+async fn state(database_url: String) -> Arc<Kernel> {
     let config = Config {
         database_url,
         bundled_plugins: true,
@@ -134,9 +134,7 @@ async fn state(database_url: String) -> AppState {
         secret_key: Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into()),
         ..Config::default()
     };
-    streamflow::server::build_state(config)
-        .await
-        .expect("server state")
+    Kernel::open(config).await.expect("kernel")
 }
 
 async fn pending(store: &Store) -> i64 {
@@ -150,24 +148,21 @@ async fn drain(store: &Store) {
 }
 
 /// Creates `count` records of the work's type, `concurrency` at a time.
-async fn create(state: &AppState, scope: TenantScope, work: &Work, from: usize, count: usize) {
+async fn create(state: &Arc<Kernel>, scope: TenantScope, work: &Work, from: usize, count: usize) {
     let mut tasks = tokio::task::JoinSet::new();
     for n in from..from + count {
         let state = state.clone();
         let record_type = work.record_type;
         let data = (work.data)(n);
         tasks.spawn(async move {
-            streamflow::api::records::create(
-                &state,
-                scope,
-                None,
-                "bench".into(),
-                record_type.into(),
-                None,
+            let ctx = WriteContext::direct(scope, "bench".into(), None);
+            let new = NewRecord {
+                id: NewId::Fresh,
+                record_type: record_type.into(),
+                stage: None,
                 data,
-            )
-            .await
-            .expect("create");
+            };
+            state.records().create(&ctx, new).await.expect("create");
         });
         if tasks.len() >= 256 {
             tasks.join_next().await;
@@ -199,7 +194,7 @@ struct Row {
     ran: usize,
 }
 
-async fn measure(state: &AppState, scope: TenantScope, work: &'static Work) -> Row {
+async fn measure(state: &Arc<Kernel>, scope: TenantScope, work: &'static Work) -> Row {
     let backlog: usize = env_or("BENCH_BACKLOG", 5_000);
     let rate: usize = env_or("BENCH_RATE", 1_000);
     let seconds: u64 = env_or("BENCH_SECONDS", 5);
@@ -270,7 +265,9 @@ async fn bench_backend(name: &str, database_url: String) {
             .unwrap();
         let scope = tenant.scope();
         let template = Arc::new(Template::from_toml(TEMPLATE).unwrap());
-        streamflow::templates::apply::apply(&state, &scope, &template)
+        state
+            .templates()
+            .apply(&scope, &template)
             .await
             .expect("the benchmark template applies");
         let row = measure(&state, scope, work).await;

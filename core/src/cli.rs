@@ -364,7 +364,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let database = store::redact_url(&config.database_url);
     let state = server::build_state(config).await?;
     if args.demo {
-        demo::seed(&state).await?;
+        demo::seed(&state.kernel).await?;
     }
     if let Some(p) = server::bootstrap_provider(&state).await? {
         match p.generated_password {

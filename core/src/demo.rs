@@ -7,10 +7,8 @@
 
 use serde_json::{Value, json};
 
-use crate::api::AppState;
-use crate::api::records::create;
-use crate::api::templates::{ApplyTemplate, apply_to};
 use crate::auth;
+use crate::kernel::{Kernel, NewId, NewRecord, WriteContext};
 use crate::store::accounts::AccountKind;
 use crate::tenancy::Role;
 
@@ -152,8 +150,8 @@ fn user_email(role: Role, slug: &str) -> String {
 }
 
 /// Seeds the demo data and prints how to sign in.
-pub async fn seed(state: &AppState) -> anyhow::Result<()> {
-    let store = &state.store;
+pub async fn seed(kernel: &Kernel) -> anyhow::Result<()> {
+    let store = &kernel.store;
     let hash = auth::hash_password(DEMO_PASSWORD.into()).await?;
     if store.count_accounts(AccountKind::Provider).await? == 0 {
         store
@@ -178,30 +176,27 @@ pub async fn seed(state: &AppState) -> anyhow::Result<()> {
                 .await?;
         }
         if fresh {
-            let template = ApplyTemplate {
-                id: tenant.template.into(),
-                version: None,
-            };
-            if let Err(e) = apply_to(state, &scope, &template).await {
+            if let Err(e) = kernel
+                .templates()
+                .apply_newest(&scope, tenant.template)
+                .await
+            {
                 println!(
-                    "  note: the {} template was not applied to {} ({}); the bundled plugins may be off",
-                    tenant.template, tenant.slug, e.message
+                    "  note: the {} template was not applied to {} ({e}); the bundled plugins may be off",
+                    tenant.template, tenant.slug
                 );
                 continue;
             }
+            let ctx = WriteContext::direct(scope, "system:demo".into(), None);
             for (record_type, stage, data) in (tenant.records)() {
-                create(
-                    state,
-                    scope,
-                    None,
-                    "system:demo".into(),
-                    record_type.into(),
-                    Some(stage.into()),
+                let new = NewRecord {
+                    id: NewId::Fresh,
+                    record_type: record_type.into(),
+                    stage: Some(stage.into()),
                     data,
-                )
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!("demo {record_type} for {}: {}", tenant.slug, e.message)
+                };
+                kernel.records().create(&ctx, new).await.map_err(|e| {
+                    anyhow::anyhow!("demo {record_type} for {}: {}", tenant.slug, e.describe())
                 })?;
             }
         }

@@ -1,11 +1,8 @@
-//! The one error type every HTTP handler returns, and its JSON shape:
-//! `{"error": {"code", "message", "details"}}`.
-//!
-//! Internal failures are logged with their cause and answered with a generic message, so a
-//! database error or a secret never reaches a response.
+//! The kernel's own errors, spoken by its services whatever called them: an HTTP handler
+//! (`api` maps them to statuses and JSON bodies), the dispatcher (which retries what
+//! [`RecordError::is_transient`] says may pass) or a plugin (the capability services map
+//! them to `host-error`s). Nothing here knows about HTTP.
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -29,172 +26,296 @@ impl FieldError {
     }
 }
 
-/// An API error: a status, a stable machine-readable code, a message for people and
-/// optional structured details.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
+/// One sentence for a list of field errors: the one error's place and message, or how many.
+pub fn summarize(errors: &[FieldError]) -> String {
+    match errors {
+        [one] if one.path.is_empty() => format!("invalid request: {}", one.message),
+        [one] => format!("invalid value at {}: {}", one.path, one.message),
+        many => format!("{} fields are invalid", many.len()),
+    }
+}
+
+/// One problem found in a template, located by a path such as `pipelines[1].stages[2]`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Problem {
+    pub at: String,
     pub message: String,
-    pub details: Value,
-    /// Seconds the client should wait before retrying (429 only).
-    pub retry_after: Option<u64>,
 }
 
-/// The JSON body of every error response (documented in the OpenAPI description).
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.at.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.at, self.message)
+        }
+    }
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
-    /// Stable code, e.g. `validation_failed`, `not_found`, `version_conflict`.
-    pub code: String,
-    pub message: String,
-    #[schema(value_type = Object)]
-    pub details: Value,
+/// Why a record may not enter a stage.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageRefusal {
+    UnknownStage { allowed: Vec<String> },
+    NotAllowed { from: String, allowed: Vec<String> },
+    Retired,
+    MissingFields(Vec<String>),
 }
 
-pub type ApiResult<T> = Result<T, ApiError>;
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            details: json!({}),
-            retry_after: None,
+impl StageRefusal {
+    /// The sentence for people, naming the missing fields or the stages one may move to.
+    pub fn message(&self, stage: &str) -> String {
+        match self {
+            StageRefusal::UnknownStage { allowed } => format!(
+                "{stage:?} is not a stage of this pipeline; stages: {}",
+                allowed.join(", ")
+            ),
+            StageRefusal::NotAllowed { from, allowed } if allowed.is_empty() => {
+                format!("a record in {from:?} cannot move to another stage")
+            }
+            StageRefusal::NotAllowed { from, allowed } => format!(
+                "a record in {from:?} can move to {}, not to {stage:?}",
+                allowed.join(", ")
+            ),
+            StageRefusal::Retired => {
+                format!("{stage:?} is retired: records can leave it but not enter it")
+            }
+            StageRefusal::MissingFields(fields) => {
+                format!("a record in {stage:?} needs {}", fields.join(", "))
+            }
         }
     }
 
-    pub fn with_details(mut self, details: Value) -> Self {
-        self.details = details;
-        self
+    /// Each offending field: the missing ones under `/data`, or the stage itself.
+    pub fn field_errors(&self, stage: &str) -> Vec<FieldError> {
+        match self {
+            StageRefusal::MissingFields(fields) => fields
+                .iter()
+                .map(|f| {
+                    FieldError::new(
+                        format!("/data/{f}"),
+                        format!("is required in stage {stage:?}"),
+                    )
+                })
+                .collect(),
+            _ => vec![FieldError::new("/stage", self.message(stage))],
+        }
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
-    /// 401 with one message for every cause, so a caller learns nothing about which part of
-    /// a credential was wrong.
-    pub fn unauthorized() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing, invalid or expired credentials for this realm",
-        )
-    }
-
-    pub fn invalid_credentials() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-            "the email or password is wrong, or the account is not active",
-        )
-    }
-
-    pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
-    }
-
-    pub fn not_found(what: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{what} not found"),
-        )
-    }
-
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, code, message)
-    }
-
-    /// 422 listing every field that failed, each with its JSON pointer.
-    pub fn validation(errors: Vec<FieldError>) -> Self {
-        let summary = match errors.as_slice() {
-            [one] if one.path.is_empty() => format!("invalid request: {}", one.message),
-            [one] => format!("invalid value at {}: {}", one.path, one.message),
-            many => format!("{} fields are invalid", many.len()),
+    /// The structured details of the refusal: the stages allowed, the missing fields, the
+    /// stage asked for and each field error.
+    pub fn details(&self, stage: &str) -> Value {
+        let mut details = match self {
+            StageRefusal::UnknownStage { allowed } => json!({ "allowed": allowed }),
+            StageRefusal::NotAllowed { from, allowed } => {
+                json!({ "from": from, "allowed": allowed })
+            }
+            StageRefusal::Retired => json!({}),
+            StageRefusal::MissingFields(fields) => json!({ "missing_fields": fields }),
         };
-        Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-            summary,
-        )
-        .with_details(json!({ "errors": errors }))
+        details["errors"] = json!(self.field_errors(stage));
+        details["stage"] = json!(stage);
+        details
     }
+}
 
+/// Why a record could not be written (or read for a write).
+#[derive(Debug)]
+pub enum RecordError {
+    /// The tenant has no such record type (or the name cannot be one).
+    UnknownType(String),
+    /// The data, stage or request does not pass the checks; each field with its path.
+    Invalid(Vec<FieldError>),
+    /// The data is larger than records may be.
+    TooLarge {
+        size: usize,
+        limit: usize,
+    },
+    /// The pipeline refuses the record in `stage`.
+    StageRefused {
+        stage: String,
+        refusal: StageRefusal,
+    },
+    /// The tenant's pipelines changed while the write was checked: send it again.
+    TemplateChanged,
+    /// The record is at another version than the one the write was made against.
+    VersionConflict {
+        current: i64,
+    },
+    NotFound,
+    /// An idempotent create found its id taken by a record of another type.
+    IdTaken {
+        record_type: String,
+    },
+    /// The database failed or is unavailable.
+    Store(StoreError),
+    /// Something the kernel holds is broken (a stored schema that no longer compiles, a
+    /// validation that crashed); logged where it happened.
+    Internal(&'static str),
+}
+
+pub type RecordResult<T> = Result<T, RecordError>;
+
+impl RecordError {
     pub fn field(path: &str, message: impl Into<String>) -> Self {
-        Self::validation(vec![FieldError::new(path, message)])
+        RecordError::Invalid(vec![FieldError::new(path, message)])
     }
 
-    pub fn too_many_requests(message: impl Into<String>, retry_after: u64) -> Self {
-        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
-            .with_details(json!({ "retry_after_seconds": retry_after }));
-        e.retry_after = Some(retry_after);
-        e
+    /// Whether the same write may succeed later unchanged: the database may come back, the
+    /// tenant's template may settle. A refused write will be refused again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RecordError::Store(e) => !matches!(e, StoreError::Corrupt(_)),
+            RecordError::TemplateChanged | RecordError::Internal(_) => true,
+            RecordError::UnknownType(_)
+            | RecordError::Invalid(_)
+            | RecordError::TooLarge { .. }
+            | RecordError::StageRefused { .. }
+            | RecordError::VersionConflict { .. }
+            | RecordError::NotFound
+            | RecordError::IdTaken { .. } => false,
+        }
     }
 
-    pub fn internal() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; the request id in x-request-id identifies it in the server logs",
-        )
+    /// The field errors a refused write carries (none for the other kinds).
+    pub fn field_errors(&self) -> Vec<FieldError> {
+        match self {
+            RecordError::Invalid(errors) => errors.clone(),
+            RecordError::StageRefused { stage, refusal } => refusal.field_errors(stage),
+            RecordError::TooLarge { size, limit } => vec![FieldError::new(
+                "/data",
+                format!("is {size} bytes as JSON; records may hold at most {limit}"),
+            )],
+            _ => Vec::new(),
+        }
     }
-}
 
-impl From<StoreError> for ApiError {
-    fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::Database(e) => {
-                tracing::error!(error = %e, "database error");
-                ApiError::internal()
+    /// One line for a run log or a plugin: what was wrong and, for a refused write, each
+    /// field with its path.
+    pub fn describe(&self) -> String {
+        match self {
+            RecordError::Invalid(errors) => {
+                format!("{} {}", summarize(errors), json!(errors))
             }
-            StoreError::Corrupt(what) => {
-                tracing::error!(what, "stored data does not parse");
-                ApiError::internal()
+            RecordError::StageRefused { stage, refusal } => format!(
+                "{} {}",
+                refusal.message(stage),
+                json!(refusal.field_errors(stage))
+            ),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for RecordError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordError::UnknownType(t) => write!(f, "this tenant has no record type {t:?}"),
+            RecordError::Invalid(errors) => write!(f, "{}", summarize(errors)),
+            RecordError::TooLarge { size, limit } => write!(
+                f,
+                "the record's data is {size} bytes as JSON; records may hold at most {limit}"
+            ),
+            RecordError::StageRefused { stage, refusal } => {
+                write!(f, "{}", refusal.message(stage))
             }
-            StoreError::CommitUnconfirmed => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "commit_unconfirmed",
-                "the database did not confirm this write; it may or may not be stored. \
-                 Read the data before retrying.",
+            RecordError::TemplateChanged => write!(
+                f,
+                "the tenant's pipelines changed while this change was checked; send it again"
             ),
-            StoreError::Unavailable => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "records cannot be written right now (the server is stopping or cannot reach \
-                 its database); retry shortly",
+            RecordError::VersionConflict { current } => write!(
+                f,
+                "the record changed since it was read (it is at version {current}); read it again"
             ),
+            RecordError::NotFound => write!(f, "record not found"),
+            RecordError::IdTaken { record_type } => write!(
+                f,
+                "a repeated run of this delivery created a {record_type} here before"
+            ),
+            RecordError::Store(e) => write!(f, "storage: {e}"),
+            RecordError::Internal(what) => write!(f, "internal error: {what}"),
         }
     }
 }
 
-impl From<anyhow::Error> for ApiError {
-    fn from(err: anyhow::Error) -> Self {
-        tracing::error!(error = %format!("{err:#}"), "internal error");
-        ApiError::internal()
+impl From<StoreError> for RecordError {
+    fn from(e: StoreError) -> Self {
+        RecordError::Store(e)
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            metrics::counter!("streamflow_http_server_errors_total").increment(1);
+impl From<Vec<FieldError>> for RecordError {
+    fn from(errors: Vec<FieldError>) -> Self {
+        RecordError::Invalid(errors)
+    }
+}
+
+/// Why a plugin installation could not be made or changed.
+#[derive(Debug)]
+pub enum InstallError {
+    /// The request names no approved version of the plugin.
+    NoApprovedVersion,
+    /// A field of the request (version requirement, grants, configuration) is wrong.
+    Invalid(Vec<FieldError>),
+    /// Only one scorer per tenant; `installed` scores its leads already.
+    ScorerInstalled {
+        installed: String,
+    },
+    /// The configuration that would be kept does not fit the new version's schema.
+    ConfigDoesNotFit {
+        version: String,
+        errors: Vec<FieldError>,
+    },
+    NotInstalled,
+    Store(StoreError),
+    /// Sealed secrets that do not open, a stored manifest that does not parse; logged.
+    Internal(&'static str),
+}
+
+impl From<StoreError> for InstallError {
+    fn from(e: StoreError) -> Self {
+        InstallError::Store(e)
+    }
+}
+
+/// Why a template could not be applied to a tenant.
+#[derive(Debug)]
+pub enum ApplyError {
+    /// The tenant uses another template: a tenant cannot switch.
+    OtherTemplate {
+        current: String,
+    },
+    /// The tenant has a newer version: templates only move forward.
+    Downgrade {
+        current: String,
+    },
+    /// Another application finished first.
+    Raced,
+    /// The merged template, its plugins or their configs have problems; nothing was changed.
+    Problems(Vec<Problem>),
+    Store(StoreError),
+    Internal(&'static str),
+}
+
+impl From<StoreError> for ApplyError {
+    fn from(e: StoreError) -> Self {
+        ApplyError::Store(e)
+    }
+}
+
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApplyError::OtherTemplate { current } => {
+                write!(f, "the tenant uses the {current} template")
+            }
+            ApplyError::Downgrade { current } => write!(f, "the tenant has {current} already"),
+            ApplyError::Raced => write!(f, "another application finished first"),
+            ApplyError::Problems(problems) => {
+                let all: Vec<String> = problems.iter().map(Problem::to_string).collect();
+                write!(f, "{}", all.join("; "))
+            }
+            ApplyError::Store(e) => write!(f, "storage: {e}"),
+            ApplyError::Internal(what) => write!(f, "internal error: {what}"),
         }
-        let body = json!({
-            "error": { "code": self.code, "message": self.message, "details": self.details }
-        });
-        let mut response = (self.status, axum::Json(body)).into_response();
-        if let Some(secs) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        response
     }
 }

@@ -18,16 +18,17 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use streamflow_runtime::{Call, Capability, Grants, Hook, PluginEvent, Reply};
+use streamflow_runtime::{Call, EventKind, Hook, PluginEvent, Reply};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::api::AppState;
+use crate::error::RecordError;
+use crate::kernel::visibility::{plugin_payload, plugin_record_json, record_json};
+use crate::kernel::{Kernel, NewId, NewRecord, WriteContext};
 use crate::plugins::{Active, CallError};
-use crate::records::WriteRules;
-use crate::store::events::{Delivery, NewEvent, QueuedEvent, Settle};
+use crate::records::Origin;
+use crate::store::events::{Delivery, DeliveryStatus, NewEvent, QueuedEvent, Settle};
 use crate::store::records::RecordRow;
-use crate::store::writer::{RecordWrite, WriteOutcome};
 use crate::store::{Pool, TenantScope, format_micros, now_micros};
 use crate::templates::{Automation, MAX_AUTOMATION_DEPTH, RunKind};
 
@@ -47,49 +48,6 @@ pub const MAX_ATTEMPTS: i64 = 8;
 const BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-/// Where a plugin call or built-in action comes from when the dispatcher makes it: what
-/// makes its writes idempotent and how deep in an automation chain it is.
-#[derive(Debug, Clone)]
-pub struct Origin {
-    /// Derived from the event id and the target.
-    pub key: [u8; 32],
-    /// The depth of the events its writes cause.
-    pub depth: i64,
-    /// The event's time, in milliseconds, used as the time part of derived record ids.
-    pub at_ms: u64,
-    /// The event the chain started from: what it creates spends that root's budget.
-    pub root: Uuid,
-}
-
-impl Origin {
-    fn new(event: &QueuedEvent, target: &str) -> Origin {
-        let mut hash = Sha256::new();
-        hash.update(event.id.as_bytes());
-        hash.update(target.as_bytes());
-        Origin {
-            key: hash.finalize().into(),
-            depth: event.depth + 1,
-            at_ms: (event.created_at / 1000).max(0) as u64,
-            root: event.root(),
-        }
-    }
-
-    /// The id of the `n`th thing (record, event) this origin creates: the same on every
-    /// run, shaped like a UUIDv7 from the event's time so listings stay in creation order.
-    pub fn derived_id(&self, n: u32) -> Uuid {
-        let mut hash = Sha256::new();
-        hash.update(self.key);
-        hash.update(n.to_be_bytes());
-        let digest = hash.finalize();
-        let mut bytes = [0u8; 16];
-        bytes[..6].copy_from_slice(&self.at_ms.to_be_bytes()[2..]);
-        bytes[6..].copy_from_slice(&digest[..10]);
-        bytes[6] = 0x70 | (bytes[6] & 0x0f);
-        bytes[8] = 0x80 | (bytes[8] & 0x3f);
-        Uuid::from_bytes(bytes)
-    }
-}
-
 /// Why a target did not finish.
 struct TargetError {
     message: String,
@@ -99,12 +57,18 @@ struct TargetError {
 
 impl From<CallError> for TargetError {
     fn from(e: CallError) -> Self {
-        // The host's state (capacity, a paused plugin, a slow compile, a deadline) may
-        // change; a plugin's own failure or a broken limit will not, so it is not retried.
-        let retry = matches!(e.kind, "timeout" | "busy" | "circuit_open" | "load");
         TargetError {
             message: format!("{}: {}", e.kind, e.message),
-            retry,
+            retry: e.kind.is_transient(),
+        }
+    }
+}
+
+impl From<RecordError> for TargetError {
+    fn from(e: RecordError) -> Self {
+        TargetError {
+            retry: e.is_transient(),
+            message: e.describe(),
         }
     }
 }
@@ -144,22 +108,22 @@ impl Stop {
 }
 
 /// Starts this node's dispatcher.
-pub fn start(state: AppState, stop: Stop) -> tokio::task::JoinHandle<()> {
+pub fn start(kernel: Arc<Kernel>, stop: Stop) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        if matches!(state.store.pool(), Pool::Sqlite(_)) {
+        if matches!(kernel.store.pool(), Pool::Sqlite(_)) {
             // One node per SQLite file: any claim is this node's own, from before a crash.
-            match state.store.release_claims().await {
+            match kernel.store.release_claims().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(events = n, "released event claims left by an earlier run"),
                 Err(e) => tracing::error!(error = %e, "could not release old event claims"),
             }
         }
-        let wake = state.writer.committed();
+        let wake = kernel.writer.committed();
         let node = node_name();
         tracing::info!(%node, "event dispatcher started");
-        let slots = (state.config.plugin_instances as usize / 2).max(1);
+        let slots = (kernel.config.plugin_instances as usize / 2).max(1);
         let dispatcher = Arc::new(Dispatcher {
-            state,
+            kernel,
             node,
             plugin_slots: tokio::sync::Semaphore::new(slots),
         });
@@ -184,7 +148,7 @@ pub fn start(state: AppState, stop: Stop) -> tokio::task::JoinHandle<()> {
 }
 
 struct Dispatcher {
-    state: AppState,
+    kernel: Arc<Kernel>,
     /// This dispatcher's name in the deliveries it records.
     node: String,
     /// Plugin calls the dispatcher makes at once: half the sandbox's instances, so
@@ -202,7 +166,7 @@ fn node_name() -> String {
 impl Dispatcher {
     /// Claims and handles one batch; returns how many events it handled.
     async fn round(self: &Arc<Self>) -> anyhow::Result<usize> {
-        let store = &self.state.store;
+        let store = &self.kernel.store;
         let started = std::time::Instant::now();
         let lease_until = now_micros() + LEASE.as_micros() as i64;
         let events = store.claim_events(&self.node, lease_until, BATCH).await?;
@@ -287,7 +251,7 @@ impl Dispatcher {
         );
         metrics::counter!("streamflow_events_dispatched_total").increment(count as u64);
         for d in &deliveries {
-            metrics::counter!("streamflow_event_deliveries_total", "status" => d.status)
+            metrics::counter!("streamflow_event_deliveries_total", "status" => d.status.as_str())
                 .increment(1);
             metrics::histogram!("streamflow_event_delivery_lag_seconds")
                 .record((d.finished_at - d.event_at) as f64 / 1e6);
@@ -298,7 +262,7 @@ impl Dispatcher {
     /// Runs every target of one event that has not finished yet.
     async fn handle(&self, event: QueuedEvent) -> (Vec<Delivery>, Settle) {
         let scope = TenantScope::new(event.tenant_id);
-        let state = &self.state;
+        let state = &self.kernel;
         let targets = match self.targets(&scope, &event).await {
             Ok(t) => t,
             Err(e) => return (Vec::new(), retry(&event, e.to_string())),
@@ -343,17 +307,17 @@ impl Dispatcher {
                 "depth": event.depth,
                 "targets": targets.iter().map(Target::name).collect::<Vec<_>>(),
             });
-            let origin = Origin::new(&event, "loop");
+            let origin = Origin::of(&event, "loop");
             let record = event.record_type.as_deref().zip(event.record_id);
             // The report of a cut chain is not reported again (it is as deep as the chain).
-            if event.kind != "automation.loop_stopped"
+            if event.kind != EventKind::LoopStopped
                 && let Err(e) = state
                     .store
                     .insert_event(
                         &scope,
                         &NewEvent {
                             id: origin.derived_id(0),
-                            kind: "automation.loop_stopped",
+                            kind: EventKind::LoopStopped.as_str(),
                             record,
                             actor: "dispatcher",
                             payload: &stopped,
@@ -368,7 +332,14 @@ impl Dispatcher {
             tracing::warn!(tenant = %event.tenant_id, kind = %event.kind, "{message}");
             let deliveries = targets
                 .iter()
-                .map(|t| delivery(&t.name(), "skipped", None, Some(message.clone())))
+                .map(|t| {
+                    delivery(
+                        &t.name(),
+                        DeliveryStatus::Skipped,
+                        None,
+                        Some(message.clone()),
+                    )
+                })
                 .collect();
             return (
                 deliveries,
@@ -410,7 +381,7 @@ impl Dispatcher {
         if event.depth > 0
             && event.attempts == 0
             && !due.is_empty()
-            && event.kind != "automation.budget_exhausted"
+            && event.kind != EventKind::BudgetExhausted
         {
             let budget = state.config.automation_budget;
             match state
@@ -428,7 +399,7 @@ impl Dispatcher {
         let mut retryable = false;
         for target in due {
             let name = target.name();
-            let origin = Origin::new(&event, &name);
+            let origin = Origin::of(&event, &name);
             let result = match target {
                 Target::Plugin(active) => {
                     self.deliver(&scope, active, &event, record.as_ref(), origin)
@@ -440,7 +411,7 @@ impl Dispatcher {
                 }
             };
             match result {
-                Ok(output) => deliveries.push(delivery(&name, "done", output, None)),
+                Ok(output) => deliveries.push(delivery(&name, DeliveryStatus::Done, output, None)),
                 Err(e) if e.retry && event.attempts + 1 < MAX_ATTEMPTS => {
                     retryable = true;
                     failure = Some(format!("{name}: {}", e.message));
@@ -449,7 +420,12 @@ impl Dispatcher {
                     tracing::warn!(tenant = %event.tenant_id, target = %name, kind = %event.kind,
                         "automation failed: {}", e.message);
                     failure = Some(format!("{name}: {}", e.message));
-                    deliveries.push(delivery(&name, "failed", None, Some(e.message)));
+                    deliveries.push(delivery(
+                        &name,
+                        DeliveryStatus::Failed,
+                        None,
+                        Some(e.message),
+                    ));
                 }
             }
         }
@@ -470,7 +446,12 @@ impl Dispatcher {
         event: &QueuedEvent,
     ) -> anyhow::Result<Vec<Target>> {
         let mut targets = Vec::new();
-        if let Some(spec) = self.state.workflows.spec(&self.state.store, scope).await? {
+        if let Some(spec) = self
+            .kernel
+            .workflows
+            .spec(&self.kernel.store, scope)
+            .await?
+        {
             for a in &spec.automations {
                 if a.on == event.kind
                     && a.record_type
@@ -481,7 +462,7 @@ impl Dispatcher {
                 }
             }
         }
-        for active in self.state.plugins.active(scope).await?.iter() {
+        for active in self.kernel.plugins.active(scope).await?.iter() {
             // Other plugins' events are theirs: refused at upload, and not delivered even to
             // a manifest stored before that check.
             if active.manifest.has_hook(Hook::OnEvent)
@@ -533,13 +514,13 @@ impl Dispatcher {
             root: event.root(),
         };
         if let Err(e) = self
-            .state
+            .kernel
             .store
             .insert_event(
                 scope,
                 &NewEvent {
                     id: origin.derived_id(0),
-                    kind: "automation.budget_exhausted",
+                    kind: EventKind::BudgetExhausted.as_str(),
                     record: event.record_type.as_deref().zip(event.record_id),
                     actor: "dispatcher",
                     payload: &payload,
@@ -558,7 +539,7 @@ impl Dispatcher {
                 event_id: event.id,
                 target: name.clone(),
                 tenant_id: event.tenant_id,
-                status: "skipped",
+                status: DeliveryStatus::Skipped,
                 attempts: event.attempts + 1,
                 output: None,
                 error: Some(message.clone()),
@@ -584,7 +565,7 @@ impl Dispatcher {
         record: Option<&RecordRow>,
         origin: Origin,
     ) -> Result<Option<String>, TargetError> {
-        let payload = plugin_payload(&self.state.store, scope, &active.grants, event, record)
+        let payload = plugin_payload(&self.kernel.store, scope, &active.grants, event, record)
             .await
             .map_err(|e| TargetError::transient(e.to_string()))?;
         let call = Call::OnEvent(PluginEvent {
@@ -600,7 +581,7 @@ impl Dispatcher {
             .acquire()
             .await
             .map_err(|_| TargetError::transient("shutting down"))?;
-        self.state
+        self.kernel
             .plugins
             .call_from(scope, active, call, Some(origin))
             .await?;
@@ -619,7 +600,7 @@ impl Dispatcher {
         match automation.run.kind().map_err(TargetError::permanent)? {
             RunKind::Plugin { plugin, action } => {
                 let active = self
-                    .state
+                    .kernel
                     .plugins
                     .active(scope)
                     .await
@@ -630,7 +611,7 @@ impl Dispatcher {
                     )));
                 };
                 // The action sees what its plugin's grants allow, like `on-event`.
-                let store = &self.state.store;
+                let store = &self.kernel.store;
                 let payload = plugin_payload(store, scope, &active.grants, event, record)
                     .await
                     .map_err(|e| TargetError::transient(e.to_string()))?;
@@ -658,7 +639,7 @@ impl Dispatcher {
                     .await
                     .map_err(|_| TargetError::transient("shutting down"))?;
                 match self
-                    .state
+                    .kernel
                     .plugins
                     .call_from(scope, active, call, Some(origin))
                     .await?
@@ -709,66 +690,17 @@ impl Dispatcher {
                 )),
             );
         }
-        let data = Value::Object(data);
-        let id = origin.derived_id(0);
-        let state = &self.state;
-        let output =
-            |row_id: Uuid| Some(json!({ "record_type": record_type, "id": row_id }).to_string());
-        // Already created by an earlier run of this event.
-        match state.store.record_by_id(scope, id).await {
-            Ok(Some(_)) => return Ok(output(id)),
-            Ok(None) => {}
-            Err(e) => return Err(TargetError::transient(e.to_string())),
-        }
-        let rules = WriteRules {
-            store: &state.store,
-            schemas: &state.schemas,
-            workflows: &state.workflows,
+        let new = NewRecord {
+            id: NewId::Derived(origin.derived_id(0)),
+            record_type,
+            stage: run.stage.clone(),
+            data: Value::Object(data),
         };
-        let stage = rules
-            .create(scope, &record_type, run.stage.clone(), &data)
-            .await
-            .map_err(|e| {
-                let details = e
-                    .details
-                    .get("errors")
-                    .map(|d| format!(" {d}"))
-                    .unwrap_or_default();
-                let message = format!("{}{details}", e.message);
-                if e.status.is_server_error() {
-                    TargetError::transient(message)
-                } else {
-                    TargetError::permanent(message)
-                }
-            })?;
-        let outcome = state
-            .writer
-            .submit(RecordWrite::Create {
-                scope: *scope,
-                id,
-                record_type: record_type.clone(),
-                stage,
-                data,
-                score: None,
-                events: Vec::new(),
-                created_by: None,
-                actor: format!("automation:{}", automation.id),
-                depth: origin.depth,
-                root: Some(origin.root),
-            })
-            .await;
-        match outcome {
-            Ok(WriteOutcome::Created(row)) => Ok(output(row.id)),
-            Ok(_) => Err(TargetError::permanent("unexpected write outcome")),
-            Err(e) => {
-                // A concurrent run may have created it first.
-                if let Ok(Some(_)) = state.store.record_by_id(scope, id).await {
-                    Ok(output(id))
-                } else {
-                    Err(TargetError::transient(e.to_string()))
-                }
-            }
-        }
+        let ctx = WriteContext::automation(*scope, &automation.id, &origin);
+        let row = self.kernel.records().create(&ctx, new).await?;
+        Ok(Some(
+            json!({ "record_type": row.record_type, "id": row.id }).to_string(),
+        ))
     }
 }
 
@@ -804,305 +736,5 @@ fn retry_or_fail(seq: i64, attempts: i64, error: String) -> Settle {
         seq,
         at: now_micros() + delay.as_micros() as i64,
         error,
-    }
-}
-
-/// A record as automations' conditions and plugin actions see it.
-fn record_json(row: &RecordRow) -> Value {
-    json!({
-        "id": row.id,
-        "type": row.record_type,
-        "stage": row.stage,
-        "version": row.version,
-        "data": row.data.0,
-        "created_at": row.created_at,
-        "updated_at": row.updated_at,
-    })
-}
-
-// What plugins may see of records and events.
-//
-// `records:read` is needed for any record data: without it a plugin is told which record
-// changed (kind, type, id) and its stage, nothing more. `records:read-pii` adds the fields
-// the record type's schema marks `"x-pii": true`; without it they are left out of events,
-// action inputs and what the `records` capability returns.
-
-/// Payload keys that are about a record's place in its pipeline, not its data.
-const STAGE_KEYS: &[&str] = &["stage", "from", "to", "version", "previous_version"];
-
-/// An event's payload as a plugin with `grants` may see it.
-pub(crate) async fn plugin_payload(
-    store: &crate::store::Store,
-    scope: &TenantScope,
-    grants: &Grants,
-    event: &QueuedEvent,
-    record: Option<&RecordRow>,
-) -> crate::store::StoreResult<Value> {
-    let payload = &event.payload.0;
-    let Some(record_type) = event.record_type.as_deref() else {
-        // Not about a record: the kernel's reports (kinds, depths, target names) and a
-        // plugin's own events.
-        return Ok(payload.clone());
-    };
-    if !grants.allows(Capability::RecordsRead) {
-        let mut view = Map::new();
-        for key in STAGE_KEYS {
-            if let Some(v) = payload.get(*key) {
-                view.insert(key.to_string(), v.clone());
-            }
-        }
-        if let Some(row) = record {
-            view.insert("stage".into(), json!(row.stage));
-        }
-        return Ok(Value::Object(view));
-    }
-    let mut payload = payload.clone();
-    if !grants.allows(Capability::RecordsReadPii)
-        && let Some(data) = payload.get_mut("data")
-    {
-        strip_pointers(data, &pii_fields(store, scope, record_type).await?);
-    }
-    Ok(payload)
-}
-
-/// A record as a plugin action's input shows it, by the plugin's grants.
-pub(crate) async fn plugin_record_json(
-    store: &crate::store::Store,
-    scope: &TenantScope,
-    grants: &Grants,
-    row: &RecordRow,
-) -> crate::store::StoreResult<Value> {
-    let mut view = record_json(row);
-    if !grants.allows(Capability::RecordsRead) {
-        if let Some(object) = view.as_object_mut() {
-            object.remove("data");
-        }
-    } else if !grants.allows(Capability::RecordsReadPii) {
-        strip_pointers(
-            &mut view["data"],
-            &pii_fields(store, scope, &row.record_type).await?,
-        );
-    }
-    Ok(view)
-}
-
-/// The PII fields of a tenant's record type (see [`pii_pointers`]).
-pub(crate) async fn pii_fields(
-    store: &crate::store::Store,
-    scope: &TenantScope,
-    record_type: &str,
-) -> crate::store::StoreResult<Vec<String>> {
-    Ok(store
-        .record_type(scope, record_type)
-        .await?
-        .and_then(|t| t.schema)
-        .map(|schema| pii_pointers(&schema.0))
-        .unwrap_or_default())
-}
-
-/// JSON pointers (into a record's data) of what a schema marks `"x-pii": true`: fields
-/// reached through `properties` (and `allOf` / local `$ref`, which apply at the same
-/// place). A mark anywhere else beneath a field (under `items`, `anyOf`, ...) makes that
-/// whole field personal, and one that cannot be tied to a field makes the whole data so
-/// (`""`): when in doubt, leave out more.
-pub(crate) fn pii_pointers(schema: &Value) -> Vec<String> {
-    /// Schema nodes looked at, at most: a schema whose `$ref`s branch so much that it
-    /// would take longer is treated as personal throughout.
-    const MAX_VISITS: usize = 20_000;
-    struct Scan<'a> {
-        root: &'a Value,
-        visits: usize,
-        out: Vec<String>,
-    }
-    fn marked(node: &Value) -> bool {
-        node.get("x-pii").and_then(Value::as_bool) == Some(true)
-    }
-    impl Scan<'_> {
-        fn tick(&mut self) -> bool {
-            self.visits += 1;
-            self.visits <= MAX_VISITS
-        }
-        /// Whether a mark sits in `node` outside the places `walk` follows (`top`: the
-        /// node's own mark, `properties`, `allOf` and `$ref` are walked precisely).
-        fn elsewhere(&mut self, node: &Value, seen: &mut Vec<String>, top: bool) -> bool {
-            if !self.tick() {
-                return true;
-            }
-            match node {
-                Value::Array(items) => items.iter().any(|v| self.elsewhere(v, seen, false)),
-                Value::Object(map) => {
-                    if !top && marked(node) {
-                        return true;
-                    }
-                    if !top
-                        && let Some(Value::String(r)) = map.get("$ref")
-                        && let Some(pointer) = r.strip_prefix('#')
-                        && !seen.iter().any(|s| s == pointer)
-                    {
-                        seen.push(pointer.to_string());
-                        let root = self.root;
-                        if let Some(target) = root.pointer(pointer)
-                            && self.elsewhere(target, seen, false)
-                        {
-                            return true;
-                        }
-                    }
-                    map.iter().any(|(k, v)| {
-                        let walked = top && matches!(k.as_str(), "properties" | "allOf" | "$ref");
-                        if walked {
-                            return false;
-                        }
-                        // Maps whose values are schemas, whatever their keys: a property
-                        // may well be named `default` or `enum`.
-                        if matches!(
-                            k.as_str(),
-                            "properties" | "patternProperties" | "dependentSchemas"
-                        ) && let Value::Object(schemas) = v
-                        {
-                            return schemas.values().any(|s| self.elsewhere(s, seen, false));
-                        }
-                        let not_schema = matches!(
-                            k.as_str(),
-                            "enum" | "const" | "default" | "examples" | "$defs" | "definitions"
-                        );
-                        !not_schema && self.elsewhere(v, seen, false)
-                    })
-                }
-                _ => false,
-            }
-        }
-        fn walk(&mut self, node: &Value, at: String, depth: usize) {
-            if self.out.iter().any(|p| p.is_empty()) {
-                return;
-            }
-            if depth > 64 || !self.tick() {
-                self.out = vec![String::new()];
-                return;
-            }
-            if marked(node) || self.elsewhere(node, &mut Vec::new(), true) {
-                if !self.out.contains(&at) {
-                    self.out.push(at);
-                }
-                return;
-            }
-            if let Some(Value::Object(props)) = node.get("properties") {
-                for (name, sub) in props {
-                    let here = format!("{at}/{}", streamflow_runtime::pointer::escape(name));
-                    self.walk(sub, here, depth + 1);
-                }
-            }
-            if let Some(Value::Array(all)) = node.get("allOf") {
-                for sub in all {
-                    self.walk(sub, at.clone(), depth + 1);
-                }
-            }
-            let root = self.root;
-            if let Some(Value::String(r)) = node.get("$ref")
-                && let Some(target) = r.strip_prefix('#').and_then(|p| root.pointer(p))
-            {
-                self.walk(target, at, depth + 1);
-            }
-        }
-    }
-    let mut scan = Scan {
-        root: schema,
-        visits: 0,
-        out: Vec::new(),
-    };
-    scan.walk(schema, String::new(), 0);
-    if scan.out.iter().any(|p| p.is_empty()) {
-        return vec![String::new()];
-    }
-    scan.out
-}
-
-/// Removes each pointer's value from `data` (`""`: everything).
-pub(crate) fn strip_pointers(data: &mut Value, pointers: &[String]) {
-    for pointer in pointers {
-        if pointer.is_empty() {
-            *data = Value::Object(Map::new());
-            return;
-        }
-        crate::plugins::config::take_pointer(data, pointer);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pii_fields_are_found_wherever_they_are_marked() {
-        let pii = json!({"type": "string", "x-pii": true});
-        let schema = json!({
-            "type": "object",
-            "properties": {
-                "name": pii,
-                "budget": {"type": "number"},
-                "address": {"type": "object", "properties": {"street": pii, "city": {"type": "string"}}},
-                "phones": {"type": "array", "items": pii},
-                "contact": {"$ref": "#/$defs/person"},
-                "either": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/secretish"}]}
-            },
-            "allOf": [{"properties": {"email": pii}}],
-            "$defs": {
-                "person": {"type": "object", "properties": {"phone": pii, "role": {"type": "string"}}},
-                "secretish": pii
-            }
-        });
-        let mut found = pii_pointers(&schema);
-        found.sort();
-        assert_eq!(
-            found,
-            vec![
-                "/address/street",
-                "/contact/phone",
-                "/either",
-                "/email",
-                "/name",
-                "/phones"
-            ]
-        );
-        let mut data = json!({
-            "name": "Ada", "budget": 5, "address": {"street": "1 Way", "city": "Oslo"},
-            "phones": ["1"], "contact": {"phone": "2", "role": "x"}, "either": "3", "email": "a@b"
-        });
-        strip_pointers(&mut data, &pii_pointers(&schema));
-        assert_eq!(
-            data,
-            json!({"budget": 5, "address": {"city": "Oslo"}, "contact": {"role": "x"}})
-        );
-        // A mark that cannot be tied to a field hides all the data.
-        let loose = json!({"type": "object", "patternProperties": {"^p": pii}});
-        assert_eq!(pii_pointers(&loose), vec![String::new()]);
-        let mut data = json!({"p1": "x", "q": 1});
-        strip_pointers(&mut data, &pii_pointers(&loose));
-        assert_eq!(data, json!({}));
-        assert!(
-            pii_pointers(
-                &json!({"type": "object", "properties": {"a": {"enum": [{"x-pii": true}]}}})
-            )
-            .is_empty()
-        );
-        // A property named like a non-schema keyword is still a schema.
-        let named = json!({"type": "object", "properties": {"items": {"type": "array",
-            "items": {"type": "object", "properties": {"default": pii}}}}});
-        assert_eq!(pii_pointers(&named), vec!["/items".to_string()]);
-    }
-
-    #[test]
-    fn derived_ids_are_stable_distinct_and_time_ordered() {
-        let origin = |key: u8, at_ms| Origin {
-            key: [key; 32],
-            depth: 1,
-            at_ms,
-            root: Uuid::nil(),
-        };
-        let a = origin(1, 1_700_000_000_000);
-        assert_eq!(a.derived_id(0), a.derived_id(0));
-        assert_ne!(a.derived_id(0), a.derived_id(1));
-        assert_ne!(a.derived_id(0), origin(2, 1_700_000_000_000).derived_id(0));
-        assert_eq!(a.derived_id(0).get_version_num(), 7);
-        assert!(origin(9, 1_700_000_000_001).derived_id(0) > a.derived_id(0));
     }
 }

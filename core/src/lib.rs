@@ -18,6 +18,7 @@ pub mod demo;
 pub mod error;
 pub mod events;
 pub mod fair;
+pub mod kernel;
 pub mod plugin_cli;
 pub mod plugins;
 pub mod records;

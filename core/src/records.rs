@@ -16,11 +16,11 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::error::{ApiError, ApiResult, FieldError};
+use crate::error::{FieldError, RecordError, RecordResult};
 use crate::store::cache::CREDENTIAL_CACHE_TTL;
+use crate::store::events::QueuedEvent;
 use crate::store::records::RecordRow;
 use crate::store::{Store, TenantScope, format_micros};
-use crate::templates::{Pipeline, Workflows};
 
 /// Most validation errors reported for one write.
 const MAX_REPORTED_ERRORS: usize = 50;
@@ -75,18 +75,18 @@ pub fn valid_type_id(id: &str) -> bool {
 }
 
 /// Checks a stage name; `path` locates it in the request for the error.
-pub fn check_stage(stage: &str, path: &str) -> ApiResult<()> {
+pub fn check_stage(stage: &str, path: &str) -> Result<(), FieldError> {
     if stage.contains('\0') {
-        return Err(ApiError::field(
+        return Err(FieldError::new(
             path,
             "must not contain the NUL character (U+0000)",
         ));
     }
     if stage.trim().is_empty() {
-        return Err(ApiError::field(path, "must not be empty"));
+        return Err(FieldError::new(path, "must not be empty"));
     }
     if stage.chars().count() > MAX_STAGE_LEN {
-        return Err(ApiError::field(
+        return Err(FieldError::new(
             path,
             format!("must be at most {MAX_STAGE_LEN} characters"),
         ));
@@ -104,7 +104,7 @@ pub const MAX_SCHEMA_DEPTH: usize = 32;
 /// Refuses JSON the host should not store or walk: U+0000 in a string or key (PostgreSQL
 /// cannot store it, so it is refused on every backend alike) and nesting deeper than
 /// `max_depth`. `path` is the JSON pointer of `value` in the request.
-pub fn check_json(value: &Value, path: &str, max_depth: usize) -> ApiResult<()> {
+pub fn check_json(value: &Value, path: &str, max_depth: usize) -> Result<(), FieldError> {
     fn walk(value: &Value, path: String, depth_left: usize) -> Result<(), FieldError> {
         let nested = matches!(value, Value::Array(_) | Value::Object(_));
         if nested && depth_left == 0 {
@@ -129,7 +129,7 @@ pub fn check_json(value: &Value, path: &str, max_depth: usize) -> ApiResult<()> 
             _ => Ok(()),
         }
     }
-    walk(value, path.to_string(), max_depth).map_err(|e| ApiError::validation(vec![e]))
+    walk(value, path.to_string(), max_depth)
 }
 
 /// Cursor of a record listing: the last id of the page, opaque to clients.
@@ -137,15 +137,12 @@ pub fn encode_cursor(id: Uuid) -> String {
     URL_SAFE_NO_PAD.encode(id.as_bytes())
 }
 
-pub fn decode_cursor(cursor: &str) -> ApiResult<Uuid> {
+/// The id a cursor of [`encode_cursor`] holds; `None` for text this server never returned.
+pub fn decode_cursor(cursor: &str) -> Option<Uuid> {
     URL_SAFE_NO_PAD
         .decode(cursor)
         .ok()
         .and_then(|bytes| Uuid::from_slice(&bytes).ok())
-        .ok_or_else(|| {
-            ApiError::bad_request("invalid_cursor", "cursor is not one this server returned")
-                .with_details(serde_json::json!({ "parameter": "cursor" }))
-        })
 }
 
 /// Compiles a tenant-supplied JSON Schema safely, or says why it is not a usable schema.
@@ -342,7 +339,7 @@ impl SchemaCache {
         scope: &TenantScope,
         record_type: &str,
         data: &Value,
-    ) -> ApiResult<()> {
+    ) -> RecordResult<()> {
         let Some(validator) = self.validator(store, scope, record_type).await? else {
             return Ok(());
         };
@@ -358,11 +355,11 @@ impl SchemaCache {
                 .collect()
         })
         .await
-        .map_err(|_| ApiError::internal())?;
+        .map_err(|_| RecordError::Internal("a schema validation crashed"))?;
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(ApiError::validation(errors))
+            Err(RecordError::Invalid(errors))
         }
     }
 
@@ -373,7 +370,7 @@ impl SchemaCache {
         store: &Store,
         scope: &TenantScope,
         record_type: &str,
-    ) -> ApiResult<Option<Arc<jsonschema::Validator>>> {
+    ) -> RecordResult<Option<Arc<jsonschema::Validator>>> {
         if !valid_type_id(record_type) {
             return Err(unknown_type(record_type));
         }
@@ -407,7 +404,7 @@ impl SchemaCache {
             None => None,
             Some(schema) => Some(Arc::new(compile_schema(&schema.0).map_err(|e| {
                 tracing::error!(record_type, error = %e, "stored schema does not compile");
-                ApiError::internal()
+                RecordError::Internal("a stored record type schema does not compile")
             })?)),
         };
         self.store(key, record_type_row.version, validator.clone());
@@ -438,137 +435,66 @@ impl SchemaCache {
 
 /// `data` of a write: a JSON object the host is willing to store and walk, at most
 /// `limit` bytes as JSON text.
-pub fn check_data(data: &Value, limit: usize) -> ApiResult<()> {
+pub fn check_data(data: &Value, limit: usize) -> RecordResult<()> {
     if !data.is_object() {
-        return Err(ApiError::field("/data", "must be a JSON object"));
+        return Err(RecordError::field("/data", "must be a JSON object"));
     }
-    check_json(data, "/data", MAX_DATA_DEPTH)?;
+    check_json(data, "/data", MAX_DATA_DEPTH).map_err(|e| RecordError::Invalid(vec![e]))?;
     let size = crate::store::records::json_len(data);
     if size > limit {
-        return Err(ApiError::new(
-            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-            "record_too_large",
-            format!("the record's data is {size} bytes as JSON; records may hold at most {limit}"),
-        )
-        .with_details(
-            serde_json::json!({ "path": "/data", "size_bytes": size, "limit_bytes": limit }),
-        ));
+        return Err(RecordError::TooLarge { size, limit });
     }
     Ok(())
 }
 
-/// The checks every record write passes, whoever makes it (a person, an API key, a plugin
-/// or an automation): the data's shape, the type's schema and the type's pipeline.
-pub struct WriteRules<'a> {
-    pub store: &'a Store,
-    pub schemas: &'a SchemaCache,
-    pub workflows: &'a Workflows,
+fn unknown_type(record_type: &str) -> RecordError {
+    RecordError::UnknownType(record_type.to_string())
 }
 
-impl WriteRules<'_> {
-    async fn pipeline(
-        &self,
-        scope: &TenantScope,
-        record_type: &str,
-    ) -> ApiResult<Option<Pipeline>> {
-        Ok(self
-            .workflows
-            .spec(self.store, scope)
-            .await?
-            .and_then(|t| t.pipeline(record_type).cloned()))
-    }
-
-    /// Checks a new record and returns the stage to store it in: the one asked for, or the
-    /// first stage of the type's pipeline.
-    pub async fn create(
-        &self,
-        scope: &TenantScope,
-        record_type: &str,
-        stage: Option<String>,
-        data: &Value,
-    ) -> ApiResult<Option<String>> {
-        check_data(data, self.schemas.record_limit())?;
-        if let Some(stage) = &stage {
-            check_stage(stage, "/stage")?;
-        }
-        self.schemas
-            .validate(self.store, scope, record_type, data)
-            .await?;
-        let Some(pipeline) = self.pipeline(scope, record_type).await? else {
-            return Ok(stage);
-        };
-        let to = stage.unwrap_or_else(|| pipeline.first().id.clone());
-        pipeline
-            .check_move(None, &to, data)
-            .map_err(|refusal| refusal.into_error(&to))?;
-        Ok(Some(to))
-    }
-
-    /// Checks a change: new data against the schema, a new stage against the pipeline, and
-    /// that a record in a stage keeps the fields the stage requires. `current` is the
-    /// record as the caller read it, at the version it will write against; it is needed
-    /// when [`WriteRules::needs_current`] says so.
-    pub async fn update(
-        &self,
-        scope: &TenantScope,
-        record_type: &str,
-        current: Option<&RecordRow>,
-        stage: Option<&str>,
-        data: Option<&Value>,
-    ) -> ApiResult<()> {
-        if let Some(data) = data {
-            check_data(data, self.schemas.record_limit())?;
-            self.schemas
-                .validate(self.store, scope, record_type, data)
-                .await?;
-        }
-        if let Some(stage) = stage {
-            check_stage(stage, "/stage")?;
-        }
-        let Some(pipeline) = self.pipeline(scope, record_type).await? else {
-            return Ok(());
-        };
-        if stage.is_none() && data.is_none() {
-            return Ok(());
-        }
-        let Some(current) = current else {
-            // The tenant's template was applied between the caller's look and this one.
-            return Err(ApiError::conflict(
-                "template_changed",
-                "the tenant's pipelines changed while this change was checked; send it again",
-            ));
-        };
-        let data = data.unwrap_or(&current.data.0);
-        let to = stage.or(current.stage.as_deref());
-        let Some(to) = to else {
-            return Ok(());
-        };
-        pipeline
-            .check_move(current.stage.as_deref(), to, data)
-            .map_err(|refusal| refusal.into_error(to))
-    }
-
-    /// Whether a change to this type needs the current record to be checked: the type has
-    /// a pipeline and the change moves the record or replaces its data.
-    pub async fn needs_current(
-        &self,
-        scope: &TenantScope,
-        record_type: &str,
-        stage: Option<&str>,
-        data: Option<&Value>,
-    ) -> ApiResult<bool> {
-        Ok((stage.is_some() || data.is_some())
-            && self.pipeline(scope, record_type).await?.is_some())
-    }
+/// Where a plugin call or built-in action comes from when the dispatcher makes it: what
+/// makes its writes idempotent and how deep in an automation chain it is.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// Derived from the event id and the target.
+    pub key: [u8; 32],
+    /// The depth of the events its writes cause.
+    pub depth: i64,
+    /// The event's time, in milliseconds, used as the time part of derived record ids.
+    pub at_ms: u64,
+    /// The event the chain started from: what it creates spends that root's budget.
+    pub root: Uuid,
 }
 
-pub fn unknown_type(record_type: &str) -> ApiError {
-    ApiError::new(
-        axum::http::StatusCode::NOT_FOUND,
-        "unknown_record_type",
-        "this tenant has no such record type; GET /api/record-types lists them",
-    )
-    .with_details(serde_json::json!({ "type": record_type }))
+impl Origin {
+    /// The origin of `target`'s run for `event`.
+    pub fn of(event: &QueuedEvent, target: &str) -> Origin {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(event.id.as_bytes());
+        hash.update(target.as_bytes());
+        Origin {
+            key: hash.finalize().into(),
+            depth: event.depth + 1,
+            at_ms: (event.created_at / 1000).max(0) as u64,
+            root: event.root(),
+        }
+    }
+
+    /// The id of the `n`th thing (record, event) this origin creates: the same on every
+    /// run, shaped like a UUIDv7 from the event's time so listings stay in creation order.
+    pub fn derived_id(&self, n: u32) -> Uuid {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(self.key);
+        hash.update(n.to_be_bytes());
+        let digest = hash.finalize();
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&self.at_ms.to_be_bytes()[2..]);
+        bytes[6..].copy_from_slice(&digest[..10]);
+        bytes[6] = 0x70 | (bytes[6] & 0x0f);
+        bytes[8] = 0x80 | (bytes[8] & 0x3f);
+        Uuid::from_bytes(bytes)
+    }
 }
 
 #[cfg(test)]
@@ -589,9 +515,9 @@ mod tests {
     #[test]
     fn cursor_round_trips_and_rejects_garbage() {
         let id = Uuid::now_v7();
-        assert_eq!(decode_cursor(&encode_cursor(id)).unwrap(), id);
-        assert!(decode_cursor("not a cursor").is_err());
-        assert!(decode_cursor("").is_err());
+        assert_eq!(decode_cursor(&encode_cursor(id)), Some(id));
+        assert!(decode_cursor("not a cursor").is_none());
+        assert!(decode_cursor("").is_none());
     }
 
     #[test]
@@ -649,5 +575,21 @@ mod tests {
         let data = json!({"budget": "x"});
         let errors: Vec<_> = v.iter_errors(&data).collect();
         assert_eq!(errors[0].instance_path().to_string(), "/budget");
+    }
+
+    #[test]
+    fn derived_ids_are_stable_distinct_and_time_ordered() {
+        let origin = |key: u8, at_ms| Origin {
+            key: [key; 32],
+            depth: 1,
+            at_ms,
+            root: Uuid::nil(),
+        };
+        let a = origin(1, 1_700_000_000_000);
+        assert_eq!(a.derived_id(0), a.derived_id(0));
+        assert_ne!(a.derived_id(0), a.derived_id(1));
+        assert_ne!(a.derived_id(0), origin(2, 1_700_000_000_000).derived_id(0));
+        assert_eq!(a.derived_id(0).get_version_num(), 7);
+        assert!(origin(9, 1_700_000_000_001).derived_id(0) > a.derived_id(0));
     }
 }

@@ -17,7 +17,6 @@ use axum::extract::ConnectInfo;
 use axum::http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use streamflow_runtime::{Runtime, RuntimeConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
@@ -27,14 +26,8 @@ use tower::ServiceExt;
 use crate::api::{self, AppState};
 use crate::auth::{self, Auth, LoginLimiter};
 use crate::config::Config;
-use crate::crypto::SecretBox;
-use crate::plugins::PluginHost;
-use crate::records::SchemaCache;
-use crate::store::Store;
+use crate::kernel::Kernel;
 use crate::store::accounts::AccountKind;
-use crate::store::writer::RecordWriter;
-use crate::templates::Workflows;
-use crate::templates::catalog::Catalog;
 
 /// The provider account made on first start, when one was made.
 pub struct BootstrappedProvider {
@@ -43,56 +36,15 @@ pub struct BootstrappedProvider {
     pub generated_password: Option<String>,
 }
 
-/// Connects to the database (migrating it) and builds the shared state.
+/// Opens the kernel (connecting to the database and migrating it) and builds what HTTP
+/// needs beside it.
 pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
-    let store = Store::connect(&config.database_url).await?;
-    let auth = Auth::load(&store, &config)
+    let kernel = Kernel::open(config).await?;
+    let auth = Auth::load(&kernel.store, &kernel.config)
         .await
         .context("loading the realms' signing keys")?;
-    let writer =
-        RecordWriter::start(&store, config.write_batch).context("starting the record writer")?;
-    anyhow::ensure!(
-        config.record_limit <= config.body_limit,
-        "STREAMFLOW_RECORD_LIMIT ({}) is larger than STREAMFLOW_BODY_LIMIT ({}): no request could \
-         carry such a record; lower the record limit or raise the body limit",
-        config.record_limit,
-        config.body_limit
-    );
-    let schemas = Arc::new(SchemaCache::new(config.record_limit));
-    let workflows = Arc::new(Workflows::default());
-    let templates = Arc::new(Catalog::load(config.templates_dir.as_deref())?);
-    let secrets = SecretBox::load(config.secret_key.as_deref(), &config.data_dir)?;
-    let runtime = Runtime::new(RuntimeConfig {
-        cache_dir: Some(config.data_dir.join("plugin-cache")),
-        max_limits: config.plugin_max_limits,
-        instances: config.plugin_instances,
-        ..RuntimeConfig::default()
-    })
-    .context("starting the plugin runtime")?;
-    let plugins = PluginHost::new(
-        Arc::new(runtime),
-        store.clone(),
-        writer.clone(),
-        schemas.clone(),
-        workflows.clone(),
-        Arc::new(secrets),
-    )
-    .with_tenant_share(config.plugin_tenant_share())
-    .with_uploads_per_hour(config.uploads_per_hour)
-    .with_kv_quota(config.plugin_kv_bytes);
-    if config.bundled_plugins {
-        let added = crate::plugins::bundled::register(&store)
-            .await
-            .context("registering the bundled plugins")?;
-        if !added.is_empty() {
-            tracing::info!(plugins = %added.join(", "), "bundled plugins registered and approved");
-        }
-    }
-    let plugins = Arc::new(plugins);
-    plugins.start_sweeper();
+    let config = &kernel.config;
     Ok(AppState {
-        writer,
-        plugins,
         auth: Arc::new(auth),
         login_limiter: LoginLimiter::new(
             config.login_per_ip_per_minute,
@@ -100,12 +52,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
             config.login_per_account_global_per_minute,
             config.login_max_delay,
         ),
-        schemas,
-        workflows,
-        templates,
         metrics: crate::telemetry::prometheus(),
-        config: Arc::new(config),
-        store,
+        kernel,
     })
 }
 
@@ -152,7 +100,7 @@ pub async fn serve(
     let dispatcher = state
         .config
         .dispatcher
-        .then(|| crate::events::start(state.clone(), stop.clone()));
+        .then(|| crate::events::start(state.kernel.clone(), stop.clone()));
     let limits = ConnectionLimits::from(state.config.as_ref());
     let app = api::router(state);
     accept_loop(listener, app, limits, shutdown).await;

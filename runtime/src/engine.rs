@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -14,16 +14,16 @@ use sha2::{Digest, Sha256};
 use crate::manifest::Capability;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
     UpdateDeadline,
 };
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::contract::{self, ContractVersion, Instance, Pre};
 use crate::host::{HostServices, HttpRequest, HttpResponse, PluginEvent, PluginRecord, Score};
 use crate::manifest::{Grants, Limits};
 use crate::package::hex;
-use crate::v0_1;
 
 /// How the runtime is set up; the provider's maximums cap every manifest's limits.
 #[derive(Debug, Clone)]
@@ -128,21 +128,82 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// A short, stable name for metrics and the provider's view.
-    pub fn kind(&self) -> &'static str {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> FailureKind {
         match self {
-            Failure::Timeout { .. } => "timeout",
-            Failure::MemoryLimit { .. } => "memory_limit",
-            Failure::StackOverflow => "stack_overflow",
-            Failure::Panic(_) => "panic",
-            Failure::Trap(_) => "trap",
-            Failure::OutputTooLarge { .. } => "output_too_large",
-            Failure::NotSupported => "not_supported",
-            Failure::InvalidInput(_) => "invalid_input",
-            Failure::Failed(_) => "failed",
-            Failure::Busy => "busy",
-            Failure::Load(_) => "load",
+            Failure::Timeout { .. } => FailureKind::Timeout,
+            Failure::MemoryLimit { .. } => FailureKind::MemoryLimit,
+            Failure::StackOverflow => FailureKind::StackOverflow,
+            Failure::Panic(_) => FailureKind::Panic,
+            Failure::Trap(_) => FailureKind::Trap,
+            Failure::OutputTooLarge { .. } => FailureKind::OutputTooLarge,
+            Failure::NotSupported => FailureKind::NotSupported,
+            Failure::InvalidInput(_) => FailureKind::InvalidInput,
+            Failure::Failed(_) => FailureKind::Failed,
+            Failure::Busy => FailureKind::Busy,
+            Failure::Load(_) => FailureKind::Load,
         }
+    }
+}
+
+/// The kinds of failed plugin calls: those of [`Failure`], and `circuit_open` (a call the
+/// host refused to make because the plugin failed repeatedly). Their names are stable: they
+/// appear in metrics, health views, deliveries and API errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    Timeout,
+    MemoryLimit,
+    StackOverflow,
+    Panic,
+    Trap,
+    OutputTooLarge,
+    NotSupported,
+    InvalidInput,
+    Failed,
+    Busy,
+    Load,
+    CircuitOpen,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Timeout => "timeout",
+            FailureKind::MemoryLimit => "memory_limit",
+            FailureKind::StackOverflow => "stack_overflow",
+            FailureKind::Panic => "panic",
+            FailureKind::Trap => "trap",
+            FailureKind::OutputTooLarge => "output_too_large",
+            FailureKind::NotSupported => "not_supported",
+            FailureKind::InvalidInput => "invalid_input",
+            FailureKind::Failed => "failed",
+            FailureKind::Busy => "busy",
+            FailureKind::Load => "load",
+            FailureKind::CircuitOpen => "circuit_open",
+        }
+    }
+
+    /// Whether the same call may succeed later: the host's state (its capacity, a paused
+    /// plugin, a slow compile, a deadline on a loaded machine) may change; a plugin's own
+    /// failure or a broken limit will not.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            FailureKind::Timeout | FailureKind::Busy | FailureKind::CircuitOpen | FailureKind::Load
+        )
+    }
+
+    /// Whether the host, not the plugin, is the cause (capacity, a paused plugin): such a
+    /// failure does not count against the plugin's health.
+    pub fn is_capacity(self) -> bool {
+        matches!(self, FailureKind::Busy | FailureKind::CircuitOpen)
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -163,8 +224,15 @@ pub struct Invocation {
 
 /// A compiled plugin ready to instantiate.
 pub struct Loaded {
-    pre: v0_1::Pre,
+    pre: Pre,
     pub sha256: String,
+}
+
+impl Loaded {
+    /// The contract version the component was built against.
+    pub fn contract(&self) -> ContractVersion {
+        self.pre.version()
+    }
 }
 
 /// Per-call state inside the store.
@@ -174,9 +242,12 @@ pub(crate) struct HostState {
     pub(crate) limiter: Limiter,
     pub(crate) call: Arc<Invocation>,
     pub(crate) log_lines: u32,
-    /// When the current call started, and how much of it was spent in host calls.
+    /// When the current call started (wall clock, and this thread's CPU time), and how
+    /// much of each was spent in host calls.
     pub(crate) started: Instant,
+    pub(crate) cpu_started: Duration,
     pub(crate) host_time: Duration,
+    pub(crate) host_cpu: Duration,
     /// Refused capability calls of this call: capability, operation and the repeats not
     /// yet audited (the first of each is audited when it happens).
     pub(crate) denials: Vec<(Capability, String, u32)>,
@@ -248,7 +319,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
     config: RuntimeConfig,
-    loaded: Mutex<HashMap<String, Arc<Loaded>>>,
+    loaded: RwLock<HashMap<String, Arc<Loaded>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -270,7 +341,10 @@ impl Runtime {
             // Keeping the first pages of each slot mapped between instances saves the
             // kernel round trip that otherwise dominates a fresh instance per call.
             .linear_memory_keep_resident(2 << 20)
-            .table_keep_resident(64 << 10);
+            .table_keep_resident(64 << 10)
+            // Where the kernel can say which kept pages an instance dirtied, only those are
+            // reset: otherwise every kept page is cleared on every store drop.
+            .pagemap_scan(Enabled::Auto);
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
@@ -279,7 +353,7 @@ impl Runtime {
         let engine = Engine::new(&wasm).map_err(wasmtime_error)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(wasmtime_error)?;
-        v0_1::add_to_linker(&mut linker).map_err(wasmtime_error)?;
+        contract::add_to_linker(&mut linker).map_err(wasmtime_error)?;
 
         let stop = Arc::new(AtomicBool::new(false));
         {
@@ -303,7 +377,7 @@ impl Runtime {
             engine,
             linker,
             config,
-            loaded: Mutex::new(HashMap::new()),
+            loaded: RwLock::new(HashMap::new()),
             stop,
         })
     }
@@ -316,17 +390,18 @@ impl Runtime {
     /// this host. Slow the first time for a given package: call it off the request path.
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<Loaded>, Failure> {
         let sha256 = hex(&Sha256::digest(bytes));
-        if let Some(loaded) = self.loaded.lock().unwrap().get(&sha256) {
-            return Ok(loaded.clone());
+        if let Some(loaded) = self.loaded(&sha256) {
+            return Ok(loaded);
         }
         let component = self.compile_cached(bytes, &sha256)?;
-        let pre = v0_1::Pre::new(&self.linker, &component)
+        let version = ContractVersion::of(&component, &self.engine).map_err(Failure::Load)?;
+        let pre = Pre::new(version, &self.linker, &component)
             .map_err(|e| Failure::Load(format!("{e:#}")))?;
         let loaded = Arc::new(Loaded {
             pre,
             sha256: sha256.clone(),
         });
-        let mut map = self.loaded.lock().unwrap();
+        let mut map = self.loaded.write().unwrap();
         map.insert(sha256, loaded.clone());
         metrics::gauge!("streamflow_plugin_compiled_in_memory").set(map.len() as f64);
         Ok(loaded)
@@ -334,7 +409,7 @@ impl Runtime {
 
     /// Whether a package is compiled and in memory.
     pub fn is_loaded(&self, sha256: &str) -> bool {
-        self.loaded.lock().unwrap().contains_key(sha256)
+        self.loaded.read().unwrap().contains_key(sha256)
     }
 
     /// Whether this node's disk cache holds the package compiled for this engine.
@@ -344,13 +419,13 @@ impl Runtime {
 
     /// How many compiled packages are in memory.
     pub fn loaded_count(&self) -> usize {
-        self.loaded.lock().unwrap().len()
+        self.loaded.read().unwrap().len()
     }
 
     /// Drops from memory every compiled package whose hash `keep` does not name; returns
     /// how many were dropped. Calls already running keep their copy until they finish.
     pub fn retain_loaded(&self, keep: &HashSet<String>) -> usize {
-        let mut loaded = self.loaded.lock().unwrap();
+        let mut loaded = self.loaded.write().unwrap();
         let before = loaded.len();
         loaded.retain(|sha, _| keep.contains(sha));
         let evicted = before - loaded.len();
@@ -421,7 +496,7 @@ impl Runtime {
     /// The compiled package with this hash, if it is in memory: what a call needs, without
     /// reading or hashing the package again.
     pub fn loaded(&self, sha256: &str) -> Option<Arc<Loaded>> {
-        self.loaded.lock().unwrap().get(sha256).cloned()
+        self.loaded.read().unwrap().get(sha256).cloned()
     }
 
     fn compile_cached(&self, bytes: &[u8], sha256: &str) -> Result<Component, Failure> {
@@ -481,7 +556,7 @@ impl Runtime {
         let limits = invocation.limits.capped_by(self.config.max_limits);
         let (mut store, stderr) = self.new_store(invocation, limits);
         let started = Instant::now();
-        let result = v0_1::call(&loaded.pre, &mut store, call);
+        let result = loaded.pre.call(&mut store, call);
         store.data_mut().flush_denials();
         finish(result, &store, &stderr, limits, started)
     }
@@ -495,7 +570,9 @@ impl Runtime {
     ) -> Result<WarmInstance, Failure> {
         let limits = invocation.limits.capped_by(self.config.max_limits);
         let (mut store, stderr) = self.new_store(invocation, limits);
-        let plugin = v0_1::instantiate(&loaded.pre, &mut store)
+        let plugin = loaded
+            .pre
+            .instantiate(&mut store)
             .map_err(|e| Failure::Load(format!("{e:#}")))?;
         Ok(WarmInstance {
             store,
@@ -531,7 +608,9 @@ impl Runtime {
             call: invocation,
             log_lines: 0,
             started: Instant::now(),
+            cpu_started: thread_cpu(),
             host_time: Duration::ZERO,
+            host_cpu: Duration::ZERO,
             denials: Vec::new(),
         };
         let mut store = Store::new(&self.engine, state);
@@ -539,14 +618,15 @@ impl Runtime {
         let tick = self.config.tick.max(Duration::from_millis(1));
         let limit = Duration::from_millis(limits.timeout_ms as u64);
         store.set_epoch_deadline(ticks_for(limit, tick));
-        // The deadline is on the plugin's own time: when it comes, the time the host spent
-        // serving the plugin's calls (storage waiting for a commit, say) is given back,
-        // up to a cap on the call's wall-clock time.
+        // The deadline is on the plugin's own time: the CPU time of the thread running it,
+        // less what the host spent serving its calls. Time spent waiting for a CPU on a
+        // loaded machine, or for a commit in a host call, is not the plugin's. A cap on the
+        // call's wall-clock time bounds the rest (a host call that never returns, say).
         let wall_cap = limit * 10 + Duration::from_secs(5);
         store.epoch_deadline_callback(move |ctx| {
             let state = ctx.data();
             let wall = state.started.elapsed();
-            let own = wall.saturating_sub(state.host_time);
+            let own = own_cpu(state, wall);
             if own >= limit || wall >= wall_cap {
                 return Err(Trap::Interrupt.into());
             }
@@ -554,6 +634,34 @@ impl Runtime {
         });
         (store, stderr)
     }
+}
+
+/// CPU time the calling thread has used so far (zero where the platform cannot say).
+pub(crate) fn thread_cpu() -> Duration {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant the
+        // platform defines.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0 {
+            return Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+        }
+    }
+    Duration::ZERO
+}
+
+/// The plugin's own time so far in a call: its thread's CPU time less the host's, or, where
+/// thread CPU time cannot be read, the wall-clock time less the host's.
+fn own_cpu(state: &HostState, wall: Duration) -> Duration {
+    let cpu = thread_cpu();
+    if cpu.is_zero() {
+        return wall.saturating_sub(state.host_time);
+    }
+    cpu.saturating_sub(state.cpu_started)
+        .saturating_sub(state.host_cpu)
 }
 
 /// Epoch ticks covering `time` (one more, so a deadline never comes early).
@@ -564,7 +672,7 @@ fn ticks_for(time: Duration, tick: Duration) -> u64 {
 /// See [`Runtime::warm_instance`].
 pub struct WarmInstance {
     store: Store<HostState>,
-    plugin: v0_1::Plugin,
+    plugin: Instance,
     stderr: MemoryOutputPipe,
     limits: Limits,
     tick_ms: u64,
@@ -574,10 +682,13 @@ impl WarmInstance {
     pub fn call(&mut self, call: Call) -> Result<Reply, Failure> {
         let ticks = (self.limits.timeout_ms as u64).div_ceil(self.tick_ms) + 1;
         self.store.set_epoch_deadline(ticks);
-        self.store.data_mut().started = Instant::now();
-        self.store.data_mut().host_time = Duration::ZERO;
+        let state = self.store.data_mut();
+        state.started = Instant::now();
+        state.cpu_started = thread_cpu();
+        state.host_time = Duration::ZERO;
+        state.host_cpu = Duration::ZERO;
         let started = Instant::now();
-        let result = v0_1::call_on(&self.plugin, &mut self.store, call);
+        let result = self.plugin.call(&mut self.store, call);
         self.store.data_mut().flush_denials();
         finish(result, &self.store, &self.stderr, self.limits, started)
     }

@@ -6,28 +6,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// API versions of `streamflow:plugin` this host runs. A new contract version is added
-/// here beside the old ones; none is ever removed while plugins use it.
-pub const SUPPORTED_API_VERSIONS: &[&str] = &["0.1.0"];
-
-/// Event kinds the kernel writes about records, which automations and plugins react to.
-/// Plugins' own events are `plugin.<id>.<kind>`.
-pub const RECORD_EVENT_KINDS: &[&str] = &[
-    "record.created",
-    "record.updated",
-    "record.deleted",
-    "stage.changed",
-    "lead.scored",
-    "plugin.failed",
-];
-
-/// Event kinds the kernel writes when it stops a chain of automations: plugins may
-/// subscribe to them (to report), template automations may not (they would extend it).
-pub const CHAIN_EVENT_KINDS: &[&str] = &["automation.loop_stopped", "automation.budget_exhausted"];
-
 /// Whether the kernel writes events of `kind` (any plugin may subscribe to them).
 pub fn is_kernel_event(kind: &str) -> bool {
-    RECORD_EVENT_KINDS.contains(&kind) || CHAIN_EVENT_KINDS.contains(&kind)
+    crate::EventKind::parse(kind).is_some()
 }
 
 /// Longest plugin id.
@@ -293,11 +274,11 @@ impl Manifest {
         {
             errors.push("description: at most 2000 characters".to_string());
         }
-        if !SUPPORTED_API_VERSIONS.contains(&self.api.to_string().as_str()) {
+        if crate::contract::ContractVersion::parse(&self.api.to_string()).is_none() {
             errors.push(format!(
                 "api {}: this host runs streamflow:plugin {}",
                 self.api,
-                SUPPORTED_API_VERSIONS.join(", ")
+                crate::contract::names_of(crate::contract::SUPPORTED)
             ));
         }
         if self.hooks.is_empty() {
@@ -342,7 +323,7 @@ impl Manifest {
                 errors.push(format!(
                     "subscriptions: {:?}: a plugin receives the kernel's events ({}) and its own \"plugin.{}.<kind>\" events, not another plugin's",
                     truncate(s),
-                    [RECORD_EVENT_KINDS, CHAIN_EVENT_KINDS].concat().join(", "),
+                    crate::EventKind::names(&[crate::EventKind::RECORD.as_slice(), &crate::EventKind::CHAIN].concat()),
                     self.id
                 ));
             }

@@ -1,14 +1,12 @@
-//! Host side of `streamflow:plugin@0.1.0`. A later contract version gets its own module
-//! beside this one, translating to the same version-independent host types.
-
-use std::sync::Arc;
+//! Bindings of `streamflow:plugin@0.1.0` (frozen): translation between its WIT types and
+//! the version-independent host ([`crate::policy`]). Nothing here decides anything.
 
 use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf, Linker};
 
 use crate::engine::{Call, Failure, HostState, Reply};
 use crate::host::{self, HostError};
-use crate::manifest::Capability;
+use crate::policy::{LogLevel, clip};
 
 wasmtime::component::bindgen!({
     path: "../plugin-sdk/wit/0.1.0",
@@ -16,13 +14,6 @@ wasmtime::component::bindgen!({
 });
 
 use streamflow::plugin::types;
-
-/// Longest key and value in `kv`.
-const MAX_KV_KEY: usize = 512;
-const MAX_KV_VALUE: usize = 256 * 1024;
-/// Log lines one call may write; later lines are dropped.
-const MAX_LOG_LINES: u32 = 100;
-const MAX_LOG_LINE: usize = 2048;
 
 pub(crate) struct Pre(PluginPre<HostState>);
 
@@ -128,10 +119,6 @@ fn plugin_failure(e: types::PluginError) -> Failure {
     }
 }
 
-fn clip(message: &str) -> String {
-    message.chars().take(500).collect()
-}
-
 fn record_to_wit(r: host::PluginRecord) -> types::Record {
     types::Record {
         id: r.id,
@@ -154,116 +141,40 @@ fn host_error(e: HostError) -> types::HostError {
     }
 }
 
-impl HostState {
-    /// Deny-by-default: the call goes through only if the provider granted `cap` to this
-    /// installation. A refusal is audited and answered with `denied`.
-    fn check(
-        &mut self,
-        cap: Capability,
-        operation: &str,
-    ) -> Result<Arc<dyn host::HostServices>, types::HostError> {
-        if self.call.grants.allows(cap) {
-            return Ok(self.call.services.clone());
-        }
-        // The first refusal of each capability and operation in a call is audited at once
-        // (aggregated per minute, not line by line; that time is the host's); repeats are
-        // counted here and written once when the call ends, so a plugin looping on a
-        // refused call costs the database nothing more and runs into its own deadline.
-        match self
-            .denials
-            .iter_mut()
-            .find(|(c, op, _)| *c == cap && op == operation)
-        {
-            Some((_, _, repeats)) => *repeats += 1,
-            None => {
-                let started = std::time::Instant::now();
-                self.call.services.denied(cap, operation, 1);
-                self.host_time += started.elapsed();
-                self.denials.push((cap, operation.to_string(), 0));
-            }
-        }
-        metrics::counter!("streamflow_plugin_denied_total", "capability" => cap.as_str())
-            .increment(1);
-        Err(types::HostError::Denied(format!(
-            "{operation} needs the {cap} capability, which this tenant has not granted"
-        )))
-    }
-}
-
-impl HostState {
-    /// Runs a capability call if it is granted, timing it: time spent in the host does not
-    /// count against the plugin's deadline (see `Runtime::new_store`).
-    fn host<R>(
-        &mut self,
-        cap: Capability,
-        operation: &str,
-        f: impl FnOnce(&dyn host::HostServices) -> Result<R, host::HostError>,
-    ) -> Result<R, types::HostError> {
-        let services = self.check(cap, operation)?;
-        let started = std::time::Instant::now();
-        let result = f(services.as_ref());
-        self.host_time += started.elapsed();
-        result.map_err(host_error)
-    }
-}
-
 impl types::Host for HostState {}
 
 impl streamflow::plugin::log::Host for HostState {
     fn log(&mut self, level: streamflow::plugin::log::Level, message: String) {
         use streamflow::plugin::log::Level;
-        self.log_lines += 1;
-        if self.log_lines > MAX_LOG_LINES {
-            return;
-        }
-        let message: String = message.chars().take(MAX_LOG_LINE).collect();
-        let message = host::escape_text(&message);
-        let (tenant, plugin) = (&self.call.tenant, &self.call.plugin);
-        match level {
-            Level::Trace => tracing::trace!(target: "plugin", %tenant, %plugin, "{message}"),
-            Level::Debug => tracing::debug!(target: "plugin", %tenant, %plugin, "{message}"),
-            Level::Info => tracing::info!(target: "plugin", %tenant, %plugin, "{message}"),
-            Level::Warn => tracing::warn!(target: "plugin", %tenant, %plugin, "{message}"),
-            Level::Error => tracing::error!(target: "plugin", %tenant, %plugin, "{message}"),
-        }
+        let level = match level {
+            Level::Trace => LogLevel::Trace,
+            Level::Debug => LogLevel::Debug,
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+            Level::Error => LogLevel::Error,
+        };
+        HostState::log(self, level, &message);
     }
 }
 
 impl streamflow::plugin::config::Host for HostState {
     fn get(&mut self) -> String {
-        self.call.config.clone()
+        self.config()
     }
 }
 
 impl streamflow::plugin::kv::Host for HostState {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, types::HostError> {
-        check_key(&key)?;
-        self.host(Capability::Kv, "kv.get", |s| s.kv_get(&key))
+        self.kv_get(&key).map_err(host_error)
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), types::HostError> {
-        check_key(&key)?;
-        if value.len() > MAX_KV_VALUE {
-            return Err(types::HostError::Limit(format!(
-                "values are at most {MAX_KV_VALUE} bytes"
-            )));
-        }
-        self.host(Capability::Kv, "kv.set", |s| s.kv_set(&key, &value))
+        self.kv_set(&key, &value).map_err(host_error)
     }
 
     fn delete(&mut self, key: String) -> Result<(), types::HostError> {
-        check_key(&key)?;
-        self.host(Capability::Kv, "kv.delete", |s| s.kv_delete(&key))
+        self.kv_delete(&key).map_err(host_error)
     }
-}
-
-fn check_key(key: &str) -> Result<(), types::HostError> {
-    if key.is_empty() || key.len() > MAX_KV_KEY || key.contains('\0') {
-        return Err(types::HostError::Invalid(format!(
-            "keys are 1 to {MAX_KV_KEY} bytes without NUL"
-        )));
-    }
-    Ok(())
 }
 
 impl streamflow::plugin::records::Host for HostState {
@@ -272,10 +183,9 @@ impl streamflow::plugin::records::Host for HostState {
         record_type: String,
         id: String,
     ) -> Result<Option<types::Record>, types::HostError> {
-        self.host(Capability::RecordsRead, "records.get", |s| {
-            s.record_get(&record_type, &id)
-        })
-        .map(|r| r.map(record_to_wit))
+        self.record_get(&record_type, &id)
+            .map(|r| r.map(record_to_wit))
+            .map_err(host_error)
     }
 
     fn list(
@@ -284,10 +194,9 @@ impl streamflow::plugin::records::Host for HostState {
         stage: Option<String>,
         limit: u32,
     ) -> Result<Vec<types::Record>, types::HostError> {
-        self.host(Capability::RecordsRead, "records.list", |s| {
-            s.record_list(&record_type, stage.as_deref(), limit)
-        })
-        .map(|v| v.into_iter().map(record_to_wit).collect())
+        self.record_list(&record_type, stage.as_deref(), limit)
+            .map(|v| v.into_iter().map(record_to_wit).collect())
+            .map_err(host_error)
     }
 
     fn create(
@@ -296,10 +205,9 @@ impl streamflow::plugin::records::Host for HostState {
         stage: Option<String>,
         data: String,
     ) -> Result<types::Record, types::HostError> {
-        self.host(Capability::RecordsWrite, "records.create", |s| {
-            s.record_create(&record_type, stage.as_deref(), &data)
-        })
-        .map(record_to_wit)
+        self.record_create(&record_type, stage.as_deref(), &data)
+            .map(record_to_wit)
+            .map_err(host_error)
     }
 
     fn update(
@@ -310,17 +218,14 @@ impl streamflow::plugin::records::Host for HostState {
         data: String,
         expected_version: Option<u64>,
     ) -> Result<types::Record, types::HostError> {
-        self.host(Capability::RecordsWrite, "records.update", |s| {
-            s.record_update(&record_type, &id, stage.as_deref(), &data, expected_version)
-        })
-        .map(record_to_wit)
+        self.record_update(&record_type, &id, stage.as_deref(), &data, expected_version)
+            .map(record_to_wit)
+            .map_err(host_error)
     }
 }
 
 impl streamflow::plugin::events::Host for HostState {
     fn emit(&mut self, kind: String, payload: String) -> Result<(), types::HostError> {
-        self.host(Capability::Events, "events.emit", |s| {
-            s.emit_event(&kind, &payload)
-        })
+        self.emit_event(&kind, &payload).map_err(host_error)
     }
 }

@@ -12,4 +12,5 @@ mod plugin_limits;
 mod plugins;
 mod records;
 mod roles;
+mod scoring;
 mod templates;

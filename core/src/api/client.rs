@@ -12,13 +12,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::extract::{ClientCredential, ClientPrincipal};
 use super::provider::CreateUser;
 use super::session::{self, RefreshRequest};
 use super::validate::PageQuery;
 use super::{AppState, JsonBody, validate};
-use crate::auth::extract::{ClientCredential, ClientPrincipal};
 use crate::auth::{self, Realm, TokenPair};
-use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::records::{MAX_SCHEMA_DEPTH, check_json, compile_schema, valid_type_id};
 use crate::store::format_micros;
 use crate::store::records::RecordType;
@@ -637,7 +637,7 @@ async fn get_record_type(
     };
     Ok(Json(
         found
-            .ok_or_else(|| crate::records::unknown_type(&record_type))?
+            .ok_or(crate::error::RecordError::UnknownType(record_type))?
             .into(),
     ))
 }

@@ -11,11 +11,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::error::{ApiResult, ErrorBody};
+use super::extract::DeveloperPrincipal;
 use super::session::{self, LoginRequest, RefreshRequest};
 use super::{AppState, JsonBody};
-use crate::auth::extract::DeveloperPrincipal;
 use crate::auth::{Realm, TokenPair};
-use crate::error::{ApiResult, ErrorBody};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

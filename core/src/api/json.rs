@@ -15,7 +15,8 @@ use serde_json::json;
 use streamflow_runtime::pointer::push as push_token;
 
 use super::AppState;
-use crate::error::{ApiError, FieldError};
+use super::error::ApiError;
+use crate::error::FieldError;
 
 pub struct JsonBody<T>(pub T);
 

@@ -28,14 +28,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{Auth, LoginLimiter};
-use crate::config::Config;
-use crate::error::{ApiError, ErrorBody};
-use crate::records::SchemaCache;
-use crate::store::Store;
-use crate::store::writer::RecordWriter;
+use crate::kernel::Kernel;
 
 mod client;
 mod developer;
+pub mod error;
+pub mod extract;
 pub mod json;
 mod plugins;
 mod provider;
@@ -44,21 +42,26 @@ mod session;
 pub mod templates;
 mod validate;
 
+pub use error::{ApiError, ApiResult, ErrorBody};
 pub use json::JsonBody;
 
-/// Everything a handler may need, shared by all requests (cheap to clone).
+/// Everything a handler may need, shared by all requests (cheap to clone): the kernel, and
+/// what only HTTP needs beside it. Handlers reach the kernel's parts through it
+/// (`state.store`, `state.records()`).
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Store,
-    pub writer: RecordWriter,
+    pub kernel: Arc<Kernel>,
     pub auth: Arc<Auth>,
-    pub config: Arc<Config>,
     pub login_limiter: Arc<LoginLimiter>,
-    pub schemas: Arc<SchemaCache>,
-    pub plugins: Arc<crate::plugins::PluginHost>,
-    pub workflows: Arc<crate::templates::Workflows>,
-    pub templates: Arc<crate::templates::catalog::Catalog>,
     pub metrics: PrometheusHandle,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Kernel;
+
+    fn deref(&self) -> &Kernel {
+        &self.kernel
+    }
 }
 
 #[derive(OpenApi)]
@@ -517,7 +520,7 @@ async fn metrics_text(State(state): State<AppState>, req: Request) -> Response {
 /// The peer is in the allow list (its own address, not a forwarded header), or the request
 /// carries the metrics token (compared in constant time, over hashes so the length does not
 /// show either).
-fn metrics_allowed(config: &Config, req: &Request) -> bool {
+fn metrics_allowed(config: &crate::config::Config, req: &Request) -> bool {
     let peer = req
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()

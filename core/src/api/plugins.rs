@@ -10,23 +10,25 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
-use streamflow_runtime::{Call, Hook, Limits, Manifest, Package, Reply};
+use serde_json::{Value, json};
+use streamflow_runtime::{Call, FailureKind, Hook, Limits, Manifest, Package, Reply};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::extract::{ClientPrincipal, DeveloperPrincipal, ProviderPrincipal};
 use super::provider::tenant;
 use super::validate::{self, PageQuery, bad_parameter};
 use super::{AppState, JsonBody};
-use crate::auth::extract::{ClientPrincipal, DeveloperPrincipal, ProviderPrincipal};
-use crate::error::{ApiError, ApiResult, ErrorBody, FieldError};
+use crate::error::FieldError;
+use crate::kernel::Install;
 use crate::plugins::health::HealthView;
-use crate::plugins::{CallError, PluginHost, check_grants, config};
+use crate::plugins::{CallError, PluginHost};
 use crate::records::compile_schema;
 use crate::store::TenantScope;
 use crate::store::plugins::{
     AuditRow, InstallationRow, NewVersion, Published, UPLOAD_WINDOW_MICROS, UploadQuota,
-    VersionFilter, VersionRow,
+    VersionFilter, VersionRow, VersionStatus,
 };
 use crate::tenancy::Permission;
 
@@ -84,10 +86,7 @@ struct VersionView {
 }
 
 fn manifest_of(row: &VersionRow) -> ApiResult<Manifest> {
-    serde_json::from_value(row.manifest.0.clone()).map_err(|e| {
-        tracing::error!(plugin = %row.plugin_id, version = %row.version, error = %e, "stored manifest does not parse");
-        ApiError::internal()
-    })
+    Ok(row.manifest()?)
 }
 
 fn version_view(plugins: &PluginHost, row: &VersionRow) -> ApiResult<VersionView> {
@@ -372,15 +371,13 @@ async fn list_registry(
     _: ProviderPrincipal,
     Query(query): Query<RegistryQuery>,
 ) -> ApiResult<Json<VersionList>> {
-    let status = query.status.filter(|s| !s.is_empty());
-    if let Some(s) = &status
-        && !["pending", "approved", "rejected"].contains(&s.as_str())
-    {
-        return Err(bad_parameter(
-            "status",
-            "must be pending, approved or rejected",
-        ));
-    }
+    let status = match query.status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(text) => Some(
+            VersionStatus::parse(text)
+                .ok_or_else(|| bad_parameter("status", "must be pending, approved or rejected"))?,
+        ),
+    };
     let filter = VersionFilter {
         status,
         ..VersionFilter::default()
@@ -397,7 +394,7 @@ async fn review(
     principal: &ProviderPrincipal,
     id: &str,
     version: &str,
-    status: &str,
+    status: VersionStatus,
 ) -> ApiResult<Json<VersionView>> {
     let row = state
         .store
@@ -407,7 +404,7 @@ async fn review(
     // A rejected version's compiled code goes (memory and disk); an approved one stays on
     // disk, and in memory only while an installation runs it.
     state.plugins.changed().await;
-    tracing::info!(plugin = %id, version, status, "plugin version reviewed");
+    tracing::info!(plugin = %id, version, status = status.as_str(), "plugin version reviewed");
     Ok(Json(version_view(&state.plugins, &row)?))
 }
 
@@ -437,7 +434,7 @@ async fn approve(
         )
         .with_details(json!({ "kind": e.kind })));
     }
-    review(&state, &principal, &id, &version, "approved").await
+    review(&state, &principal, &id, &version, VersionStatus::Approved).await
 }
 
 /// Reject a version. An approved version that is rejected later stops running for the
@@ -450,7 +447,7 @@ async fn reject(
     principal: ProviderPrincipal,
     Path((id, version)): Path<(String, String)>,
 ) -> ApiResult<Json<VersionView>> {
-    review(&state, &principal, &id, &version, "rejected").await
+    review(&state, &principal, &id, &version, VersionStatus::Rejected).await
 }
 
 /// An installation. The configuration never includes secret fields; `secrets_set` names
@@ -598,144 +595,23 @@ async fn install(
     let tenant = tenant(&state, &slug).await?;
     is_plugin_id(&id)?;
     let scope = TenantScope::new(tenant.id);
-    let requirement_text = body.version.clone().unwrap_or_else(|| "*".into());
-    let requirement = semver::VersionReq::parse(&requirement_text)
-        .map_err(|e| ApiError::field("/version", format!("not a semver requirement: {e}")))?;
-    let approved = state.store.approved_versions(&id).await?;
-    let chosen = crate::store::plugins::pick_version(&approved, &requirement);
-    let Some(version) = chosen else {
-        if approved.is_empty() {
-            return Err(ApiError::not_found("approved version of this plugin"));
-        }
-        let list: Vec<&str> = approved.iter().map(|r| r.version.as_str()).collect();
-        return Err(ApiError::field(
-            "/version",
-            format!(
-                "no approved version matches {requirement_text}; approved: {}",
-                list.join(", ")
-            ),
-        ));
+    let request = Install {
+        plugin_id: id,
+        requirement: body.version,
+        grants: body.grants,
+        config: body.config,
+        enabled: body.enabled,
     };
-    let manifest = manifest_of(&version)?;
-    let grants = check_grants(&manifest, &body.grants).map_err(ApiError::validation)?;
-    // One scorer per tenant: two would race to score every lead.
-    if manifest.has_hook(Hook::ScoreLead) {
-        for other in state.store.list_installations(&scope).await? {
-            if other.plugin_id == id {
-                continue;
-            }
-            if let Some(v) = state
-                .store
-                .get_version(&other.plugin_id, &other.version)
-                .await?
-                && manifest_of(&v)?.has_hook(Hook::ScoreLead)
-            {
-                return Err(ApiError::conflict(
-                    "scorer_installed",
-                    format!(
-                        "{} already scores this tenant's leads; uninstall it first",
-                        other.plugin_id
-                    ),
-                ));
-            }
-        }
-    }
-    let existing = state.store.get_installation(&scope, &id).await?;
-    let row = configure(
-        &state,
-        &scope,
-        &manifest,
-        &version,
-        existing.as_ref(),
-        body.config,
-        |public, secrets| InstallationRow {
-            tenant_id: tenant.id,
-            plugin_id: id.clone(),
-            requirement: requirement_text.clone(),
-            version: version.version.clone(),
-            grants: sqlx::types::Json(serde_json::to_value(&grants).unwrap_or_default()),
-            config: sqlx::types::Json(public),
-            secrets,
-            enabled: body.enabled.unwrap_or(true),
-            created_at: 0,
-            updated_at: 0,
-        },
-    )
-    .await?;
-    tracing::info!(tenant = %slug, plugin = %id, version = %row.version, "plugin installed");
-    let status = if existing.is_some() {
-        StatusCode::OK
-    } else {
+    let installed = state.installations().install(&scope, request).await?;
+    let status = if installed.created {
         StatusCode::CREATED
+    } else {
+        StatusCode::OK
     };
-    Ok((status, Json(installation_view(&state, &row, true).await?)))
-}
-
-/// Validates a configuration for a version (the given one, or the stored one when `input`
-/// is `None`), makes sure the version compiles, and stores the installation.
-async fn configure(
-    state: &AppState,
-    scope: &TenantScope,
-    manifest: &Manifest,
-    version: &VersionRow,
-    existing: Option<&InstallationRow>,
-    input: Option<Value>,
-    make_row: impl FnOnce(Value, Option<Vec<u8>>) -> InstallationRow,
-) -> ApiResult<InstallationRow> {
-    let kept = match existing {
-        Some(row) => state.plugins.open_secrets(row).map_err(|e| {
-            tracing::error!(plugin = %row.plugin_id, error = %e, "installation secrets do not decrypt");
-            ApiError::internal()
-        })?,
-        None => Map::new(),
-    };
-    let upgrading = existing.is_some_and(|row| row.version != version.version);
-    let (input, reusing) = match input {
-        Some(config) => (config, false),
-        None => (
-            existing
-                .map(|row| row.config.0.clone())
-                .unwrap_or_else(|| json!({})),
-            existing.is_some(),
-        ),
-    };
-    let schema = manifest.config_schema();
-    let secret_fields = manifest.secret_fields();
-    let prepared = config::prepare(&schema, &secret_fields, input, &kept).map_err(|errors| {
-        let error = ApiError::validation(errors);
-        if reusing && upgrading {
-            let message = format!(
-                "version {}'s configuration schema rejects the current configuration; send a `config` that fits it",
-                version.version
-            );
-            ApiError { message, ..error }
-        } else {
-            error
-        }
-    })?;
-    // Refuse now, with the reason, rather than fail on every call later.
-    state
-        .plugins
-        .load(&version.plugin_id, &version.version)
-        .await
-        .map_err(|e| {
-            ApiError::field(
-                "/version",
-                format!(
-                    "{} {} cannot run on this host: {}",
-                    version.plugin_id, version.version, e.message
-                ),
-            )
-        })?;
-    let sealed =
-        state
-            .plugins
-            .seal_secrets(scope.tenant_id(), &version.plugin_id, &prepared.secrets);
-    let row = make_row(prepared.public, sealed);
-    let stored = state.store.put_installation(scope, &row).await?;
-    // The version it left, if nobody else runs it, is dropped from memory.
-    state.plugins.changed().await;
-    Ok(stored)
+    Ok((
+        status,
+        Json(installation_view(&state, &installed.row, true).await?),
+    ))
 }
 
 /// A tenant's installations by plugin id, a page at a time, with their health on this
@@ -764,14 +640,10 @@ async fn uninstall(
 ) -> ApiResult<StatusCode> {
     let tenant = tenant(&state, &slug).await?;
     is_plugin_id(&id)?;
-    if !state
-        .store
-        .delete_installation(&TenantScope::new(tenant.id), &id)
-        .await?
-    {
-        return Err(ApiError::not_found("installation"));
-    }
-    state.plugins.changed().await;
+    state
+        .installations()
+        .uninstall(&TenantScope::new(tenant.id), &id)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -884,31 +756,10 @@ async fn client_configure(
 ) -> ApiResult<Json<InstallationView>> {
     principal.require(Permission::PluginsConfigure)?;
     is_plugin_id(&id)?;
-    let existing = state
-        .store
-        .get_installation(&principal.scope, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("installation"))?;
-    let version = state
-        .store
-        .get_version(&id, &existing.version)
-        .await?
-        .ok_or_else(ApiError::internal)?;
-    let manifest = manifest_of(&version)?;
-    let row = configure(
-        &state,
-        &principal.scope,
-        &manifest,
-        &version,
-        Some(&existing),
-        Some(body.config),
-        |public, secrets| InstallationRow {
-            config: sqlx::types::Json(public),
-            secrets,
-            ..existing.clone()
-        },
-    )
-    .await?;
+    let row = state
+        .installations()
+        .configure(&principal.scope, &id, body.config)
+        .await?;
     tracing::info!(plugin = %id, actor = %principal.actor(), "plugin configuration changed");
     Ok(Json(installation_view(&state, &row, false).await?))
 }
@@ -970,8 +821,8 @@ async fn run_action(
 
 fn plugin_error(e: CallError) -> ApiError {
     let status = match e.kind {
-        "circuit_open" | "busy" => StatusCode::SERVICE_UNAVAILABLE,
-        "invalid_input" => StatusCode::UNPROCESSABLE_ENTITY,
+        kind if kind.is_capacity() => StatusCode::SERVICE_UNAVAILABLE,
+        FailureKind::InvalidInput => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::BAD_GATEWAY,
     };
     let code = if status == StatusCode::SERVICE_UNAVAILABLE {

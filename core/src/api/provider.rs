@@ -12,13 +12,13 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::client::{UserList, UserView};
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::extract::ProviderPrincipal;
 use super::session::{self, LoginRequest, RefreshRequest};
 use super::templates::{ApplyTemplate, TenantTemplate, apply_to};
 use super::validate::PageQuery;
 use super::{AppState, JsonBody, validate};
-use crate::auth::extract::ProviderPrincipal;
 use crate::auth::{self, Realm, TokenPair};
-use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::store::TenantScope;
 use crate::store::accounts::{Account, AccountKind};
 use crate::store::format_micros;

@@ -7,24 +7,20 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use streamflow_runtime::PluginRecord;
+use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::extract::ClientPrincipal;
 use super::validate::{PageQuery, bad_parameter};
 use super::{AppState, JsonBody};
-use crate::auth::extract::ClientPrincipal;
-use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::plugins::ScoreOutcome;
-use crate::records::{
-    RecordView, WriteRules, check_stage, encode_cursor, unknown_type, valid_type_id,
-};
-use crate::store::TenantScope;
+use crate::error::RecordError;
+use crate::kernel::{NewId, NewRecord, RecordChange, WriteContext};
+use crate::records::{RecordView, check_stage, encode_cursor, valid_type_id};
 use crate::store::parse_rfc3339_micros;
-use crate::store::records::{RecordFilter, RecordRow};
-use crate::store::writer::{RecordWrite, WriteOutcome};
+use crate::store::records::RecordFilter;
 use crate::tenancy::Permission;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -293,7 +289,7 @@ struct RecordPage {
 /// The record id of a path, if the path can name a record at all.
 fn parse_id(record_type: &str, id: &str) -> ApiResult<Uuid> {
     if !valid_type_id(record_type) {
-        return Err(unknown_type(record_type));
+        return Err(RecordError::UnknownType(record_type.to_string()).into());
     }
     Uuid::parse_str(id).map_err(|_| ApiError::not_found("record"))
 }
@@ -310,69 +306,15 @@ async fn create_record(
     JsonBody(body): JsonBody<CreateRecord>,
 ) -> ApiResult<(StatusCode, Json<RecordView>)> {
     principal.require(Permission::RecordsCreate)?;
-    let row = create(
-        &state,
-        principal.scope,
-        principal.user_id(),
-        principal.actor(),
+    let ctx = WriteContext::direct(principal.scope, principal.actor(), principal.user_id());
+    let new = NewRecord {
+        id: NewId::Fresh,
         record_type,
-        body.stage,
-        body.data,
-    )
-    .await?;
-    Ok((StatusCode::CREATED, Json(row.into())))
-}
-
-/// Creates a record as a person or API client does: checked against the type's schema and
-/// pipeline, scored when it is a lead.
-pub async fn create(
-    state: &AppState,
-    scope: TenantScope,
-    created_by: Option<Uuid>,
-    actor: String,
-    record_type: String,
-    stage: Option<String>,
-    data: Value,
-) -> ApiResult<RecordRow> {
-    let stage = rules(state)
-        .create(&scope, &record_type, stage, &data)
-        .await?;
-    let id = Uuid::now_v7();
-    let now = crate::store::now_micros();
-    let scored = score_if_lead(state, &scope, &record_type, || PluginRecord {
-        id: id.to_string(),
-        record_type: record_type.clone(),
-        stage: stage.clone(),
-        version: 1,
-        data: data.to_string(),
-        created_at: now,
-        updated_at: now,
-    })
-    .await?;
-    let (score, events) = match scored {
-        Some(outcome) => (outcome.score, vec![outcome.event]),
-        None => (None, Vec::new()),
+        stage: body.stage,
+        data: body.data,
     };
-    let outcome = state
-        .writer
-        .submit(RecordWrite::Create {
-            scope,
-            id,
-            record_type,
-            stage,
-            data,
-            score,
-            events,
-            created_by,
-            actor,
-            depth: 0,
-            root: None,
-        })
-        .await?;
-    match outcome {
-        WriteOutcome::Created(row) => Ok(row),
-        other => Err(unexpected(other)),
-    }
+    let row = state.records().create(&ctx, new).await?;
+    Ok((StatusCode::CREATED, Json(row.into())))
 }
 
 /// List records, in creation order, a page at a time.
@@ -420,7 +362,7 @@ async fn list_records(
             .await?
             .is_none()
     {
-        return Err(unknown_type(&record_type));
+        return Err(RecordError::UnknownType(record_type).into());
     }
     let filter = RecordFilter {
         stage: query.stage,
@@ -483,85 +425,18 @@ async fn update_record(
 ) -> ApiResult<Json<RecordView>> {
     principal.require_record_update(&record_type)?;
     let id = parse_id(&record_type, &id)?;
-    if body.data.is_none() && body.stage.is_none() {
-        return Err(ApiError::field("", "send `data`, `stage` or both"));
-    }
-    let rules = rules(&state);
-    let scoring = record_type == "lead" && state.plugins.scorer(&principal.scope).await?.is_some();
-    // A move within a pipeline and a re-score both need the record as it is now; the
-    // writer then refuses the change if the record moved on meanwhile (version check).
-    let current = if scoring
-        || rules
-            .needs_current(
-                &principal.scope,
-                &record_type,
-                body.stage.as_deref(),
-                body.data.as_ref(),
-            )
-            .await?
-    {
-        let current = state
-            .store
-            .get_record(&principal.scope, &record_type, id)
-            .await?
-            .ok_or_else(|| ApiError::not_found("record"))?;
-        if current.version != body.version {
-            return Err(unexpected(WriteOutcome::VersionConflict {
-                current_version: current.version,
-            }));
-        }
-        Some(current)
-    } else {
-        None
+    let ctx = WriteContext::direct(principal.scope, principal.actor(), None);
+    let change = RecordChange {
+        data: body.data,
+        stage: body.stage,
+        expected_version: Some(body.version),
+        keep: Vec::new(),
     };
-    rules
-        .update(
-            &principal.scope,
-            &record_type,
-            current.as_ref(),
-            body.stage.as_deref(),
-            body.data.as_ref(),
-        )
+    let row = state
+        .records()
+        .update(&ctx, &record_type, id, change)
         .await?;
-    // A scored lead is scored again on every change, from the record as it will be.
-    let mut score = None;
-    let mut events = Vec::new();
-    if let Some(current) = current.filter(|_| scoring) {
-        let scored = score_if_lead(&state, &principal.scope, &record_type, || PluginRecord {
-            id: id.to_string(),
-            record_type: record_type.clone(),
-            stage: body.stage.clone().or(current.stage.clone()),
-            version: current.version as u64 + 1,
-            data: body.data.as_ref().unwrap_or(&current.data.0).to_string(),
-            created_at: current.created_at,
-            updated_at: crate::store::now_micros(),
-        })
-        .await?;
-        if let Some(outcome) = scored {
-            score = Some(outcome.score);
-            events.push(outcome.event);
-        }
-    }
-    let outcome = state
-        .writer
-        .submit(RecordWrite::Update {
-            scope: principal.scope,
-            record_type,
-            id,
-            expected_version: body.version,
-            data: body.data,
-            stage: body.stage,
-            score,
-            events,
-            actor: principal.actor(),
-            depth: 0,
-            root: None,
-        })
-        .await?;
-    match outcome {
-        WriteOutcome::Updated(row) => Ok(Json(row.into())),
-        other => Err(unexpected(other)),
-    }
+    Ok(Json(row.into()))
 }
 
 /// Delete a record.
@@ -575,55 +450,7 @@ async fn delete_record(
 ) -> ApiResult<StatusCode> {
     principal.require(Permission::RecordsDelete)?;
     let id = parse_id(&record_type, &id)?;
-    let outcome = state
-        .writer
-        .submit(RecordWrite::Delete {
-            scope: principal.scope,
-            record_type,
-            id,
-            actor: principal.actor(),
-        })
-        .await?;
-    match outcome {
-        WriteOutcome::Deleted => Ok(StatusCode::NO_CONTENT),
-        other => Err(unexpected(other)),
-    }
-}
-
-/// Scores a lead with the tenant's scorer plugin, if it has one. The lead is saved whatever
-/// the scorer does: a failure gives a null score and a `plugin.failed` event.
-async fn score_if_lead(
-    state: &AppState,
-    scope: &TenantScope,
-    record_type: &str,
-    lead: impl FnOnce() -> PluginRecord,
-) -> ApiResult<Option<ScoreOutcome>> {
-    if record_type != "lead" {
-        return Ok(None);
-    }
-    Ok(state.plugins.score_lead(scope, lead()).await?)
-}
-
-fn rules(state: &AppState) -> WriteRules<'_> {
-    WriteRules {
-        store: &state.store,
-        schemas: &state.schemas,
-        workflows: &state.workflows,
-    }
-}
-
-/// Maps the outcomes a route did not succeed with to their errors.
-fn unexpected(outcome: WriteOutcome) -> ApiError {
-    match outcome {
-        WriteOutcome::NotFound => ApiError::not_found("record"),
-        WriteOutcome::VersionConflict { current_version } => ApiError::conflict(
-            "version_conflict",
-            "the record changed since you read it; read it again and reapply your change",
-        )
-        .with_details(json!({ "current_version": current_version })),
-        WriteOutcome::Created(_) | WriteOutcome::Updated(_) | WriteOutcome::Deleted => {
-            tracing::error!("record writer answered with the outcome of another kind of write");
-            ApiError::internal()
-        }
-    }
+    let ctx = WriteContext::direct(principal.scope, principal.actor(), None);
+    state.records().delete(&ctx, &record_type, id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -6,9 +6,9 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::AppState;
+use super::error::{ApiError, ApiResult};
 use super::validate;
 use crate::auth::{self, Realm, TokenPair};
-use crate::error::{ApiError, ApiResult};
 use crate::store::tokens::Rotation;
 
 /// `{email, password}`: the provider and developer login body.

@@ -8,13 +8,13 @@ use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::extract::ProviderPrincipal;
 use super::provider::tenant;
 use super::{AppState, JsonBody};
-use crate::auth::extract::ProviderPrincipal;
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::kernel::Applied;
 use crate::store::{TenantScope, format_micros};
 use crate::templates::Template;
-use crate::templates::apply::{Applied, apply};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -71,7 +71,7 @@ struct VersionQuery {
     #[param(
         pattern = "^(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)(-(0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)(\\.(0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*))*)?(\\+[0-9A-Za-z-]+(\\.[0-9A-Za-z-]+)*)?$"
     )]
-    version: Option<String>,
+    pub(super) version: Option<String>,
 }
 
 fn find(
@@ -132,14 +132,14 @@ async fn get_template(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ApplyTemplate {
+pub(super) struct ApplyTemplate {
     /// A template id such as `roofing`.
-    pub id: String,
+    pub(super) id: String,
     /// A version; the newest when absent.
     #[schema(
         pattern = "^(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)(-(0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)(\\.(0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*))*)?(\\+[0-9A-Za-z-]+(\\.[0-9A-Za-z-]+)*)?$"
     )]
-    pub version: Option<String>,
+    pub(super) version: Option<String>,
 }
 
 /// Apply a template to a tenant (idempotent; a newer version adds what is new).
@@ -159,13 +159,13 @@ async fn apply_template(
     ))
 }
 
-pub async fn apply_to(
+pub(super) async fn apply_to(
     state: &AppState,
     scope: &TenantScope,
     body: &ApplyTemplate,
 ) -> ApiResult<Applied> {
     let template = find(state, &body.id, body.version.as_deref(), "/version")?;
-    apply(state, scope, &template).await
+    Ok(state.templates().apply(scope, &template).await?)
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -1,6 +1,6 @@
 //! Checks of request fields shared by the realms, each reporting the field's JSON pointer.
 
-use crate::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult};
 
 /// Shortest password accepted; the longest is [`crate::auth::MAX_PASSWORD_CHARS`].
 const MIN_PASSWORD_CHARS: usize = 10;
@@ -52,7 +52,9 @@ impl PageQuery {
 
     /// The position after which the page starts, for lists keyed by a UUID.
     pub fn after_id(&self) -> ApiResult<Option<uuid::Uuid>> {
-        self.cursor().map(crate::records::decode_cursor).transpose()
+        self.cursor()
+            .map(|c| crate::records::decode_cursor(c).ok_or_else(invalid_cursor))
+            .transpose()
     }
 
     /// The position after which the page starts, for lists keyed by a text id (a slug, a

@@ -28,8 +28,6 @@ use crate::config::Config;
 use crate::store::Store;
 use crate::store::accounts::AccountKind;
 
-pub mod extract;
-
 /// The three auth realms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Realm {

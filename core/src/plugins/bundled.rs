@@ -17,7 +17,7 @@ use streamflow_runtime::{Manifest, Package};
 use uuid::Uuid;
 
 use crate::store::accounts::AccountKind;
-use crate::store::plugins::{NewVersion, Published, UploadQuota, VersionRow};
+use crate::store::plugins::{NewVersion, Published, UploadQuota, VersionRow, VersionStatus};
 use crate::store::{Store, StoreResult};
 
 /// The developer account that owns the bundled plugins. Nobody can sign in to it: its
@@ -138,7 +138,7 @@ pub async fn register(store: &Store) -> anyhow::Result<Vec<String>> {
                     .review_version(
                         &manifest.id,
                         &version,
-                        "approved",
+                        VersionStatus::Approved,
                         Some("first-party plugin bundled with the server"),
                         developer,
                     )

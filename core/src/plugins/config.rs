@@ -44,7 +44,7 @@ pub fn prepare(
     if !input.is_object() {
         return Err(vec![FieldError::new("/config", "must be a JSON object")]);
     }
-    check_json(&input, "/config", MAX_DATA_DEPTH).map_err(|e| field_errors(e.details))?;
+    check_json(&input, "/config", MAX_DATA_DEPTH).map_err(|e| vec![e])?;
     let mut config = input;
     for (pointer, value) in kept_secrets {
         if config.pointer(pointer).is_none() {
@@ -106,26 +106,6 @@ fn without_value(e: &jsonschema::ValidationError<'_>) -> String {
         "{} (the value is secret and not shown)",
         e.masked_with("the value")
     )
-}
-
-fn field_errors(details: Value) -> Vec<FieldError> {
-    details
-        .get("errors")
-        .and_then(|f| f.as_array())
-        .map(|fields| {
-            fields
-                .iter()
-                .map(|f| {
-                    FieldError::new(
-                        f.get("path").and_then(|p| p.as_str()).unwrap_or("/config"),
-                        f.get("message")
-                            .and_then(|m| m.as_str())
-                            .unwrap_or("invalid"),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_else(|| vec![FieldError::new("/config", "invalid")])
 }
 
 /// Inserts each missing property that has a `default` in the schema, recursing into

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use streamflow_runtime::FailureKind;
 use uuid::Uuid;
 
 use crate::store::now_micros;
@@ -22,7 +23,8 @@ pub const COOL_DOWN: Duration = Duration::from_secs(30);
 pub struct LastFailure {
     /// `timeout`, `memory_limit`, `stack_overflow`, `panic`, `trap`, `output_too_large`,
     /// `failed`, `invalid_input`, `not_supported`, `load`.
-    pub kind: String,
+    #[schema(value_type = String)]
+    pub kind: FailureKind,
     pub message: String,
     pub hook: String,
     /// Microseconds since the Unix epoch.
@@ -82,7 +84,7 @@ impl HealthBook {
         tenant: Uuid,
         plugin: &str,
         hook: &str,
-        kind: &str,
+        kind: FailureKind,
         message: &str,
     ) -> bool {
         let mut entries = self.entries.lock().expect("not poisoned");
@@ -91,7 +93,7 @@ impl HealthBook {
         h.failures += 1;
         h.consecutive += 1;
         h.last_failure = Some(LastFailure {
-            kind: kind.to_string(),
+            kind,
             message: message.to_string(),
             hook: hook.to_string(),
             at: now_micros(),
@@ -145,18 +147,21 @@ mod tests {
         let book = HealthBook::default();
         let t = Uuid::now_v7();
         for i in 1..TRIP_AFTER {
-            assert!(!book.failure(t, "p", "score-lead", "panic", "boom"), "{i}");
+            assert!(
+                !book.failure(t, "p", "score-lead", FailureKind::Panic, "boom"),
+                "{i}"
+            );
             assert!(book.admit(t, "p"));
         }
         book.success(t, "p");
         for _ in 1..TRIP_AFTER {
-            book.failure(t, "p", "score-lead", "panic", "boom");
+            book.failure(t, "p", "score-lead", FailureKind::Panic, "boom");
         }
         assert!(
             book.admit(t, "p"),
             "a success in between restarts the count"
         );
-        assert!(book.failure(t, "p", "score-lead", "timeout", "slow"));
+        assert!(book.failure(t, "p", "score-lead", FailureKind::Timeout, "slow"));
         assert!(!book.admit(t, "p"));
         assert!(
             book.admit(Uuid::now_v7(), "p"),
@@ -164,7 +169,7 @@ mod tests {
         );
         let view = book.view(t, "p");
         assert_eq!(view.breaker, "open");
-        assert_eq!(view.last_failure.unwrap().kind, "timeout");
+        assert_eq!(view.last_failure.unwrap().kind, FailureKind::Timeout);
         book.reset(t, "p");
         assert!(book.admit(t, "p"));
         assert_eq!(book.view(t, "p").breaker, "closed");

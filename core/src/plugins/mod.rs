@@ -4,28 +4,24 @@
 pub mod bundled;
 pub mod config;
 pub mod health;
-mod services;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 use streamflow_runtime::{
-    Call, Capability, Failure, Grants, Hook, Invocation, Limits, Loaded, Manifest, PluginRecord,
-    Reply, Runtime, Score,
+    Call, Capability, EventKind, Failure, FailureKind, Grants, Hook, HostServices, Invocation,
+    Limits, Loaded, Manifest, PluginRecord, Reply, Runtime, Score,
 };
 use uuid::Uuid;
 
 use crate::crypto::SecretBox;
-use crate::events::Origin;
 use crate::fair::FairPool;
-use crate::records::SchemaCache;
+use crate::records::Origin;
 use crate::store::cache::ExpiringMap;
-use crate::store::plugins::InstallationRow;
-use crate::store::writer::RecordWriter;
+use crate::store::plugins::{InstallationRow, VersionStatus};
 use crate::store::{Store, StoreResult, TenantScope};
-use crate::templates::Workflows;
 use health::HealthBook;
 
 /// How long compiling a plugin may take before the request that needed it gives up (the
@@ -52,8 +48,7 @@ pub struct Active {
 /// Why a hook call gave no answer, as the kernel reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CallError {
-    /// A stable name: a [`Failure::kind`], or `circuit_open`.
-    pub kind: &'static str,
+    pub kind: FailureKind,
     pub message: String,
 }
 
@@ -69,7 +64,7 @@ impl CallError {
 
     pub fn circuit_open() -> Self {
         CallError {
-            kind: "circuit_open",
+            kind: FailureKind::CircuitOpen,
             message: "the plugin failed repeatedly and is paused; the provider can reset it".into(),
         }
     }
@@ -79,16 +74,28 @@ impl CallError {
 pub struct ScoreOutcome {
     /// `{value, temperature, confidence, reasons, plugin, version}`, or null on failure.
     pub score: Option<Value>,
-    pub event: (&'static str, Value),
+    pub event: (EventKind, Value),
+}
+
+/// What a plugin call can reach: the host asks for the services of each call (bound to
+/// its tenant, installation and hook) from whoever connected it ([`PluginHost::connect`]),
+/// so the host itself knows nothing of records or events.
+pub trait Capabilities: Send + Sync {
+    /// The services of one call; `None` when the kernel is shutting down.
+    fn services(
+        &self,
+        scope: TenantScope,
+        active: &Active,
+        hook: Hook,
+        origin: Option<Origin>,
+    ) -> Option<Arc<dyn HostServices>>;
 }
 
 pub struct PluginHost {
     runtime: Arc<Runtime>,
     store: Store,
-    writer: RecordWriter,
-    schemas: Arc<SchemaCache>,
-    workflows: Arc<Workflows>,
     secrets: Arc<SecretBox>,
+    capabilities: OnceLock<Arc<dyn Capabilities>>,
     active: ExpiringMap<Uuid, Arc<Vec<Arc<Active>>>>,
     pub health: HealthBook,
     /// One compilation at a time: compiling is CPU-heavy and rare.
@@ -109,20 +116,11 @@ pub struct PluginHost {
 pub const UPLOAD_ATTEMPTS_PER_UPLOAD: u32 = 3;
 
 impl PluginHost {
-    pub fn new(
-        runtime: Arc<Runtime>,
-        store: Store,
-        writer: RecordWriter,
-        schemas: Arc<SchemaCache>,
-        workflows: Arc<Workflows>,
-        secrets: Arc<SecretBox>,
-    ) -> Self {
+    pub fn new(runtime: Arc<Runtime>, store: Store, secrets: Arc<SecretBox>) -> Self {
         Self {
             store,
-            writer,
-            schemas,
-            workflows,
             secrets,
+            capabilities: OnceLock::new(),
             active: ExpiringMap::default(),
             health: HealthBook::default(),
             compiling: tokio::sync::Semaphore::new(1),
@@ -135,6 +133,17 @@ impl PluginHost {
             kv_bytes: 16 * 1024 * 1024,
             runtime,
         }
+    }
+
+    /// Gives plugin calls their services (once; later calls are ignored). Until then a
+    /// call fails `unavailable`.
+    pub fn connect(&self, capabilities: Arc<dyn Capabilities>) {
+        let _ = self.capabilities.set(capabilities);
+    }
+
+    /// Bytes (keys and values) each installation may keep in `kv`.
+    pub fn kv_quota(&self) -> u64 {
+        self.kv_bytes
     }
 
     /// Sets the bytes (keys and values) each installation may keep in `kv`.
@@ -297,7 +306,7 @@ impl PluginHost {
             let Some(version) = self.store.get_version(&row.plugin_id, &row.version).await? else {
                 continue;
             };
-            if version.status != "approved" {
+            if version.status() != VersionStatus::Approved {
                 continue;
             }
             let Ok(manifest) = serde_json::from_value::<Manifest>(version.manifest.0.clone())
@@ -338,7 +347,7 @@ impl PluginHost {
     /// time, giving up waiting after [`COMPILE_TIMEOUT`].
     pub async fn load(&self, plugin_id: &str, version: &str) -> Result<Arc<Loaded>, CallError> {
         let load_error = |message: String| CallError {
-            kind: "load",
+            kind: FailureKind::Load,
             message,
         };
         let package = self
@@ -398,7 +407,7 @@ impl PluginHost {
                 "hook" => hook.as_str(), "outcome" => "busy")
             .increment(1);
             return Err(CallError {
-                kind: Failure::Busy.kind(),
+                kind: FailureKind::Busy,
                 message: format!(
                     "could not start: this tenant already runs its share of plugin calls ({} at once); try again",
                     self.instances.share()
@@ -415,6 +424,16 @@ impl PluginHost {
         let result = match loaded {
             Err(e) => Err(e),
             Ok(loaded) => {
+                let services = self
+                    .capabilities
+                    .get()
+                    .and_then(|c| c.services(*scope, active, hook, origin));
+                let Some(services) = services else {
+                    return Err(CallError {
+                        kind: FailureKind::Load,
+                        message: "the kernel is not running".into(),
+                    });
+                };
                 let invocation = Arc::new(Invocation {
                     tenant: active.tenant_id.to_string(),
                     plugin: active.plugin_id.clone(),
@@ -422,21 +441,7 @@ impl PluginHost {
                     config: active.config.clone(),
                     grants: active.grants.clone(),
                     limits: active.limits,
-                    services: Arc::new(services::KernelServices {
-                        handle: tokio::runtime::Handle::current(),
-                        store: self.store.clone(),
-                        writer: self.writer.clone(),
-                        schemas: self.schemas.clone(),
-                        workflows: self.workflows.clone(),
-                        scope: *scope,
-                        plugin_id: active.plugin_id.clone(),
-                        version: active.version.clone(),
-                        grants: active.grants.clone(),
-                        kv_bytes: self.kv_bytes,
-                        call_root: Uuid::now_v7(),
-                        origin,
-                        created: Default::default(),
-                    }),
+                    services,
                 });
                 let runtime = self.runtime.clone();
                 match tokio::task::spawn_blocking(move || runtime.invoke(&loaded, invocation, call))
@@ -454,7 +459,7 @@ impl PluginHost {
         let elapsed = started.elapsed();
         let outcome = match &result {
             Ok(_) => "ok",
-            Err(e) => e.kind,
+            Err(e) => e.kind.as_str(),
         };
         metrics::counter!("streamflow_plugin_calls_total", "plugin" => active.plugin_id.clone(),
             "hook" => hook.as_str(), "outcome" => outcome)
@@ -465,7 +470,7 @@ impl PluginHost {
         match &result {
             Ok(_) => self.health.success(active.tenant_id, &active.plugin_id),
             // Busy is the host's capacity, not the plugin's fault.
-            Err(e) if e.kind == "busy" => {}
+            Err(e) if e.kind == FailureKind::Busy => {}
             Err(e) => {
                 tracing::warn!(
                     tenant = %active.tenant_id,
@@ -506,7 +511,7 @@ impl PluginHost {
             Ok(Reply::Score(score)) => ScoreOutcome {
                 score: Some(score_json(&score, &scorer)),
                 event: (
-                    "lead.scored",
+                    EventKind::LeadScored,
                     json!({
                         "value": score.value,
                         "temperature": score.temperature,
@@ -519,7 +524,7 @@ impl PluginHost {
             Ok(_) => failed_outcome(
                 &scorer,
                 &CallError {
-                    kind: "trap",
+                    kind: FailureKind::Trap,
                     message: "answered with the wrong kind of result".into(),
                 },
             ),
@@ -543,7 +548,10 @@ fn disk_evictions(
 ) -> HashSet<String> {
     let mut newest: std::collections::HashMap<&str, (semver::Version, &str)> =
         std::collections::HashMap::new();
-    for v in versions.iter().filter(|v| v.status == "approved") {
+    for v in versions
+        .iter()
+        .filter(|v| v.status() == VersionStatus::Approved)
+    {
         let Ok(parsed) = semver::Version::parse(&v.version) else {
             continue;
         };
@@ -583,7 +591,7 @@ fn failed_outcome(scorer: &Active, e: &CallError) -> ScoreOutcome {
     ScoreOutcome {
         score: None,
         event: (
-            "plugin.failed",
+            EventKind::PluginFailed,
             json!({
                 "plugin": scorer.plugin_id,
                 "version": scorer.version,

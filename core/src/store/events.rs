@@ -38,14 +38,32 @@ impl QueuedEvent {
     }
 }
 
+/// How a target's run for an event ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    Done,
+    Failed,
+    /// Not run: the chain it belonged to was cut.
+    Skipped,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Done => "done",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Skipped => "skipped",
+        }
+    }
+}
+
 /// The outcome of one target of one event.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub event_id: Uuid,
     pub target: String,
     pub tenant_id: Uuid,
-    /// `done`, `failed` or `skipped`.
-    pub status: &'static str,
+    pub status: DeliveryStatus,
     pub attempts: i64,
     pub output: Option<String>,
     pub error: Option<String>,
@@ -260,7 +278,7 @@ impl Store {
                         b.push_bind(d.event_id)
                             .push_bind(&d.target)
                             .push_bind(d.tenant_id)
-                            .push_bind(d.status)
+                            .push_bind(d.status.as_str())
                             .push_bind(d.attempts)
                             .push_bind(&d.output)
                             .push_bind(&d.error)
@@ -308,7 +326,7 @@ impl Store {
                     .bind(deliveries.iter().map(|d| d.event_id).collect::<Vec<_>>())
                     .bind(deliveries.iter().map(|d| d.target.clone()).collect::<Vec<_>>())
                     .bind(deliveries.iter().map(|d| d.tenant_id).collect::<Vec<_>>())
-                    .bind(deliveries.iter().map(|d| d.status.to_string()).collect::<Vec<_>>())
+                    .bind(deliveries.iter().map(|d| d.status.as_str()).collect::<Vec<_>>())
                     .bind(deliveries.iter().map(|d| d.attempts).collect::<Vec<_>>())
                     .bind(column(|d| d.output.clone()))
                     .bind(column(|d| d.error.clone()))

@@ -5,7 +5,7 @@ use serde_json::Value;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{Store, StoreResult, TenantScope, now_micros, on_pool};
+use super::{Store, StoreError, StoreResult, TenantScope, now_micros, on_pool};
 
 /// A published plugin version, without its package bytes.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -22,6 +22,17 @@ pub struct VersionRow {
     pub reviewed_at: Option<i64>,
     pub uploaded_by: Uuid,
     pub uploaded_at: i64,
+}
+
+impl VersionRow {
+    /// The stored manifest; one that no longer parses is corrupt data (and logged).
+    pub fn manifest(&self) -> StoreResult<streamflow_runtime::Manifest> {
+        serde_json::from_value(self.manifest.0.clone()).map_err(|e| {
+            tracing::error!(plugin = %self.plugin_id, version = %self.version, error = %e,
+                "stored manifest does not parse");
+            StoreError::Corrupt(format!("manifest of {} {}", self.plugin_id, self.version))
+        })
+    }
 }
 
 const VERSION_COLUMNS: &str = "plugin_id, version, name, api, manifest, sha256, size, status, \
@@ -106,6 +117,50 @@ impl UploadUsage {
     }
 }
 
+/// Where a version is in review: uploaded (`pending`), then `approved` (tenants may install
+/// it) or `rejected`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionStatus {
+    Pending,
+    Approved,
+    Rejected,
+}
+
+impl VersionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionStatus::Pending => "pending",
+            VersionStatus::Approved => "approved",
+            VersionStatus::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<VersionStatus> {
+        [
+            VersionStatus::Pending,
+            VersionStatus::Approved,
+            VersionStatus::Rejected,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+impl VersionRow {
+    /// The stored status (a version whose status this server does not know counts as
+    /// pending: it is offered to nobody).
+    pub fn status(&self) -> VersionStatus {
+        VersionStatus::parse(&self.status).unwrap_or(VersionStatus::Pending)
+    }
+}
+
+impl VersionHash {
+    /// See [`VersionRow::status`].
+    pub fn status(&self) -> VersionStatus {
+        VersionStatus::parse(&self.status).unwrap_or(VersionStatus::Pending)
+    }
+}
+
 /// A version's identity, package hash and status (no package, no manifest).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct VersionHash {
@@ -121,7 +176,7 @@ pub struct VersionFilter {
     /// Only this developer's versions.
     pub developer: Option<Uuid>,
     /// Only versions with this status.
-    pub status: Option<String>,
+    pub status: Option<VersionStatus>,
     /// After this `(uploaded_at, plugin_id, version)`.
     pub after: Option<(i64, String, String)>,
 }
@@ -311,7 +366,7 @@ impl Store {
                  ORDER BY uploaded_at DESC, plugin_id, version LIMIT $6"
             )))
             .bind(filter.developer)
-            .bind(filter.status.as_deref())
+            .bind(filter.status.map(VersionStatus::as_str))
             .bind(after_at)
             .bind(after_id)
             .bind(after_version)
@@ -397,7 +452,7 @@ impl Store {
         &self,
         plugin_id: &str,
         version: &str,
-        status: &str,
+        status: VersionStatus,
         note: Option<&str>,
         reviewer: Uuid,
     ) -> StoreResult<Option<VersionRow>> {
@@ -406,7 +461,7 @@ impl Store {
                 "UPDATE plugin_versions SET status = $1, review_note = $2, reviewed_by = $3, reviewed_at = $4 \
                  WHERE plugin_id = $5 AND version = $6 RETURNING {VERSION_COLUMNS}"
             )))
-            .bind(status)
+            .bind(status.as_str())
             .bind(note)
             .bind(reviewer)
             .bind(now_micros())

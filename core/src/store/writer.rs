@@ -15,6 +15,7 @@
 
 use serde_json::{Value, json};
 use sqlx::types::Json;
+use streamflow_runtime::EventKind;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -41,7 +42,7 @@ pub enum RecordWrite {
         /// The lead's score, stored with it.
         score: Option<Value>,
         /// Further events the change causes (`lead.scored`, `plugin.failed`).
-        events: Vec<(&'static str, Value)>,
+        events: Vec<(EventKind, Value)>,
         created_by: Option<Uuid>,
         actor: Actor,
         /// How many automations led to this change (0 for people and API clients).
@@ -59,7 +60,7 @@ pub enum RecordWrite {
         stage: Option<String>,
         /// `Some`: replace the stored score (with null when scoring failed).
         score: Option<Option<Value>>,
-        events: Vec<(&'static str, Value)>,
+        events: Vec<(EventKind, Value)>,
         actor: Actor,
         depth: i64,
         root: Option<Uuid>,
@@ -237,7 +238,7 @@ impl From<sqlx::Error> for BatchError {
 /// An outbox event produced by a write, inserted with the rest of its batch.
 struct PendingEvent {
     tenant_id: Uuid,
-    kind: &'static str,
+    kind: EventKind,
     record_type: String,
     record_id: Uuid,
     actor: Actor,
@@ -295,7 +296,7 @@ impl BulkInsert for sqlx::SqliteConnection {
         insert.push_values(events, |mut b, e| {
             b.push_bind(Uuid::now_v7())
                 .push_bind(e.tenant_id)
-                .push_bind(e.kind)
+                .push_bind(e.kind.as_str())
                 .push_bind(&e.record_type)
                 .push_bind(e.record_id)
                 .push_bind(&e.actor)
@@ -348,7 +349,7 @@ impl BulkInsert for sqlx::PgConnection {
         )
         .bind(events.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
         .bind(events.iter().map(|e| e.tenant_id).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.kind.to_string()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
         .bind(events.iter().map(|e| e.record_type.clone()).collect::<Vec<_>>())
         .bind(events.iter().map(|e| e.record_id).collect::<Vec<_>>())
         .bind(events.iter().map(|e| e.actor.clone()).collect::<Vec<_>>())
@@ -460,16 +461,16 @@ async fn apply_batch(
                         depth: *depth,
                         root: *root,
                     };
-                    events.push(event("record.created", json!({ "version": 1, "stage": row.stage })));
+                    events.push(event(EventKind::RecordCreated, json!({ "version": 1, "stage": row.stage })));
                     if row.stage.is_some() {
                         // The stage history starts with the stage a record was created in.
                         events.push(event(
-                            "stage.changed",
+                            EventKind::StageChanged,
                             json!({ "from": null, "to": row.stage, "by": actor, "version": 1 }),
                         ));
                     }
                     for (kind, payload) in extra {
-                        events.push(event(kind, payload.clone()));
+                        events.push(event(*kind, payload.clone()));
                     }
                     WriteOutcome::Created(row)
                 }
@@ -535,12 +536,12 @@ async fn apply_batch(
                                     root: *root,
                                 };
                                 events.push(event(
-                                    "record.updated",
+                                    EventKind::RecordUpdated,
                                     json!({ "version": row.version, "previous_version": expected_version }),
                                 ));
                                 if previous_stage != row.stage {
                                     events.push(event(
-                                        "stage.changed",
+                                        EventKind::StageChanged,
                                         json!({ "from": previous_stage, "to": row.stage, "by": actor, "version": row.version }),
                                     ));
                                 }
@@ -566,7 +567,7 @@ async fn apply_batch(
                         Some(RecordRow { version, data, stage, .. }) => {
                             events.push(PendingEvent {
                                 tenant_id: scope.tenant_id(),
-                                kind: "record.deleted",
+                                kind: EventKind::RecordDeleted,
                                 record_type: record_type.clone(),
                                 record_id: *id,
                                 actor: actor.clone(),

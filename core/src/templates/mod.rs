@@ -2,22 +2,20 @@
 //! `streamflow template lint` and applying run, the catalog of templates this server offers,
 //! and merging a newer version into what a tenant already has.
 
-pub mod apply;
 pub mod catalog;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
-use axum::http::StatusCode;
 use uuid::Uuid;
 
-use crate::error::ApiError;
+pub use crate::error::{Problem, StageRefusal};
 use crate::store::cache::ExpiringMap;
 use crate::store::{Store, StoreError, StoreResult, TenantScope};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use streamflow_runtime::Manifest;
+use streamflow_runtime::{EventKind, Manifest};
 
 use crate::records::{compile_schema, valid_type_id};
 
@@ -26,10 +24,6 @@ pub const MAX_AUTOMATION_DEPTH: i64 = 8;
 
 /// The furthest a built-in action's `due` may lie after its event.
 pub const MAX_DUE_DAYS: f64 = 3650.0;
-
-/// Event kinds automations react to: the kernel's record events (one list, the runtime's).
-pub use streamflow_runtime::manifest::RECORD_EVENT_KINDS as KERNEL_EVENTS;
-
 /// Types every tenant has before any template (see `store::tenants`).
 pub const BUILT_IN_TYPES: &[&str] = &["lead", "contact", "job"];
 
@@ -186,23 +180,6 @@ pub struct PluginSpec {
 
 fn empty_object() -> Value {
     Value::Object(Map::new())
-}
-
-/// One problem found in a template, located by a path such as `pipelines[1].stages[2]`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Problem {
-    pub at: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.at.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.at, self.message)
-        }
-    }
 }
 
 /// What the checks know about plugins: their manifests by id (the bundled ones for `lint`,
@@ -422,7 +399,7 @@ impl Template {
             if !seen.insert(a.id.as_str()) {
                 problem(at.clone(), "automation ids must be unique".into());
             }
-            if !(KERNEL_EVENTS.contains(&a.on.as_str())
+            if !(EventKind::parse(&a.on).is_some_and(EventKind::is_record)
                 || a.on.starts_with("plugin.") && a.on.split('.').count() >= 3)
             {
                 problem(
@@ -430,7 +407,7 @@ impl Template {
                     format!(
                         "{:?} is not an event automations can react to ({} or plugin.<id>.<kind>)",
                         a.on,
-                        KERNEL_EVENTS.join(", ")
+                        EventKind::names(&EventKind::RECORD)
                     ),
                 );
             }
@@ -552,9 +529,9 @@ impl Template {
             if b.record_type.as_deref().is_some_and(|t| t != created) {
                 return false;
             }
-            match b.on.as_str() {
-                "record.created" => true,
-                "stage.changed" => {
+            match EventKind::parse(&b.on) {
+                Some(EventKind::RecordCreated) => true,
+                Some(EventKind::StageChanged) => {
                     let Some(pipeline) = self.pipeline(created) else {
                         return false;
                     };
@@ -563,7 +540,7 @@ impl Template {
                         .stage
                         .clone()
                         .unwrap_or_else(|| pipeline.first().id.clone());
-                    let event = json!({"event": {"kind": "stage.changed", "record_type": created,
+                    let event = json!({"event": {"kind": EventKind::StageChanged.as_str(), "record_type": created,
                         "payload": {"from": null, "to": stage}}});
                     b.when
                         .iter()
@@ -892,61 +869,6 @@ impl Workflows {
 
     pub fn forget(&self, _scope: &TenantScope) {
         self.specs.clear();
-    }
-}
-
-/// Why a record may not enter a stage.
-#[derive(Debug, PartialEq)]
-pub enum StageRefusal {
-    UnknownStage { allowed: Vec<String> },
-    NotAllowed { from: String, allowed: Vec<String> },
-    Retired,
-    MissingFields(Vec<String>),
-}
-
-impl StageRefusal {
-    /// The 422 a client gets, naming the missing fields or the stages it may move to.
-    pub fn into_error(self, stage: &str) -> ApiError {
-        let (message, details) = match self {
-            StageRefusal::UnknownStage { allowed } => (
-                format!(
-                    "{stage:?} is not a stage of this pipeline; stages: {}",
-                    allowed.join(", ")
-                ),
-                json!({ "allowed": allowed }),
-            ),
-            StageRefusal::NotAllowed { from, allowed } => (
-                if allowed.is_empty() {
-                    format!("a record in {from:?} cannot move to another stage")
-                } else {
-                    format!(
-                        "a record in {from:?} can move to {}, not to {stage:?}",
-                        allowed.join(", ")
-                    )
-                },
-                json!({ "from": from, "allowed": allowed }),
-            ),
-            StageRefusal::Retired => (
-                format!("{stage:?} is retired: records can leave it but not enter it"),
-                json!({}),
-            ),
-            StageRefusal::MissingFields(fields) => (
-                format!("a record in {stage:?} needs {}", fields.join(", ")),
-                json!({ "missing_fields": fields }),
-            ),
-        };
-        let errors = match &details["missing_fields"] {
-            Value::Array(fields) => fields
-                .iter()
-                .map(|f| json!({ "path": format!("/data/{}", f.as_str().unwrap_or_default()), "message": format!("is required in stage {stage:?}") }))
-                .collect(),
-            _ => vec![json!({ "path": "/stage", "message": message })],
-        };
-        let mut details = details;
-        details["errors"] = Value::Array(errors);
-        details["stage"] = json!(stage);
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "stage_refused", message)
-            .with_details(details)
     }
 }
 

@@ -64,6 +64,22 @@ impl Plugin for Hostile {
                     .collect(),
             }),
             "panic" => panic!("hostile plugin panics on lead {}", lead.id),
+            // Writes a lead of its own while scoring: the host must not score that one (the
+            // scorer would call itself without end).
+            "spawn" => {
+                let spawned = records::create(
+                    "lead",
+                    None,
+                    &json!({"name": format!("spawned while scoring {}", lead.id)}),
+                )
+                .map_err(|e| Error::Failed(format!("{e:?}")))?;
+                Ok(Score {
+                    value: 60,
+                    temperature: Temperature::Warm,
+                    confidence: 0.5,
+                    reasons: vec![format!("spawned {}", spawned.id)],
+                })
+            }
             _ => Ok(Score {
                 value: 50,
                 temperature: Temperature::Warm,
@@ -111,6 +127,8 @@ impl Plugin for Hostile {
             "kv-set" => kv::set(&text("key"), text("value").as_bytes()).map(|()| json!("stored")),
             "read-record" => records::get("lead", &text("id")).map(|r| json!(r.map(|r| r.data))),
             "list-records" => records::list("lead", None, 1000).map(|v| json!(v.len())),
+            "create-lead" => records::create("lead", None, &json!({"name": text("name")}))
+                .map(|r| json!({"id": r.id, "type": r.record_type})),
             "emit" => events::emit("poked", &json!({"by": "hostile"})).map(|()| json!("emitted")),
             "loop" => loop {
                 std::hint::black_box(0);

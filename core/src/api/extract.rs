@@ -6,9 +6,9 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use uuid::Uuid;
 
-use super::{Realm, sha256};
-use crate::api::AppState;
-use crate::error::{ApiError, ApiResult};
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use crate::auth::{Realm, sha256};
 use crate::store::accounts::Account;
 use crate::tenancy::{Permission, Role, TenantScope};
 

@@ -1,26 +1,27 @@
-//! The storage plugins reach through their capabilities, bound to one tenant and one
-//! plugin. The runtime has checked the grant before any of these run. Calls come from the
-//! blocking thread running the plugin, so they block on the async store.
-
-use std::sync::Arc;
-
-use serde_json::Value;
-use streamflow_runtime::{Capability, Grants, HostError, HostServices, PluginRecord};
-use uuid::Uuid;
+//! What plugins reach through their capabilities, bound to one tenant and one
+//! installation. The runtime has checked the grant before any of these run. Calls come from
+//! the blocking thread running the plugin, so they block on the async kernel. Records go
+//! through the kernel's record service like every other writer's (so a lead a plugin
+//! creates is scored); this module only translates its errors into `host-error`s, and
+//! hides what the grants do not allow.
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
 
-use crate::error::ApiError;
-use crate::events::{Origin, pii_fields, strip_pointers};
-use crate::records::{
-    MAX_DATA_DEPTH, SchemaCache, WriteRules, check_json, check_stage, valid_type_id,
-};
+use serde_json::Value;
+use streamflow_runtime::{Capability, Grants, Hook, HostError, HostServices, PluginRecord};
+use uuid::Uuid;
+
+use super::Kernel;
+use super::records::{NewId, NewRecord, RecordChange, WriteContext};
+use super::visibility::{pii_fields, strip_pointers};
+use crate::error::{FieldError, RecordError, summarize};
+use crate::plugins::{Active, Capabilities};
+use crate::records::{MAX_DATA_DEPTH, Origin, check_json, check_stage, valid_type_id};
+use crate::store::TenantScope;
 use crate::store::events::NewEvent;
 use crate::store::plugins::KvSet;
 use crate::store::records::{RecordFilter, RecordRow};
-use crate::store::writer::{RecordWrite, RecordWriter, WriteOutcome};
-use crate::store::{Store, TenantScope};
-use crate::templates::Workflows;
 
 /// Keys one tenant × plugin may hold in `kv`.
 const MAX_KV_KEYS: i64 = 10_000;
@@ -34,27 +35,58 @@ const MAX_CREATED_PER_CALL: u32 = 100;
 /// Largest event payload a plugin may emit.
 const MAX_EVENT_PAYLOAD: usize = 64 * 1024;
 
-pub(super) struct KernelServices {
-    pub handle: tokio::runtime::Handle,
-    pub store: Store,
-    pub writer: RecordWriter,
-    pub schemas: Arc<SchemaCache>,
-    pub scope: TenantScope,
-    pub workflows: Arc<Workflows>,
-    pub plugin_id: String,
-    pub version: String,
+/// Connects the plugin host to the kernel: the services of each call. It holds the kernel
+/// weakly (the kernel holds the host).
+pub(super) struct Connector {
+    pub kernel: Weak<Kernel>,
+}
+
+impl Capabilities for Connector {
+    fn services(
+        &self,
+        scope: TenantScope,
+        active: &Active,
+        hook: Hook,
+        origin: Option<Origin>,
+    ) -> Option<Arc<dyn HostServices>> {
+        let kernel = self.kernel.upgrade()?;
+        Some(Arc::new(KernelServices {
+            handle: tokio::runtime::Handle::current(),
+            kv_bytes: kernel.plugins.kv_quota(),
+            kernel,
+            scope,
+            plugin_id: active.plugin_id.clone(),
+            version: active.version.clone(),
+            grants: active.grants.clone(),
+            // What a scorer writes while it scores is not scored again.
+            scores: hook != Hook::ScoreLead,
+            call_root: Uuid::now_v7(),
+            origin,
+            created: AtomicU32::new(0),
+        }))
+    }
+}
+
+struct KernelServices {
+    handle: tokio::runtime::Handle,
+    kernel: Arc<Kernel>,
+    scope: TenantScope,
+    plugin_id: String,
+    version: String,
     /// What the installation was granted: records lose their personal fields without
     /// `records:read-pii`.
-    pub grants: Grants,
+    grants: Grants,
     /// Bytes the installation may keep in `kv`.
-    pub kv_bytes: u64,
+    kv_bytes: u64,
+    /// Whether the leads this call writes are scored.
+    scores: bool,
     /// The chain root of what a call the dispatcher did not make creates: one per call, so
     /// the events one API call emits share one budget (see `events`).
-    pub call_root: Uuid,
+    call_root: Uuid,
     /// Set when the dispatcher makes the call: writes are idempotent per origin.
-    pub origin: Option<Origin>,
+    origin: Option<Origin>,
     /// Records and events created so far in this call (numbers derived ids).
-    pub created: AtomicU32,
+    created: AtomicU32,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> HostError {
@@ -62,9 +94,34 @@ fn unavailable(e: impl std::fmt::Display) -> HostError {
     HostError::Unavailable("storage is unavailable; try again later".into())
 }
 
-/// [`invalid`], for a write that carried fields the plugin may not see (`hidden`, pointers
-/// into `data`): an error about one of them says which field, never what it holds.
-fn invalid_hiding(mut e: ApiError, hidden: &[String]) -> HostError {
+/// A refused record write as the plugin is told it. `hidden` are the fields (pointers into
+/// `data`) the plugin may not see: an error about one of them says which field, never what
+/// it holds.
+fn record_error(e: RecordError, hidden: &[String]) -> HostError {
+    match e {
+        RecordError::NotFound => HostError::Invalid("no such record".into()),
+        RecordError::VersionConflict { current } => {
+            HostError::Conflict(format!("the record is at version {current}; read it again"))
+        }
+        RecordError::IdTaken { record_type } => HostError::Conflict(format!(
+            "a repeated run of this delivery created a {record_type} here before"
+        )),
+        e if e.is_transient() => unavailable(e),
+        RecordError::Invalid(errors) => invalid_fields(errors, hidden, None),
+        e @ RecordError::StageRefused { .. } => {
+            invalid_fields(e.field_errors(), hidden, Some(e.to_string()))
+        }
+        e => HostError::Invalid(e.to_string()),
+    }
+}
+
+/// `Invalid` listing each field error, those at or around a hidden field masked; `summary`
+/// (or one made from the errors) leads, unless it could quote a hidden value.
+fn invalid_fields(
+    mut errors: Vec<FieldError>,
+    hidden: &[String],
+    summary: Option<String>,
+) -> HostError {
     // An error at a hidden field, inside one, or at an object holding one (its message may
     // quote the whole object).
     let related = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
@@ -76,35 +133,20 @@ fn invalid_hiding(mut e: ApiError, hidden: &[String]) -> HostError {
         })
     };
     let mut masked = false;
-    if let Some(Value::Array(errors)) = e.details.get_mut("errors") {
-        for error in errors {
-            if error
-                .get("path")
-                .and_then(Value::as_str)
-                .is_some_and(covers)
-            {
-                error["message"] = Value::String(
-                    "does not match the record type's schema (the value is personal data this \
-                     plugin may not read, so it is not shown)"
-                        .into(),
-                );
-                masked = true;
-            }
+    for error in &mut errors {
+        if covers(&error.path) {
+            error.message = "does not match the record type's schema (the value is personal data \
+                             this plugin may not read, so it is not shown)"
+                .into();
+            masked = true;
         }
     }
-    if masked {
-        e.message = "the record's data does not match its type's schema".into();
-    }
-    invalid(e)
-}
-
-fn invalid(e: ApiError) -> HostError {
-    let details = e
-        .details
-        .get("errors")
-        .map(|d| format!(" {d}"))
-        .unwrap_or_default();
-    HostError::Invalid(format!("{}{details}", e.message))
+    let summary = if masked {
+        "the record's data does not match its type's schema".to_string()
+    } else {
+        summary.unwrap_or_else(|| summarize(&errors))
+    };
+    HostError::Invalid(format!("{summary} {}", serde_json::json!(errors)))
 }
 
 fn to_plugin(row: RecordRow, pii: &[String]) -> PluginRecord {
@@ -126,11 +168,14 @@ impl KernelServices {
         format!("plugin:{}", self.plugin_id)
     }
 
-    fn rules(&self) -> WriteRules<'_> {
-        WriteRules {
-            store: &self.store,
-            schemas: &self.schemas,
-            workflows: &self.workflows,
+    fn context(&self) -> WriteContext {
+        WriteContext {
+            scope: self.scope,
+            actor: self.actor(),
+            created_by: None,
+            depth: self.depth(),
+            root: self.root(),
+            score: self.scores,
         }
     }
 
@@ -147,14 +192,14 @@ impl KernelServices {
         if self.grants.allows(Capability::RecordsReadPii) {
             return Ok(Vec::new());
         }
-        pii_fields(&self.store, &self.scope, record_type)
+        pii_fields(&self.kernel.store, &self.scope, record_type)
             .await
             .map_err(unavailable)
     }
 
     /// The id of the next thing this call creates: derived from the origin when the
     /// dispatcher made the call (the same on a repeated run), fresh otherwise.
-    fn next_id(&self) -> Result<Uuid, HostError> {
+    fn next_id(&self) -> Result<NewId, HostError> {
         let n = self.created.fetch_add(1, Ordering::SeqCst);
         if n >= MAX_CREATED_PER_CALL {
             return Err(HostError::Limit(format!(
@@ -162,8 +207,8 @@ impl KernelServices {
             )));
         }
         Ok(match &self.origin {
-            Some(origin) => origin.derived_id(n),
-            None => Uuid::now_v7(),
+            Some(origin) => NewId::Derived(origin.derived_id(n)),
+            None => NewId::Fresh,
         })
     }
 
@@ -173,7 +218,8 @@ impl KernelServices {
         if !value.is_object() {
             return Err(HostError::Invalid("data must be a JSON object".into()));
         }
-        check_json(&value, "/data", MAX_DATA_DEPTH).map_err(invalid)?;
+        check_json(&value, "/data", MAX_DATA_DEPTH)
+            .map_err(|e| invalid_fields(vec![e], &[], None))?;
         Ok(value)
     }
 
@@ -188,25 +234,10 @@ impl KernelServices {
     }
 }
 
-/// Puts back into `data` each `hidden` field it lacks, from `stored`.
-fn keep_hidden(data: &mut Value, stored: &Value, hidden: &[String]) {
-    for pointer in hidden {
-        if pointer.is_empty() {
-            // Nothing of the record is visible: the update cannot change its data.
-            *data = stored.clone();
-            return;
-        }
-        let (Some(value), None) = (stored.pointer(pointer), data.pointer(pointer)) else {
-            continue;
-        };
-        crate::plugins::config::set_pointer(data, pointer, value.clone());
-    }
-}
-
 impl HostServices for KernelServices {
     fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, HostError> {
         self.handle
-            .block_on(self.store.kv_get(&self.scope, &self.plugin_id, key))
+            .block_on(self.kernel.store.kv_get(&self.scope, &self.plugin_id, key))
             .map_err(unavailable)
     }
 
@@ -214,7 +245,7 @@ impl HostServices for KernelServices {
         let quota = i64::try_from(self.kv_bytes).unwrap_or(i64::MAX);
         let outcome = self
             .handle
-            .block_on(self.store.kv_set(
+            .block_on(self.kernel.store.kv_set(
                 &self.scope,
                 &self.plugin_id,
                 key,
@@ -237,7 +268,11 @@ impl HostServices for KernelServices {
 
     fn kv_delete(&self, key: &str) -> Result<(), HostError> {
         self.handle
-            .block_on(self.store.kv_delete(&self.scope, &self.plugin_id, key))
+            .block_on(
+                self.kernel
+                    .store
+                    .kv_delete(&self.scope, &self.plugin_id, key),
+            )
             .map_err(unavailable)
     }
 
@@ -248,6 +283,7 @@ impl HostServices for KernelServices {
         };
         self.handle.block_on(async {
             let row = self
+                .kernel
                 .store
                 .get_record(&self.scope, record_type, id)
                 .await
@@ -265,7 +301,7 @@ impl HostServices for KernelServices {
     ) -> Result<Vec<PluginRecord>, HostError> {
         Self::check_type(record_type)?;
         if let Some(stage) = stage {
-            check_stage(stage, "stage").map_err(invalid)?;
+            check_stage(stage, "stage").map_err(|e| invalid_fields(vec![e], &[], None))?;
         }
         let filter = RecordFilter {
             stage: stage.map(str::to_string),
@@ -274,6 +310,7 @@ impl HostServices for KernelServices {
         let limit = limit.clamp(1, MAX_LIST) as i64;
         self.handle.block_on(async {
             let (rows, _) = self
+                .kernel
                 .store
                 .list_records(&self.scope, record_type, &filter, limit, PLUGIN_LIST_BYTES)
                 .await
@@ -293,48 +330,20 @@ impl HostServices for KernelServices {
         let data = self.parse_data(data)?;
         let id = self.next_id()?;
         self.handle.block_on(async {
-                        if self.origin.is_some()
-                && let Some(row) = self
-                    .store
-                    .record_by_id(&self.scope, id)
-                    .await
-                    .map_err(unavailable)?
-            {
-                // Created by an earlier run of the same delivery.
-                if row.record_type != record_type {
-                    return Err(HostError::Conflict(format!(
-                        "a repeated run of this delivery created a {} here before, not a {record_type}",
-                        row.record_type
-                    )));
-                }
-                return Ok(to_plugin(row, &self.hidden(record_type).await?));
-            }
-            let stage = self
-                .rules()
-                .create(&self.scope, record_type, stage.map(str::to_string), &data)
+            let hidden = self.hidden(record_type).await?;
+            let new = NewRecord {
+                id,
+                record_type: record_type.to_string(),
+                stage: stage.map(str::to_string),
+                data,
+            };
+            let row = self
+                .kernel
+                .records()
+                .create(&self.context(), new)
                 .await
-                .map_err(invalid)?;
-            let outcome = self
-                .writer
-                .submit(RecordWrite::Create {
-                    scope: self.scope,
-                    id,
-                    record_type: record_type.to_string(),
-                    stage,
-                    data,
-                    score: None,
-                    events: Vec::new(),
-                    created_by: None,
-                    actor: self.actor(),
-                    depth: self.depth(),
-                    root: self.root(),
-                })
-                .await
-                .map_err(unavailable)?;
-            match outcome {
-                WriteOutcome::Created(row) => Ok(to_plugin(row, &self.hidden(record_type).await?)),
-                _ => Err(HostError::Unavailable("unexpected write outcome".into())),
-            }
+                .map_err(|e| record_error(e, &[]))?;
+            Ok(to_plugin(row, &hidden))
         })
     }
 
@@ -349,53 +358,26 @@ impl HostServices for KernelServices {
         Self::check_type(record_type)?;
         let not_found = || HostError::Invalid(format!("no {record_type} {id}"));
         let id = Uuid::parse_str(id).map_err(|_| not_found())?;
-        let mut data = self.parse_data(data)?;
+        let data = self.parse_data(data)?;
         self.handle.block_on(async {
-            let current = self
-                .store
-                .get_record(&self.scope, record_type, id)
-                .await
-                .map_err(unavailable)?
-                .ok_or_else(not_found)?;
             // Fields the plugin cannot see, and so leaves out, keep their stored values: an
             // update replaces data as a whole and must not erase them.
             let hidden = self.hidden(record_type).await?;
-            keep_hidden(&mut data, &current.data.0, &hidden);
-            let expected = expected_version.map_or(current.version, |v| v as i64);
-            if expected != current.version {
-                return Err(HostError::Conflict(format!(
-                    "the record is at version {}; read it again",
-                    current.version
-                )));
-            }
-            self.rules()
-                .update(&self.scope, record_type, Some(&current), stage, Some(&data))
+            let change = RecordChange {
+                data: Some(data),
+                stage: stage.map(str::to_string),
+                expected_version: expected_version.map(|v| v as i64),
+                keep: hidden.clone(),
+            };
+            match self
+                .kernel
+                .records()
+                .update(&self.context(), record_type, id, change)
                 .await
-                .map_err(|e| invalid_hiding(e, &hidden))?;
-            let outcome = self
-                .writer
-                .submit(RecordWrite::Update {
-                    scope: self.scope,
-                    record_type: record_type.to_string(),
-                    id,
-                    expected_version: expected,
-                    data: Some(data),
-                    stage: stage.map(str::to_string),
-                    score: None,
-                    events: Vec::new(),
-                    actor: self.actor(),
-                    depth: self.depth(),
-                    root: self.root(),
-                })
-                .await
-                .map_err(unavailable)?;
-            match outcome {
-                WriteOutcome::Updated(row) => Ok(to_plugin(row, &hidden)),
-                WriteOutcome::NotFound => Err(not_found()),
-                WriteOutcome::VersionConflict { current_version } => Err(HostError::Conflict(
-                    format!("the record is at version {current_version}; read it again"),
-                )),
-                _ => Err(HostError::Unavailable("unexpected write outcome".into())),
+            {
+                Ok(row) => Ok(to_plugin(row, &hidden)),
+                Err(RecordError::NotFound) => Err(not_found()),
+                Err(e) => Err(record_error(e, &hidden)),
             }
         })
     }
@@ -417,11 +399,15 @@ impl HostServices for KernelServices {
         }
         let payload: Value = serde_json::from_str(payload)
             .map_err(|e| HostError::Invalid(format!("payload is not JSON: {e}")))?;
-        check_json(&payload, "/payload", MAX_DATA_DEPTH).map_err(invalid)?;
+        check_json(&payload, "/payload", MAX_DATA_DEPTH)
+            .map_err(|e| invalid_fields(vec![e], &[], None))?;
         let kind = format!("plugin.{}.{kind}", self.plugin_id);
-        let id = self.next_id()?;
+        let id = match self.next_id()? {
+            NewId::Derived(id) => id,
+            NewId::Fresh => Uuid::now_v7(),
+        };
         self.handle
-            .block_on(self.store.insert_event(
+            .block_on(self.kernel.store.insert_event(
                 &self.scope,
                 &NewEvent {
                     id,
@@ -439,7 +425,7 @@ impl HostServices for KernelServices {
     /// Counts the denial in its minute's audit row; only the window's first denial is
     /// logged, so a plugin looping on a refused call costs one row and one line a minute.
     fn denied(&self, capability: Capability, operation: &str, calls: u32) {
-        let result = self.handle.block_on(self.store.audit_denied(
+        let result = self.handle.block_on(self.kernel.store.audit_denied(
             &self.scope,
             &self.plugin_id,
             &self.version,
@@ -463,48 +449,56 @@ impl HostServices for KernelServices {
 
 #[cfg(test)]
 mod tests {
-    use super::keep_hidden;
-    use serde_json::json;
+    use super::{invalid_fields, record_error};
+    use crate::error::{FieldError, RecordError, StageRefusal};
 
     #[test]
     fn errors_about_hidden_fields_do_not_quote_them() {
-        use crate::error::{ApiError, FieldError};
-        let error = || {
-            ApiError::validation(vec![
+        let errors = || {
+            vec![
                 FieldError::new("/data/email", "\"ada@secret.test\" is not a \"uri\""),
                 FieldError::new("/data/budget", "-5 is less than the minimum of 0"),
-            ])
+            ]
         };
         let text = |e: streamflow_runtime::HostError| format!("{e:?}");
-        let shown = text(super::invalid_hiding(error(), &["/email".to_string()]));
+        let shown = text(invalid_fields(errors(), &["/email".to_string()], None));
         assert!(!shown.contains("ada@secret.test"), "{shown}");
         assert!(
             shown.contains("/data/email") && shown.contains("-5 is less"),
             "{shown}"
         );
-        let all = text(super::invalid_hiding(error(), &[String::new()]));
+        let all = text(invalid_fields(errors(), &[String::new()], None));
         assert!(!all.contains("ada@secret") && !all.contains("-5"), "{all}");
-        assert!(text(super::invalid_hiding(error(), &[])).contains("ada@secret.test"));
+        assert!(text(invalid_fields(errors(), &[], None)).contains("ada@secret.test"));
     }
 
     #[test]
-    fn an_update_keeps_the_fields_the_plugin_could_not_see() {
-        let stored = json!({"name": "Ada", "contact": {"phone": "1", "city": "Oslo"}, "budget": 5});
-        let hidden = ["/name".to_string(), "/contact/phone".to_string()];
-        // Left out (as the plugin was shown the record): kept.
-        let mut data = json!({"budget": 6, "contact": {"city": "Bergen"}});
-        keep_hidden(&mut data, &stored, &hidden);
-        assert_eq!(
-            data,
-            json!({"name": "Ada", "contact": {"phone": "1", "city": "Bergen"}, "budget": 6})
+    fn refused_writes_become_host_errors_that_say_why() {
+        let refused = RecordError::StageRefused {
+            stage: "won".into(),
+            refusal: StageRefusal::MissingFields(vec!["amount".into()]),
+        };
+        let text = format!("{:?}", record_error(refused, &[]));
+        assert!(
+            text.contains("Invalid") && text.contains("needs amount"),
+            "{text}"
         );
-        // Given: the plugin's value stands; a parent that is no longer an object is left be.
-        let mut data = json!({"name": "Bo", "contact": "none"});
-        keep_hidden(&mut data, &stored, &hidden);
-        assert_eq!(data, json!({"name": "Bo", "contact": "none"}));
-        // Nothing visible: the data cannot change.
-        let mut data = json!({"x": 1});
-        keep_hidden(&mut data, &stored, &[String::new()]);
-        assert_eq!(data, stored);
+        assert!(text.contains("/data/amount"), "{text}");
+        let stale = format!(
+            "{:?}",
+            record_error(RecordError::VersionConflict { current: 3 }, &[])
+        );
+        assert!(
+            stale.contains("Conflict") && stale.contains("version 3"),
+            "{stale}"
+        );
+        let down = format!(
+            "{:?}",
+            record_error(
+                RecordError::Store(crate::store::StoreError::Unavailable),
+                &[]
+            )
+        );
+        assert!(down.contains("Unavailable"), "{down}");
     }
 }
