@@ -173,7 +173,7 @@ async fn create(state: &Arc<Kernel>, scope: TenantScope, work: &Work, from: usiz
 
 /// Lags (µs) of the work's deliveries whose event is at or after `since`.
 async fn lags(store: &Store, target: &str, since: i64) -> Vec<i64> {
-    streamflow::on_pool!(store.pool(), pool => {
+    streamflow::on_pool!(streamflow::store::test_support::pool(store), pool => {
         sqlx::query_scalar::<_, i64>(
             "SELECT finished_at - event_at FROM event_deliveries WHERE target = $1 AND event_at >= $2",
         )

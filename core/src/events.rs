@@ -29,7 +29,7 @@ use crate::plugins::{Active, CallError};
 use crate::records::Origin;
 use crate::store::events::{Delivery, DeliveryStatus, NewEvent, QueuedEvent, Settle};
 use crate::store::records::RecordRow;
-use crate::store::{Pool, TenantScope, format_micros, now_micros};
+use crate::store::{TenantScope, format_micros, now_micros};
 use crate::templates::{Automation, MAX_AUTOMATION_DEPTH, RunKind};
 
 /// Events claimed per round.
@@ -110,7 +110,7 @@ impl Stop {
 /// Starts this node's dispatcher.
 pub fn start(kernel: Arc<Kernel>, stop: Stop) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        if matches!(kernel.store.pool(), Pool::Sqlite(_)) {
+        if kernel.store.single_node() {
             // One node per SQLite file: any claim is this node's own, from before a crash.
             match kernel.store.release_claims().await {
                 Ok(0) => {}

@@ -326,7 +326,7 @@ both_backends! {
 /// Moves the login of every session in the database back by `days`.
 async fn age_sessions(srv: &TestServer, days: i64) {
     let by = days * 24 * 3600 * 1_000_000;
-    streamflow::on_pool!(srv.state.store.pool(), pool => {
+    streamflow::on_pool!(streamflow::store::test_support::pool(&srv.state.store), pool => {
         sqlx::query("UPDATE refresh_tokens SET session_started_at = session_started_at - $1")
             .bind(by)
             .execute(pool)
@@ -349,7 +349,7 @@ both_backends! {
         let (status, second) = refresh("/api/auth/refresh", login["refresh_token"].as_str().unwrap().into()).await;
         assert_eq!(status, 200, "{second}");
         // Refreshed tokens never outlive the session (30 days by default) either.
-        let latest_expiry_past_start: i64 = streamflow::on_pool!(srv.state.store.pool(), pool => {
+        let latest_expiry_past_start: i64 = streamflow::on_pool!(streamflow::store::test_support::pool(&srv.state.store), pool => {
             sqlx::query_scalar("SELECT MAX(expires_at - session_started_at) FROM refresh_tokens")
                 .fetch_one(pool).await.unwrap()
         });

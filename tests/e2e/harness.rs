@@ -326,7 +326,7 @@ impl TestServer {
 /// The kinds of the outbox events of one record, oldest first.
 pub async fn event_kinds(srv: &TestServer, record_id: &str) -> Vec<String> {
     let id = uuid::Uuid::parse_str(record_id).unwrap();
-    streamflow::on_pool!(srv.state.store.pool(), pool => {
+    streamflow::on_pool!(streamflow::store::test_support::pool(&srv.state.store), pool => {
         sqlx::query_scalar::<_, String>("SELECT kind FROM events WHERE record_id = $1 ORDER BY seq")
             .bind(id)
             .fetch_all(pool)

@@ -7,6 +7,7 @@ mod binary;
 mod dispatch;
 mod hardening;
 mod isolation;
+mod migrations;
 mod ops;
 mod plugin_limits;
 mod plugins;

@@ -49,7 +49,7 @@ async fn action(srv: &TestServer, token: &str, name: &str, input: Value) -> Valu
 }
 
 async fn tenant_id(srv: &TestServer, slug: &str) -> uuid::Uuid {
-    streamflow::on_pool!(srv.state.store.pool(), pool => {
+    streamflow::on_pool!(streamflow::store::test_support::pool(&srv.state.store), pool => {
         sqlx::query_scalar::<_, uuid::Uuid>("SELECT id FROM tenants WHERE slug = $1")
             .bind(slug)
             .fetch_one(pool)
@@ -61,7 +61,7 @@ async fn tenant_id(srv: &TestServer, slug: &str) -> uuid::Uuid {
 /// Waits until the dispatcher has nothing left for `tenant` (polling; no assertion on time).
 async fn drained(srv: &TestServer, tenant: uuid::Uuid) {
     for _ in 0..1200 {
-        let pending: i64 = streamflow::on_pool!(srv.state.store.pool(), pool => {
+        let pending: i64 = streamflow::on_pool!(streamflow::store::test_support::pool(&srv.state.store), pool => {
             sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE tenant_id = $1 AND dispatched_at IS NULL")
                 .bind(tenant)
                 .fetch_one(pool)
@@ -77,7 +77,7 @@ async fn drained(srv: &TestServer, tenant: uuid::Uuid) {
 }
 
 async fn count(srv: &TestServer, sql: &'static str, tenant: uuid::Uuid) -> i64 {
-    streamflow::on_pool!(srv.state.store.pool(), pool => {
+    streamflow::on_pool!(streamflow::store::test_support::pool(&srv.state.store), pool => {
         sqlx::query_scalar::<_, i64>(sql).bind(tenant).fetch_one(pool).await.unwrap()
     })
 }
@@ -121,7 +121,7 @@ async fn nested_secrets(srv: TestServer) {
         "{mine}"
     );
     // Not in the stored plain config either, and not handed to config.get.
-    let stored: String = streamflow::on_pool!(srv.state.store.pool(), pool => {
+    let stored: String = streamflow::on_pool!(streamflow::store::test_support::pool(&srv.state.store), pool => {
         sqlx::query_scalar::<_, sqlx::types::Json<Value>>(
             "SELECT config FROM plugin_installations WHERE plugin_id = 'hostile'",
         )
@@ -538,7 +538,7 @@ async fn kv_quota(srv: TestServer) {
 }
 
 async fn kv_usage(srv: &TestServer, tenant: uuid::Uuid) -> (i64, i64) {
-    streamflow::on_pool!(srv.state.store.pool(), pool => {
+    streamflow::on_pool!(streamflow::store::test_support::pool(&srv.state.store), pool => {
         sqlx::query_as::<_, (i64, i64)>(
             "SELECT bytes, key_count FROM plugin_kv_usage WHERE tenant_id = $1 AND plugin_id = 'hostile'",
         )

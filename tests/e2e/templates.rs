@@ -551,7 +551,7 @@ async fn upgrades_keep_data_and_bad_templates_change_nothing() {
         "{}",
         tasks.len()
     );
-    let stopped: i64 = streamflow::on_pool!(srv.state.store.pool(), pool => {
+    let stopped: i64 = streamflow::on_pool!(streamflow::store::test_support::pool(&srv.state.store), pool => {
         sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE kind = 'automation.loop_stopped'")
             .fetch_one(pool).await.unwrap()
     });

@@ -12,7 +12,8 @@ use serde_json::Value;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{Pool, Store, StoreResult, TenantScope, now_micros, on_pool};
+use super::dialect::{Dialect, ROWS_PER_STATEMENT};
+use super::{Store, StoreResult, TenantScope, now_micros, on_pool};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct QueuedEvent {
@@ -114,8 +115,51 @@ pub enum Settle {
 const EVENT_COLUMNS: &str = "seq, id, tenant_id, kind, record_type, record_id, actor, payload, \
      created_at, depth, attempts, root_id";
 
-/// Rows per multi-row INSERT of deliveries (11 parameters each).
-const DELIVERIES_PER_INSERT: usize = 500;
+/// Settles one event that did not simply finish: the same SQL on both backends, expanded
+/// once per driver inside [`on_pool!`].
+macro_rules! settle_one {
+    ($tx:expr, $node:expr, $now:expr, $settle:expr) => {
+        match $settle {
+            Settle::Done { error: None, .. } => {}
+            Settle::Done { seq, error: Some(error) } => {
+                sqlx::query(
+                    "UPDATE events SET dispatched_at = $1, failed_at = $1, claimed_until = NULL, \
+                     attempts = attempts + 1, last_error = $2 WHERE seq = $3 AND claimed_by = $4",
+                )
+                .bind($now)
+                .bind(error)
+                .bind(seq)
+                .bind($node)
+                .execute($tx)
+                .await?;
+            }
+            Settle::Retry { seq, at, error } => {
+                sqlx::query(
+                    "UPDATE events SET next_attempt_at = $1, claimed_until = NULL, \
+                     attempts = attempts + 1, last_error = $2 WHERE seq = $3 AND claimed_by = $4",
+                )
+                .bind(at)
+                .bind(error)
+                .bind(seq)
+                .bind($node)
+                .execute($tx)
+                .await?;
+            }
+            Settle::Park { seq, at, reason } => {
+                sqlx::query(
+                    "UPDATE events SET next_attempt_at = $1, claimed_until = NULL, last_error = $2 \
+                     WHERE seq = $3 AND claimed_by = $4",
+                )
+                .bind(at)
+                .bind(reason)
+                .bind(seq)
+                .bind($node)
+                .execute($tx)
+                .await?;
+            }
+        }
+    };
+}
 
 impl Store {
     /// Frees every lease. Only for a single-node (SQLite) server starting up: the leases
@@ -140,10 +184,7 @@ impl Store {
         limit: i64,
     ) -> StoreResult<Vec<QueuedEvent>> {
         let now = now_micros();
-        let lock = match self.pool() {
-            Pool::Postgres(_) => "FOR UPDATE SKIP LOCKED",
-            Pool::Sqlite(_) => "",
-        };
+        let lock = self.pool().skip_locked();
         let sql = format!(
             "WITH candidates AS MATERIALIZED ( \
                SELECT e.seq FROM events e \
@@ -177,7 +218,7 @@ impl Store {
         seqs: &[i64],
         lease_until: i64,
     ) -> StoreResult<()> {
-        for chunk in seqs.chunks(DELIVERIES_PER_INSERT) {
+        for chunk in seqs.chunks(ROWS_PER_STATEMENT) {
             on_pool!(self.pool(), pool => {
                 let mut update = sqlx::QueryBuilder::new("UPDATE events SET claimed_until = ");
                 update.push_bind(lease_until);
@@ -221,136 +262,15 @@ impl Store {
                 _ => None,
             })
             .collect();
-        // The per-event updates, the same on both backends.
-        macro_rules! settle_each {
-            ($tx:ident) => {
-                for settle in settles {
-                    match settle {
-                        Settle::Done { error: None, .. } => {}
-                        Settle::Done { seq, error: Some(error) } => {
-                            sqlx::query(
-                                "UPDATE events SET dispatched_at = $1, failed_at = $1, claimed_until = NULL, \
-                                 attempts = attempts + 1, last_error = $2 WHERE seq = $3 AND claimed_by = $4",
-                            )
-                            .bind(now)
-                            .bind(error)
-                            .bind(seq)
-                            .bind(node)
-                            .execute(&mut *$tx)
-                            .await?;
-                        }
-                        Settle::Retry { seq, at, error } => {
-                            sqlx::query(
-                                "UPDATE events SET next_attempt_at = $1, claimed_until = NULL, \
-                                 attempts = attempts + 1, last_error = $2 WHERE seq = $3 AND claimed_by = $4",
-                            )
-                            .bind(at)
-                            .bind(error)
-                            .bind(seq)
-                            .bind(node)
-                            .execute(&mut *$tx)
-                            .await?;
-                        }
-                        Settle::Park { seq, at, reason } => {
-                            sqlx::query(
-                                "UPDATE events SET next_attempt_at = $1, claimed_until = NULL, last_error = $2 \
-                                 WHERE seq = $3 AND claimed_by = $4",
-                            )
-                            .bind(at)
-                            .bind(reason)
-                            .bind(seq)
-                            .bind(node)
-                            .execute(&mut *$tx)
-                            .await?;
-                        }
-                    }
-                }
-            };
-        }
-        match self.pool() {
-            Pool::Sqlite(pool) => {
-                let mut tx = pool.begin().await?;
-                for chunk in deliveries.chunks(DELIVERIES_PER_INSERT) {
-                    let mut insert = sqlx::QueryBuilder::new(
-                        "INSERT INTO event_deliveries (event_id, target, tenant_id, status, attempts, output, error, event_at, finished_at, node) ",
-                    );
-                    insert.push_values(chunk, |mut b, d| {
-                        b.push_bind(d.event_id)
-                            .push_bind(&d.target)
-                            .push_bind(d.tenant_id)
-                            .push_bind(d.status.as_str())
-                            .push_bind(d.attempts)
-                            .push_bind(&d.output)
-                            .push_bind(&d.error)
-                            .push_bind(d.event_at)
-                            .push_bind(d.finished_at)
-                            .push_bind(&d.node);
-                    });
-                    insert.push(" ON CONFLICT (event_id, target) DO NOTHING");
-                    insert.build().execute(&mut *tx).await?;
-                }
-                for chunk in done.chunks(DELIVERIES_PER_INSERT) {
-                    let mut update = sqlx::QueryBuilder::new("UPDATE events SET dispatched_at = ");
-                    update.push_bind(now);
-                    update.push(
-                        ", claimed_until = NULL, attempts = attempts + 1 WHERE claimed_by = ",
-                    );
-                    update.push_bind(node);
-                    update.push(" AND seq IN (");
-                    let mut list = update.separated(", ");
-                    for seq in chunk {
-                        list.push_bind(*seq);
-                    }
-                    update.push(")");
-                    update.build().execute(&mut *tx).await?;
-                }
-                settle_each!(tx);
-                tx.commit().await?;
+        on_pool!(self.pool(), pool => {
+            let mut tx = pool.begin().await?;
+            Dialect::insert_deliveries(&mut *tx, deliveries).await?;
+            Dialect::mark_dispatched(&mut *tx, node, &done, now).await?;
+            for settle in settles {
+                settle_one!(&mut *tx, node, now, settle);
             }
-            // Arrays keep the statements the same whatever the batch size, so each is
-            // prepared once; a multi-row VALUES list of a new size was measured taking
-            // ~45 ms a batch to parse and plan.
-            Pool::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                if !deliveries.is_empty() {
-                    let column = |f: fn(&Delivery) -> Option<String>| -> Vec<Option<String>> {
-                        deliveries.iter().map(f).collect()
-                    };
-                    sqlx::query(
-                        "INSERT INTO event_deliveries (event_id, target, tenant_id, status, attempts, output, error, \
-                         event_at, finished_at, node) \
-                         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::int8[], \
-                           $6::text[], $7::text[], $8::int8[], $9::int8[], $10::text[]) \
-                         ON CONFLICT (event_id, target) DO NOTHING",
-                    )
-                    .bind(deliveries.iter().map(|d| d.event_id).collect::<Vec<_>>())
-                    .bind(deliveries.iter().map(|d| d.target.clone()).collect::<Vec<_>>())
-                    .bind(deliveries.iter().map(|d| d.tenant_id).collect::<Vec<_>>())
-                    .bind(deliveries.iter().map(|d| d.status.as_str()).collect::<Vec<_>>())
-                    .bind(deliveries.iter().map(|d| d.attempts).collect::<Vec<_>>())
-                    .bind(column(|d| d.output.clone()))
-                    .bind(column(|d| d.error.clone()))
-                    .bind(deliveries.iter().map(|d| d.event_at).collect::<Vec<_>>())
-                    .bind(deliveries.iter().map(|d| d.finished_at).collect::<Vec<_>>())
-                    .bind(deliveries.iter().map(|d| d.node.clone()).collect::<Vec<_>>())
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                if !done.is_empty() {
-                    sqlx::query(
-                        "UPDATE events SET dispatched_at = $1, claimed_until = NULL, attempts = attempts + 1 \
-                         WHERE claimed_by = $2 AND seq = ANY($3)",
-                    )
-                    .bind(now)
-                    .bind(node)
-                    .bind(&done)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                settle_each!(tx);
-                tx.commit().await?;
-            }
-        }
+            tx.commit().await?;
+        });
         Ok(())
     }
 

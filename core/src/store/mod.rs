@@ -4,8 +4,8 @@
 //! `ON CONFLICT` mean the same on both, ids bind as [`uuid::Uuid`] (BLOB on SQLite, uuid on
 //! PostgreSQL), JSON as [`sqlx::types::Json`] and times as microseconds in a BIGINT. The
 //! [`on_pool!`] macro expands a query once per backend, so each copy is type-checked against
-//! its own driver without a tangle of generic bounds. Where the dialects differ, a method
-//! matches on the backend itself.
+//! its own driver without a tangle of generic bounds. Where the dialects differ, the code
+//! is in [`dialect`], and nowhere else.
 //!
 //! Every method on tenant-owned data takes a [`TenantScope`] first; only the auth layer can
 //! make one, so a handler cannot forget (or forge) the tenant filter.
@@ -19,6 +19,7 @@ use sqlx::{PgPool, SqlitePool};
 
 pub mod accounts;
 pub mod cache;
+mod dialect;
 pub mod events;
 pub mod plugins;
 pub mod records;
@@ -131,8 +132,13 @@ impl Store {
         })
     }
 
-    pub fn pool(&self) -> &Pool {
+    pub(crate) fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// Whether this server is the only one on its database (see [`Pool::single_node`]).
+    pub fn single_node(&self) -> bool {
+        self.pool.single_node()
     }
 
     /// A cheap round trip, for `/health`.
@@ -145,6 +151,18 @@ impl Store {
 
     pub async fn close(&self) {
         on_pool!(&self.pool, pool => pool.close().await)
+    }
+}
+
+/// Raw access to the database, for tests and benchmarks that check or arrange what the
+/// store's methods do not expose (the server itself never goes around the store).
+#[doc(hidden)]
+pub mod test_support {
+    use super::{Pool, Store};
+
+    /// The connection pool behind `store`, for [`crate::on_pool!`].
+    pub fn pool(store: &Store) -> &Pool {
+        store.pool()
     }
 }
 

@@ -7,6 +7,7 @@ use serde_json::Value;
 use sqlx::types::Json;
 use uuid::Uuid;
 
+use super::dialect::Dialect;
 use super::plugins::InstallationRow;
 use super::{Store, StoreResult, TenantScope, now_micros, on_pool};
 
@@ -190,35 +191,10 @@ impl Store {
         value_field: Option<&str>,
     ) -> StoreResult<Vec<StageFigures>> {
         let field = value_field.unwrap_or("");
-        let rows = match self.pool() {
-            super::Pool::Sqlite(pool) => {
-                sqlx::query_as::<_, StageFigures>(
-                    "SELECT stage, COUNT(*) AS count, \
-                     SUM(CASE WHEN json_type(data, $3) IN ('integer', 'real') \
-                         THEN CAST(json_extract(data, $3) AS REAL) END) AS value \
-                     FROM records WHERE tenant_id = $1 AND type = $2 GROUP BY stage",
-                )
-                .bind(scope.tenant_id())
-                .bind(record_type)
-                .bind(format!("$.\"{}\"", field.replace('"', "")))
-                .fetch_all(pool)
-                .await?
-            }
-            super::Pool::Postgres(pool) => {
-                sqlx::query_as::<_, StageFigures>(
-                    "SELECT stage, COUNT(*) AS count, \
-                     SUM(CASE WHEN jsonb_typeof(data -> $3) = 'number' \
-                         THEN (data ->> $3)::float8 END) AS value \
-                     FROM records WHERE tenant_id = $1 AND type = $2 GROUP BY stage",
-                )
-                .bind(scope.tenant_id())
-                .bind(record_type)
-                .bind(field)
-                .fetch_all(pool)
-                .await?
-            }
-        };
-        Ok(rows)
+        on_pool!(self.pool(), pool => {
+            let mut conn = pool.acquire().await?;
+            Ok(Dialect::stage_figures(&mut *conn, scope, record_type, field).await?)
+        })
     }
 
     /// A record's `stage.changed` events, oldest first.

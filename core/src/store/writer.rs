@@ -19,6 +19,9 @@ use streamflow_runtime::EventKind;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use std::future::Future;
+
+use super::dialect::Dialect;
 use super::records::{RecordRow, record_by_key_sql};
 use super::{Pool, Store, StoreError, StoreResult, TenantScope, now_micros};
 
@@ -236,144 +239,127 @@ impl From<sqlx::Error> for BatchError {
 }
 
 /// An outbox event produced by a write, inserted with the rest of its batch.
-struct PendingEvent {
-    tenant_id: Uuid,
-    kind: EventKind,
-    record_type: String,
-    record_id: Uuid,
-    actor: Actor,
-    payload: Value,
-    depth: i64,
-    root: Option<Uuid>,
-}
-
-/// The two multi-row INSERTs of a batch, written per backend: a VALUES list on SQLite
-/// (statements are cheap to prepare in-process), arrays through UNNEST on PostgreSQL, where
-/// a VALUES list of each new size is parsed and planned again (measured at tens of
-/// milliseconds for a hundred rows) while the array statement is prepared once.
-trait BulkInsert {
-    fn insert_records(
-        &mut self,
-        rows: &[RecordRow],
-    ) -> impl std::future::Future<Output = Result<(), sqlx::Error>> + Send;
-    fn insert_events(
-        &mut self,
-        events: &[PendingEvent],
-        now: i64,
-    ) -> impl std::future::Future<Output = Result<(), sqlx::Error>> + Send;
-}
-
-impl BulkInsert for sqlx::SqliteConnection {
-    async fn insert_records(&mut self, rows: &[RecordRow]) -> Result<(), sqlx::Error> {
-        let mut insert = sqlx::QueryBuilder::new(
-            "INSERT INTO records (tenant_id, id, type, stage, data, version, score, score_value, created_by, created_at, updated_at) ",
-        );
-        insert.push_values(rows, |mut b, row| {
-            b.push_bind(row.tenant_id)
-                .push_bind(row.id)
-                .push_bind(&row.record_type)
-                .push_bind(&row.stage)
-                .push_bind(&row.data)
-                .push_bind(row.version)
-                .push_bind(&row.score)
-                .push_bind(score_value(&row.score))
-                .push_bind(row.created_by)
-                .push_bind(row.created_at)
-                .push_bind(row.updated_at);
-        });
-        insert.build().execute(self).await?;
-        Ok(())
-    }
-
-    async fn insert_events(
-        &mut self,
-        events: &[PendingEvent],
-        now: i64,
-    ) -> Result<(), sqlx::Error> {
-        let mut insert = sqlx::QueryBuilder::new(
-            "INSERT INTO events (id, tenant_id, kind, record_type, record_id, actor, payload, created_at, depth, root_id) ",
-        );
-        insert.push_values(events, |mut b, e| {
-            b.push_bind(Uuid::now_v7())
-                .push_bind(e.tenant_id)
-                .push_bind(e.kind.as_str())
-                .push_bind(&e.record_type)
-                .push_bind(e.record_id)
-                .push_bind(&e.actor)
-                .push_bind(Json(&e.payload))
-                .push_bind(now)
-                .push_bind(e.depth)
-                .push_bind(e.root);
-        });
-        insert.build().execute(self).await?;
-        Ok(())
-    }
-}
-
-impl BulkInsert for sqlx::PgConnection {
-    async fn insert_records(&mut self, rows: &[RecordRow]) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO records (tenant_id, id, type, stage, data, version, score, score_value, created_by, \
-             created_at, updated_at) \
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::int8[], \
-               $7::jsonb[], $8::int8[], $9::uuid[], $10::int8[], $11::int8[])",
-        )
-        .bind(rows.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.record_type.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.stage.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.data.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.score.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| score_value(&r.score)).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.created_by).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-        .execute(self)
-        .await?;
-        Ok(())
-    }
-
-    async fn insert_events(
-        &mut self,
-        events: &[PendingEvent],
-        now: i64,
-    ) -> Result<(), sqlx::Error> {
-        // In array order, so `seq` follows the order the changes happened.
-        sqlx::query(
-            "INSERT INTO events (id, tenant_id, kind, record_type, record_id, actor, payload, created_at, depth, root_id) \
-             SELECT id, tenant_id, kind, record_type, record_id, actor, payload, $8, depth, root_id \
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::jsonb[], \
-               $9::int8[], $10::uuid[]) WITH ORDINALITY \
-               AS e(id, tenant_id, kind, record_type, record_id, actor, payload, depth, root_id, n) ORDER BY n",
-        )
-        .bind(events.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.tenant_id).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.record_type.clone()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.record_id).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.actor.clone()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| Json(e.payload.clone())).collect::<Vec<_>>())
-        .bind(now)
-        .bind(events.iter().map(|e| e.depth).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.root).collect::<Vec<_>>())
-        .execute(self)
-        .await?;
-        Ok(())
-    }
+pub(crate) struct PendingEvent {
+    pub tenant_id: Uuid,
+    pub kind: EventKind,
+    pub record_type: String,
+    pub record_id: Uuid,
+    pub actor: Actor,
+    pub payload: Value,
+    pub depth: i64,
+    pub root: Option<Uuid>,
 }
 
 /// The score's value as a number, kept in its own column for sorting and filtering.
-fn score_value(score: &Option<Json<Value>>) -> Option<i64> {
+pub(crate) fn score_value(score: &Option<Json<Value>>) -> Option<i64> {
     score
         .as_ref()
         .and_then(|s| s.0.get("value"))
         .and_then(Value::as_i64)
 }
 
-/// Rows per multi-row INSERT: 11 parameters a row stays far below SQLite's 32,766 and
-/// PostgreSQL's 65,535 bind parameters.
-const ROWS_PER_INSERT: usize = 500;
+/// The statements the writer runs one record at a time: the same SQL on both backends,
+/// implemented once per driver by the macro below so each copy is type-checked against its
+/// own (the backends' differences are in [`super::dialect`]).
+trait RecordStatements: Send {
+    /// The record a write names, read inside the batch's transaction.
+    fn current(
+        &mut self,
+        scope: &TenantScope,
+        record_type: &str,
+        id: Uuid,
+    ) -> impl Future<Output = Result<Option<RecordRow>, sqlx::Error>> + Send;
+
+    /// Stores `row` (its new version) if the stored one is still `expected`; false if not.
+    fn replace(
+        &mut self,
+        row: &RecordRow,
+        expected: i64,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+
+    /// The stored version of a record, if it exists.
+    fn stored_version(
+        &mut self,
+        scope: &TenantScope,
+        id: Uuid,
+    ) -> impl Future<Output = Result<Option<i64>, sqlx::Error>> + Send;
+
+    fn delete(
+        &mut self,
+        scope: &TenantScope,
+        id: Uuid,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+}
+
+macro_rules! record_statements {
+    ($connection:ty) => {
+        impl RecordStatements for $connection {
+            async fn current(
+                &mut self,
+                scope: &TenantScope,
+                record_type: &str,
+                id: Uuid,
+            ) -> Result<Option<RecordRow>, sqlx::Error> {
+                Ok(
+                    sqlx::query_as::<_, RecordRow>(sqlx::AssertSqlSafe(record_by_key_sql()))
+                        .bind(scope.tenant_id())
+                        .bind(id)
+                        .fetch_optional(&mut *self)
+                        .await?
+                        .filter(|r| r.record_type == record_type),
+                )
+            }
+
+            async fn replace(
+                &mut self,
+                row: &RecordRow,
+                expected: i64,
+            ) -> Result<bool, sqlx::Error> {
+                let done = sqlx::query(
+                    "UPDATE records SET data = $1, stage = $2, version = $3, updated_at = $4, \
+                     score = $8, score_value = $9 \
+                     WHERE tenant_id = $5 AND id = $6 AND version = $7",
+                )
+                .bind(&row.data)
+                .bind(&row.stage)
+                .bind(row.version)
+                .bind(row.updated_at)
+                .bind(row.tenant_id)
+                .bind(row.id)
+                .bind(expected)
+                .bind(&row.score)
+                .bind(score_value(&row.score))
+                .execute(&mut *self)
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn stored_version(
+                &mut self,
+                scope: &TenantScope,
+                id: Uuid,
+            ) -> Result<Option<i64>, sqlx::Error> {
+                sqlx::query_scalar("SELECT version FROM records WHERE tenant_id = $1 AND id = $2")
+                    .bind(scope.tenant_id())
+                    .bind(id)
+                    .fetch_optional(&mut *self)
+                    .await
+            }
+
+            async fn delete(&mut self, scope: &TenantScope, id: Uuid) -> Result<(), sqlx::Error> {
+                sqlx::query("DELETE FROM records WHERE tenant_id = $1 AND id = $2")
+                    .bind(scope.tenant_id())
+                    .bind(id)
+                    .execute(&mut *self)
+                    .await?;
+                Ok(())
+            }
+        }
+    };
+}
+
+record_statements!(sqlx::SqliteConnection);
+record_statements!(sqlx::PgConnection);
 
 /// Applies a batch in one transaction. Creates become one multi-row INSERT and all events
 /// another, because each statement costs a round trip (on SQLite, a hand-off to the
@@ -382,23 +368,77 @@ async fn apply_batch(
     conn: &mut WriterConnection,
     writes: &[&RecordWrite],
 ) -> Result<Vec<WriteOutcome>, BatchError> {
+    match conn {
+        WriterConnection::Sqlite(c) => apply_on(c, writes).await,
+        WriterConnection::Postgres(c) => apply_on(c, writes).await,
+    }
+}
+
+async fn apply_on<C>(conn: &mut C, writes: &[&RecordWrite]) -> Result<Vec<WriteOutcome>, BatchError>
+where
+    C: sqlx::Connection + Dialect + RecordStatements,
+{
     let now = now_micros();
     let mut outcomes = Vec::with_capacity(writes.len());
     let mut events = Vec::with_capacity(writes.len());
-    let mut created = Vec::new();
+    let created = created_rows(writes, now);
+    let mut tx = conn.begin_with(C::BEGIN_WRITE).await?;
+    Dialect::insert_records(&mut *tx, &created).await?;
+    let mut created = created.into_iter();
     for write in writes {
-        if let RecordWrite::Create {
-            scope,
-            id,
-            record_type,
-            stage,
-            data,
-            score,
-            created_by,
-            ..
-        } = write
-        {
-            let row = RecordRow {
+        let outcome = match write {
+            RecordWrite::Create { .. } => {
+                let row = created.next().expect("one row per create");
+                created_events(write, &row, &mut events);
+                WriteOutcome::Created(row)
+            }
+            RecordWrite::Update { .. } => apply_update(&mut *tx, write, now, &mut events).await?,
+            RecordWrite::Delete {
+                scope,
+                record_type,
+                id,
+                actor,
+            } => match RecordStatements::current(&mut *tx, scope, record_type, *id).await? {
+                None => WriteOutcome::NotFound,
+                Some(row) => {
+                    RecordStatements::delete(&mut *tx, scope, *id).await?;
+                    events.push(PendingEvent {
+                        tenant_id: scope.tenant_id(),
+                        kind: EventKind::RecordDeleted,
+                        record_type: record_type.clone(),
+                        record_id: *id,
+                        actor: actor.clone(),
+                        payload: json!({ "version": row.version, "stage": row.stage, "data": row.data.0 }),
+                        depth: 0,
+                        root: None,
+                    });
+                    WriteOutcome::Deleted
+                }
+            },
+        };
+        outcomes.push(outcome);
+    }
+    // The outbox, in the order the changes happened (its seq orders them per record).
+    Dialect::insert_events(&mut *tx, &events, now).await?;
+    tx.commit().await.map_err(BatchError::Commit)?;
+    Ok(outcomes)
+}
+
+/// The rows the batch's creates insert, in order.
+fn created_rows(writes: &[&RecordWrite], now: i64) -> Vec<RecordRow> {
+    writes
+        .iter()
+        .filter_map(|write| match write {
+            RecordWrite::Create {
+                scope,
+                id,
+                record_type,
+                stage,
+                data,
+                score,
+                created_by,
+                ..
+            } => Some(RecordRow {
                 tenant_id: scope.tenant_id(),
                 id: *id,
                 record_type: record_type.clone(),
@@ -409,186 +449,127 @@ async fn apply_batch(
                 created_by: *created_by,
                 created_at: now,
                 updated_at: now,
-            };
-            created.push(row);
-        }
-    }
-    use sqlx::Connection;
-    // The same code for both backends, type-checked once per driver (as `on_pool!`).
-    macro_rules! on_connection {
-        ($conn:expr, $c:ident => $body:expr) => {
-            match $conn {
-                WriterConnection::Sqlite($c) => $body,
-                WriterConnection::Postgres($c) => $body,
-            }
-        };
-    }
-    // The record a write names, read inside the batch's transaction.
-    macro_rules! current_record {
-        ($tx:ident, $scope:expr, $record_type:expr, $id:expr) => {
-            sqlx::query_as::<_, RecordRow>(sqlx::AssertSqlSafe(record_by_key_sql()))
-                .bind($scope.tenant_id())
-                .bind($id)
-                .fetch_optional(&mut *$tx)
-                .await?
-                .filter(|r| &r.record_type == $record_type)
-        };
-    }
-    // SQLite: take the write lock at BEGIN. A deferred transaction that reads first (an
-    // update reads its record) and writes later cannot wait for a lock another connection
-    // (the dispatcher's) took meanwhile: it fails with SQLITE_BUSY at once.
-    let begin = match conn {
-        WriterConnection::Sqlite(_) => "BEGIN IMMEDIATE",
-        WriterConnection::Postgres(_) => "BEGIN",
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The events of a create: `record.created`, the stage it starts in, and what the caller
+/// added (`lead.scored`).
+fn created_events(write: &RecordWrite, row: &RecordRow, events: &mut Vec<PendingEvent>) {
+    let RecordWrite::Create {
+        actor,
+        events: extra,
+        depth,
+        root,
+        ..
+    } = write
+    else {
+        return;
     };
-    on_connection!(conn, conn => async {
-        let mut tx = conn.begin_with(begin).await?;
-        for chunk in created.chunks(ROWS_PER_INSERT) {
-            BulkInsert::insert_records(&mut *tx, chunk).await?;
+    let event = |kind, payload| PendingEvent {
+        tenant_id: row.tenant_id,
+        kind,
+        record_type: row.record_type.clone(),
+        record_id: row.id,
+        actor: actor.clone(),
+        payload,
+        depth: *depth,
+        root: *root,
+    };
+    events.push(event(
+        EventKind::RecordCreated,
+        json!({ "version": 1, "stage": row.stage }),
+    ));
+    if row.stage.is_some() {
+        // The stage history starts with the stage a record was created in.
+        events.push(event(
+            EventKind::StageChanged,
+            json!({ "from": null, "to": row.stage, "by": actor, "version": 1 }),
+        ));
+    }
+    for (kind, payload) in extra {
+        events.push(event(*kind, payload.clone()));
+    }
+}
+
+/// An update inside the batch: version-checked against the stored record.
+async fn apply_update<C: RecordStatements>(
+    tx: &mut C,
+    write: &RecordWrite,
+    now: i64,
+    events: &mut Vec<PendingEvent>,
+) -> Result<WriteOutcome, sqlx::Error> {
+    let RecordWrite::Update {
+        scope,
+        record_type,
+        id,
+        expected_version,
+        data,
+        stage,
+        score,
+        events: extra,
+        actor,
+        depth,
+        root,
+    } = write
+    else {
+        unreachable!("called for updates only");
+    };
+    let mut row = match tx.current(scope, record_type, *id).await? {
+        None => return Ok(WriteOutcome::NotFound),
+        Some(c) if c.version != *expected_version => {
+            return Ok(WriteOutcome::VersionConflict {
+                current_version: c.version,
+            });
         }
-        let mut created = created.into_iter();
-        for write in writes {
-            let outcome = match write {
-                RecordWrite::Create { actor, events: extra, depth, root, .. } => {
-                    let row = created.next().expect("one row per create");
-                    let event = |kind, payload| PendingEvent {
-                        tenant_id: row.tenant_id,
-                        kind,
-                        record_type: row.record_type.clone(),
-                        record_id: row.id,
-                        actor: actor.clone(),
-                        payload,
-                        depth: *depth,
-                        root: *root,
-                    };
-                    events.push(event(EventKind::RecordCreated, json!({ "version": 1, "stage": row.stage })));
-                    if row.stage.is_some() {
-                        // The stage history starts with the stage a record was created in.
-                        events.push(event(
-                            EventKind::StageChanged,
-                            json!({ "from": null, "to": row.stage, "by": actor, "version": 1 }),
-                        ));
-                    }
-                    for (kind, payload) in extra {
-                        events.push(event(*kind, payload.clone()));
-                    }
-                    WriteOutcome::Created(row)
-                }
-                RecordWrite::Update { scope, record_type, id, expected_version, data, stage, score, events: extra, actor, depth, root } => {
-                    let current = current_record!(tx, scope, record_type, id);
-                    match current {
-                        None => WriteOutcome::NotFound,
-                        Some(c) if c.version != *expected_version => {
-                            WriteOutcome::VersionConflict { current_version: c.version }
-                        }
-                        Some(mut row) => {
-                            let previous_stage = row.stage.clone();
-                            if let Some(data) = data {
-                                row.data = Json(data.clone());
-                            }
-                            if let Some(stage) = stage {
-                                row.stage = Some(stage.clone());
-                            }
-                            if let Some(score) = score {
-                                row.score = score.clone().map(Json);
-                            }
-                            row.version += 1;
-                            row.updated_at = now;
-                            let done = sqlx::query(
-                                "UPDATE records SET data = $1, stage = $2, version = $3, updated_at = $4, \
-                                 score = $8, score_value = $9 \
-                                 WHERE tenant_id = $5 AND id = $6 AND version = $7",
-                            )
-                            .bind(&row.data)
-                            .bind(&row.stage)
-                            .bind(row.version)
-                            .bind(now)
-                            .bind(scope.tenant_id())
-                            .bind(id)
-                            .bind(expected_version)
-                            .bind(&row.score)
-                            .bind(score_value(&row.score))
-                            .execute(&mut *tx)
-                            .await?;
-                            if done.rows_affected() == 0 {
-                                // Another node changed (or deleted) it between our read
-                                // and write: report what is stored now.
-                                let stored: Option<i64> = sqlx::query_scalar(
-                                    "SELECT version FROM records WHERE tenant_id = $1 AND id = $2",
-                                )
-                                .bind(scope.tenant_id())
-                                .bind(id)
-                                .fetch_optional(&mut *tx)
-                                .await?;
-                                match stored {
-                                    Some(current_version) => WriteOutcome::VersionConflict { current_version },
-                                    None => WriteOutcome::NotFound,
-                                }
-                            } else {
-                                let event = |kind, payload| PendingEvent {
-                                    tenant_id: scope.tenant_id(),
-                                    kind,
-                                    record_type: record_type.clone(),
-                                    record_id: *id,
-                                    actor: actor.clone(),
-                                    payload,
-                                    depth: *depth,
-                                    root: *root,
-                                };
-                                events.push(event(
-                                    EventKind::RecordUpdated,
-                                    json!({ "version": row.version, "previous_version": expected_version }),
-                                ));
-                                if previous_stage != row.stage {
-                                    events.push(event(
-                                        EventKind::StageChanged,
-                                        json!({ "from": previous_stage, "to": row.stage, "by": actor, "version": row.version }),
-                                    ));
-                                }
-                                for (kind, payload) in extra {
-                                    events.push(event(*kind, payload.clone()));
-                                }
-                                WriteOutcome::Updated(row)
-                            }
-                        }
-                    }
-                }
-                RecordWrite::Delete { scope, record_type, id, actor } => {
-                    let current = current_record!(tx, scope, record_type, id);
-                    if current.is_some() {
-                        sqlx::query("DELETE FROM records WHERE tenant_id = $1 AND id = $2")
-                            .bind(scope.tenant_id())
-                            .bind(id)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    match current {
-                        None => WriteOutcome::NotFound,
-                        Some(RecordRow { version, data, stage, .. }) => {
-                            events.push(PendingEvent {
-                                tenant_id: scope.tenant_id(),
-                                kind: EventKind::RecordDeleted,
-                                record_type: record_type.clone(),
-                                record_id: *id,
-                                actor: actor.clone(),
-                                payload: json!({ "version": version, "stage": stage, "data": data.0 }),
-                                depth: 0,
-                                root: None,
-                            });
-                            WriteOutcome::Deleted
-                        }
-                    }
-                }
-            };
-            outcomes.push(outcome);
-        }
-        // The outbox, in the order the changes happened (its seq orders them per record).
-        for chunk in events.chunks(ROWS_PER_INSERT) {
-            BulkInsert::insert_events(&mut *tx, chunk, now).await?;
-        }
-        tx.commit().await.map_err(BatchError::Commit)?;
-        Ok(outcomes)
-    }.await)
+        Some(row) => row,
+    };
+    let previous_stage = row.stage.clone();
+    if let Some(data) = data {
+        row.data = Json(data.clone());
+    }
+    if let Some(stage) = stage {
+        row.stage = Some(stage.clone());
+    }
+    if let Some(score) = score {
+        row.score = score.clone().map(Json);
+    }
+    row.version += 1;
+    row.updated_at = now;
+    if !tx.replace(&row, *expected_version).await? {
+        // Another node changed (or deleted) it between our read and write: report what is
+        // stored now.
+        return Ok(match tx.stored_version(scope, *id).await? {
+            Some(current_version) => WriteOutcome::VersionConflict { current_version },
+            None => WriteOutcome::NotFound,
+        });
+    }
+    let event = |kind, payload| PendingEvent {
+        tenant_id: scope.tenant_id(),
+        kind,
+        record_type: record_type.clone(),
+        record_id: *id,
+        actor: actor.clone(),
+        payload,
+        depth: *depth,
+        root: *root,
+    };
+    events.push(event(
+        EventKind::RecordUpdated,
+        json!({ "version": row.version, "previous_version": expected_version }),
+    ));
+    if previous_stage != row.stage {
+        events.push(event(
+            EventKind::StageChanged,
+            json!({ "from": previous_stage, "to": row.stage, "by": actor, "version": row.version }),
+        ));
+    }
+    for (kind, payload) in extra {
+        events.push(event(*kind, payload.clone()));
+    }
+    Ok(WriteOutcome::Updated(row))
 }
 
 #[cfg(test)]
