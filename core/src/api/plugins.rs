@@ -163,101 +163,9 @@ async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<VersionView>)> {
-    let limit = state.config.plugin_size_limit;
-    let too_large = || super::json::too_large(limit);
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(too_large());
-    }
-    // The developer's quota, checked before the body is read (and again, atomically, when
-    // the version is stored).
-    let quota = UploadQuota {
-        per_hour: state.config.uploads_per_hour as i64,
-        max_bytes: state.config.developer_storage_bytes.min(i64::MAX as u64) as i64,
-    };
-    let now = crate::store::now_micros();
-    let usage = state
-        .store
-        .upload_usage(principal.account.id, now - UPLOAD_WINDOW_MICROS)
-        .await?;
-    if usage.recent >= quota.per_hour {
-        return Err(upload_rate_limited(quota, usage.retry_after_secs(now)));
-    }
-    if let Some(len) = declared
-        && usage
-            .stored_bytes
-            .saturating_add(len.min(i64::MAX as u64) as i64)
-            > quota.max_bytes
-    {
-        return Err(storage_full(quota, usage.stored_bytes, len));
-    }
-    // Attempts, refused ones included: each costs the package checks below.
-    if let Err(retry_after) = state.plugins.upload_attempt(principal.account.id) {
-        return Err(ApiError::too_many_requests(
-            format!(
-                "you sent {} plugin uploads in the last hour, refused ones included, the most this server takes; try again in {retry_after} s",
-                quota
-                    .per_hour
-                    .saturating_mul(crate::plugins::UPLOAD_ATTEMPTS_PER_UPLOAD as i64)
-            ),
-            retry_after,
-        ));
-    }
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if essence != "application/octet-stream" && essence != "application/wasm" {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the package file as the body with `Content-Type: application/octet-stream`",
-        ));
-    }
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())?;
-    if bytes.is_empty() {
-        return Err(ApiError::field(
-            "",
-            "the body is empty: send the package file",
-        ));
-    }
-    // Parsing validates the whole component; bounded by the size limit, but still CPU work.
-    let package = tokio::task::spawn_blocking(move || Package::parse(bytes.to_vec()))
-        .await
-        .map_err(|_| ApiError::internal())?
-        .map_err(|e| {
-            ApiError::validation(e.0.into_iter().map(|m| FieldError::new("", m)).collect())
-        })?;
+    let quota = admit_upload(&state, &principal, &headers).await?;
+    let package = read_package(&state, &headers, body).await?;
     let manifest = &package.manifest;
-    if state.config.bundled_plugins && crate::plugins::bundled::is_reserved(&manifest.id) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "plugin_id_reserved",
-            format!(
-                "the plugin id {} is reserved: a first-party plugin bundled with the server has it; choose another id",
-                manifest.id
-            ),
-        ));
-    }
-    if let Some(schema) = manifest.config.as_ref().and_then(|c| c.schema.as_ref()) {
-        compile_schema(schema).map_err(|e| {
-            ApiError::field(
-                "/config/schema",
-                format!("the config schema is unusable: {e}"),
-            )
-        })?;
-    }
     let manifest_json = serde_json::to_value(manifest).map_err(|_| ApiError::internal())?;
     let version = manifest.version.to_string();
     let api = manifest.api.to_string();
@@ -306,6 +214,116 @@ async fn publish(
         StatusCode::CREATED,
         Json(version_view(&state.plugins, &row)?),
     ))
+}
+
+/// Whether the developer may upload now, checked before the body is read: the declared
+/// size, the versions and bytes of their quota (checked again, atomically, when the version
+/// is stored) and their upload attempts on this node. Returns the quota.
+async fn admit_upload(
+    state: &AppState,
+    principal: &DeveloperPrincipal,
+    headers: &HeaderMap,
+) -> ApiResult<UploadQuota> {
+    let limit = state.config.plugin_size_limit;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(super::json::too_large(limit));
+    }
+    let quota = UploadQuota {
+        per_hour: state.config.uploads_per_hour as i64,
+        max_bytes: state.config.developer_storage_bytes.min(i64::MAX as u64) as i64,
+    };
+    let now = crate::store::now_micros();
+    let usage = state
+        .store
+        .upload_usage(principal.account.id, now - UPLOAD_WINDOW_MICROS)
+        .await?;
+    if usage.recent >= quota.per_hour {
+        return Err(upload_rate_limited(quota, usage.retry_after_secs(now)));
+    }
+    if let Some(len) = declared
+        && usage
+            .stored_bytes
+            .saturating_add(len.min(i64::MAX as u64) as i64)
+            > quota.max_bytes
+    {
+        return Err(storage_full(quota, usage.stored_bytes, len));
+    }
+    // Attempts, refused ones included: each costs the package checks.
+    if let Err(retry_after) = state.plugins.upload_attempt(principal.account.id) {
+        return Err(ApiError::too_many_requests(
+            format!(
+                "you sent {} plugin uploads in the last hour, refused ones included, the most this server takes; try again in {retry_after} s",
+                quota
+                    .per_hour
+                    .saturating_mul(crate::plugins::UPLOAD_ATTEMPTS_PER_UPLOAD as i64)
+            ),
+            retry_after,
+        ));
+    }
+    Ok(quota)
+}
+
+/// Reads and checks the package in the body: its media type, its size, the component and
+/// manifest, a reserved id, the config schema.
+async fn read_package(state: &AppState, headers: &HeaderMap, body: Body) -> ApiResult<Package> {
+    let limit = state.config.plugin_size_limit;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence != "application/octet-stream" && essence != "application/wasm" {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the package file as the body with `Content-Type: application/octet-stream`",
+        ));
+    }
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| super::json::too_large(limit))?;
+    if bytes.is_empty() {
+        return Err(ApiError::field(
+            "",
+            "the body is empty: send the package file",
+        ));
+    }
+    // Parsing validates the whole component; bounded by the size limit, but still CPU work.
+    let package = tokio::task::spawn_blocking(move || Package::parse(bytes.to_vec()))
+        .await
+        .map_err(|_| ApiError::internal())?
+        .map_err(|e| {
+            ApiError::validation(e.0.into_iter().map(|m| FieldError::new("", m)).collect())
+        })?;
+    let manifest = &package.manifest;
+    if state.config.bundled_plugins && crate::plugins::bundled::is_reserved(&manifest.id) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "plugin_id_reserved",
+            format!(
+                "the plugin id {} is reserved: a first-party plugin bundled with the server has it; choose another id",
+                manifest.id
+            ),
+        ));
+    }
+    if let Some(schema) = manifest.config.as_ref().and_then(|c| c.schema.as_ref()) {
+        compile_schema(schema).map_err(|e| {
+            ApiError::field(
+                "/config/schema",
+                format!("the config schema is unusable: {e}"),
+            )
+        })?;
+    }
+    Ok(package)
 }
 
 fn upload_rate_limited(quota: UploadQuota, retry_after: u64) -> ApiError {

@@ -219,6 +219,53 @@ pub struct InstallationRow {
     pub updated_at: i64,
 }
 
+/// Creating or replacing an installation (keeping its creation time), from a pooled
+/// connection or inside a template's transaction: written once, compiled per driver.
+pub(super) trait UpsertInstallation: Send {
+    fn upsert_installation(
+        &mut self,
+        scope: &TenantScope,
+        row: &InstallationRow,
+        now: i64,
+    ) -> impl std::future::Future<Output = Result<InstallationRow, sqlx::Error>> + Send;
+}
+
+macro_rules! upsert_installation {
+    ($connection:ty) => {
+        impl UpsertInstallation for $connection {
+            async fn upsert_installation(
+                &mut self,
+                scope: &TenantScope,
+                row: &InstallationRow,
+                now: i64,
+            ) -> Result<InstallationRow, sqlx::Error> {
+                sqlx::query_as::<_, InstallationRow>(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO plugin_installations ({INSTALLATION_COLUMNS}) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+                     ON CONFLICT (tenant_id, plugin_id) DO UPDATE SET requirement = excluded.requirement, \
+                     version = excluded.version, grants = excluded.grants, config = excluded.config, \
+                     secrets = excluded.secrets, enabled = excluded.enabled, updated_at = excluded.updated_at \
+                     RETURNING {INSTALLATION_COLUMNS}"
+                )))
+                .bind(scope.tenant_id())
+                .bind(&row.plugin_id)
+                .bind(&row.requirement)
+                .bind(&row.version)
+                .bind(&row.grants)
+                .bind(&row.config)
+                .bind(&row.secrets)
+                .bind(row.enabled)
+                .bind(now)
+                .fetch_one(&mut *self)
+                .await
+            }
+        }
+    };
+}
+
+upsert_installation!(sqlx::SqliteConnection);
+upsert_installation!(sqlx::PgConnection);
+
 const INSTALLATION_COLUMNS: &str = "tenant_id, plugin_id, requirement, version, grants, config, \
      secrets, enabled, created_at, updated_at";
 
@@ -481,28 +528,10 @@ impl Store {
         row: &InstallationRow,
     ) -> StoreResult<InstallationRow> {
         let now = now_micros();
-        let stored = on_pool!(self.pool(), pool => {
-            sqlx::query_as::<_, InstallationRow>(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO plugin_installations ({INSTALLATION_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
-                 ON CONFLICT (tenant_id, plugin_id) DO UPDATE SET requirement = excluded.requirement, \
-                 version = excluded.version, grants = excluded.grants, config = excluded.config, \
-                 secrets = excluded.secrets, enabled = excluded.enabled, updated_at = excluded.updated_at \
-                 RETURNING {INSTALLATION_COLUMNS}"
-            )))
-            .bind(scope.tenant_id())
-            .bind(&row.plugin_id)
-            .bind(&row.requirement)
-            .bind(&row.version)
-            .bind(&row.grants)
-            .bind(&row.config)
-            .bind(&row.secrets)
-            .bind(row.enabled)
-            .bind(now)
-            .fetch_one(pool)
-            .await?
-        });
-        Ok(stored)
+        on_pool!(self.pool(), pool => {
+            let mut conn = pool.acquire().await?;
+            Ok(UpsertInstallation::upsert_installation(&mut *conn, scope, row, now).await?)
+        })
     }
 
     pub async fn get_installation(

@@ -8,7 +8,7 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::dialect::Dialect;
-use super::plugins::InstallationRow;
+use super::plugins::{InstallationRow, UpsertInstallation};
 use super::{Store, StoreResult, TenantScope, now_micros, on_pool};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -118,27 +118,9 @@ impl Store {
                 .await?;
             }
             for row in &write.installations {
-                sqlx::query(
-                    "INSERT INTO plugin_installations (tenant_id, plugin_id, requirement, version, grants, \
-                     config, secrets, enabled, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
-                     ON CONFLICT (tenant_id, plugin_id) DO UPDATE SET requirement = excluded.requirement, \
-                     version = excluded.version, grants = excluded.grants, config = excluded.config, \
-                     secrets = excluded.secrets, enabled = excluded.enabled, updated_at = excluded.updated_at",
-                )
-                .bind(tenant)
-                .bind(&row.plugin_id)
-                .bind(&row.requirement)
-                .bind(&row.version)
-                .bind(&row.grants)
-                .bind(&row.config)
-                .bind(&row.secrets)
-                .bind(row.enabled)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                UpsertInstallation::upsert_installation(&mut *tx, scope, row, now).await?;
             }
-                        tx.commit().await?;
+            tx.commit().await?;
         });
         Ok(true)
     }
