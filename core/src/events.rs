@@ -261,99 +261,30 @@ impl Dispatcher {
 
     /// Runs every target of one event that has not finished yet.
     async fn handle(&self, event: QueuedEvent) -> (Vec<Delivery>, Settle) {
+        match self.try_handle(&event).await {
+            Ok(handled) => handled,
+            Err(e) => (Vec::new(), retry(&event, e.to_string())),
+        }
+    }
+
+    /// [`Dispatcher::handle`]; an error (the store's) retries the event.
+    async fn try_handle(&self, event: &QueuedEvent) -> anyhow::Result<(Vec<Delivery>, Settle)> {
         let scope = TenantScope::new(event.tenant_id);
-        let state = &self.kernel;
-        let targets = match self.targets(&scope, &event).await {
-            Ok(t) => t,
-            Err(e) => return (Vec::new(), retry(&event, e.to_string())),
-        };
+        let kernel = &self.kernel;
+        let targets = self.targets(&scope, event).await?;
         if targets.is_empty() {
-            return (
-                Vec::new(),
-                Settle::Done {
-                    seq: event.seq,
-                    error: None,
-                },
-            );
+            return Ok((Vec::new(), done(event, None)));
         }
         let finished = if event.attempts > 0 {
-            match state.store.finished_targets(event.id).await {
-                Ok(f) => f,
-                Err(e) => return (Vec::new(), retry(&event, e.to_string())),
-            }
+            kernel.store.finished_targets(event.id).await?
         } else {
             Vec::new()
         };
-        let delivery =
-            |target: &str, status, output: Option<String>, error: Option<String>| Delivery {
-                event_id: event.id,
-                target: target.to_string(),
-                tenant_id: event.tenant_id,
-                status,
-                attempts: event.attempts + 1,
-                output,
-                error,
-                event_at: event.created_at,
-                finished_at: now_micros(),
-                node: self.node.clone(),
-            };
         if event.depth >= MAX_AUTOMATION_DEPTH {
-            let message = format!(
-                "stopped: {} automations in a row led to this event; they may be triggering each other",
-                event.depth
-            );
-            let stopped = json!({
-                "kind": event.kind,
-                "depth": event.depth,
-                "targets": targets.iter().map(Target::name).collect::<Vec<_>>(),
-            });
-            let origin = Origin::of(&event, "loop");
-            let record = event.record_type.as_deref().zip(event.record_id);
-            // The report of a cut chain is not reported again (it is as deep as the chain).
-            if event.kind != EventKind::LoopStopped
-                && let Err(e) = state
-                    .store
-                    .insert_event(
-                        &scope,
-                        &NewEvent {
-                            id: origin.derived_id(0),
-                            kind: EventKind::LoopStopped.as_str(),
-                            record,
-                            actor: "dispatcher",
-                            payload: &stopped,
-                            depth: event.depth,
-                            root: Some(event.root()),
-                        },
-                    )
-                    .await
-            {
-                return (Vec::new(), retry(&event, e.to_string()));
-            }
-            tracing::warn!(tenant = %event.tenant_id, kind = %event.kind, "{message}");
-            let deliveries = targets
-                .iter()
-                .map(|t| {
-                    delivery(
-                        &t.name(),
-                        DeliveryStatus::Skipped,
-                        None,
-                        Some(message.clone()),
-                    )
-                })
-                .collect();
-            return (
-                deliveries,
-                Settle::Done {
-                    seq: event.seq,
-                    error: Some(message),
-                },
-            );
+            return self.stop_loop(&scope, event, &targets).await;
         }
         let record = match (&event.record_type, event.record_id) {
-            (Some(t), Some(id)) => match state.store.get_record(&scope, t, id).await {
-                Ok(r) => r,
-                Err(e) => return (Vec::new(), retry(&event, e.to_string())),
-            },
+            (Some(t), Some(id)) => kernel.store.get_record(&scope, t, id).await?,
             _ => None,
         };
         let context = json!({
@@ -383,35 +314,44 @@ impl Dispatcher {
             && !due.is_empty()
             && event.kind != EventKind::BudgetExhausted
         {
-            let budget = state.config.automation_budget;
-            match state
+            let budget = kernel.config.automation_budget;
+            if !kernel
                 .store
                 .spend_budget(&scope, event.root(), due.len() as i64, budget)
-                .await
+                .await?
             {
-                Ok(true) => {}
-                Ok(false) => return self.budget_exhausted(&scope, &event, &due, budget).await,
-                Err(e) => return (Vec::new(), retry(&event, e.to_string())),
+                return Ok(self.budget_exhausted(&scope, event, &due, budget).await);
             }
         }
+        Ok(self
+            .run_due(&scope, event, &due, &context, record.as_ref())
+            .await)
+    }
+
+    /// Runs the due targets one after another; what failed transiently is retried with
+    /// the event, what failed for good is recorded as failed.
+    async fn run_due(
+        &self,
+        scope: &TenantScope,
+        event: &QueuedEvent,
+        due: &[&Target],
+        context: &Value,
+        record: Option<&RecordRow>,
+    ) -> (Vec<Delivery>, Settle) {
         let mut deliveries = Vec::new();
         let mut failure: Option<String> = None;
         let mut retryable = false;
         for target in due {
             let name = target.name();
-            let origin = Origin::of(&event, &name);
+            let origin = Origin::of(event, &name);
             let result = match target {
-                Target::Plugin(active) => {
-                    self.deliver(&scope, active, &event, record.as_ref(), origin)
-                        .await
-                }
-                Target::Automation(a) => {
-                    self.run(&scope, a, &event, &context, record.as_ref(), origin)
-                        .await
-                }
+                Target::Plugin(active) => self.deliver(scope, active, event, record, origin).await,
+                Target::Automation(a) => self.run(scope, a, event, context, record, origin).await,
             };
             match result {
-                Ok(output) => deliveries.push(delivery(&name, DeliveryStatus::Done, output, None)),
+                Ok(output) => {
+                    deliveries.push(self.delivery(event, &name, DeliveryStatus::Done, output, None))
+                }
                 Err(e) if e.retry && event.attempts + 1 < MAX_ATTEMPTS => {
                     retryable = true;
                     failure = Some(format!("{name}: {}", e.message));
@@ -420,7 +360,8 @@ impl Dispatcher {
                     tracing::warn!(tenant = %event.tenant_id, target = %name, kind = %event.kind,
                         "automation failed: {}", e.message);
                     failure = Some(format!("{name}: {}", e.message));
-                    deliveries.push(delivery(
+                    deliveries.push(self.delivery(
+                        event,
                         &name,
                         DeliveryStatus::Failed,
                         None,
@@ -430,13 +371,79 @@ impl Dispatcher {
             }
         }
         let settle = match failure {
-            Some(error) if retryable => retry(&event, error),
-            error => Settle::Done {
-                seq: event.seq,
-                error,
-            },
+            Some(error) if retryable => retry(event, error),
+            error => done(event, error),
         };
         (deliveries, settle)
+    }
+
+    /// Cuts a chain that went [`MAX_AUTOMATION_DEPTH`] deep: its targets are skipped, and
+    /// `automation.loop_stopped` reports it (not for a report itself, which is as deep).
+    async fn stop_loop(
+        &self,
+        scope: &TenantScope,
+        event: &QueuedEvent,
+        targets: &[Target],
+    ) -> anyhow::Result<(Vec<Delivery>, Settle)> {
+        let message = format!(
+            "stopped: {} automations in a row led to this event; they may be triggering each other",
+            event.depth
+        );
+        let stopped = json!({
+            "kind": event.kind,
+            "depth": event.depth,
+            "targets": targets.iter().map(Target::name).collect::<Vec<_>>(),
+        });
+        let origin = Origin::of(event, "loop");
+        if event.kind != EventKind::LoopStopped {
+            self.kernel
+                .store
+                .insert_event(
+                    scope,
+                    &NewEvent {
+                        id: origin.derived_id(0),
+                        kind: EventKind::LoopStopped.as_str(),
+                        record: event.record_type.as_deref().zip(event.record_id),
+                        actor: "dispatcher",
+                        payload: &stopped,
+                        depth: event.depth,
+                        root: Some(event.root()),
+                    },
+                )
+                .await?;
+        }
+        tracing::warn!(tenant = %event.tenant_id, kind = %event.kind, "{message}");
+        let deliveries = targets
+            .iter()
+            .map(|t| {
+                let skipped = DeliveryStatus::Skipped;
+                self.delivery(event, &t.name(), skipped, None, Some(message.clone()))
+            })
+            .collect();
+        Ok((deliveries, done(event, Some(message))))
+    }
+
+    /// The record of one target's run for `event`.
+    fn delivery(
+        &self,
+        event: &QueuedEvent,
+        target: &str,
+        status: DeliveryStatus,
+        output: Option<String>,
+        error: Option<String>,
+    ) -> Delivery {
+        Delivery {
+            event_id: event.id,
+            target: target.to_string(),
+            tenant_id: event.tenant_id,
+            status,
+            attempts: event.attempts + 1,
+            output,
+            error,
+            event_at: event.created_at,
+            finished_at: now_micros(),
+            node: self.node.clone(),
+        }
     }
 
     /// The automations and subscribed plugins an event concerns.
@@ -472,6 +479,10 @@ impl Dispatcher {
                     .subscriptions
                     .iter()
                     .any(|s| s == &event.kind)
+                // The manifest's filters: events the plugin would ignore do not wake it.
+                && active
+                    .manifest
+                    .admits(&event.kind, &event.payload.0, &active.config_value)
             {
                 targets.push(Target::Plugin(active.clone()));
             }
@@ -535,17 +546,9 @@ impl Dispatcher {
         tracing::warn!(tenant = %event.tenant_id, kind = %event.kind, root = %event.root(), "{message}");
         let deliveries = names
             .iter()
-            .map(|name| Delivery {
-                event_id: event.id,
-                target: name.clone(),
-                tenant_id: event.tenant_id,
-                status: DeliveryStatus::Skipped,
-                attempts: event.attempts + 1,
-                output: None,
-                error: Some(message.clone()),
-                event_at: event.created_at,
-                finished_at: now_micros(),
-                node: self.node.clone(),
+            .map(|name| {
+                let skipped = DeliveryStatus::Skipped;
+                self.delivery(event, name, skipped, None, Some(message.clone()))
             })
             .collect();
         (
@@ -715,6 +718,14 @@ impl Target {
             Target::Automation(a) => format!("automation:{}", a.id),
             Target::Plugin(p) => format!("plugin:{}", p.plugin_id),
         }
+    }
+}
+
+/// The event is finished (`error`: a target failed for good, or the chain was cut).
+fn done(event: &QueuedEvent, error: Option<String>) -> Settle {
+    Settle::Done {
+        seq: event.seq,
+        error,
     }
 }
 

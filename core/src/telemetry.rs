@@ -29,6 +29,9 @@ pub fn init_logging(json: bool) {
     };
 }
 
+/// How often histogram samples are folded into their buckets.
+const UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The process-wide Prometheus recorder (installed on first use).
 pub fn prometheus() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -52,6 +55,18 @@ pub fn prometheus() -> PrometheusHandle {
             let handle = recorder.handle();
             // Fails only if another recorder is installed, in which case ours stays local.
             let _ = metrics::set_global_recorder(recorder);
+            // Histogram samples wait in a queue until they are folded into their buckets;
+            // without upkeep that happens only when `/metrics` is scraped, so an unscraped
+            // server's queues grow with every request and plugin call.
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP);
+                        upkeep.run_upkeep();
+                    }
+                });
             handle
         })
         .clone()

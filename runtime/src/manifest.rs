@@ -211,6 +211,13 @@ pub struct Manifest {
     /// Event kinds delivered to `on-event`.
     #[serde(default)]
     pub subscriptions: Vec<String>,
+    /// Per subscribed kind, conditions on the event's payload the host checks before it
+    /// wakes the plugin: `[filters."lead.scored"] temperature = ["hot"]`, or the allowed
+    /// values read from the installation's config: `temperature = { in-config =
+    /// "/temperatures" }`. An event that does not pass is not delivered at all.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub filters:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, FilterValues>>,
     /// Names of the actions `run-action` accepts.
     #[serde(default)]
     pub actions: Vec<String>,
@@ -219,6 +226,22 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<ConfigSpec>,
 }
+
+/// The values a payload field must have for an event to be delivered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FilterValues {
+    /// Any of these.
+    Values(Vec<serde_json::Value>),
+    /// Any of the values of the JSON array at this pointer of the installation's config.
+    InConfig {
+        #[serde(rename = "in-config")]
+        in_config: String,
+    },
+}
+
+/// Longest list of filter values, and most filtered fields per kind.
+const MAX_FILTER_VALUES: usize = 64;
 
 /// Everything wrong with a manifest, each as a sentence naming the field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -310,6 +333,7 @@ impl Manifest {
                     .into(),
             );
         }
+        self.validate_filters(&mut errors);
         if self.has_hook(Hook::OnEvent) && self.subscriptions.is_empty() {
             errors.push("subscriptions: the on-event hook needs at least one event kind".into());
         }
@@ -383,6 +407,74 @@ impl Manifest {
 
     /// Whether this plugin may receive events of `kind`: the kernel's own, and its own
     /// `plugin.<id>.*` events. Other plugins' events are theirs.
+    /// Whether an event of `kind` with `payload` passes the manifest's filters for the
+    /// installation whose config is `config`. A config pointer that holds no array filters
+    /// nothing (the event is delivered): the plugin decides.
+    pub fn admits(
+        &self,
+        kind: &str,
+        payload: &serde_json::Value,
+        config: &serde_json::Value,
+    ) -> bool {
+        let Some(fields) = self.filters.get(kind) else {
+            return true;
+        };
+        fields.iter().all(|(field, allowed)| {
+            let value = payload.get(field);
+            match allowed {
+                FilterValues::Values(values) => value.is_some_and(|v| values.contains(v)),
+                FilterValues::InConfig { in_config } => match config.pointer(in_config) {
+                    Some(serde_json::Value::Array(values)) => {
+                        value.is_some_and(|v| values.contains(v))
+                    }
+                    _ => true,
+                },
+            }
+        })
+    }
+
+    /// The problems of the `filters` table.
+    fn validate_filters(&self, errors: &mut Vec<String>) {
+        for (kind, fields) in &self.filters {
+            if !self.subscriptions.contains(kind) {
+                errors.push(format!(
+                    "filters.{:?}: not one of the subscriptions",
+                    truncate(kind)
+                ));
+            }
+            if fields.is_empty() || fields.len() > MAX_FILTER_VALUES {
+                errors.push(format!(
+                    "filters.{:?}: name 1 to {MAX_FILTER_VALUES} payload fields",
+                    truncate(kind)
+                ));
+            }
+            for (field, allowed) in fields {
+                let at = format!("filters.{:?}.{:?}", truncate(kind), truncate(field));
+                if field.is_empty() || field.len() > 64 {
+                    errors.push(format!("{at}: a payload field name of 1 to 64 characters"));
+                }
+                match allowed {
+                    FilterValues::Values(values)
+                        if values.is_empty() || values.len() > MAX_FILTER_VALUES =>
+                    {
+                        errors.push(format!("{at}: list 1 to {MAX_FILTER_VALUES} values"));
+                    }
+                    FilterValues::Values(values)
+                        if values.iter().any(|v| v.is_array() || v.is_object()) =>
+                    {
+                        errors.push(format!("{at}: values are strings, numbers or booleans"));
+                    }
+                    FilterValues::InConfig { in_config } if !in_config.starts_with('/') => {
+                        errors.push(format!(
+                            "{at}: in-config is a JSON pointer into the config, such as \"/temperatures\""
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
     pub fn may_receive(&self, kind: &str) -> bool {
         is_kernel_event(kind)
             || kind
@@ -485,6 +577,54 @@ properties = { api_key = { type = "string", writeOnly = true }, nested = { type 
         ] {
             assert!(all.contains(needle), "{needle} missing from {all}");
         }
+    }
+
+    #[test]
+    fn filters_decide_which_events_wake_a_plugin() {
+        let text = GOOD.replace(
+            "hooks = [\"score-lead\"]",
+            "hooks = [\"on-event\"]\nsubscriptions = [\"lead.scored\", \"record.created\"]\n\
+             [filters.\"lead.scored\"]\ntemperature = { in-config = \"/temperatures\" }\n\
+             [filters.\"record.created\"]\nstage = [\"new\"]",
+        );
+        let m = Manifest::from_toml(&text).unwrap();
+        m.validate().unwrap();
+        let config = serde_json::json!({"temperatures": ["hot", "warm"]});
+        let scored = |t: &str| serde_json::json!({"temperature": t, "value": 90});
+        assert!(m.admits("lead.scored", &scored("hot"), &config));
+        assert!(!m.admits("lead.scored", &scored("cold"), &config));
+        assert!(!m.admits("lead.scored", &serde_json::json!({}), &config));
+        // No list at the pointer: the plugin decides.
+        assert!(m.admits("lead.scored", &scored("cold"), &serde_json::json!({})));
+        assert!(m.admits(
+            "record.created",
+            &serde_json::json!({"stage": "new"}),
+            &config
+        ));
+        assert!(!m.admits(
+            "record.created",
+            &serde_json::json!({"stage": "won"}),
+            &config
+        ));
+        assert!(m.admits("record.deleted", &serde_json::json!({}), &config));
+        // The stored (JSON) manifest keeps its filters.
+        let stored: Manifest = serde_json::from_value(serde_json::to_value(&m).unwrap()).unwrap();
+        assert_eq!(stored, m);
+
+        let bad = GOOD.replace(
+            "hooks = [\"score-lead\"]",
+            "hooks = [\"on-event\"]\nsubscriptions = [\"lead.scored\"]\n\
+             [filters.\"record.deleted\"]\nstage = []\n\
+             [filters.\"lead.scored\"]\ntemperature = { in-config = \"temperatures\" }",
+        );
+        let err = Manifest::from_toml(&bad)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not one of the subscriptions"), "{err}");
+        assert!(err.contains("list 1 to"), "{err}");
+        assert!(err.contains("JSON pointer"), "{err}");
     }
 
     #[test]

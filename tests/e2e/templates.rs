@@ -225,6 +225,16 @@ bundled_backends! {
         assert_eq!(run["status"], "done", "{run}");
         assert!(run["output"].as_str().unwrap().contains(jobs[0]["id"].as_str().unwrap()), "{run}");
         assert!(runs["items"].as_array().unwrap().iter().any(|r| r["target"] == "plugin:lead-followup"));
+        // A cold lead does not wake lead-followup at all: its manifest filters `lead.scored`
+        // by the temperatures the tenant follows up, and the host applies the filter.
+        let followups = |runs: &Value| runs["items"].as_array().unwrap().iter().filter(|r| r["target"] == "plugin:lead-followup").count();
+        let before = followups(&runs);
+        let cold = create(&srv, &owner, "lead", json!({"data": {"name": "Just Looking", "source": "other", "timeline": "just_browsing"}})).await;
+        assert_eq!(cold["score"]["temperature"], "cold", "{cold}");
+        settle(&srv).await;
+        let (_, runs) = srv.get("/api/automation-runs", &owner).await;
+        assert_eq!(followups(&runs), before, "{runs}");
+        assert_eq!(records(&srv, &owner, "task").await.len(), 3, "no follow-up for a cold lead");
 
         // The pipeline view counts records and sums the value field per stage.
         let (_, pipelines) = srv.get("/api/pipelines", &owner).await;

@@ -5,7 +5,7 @@
 //! failures, and a reset applies to the node that served it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -52,30 +52,57 @@ struct Health {
     last_failure: Option<LastFailure>,
 }
 
+/// Each installation's health on this node. Calls of different installations do not
+/// contend: the map is read-locked to find an entry (written only to add one), and each
+/// entry has a lock of its own.
 #[derive(Default)]
 pub struct HealthBook {
-    entries: Mutex<HashMap<(Uuid, String), Health>>,
+    entries: RwLock<HashMap<Uuid, HashMap<String, Mutex<Health>>>>,
 }
 
 impl HealthBook {
+    /// Runs `f` on the installation's entry, made if it is new.
+    fn with<R>(&self, tenant: Uuid, plugin: &str, f: impl FnOnce(&mut Health) -> R) -> R {
+        {
+            let entries = self.entries.read().expect("not poisoned");
+            if let Some(h) = entries.get(&tenant).and_then(|m| m.get(plugin)) {
+                return f(&mut h.lock().expect("not poisoned"));
+            }
+        }
+        let mut entries = self.entries.write().expect("not poisoned");
+        let h = entries
+            .entry(tenant)
+            .or_default()
+            .entry(plugin.to_string())
+            .or_default();
+        f(h.get_mut().expect("not poisoned"))
+    }
+
+    /// Runs `f` on the installation's entry if it has one.
+    fn existing<R>(
+        &self,
+        tenant: Uuid,
+        plugin: &str,
+        f: impl FnOnce(&mut Health) -> R,
+    ) -> Option<R> {
+        let entries = self.entries.read().expect("not poisoned");
+        let h = entries.get(&tenant).and_then(|m| m.get(plugin))?;
+        Some(f(&mut h.lock().expect("not poisoned")))
+    }
+
     /// Whether a call may go ahead now.
     pub fn admit(&self, tenant: Uuid, plugin: &str) -> bool {
-        let entries = self.entries.lock().expect("not poisoned");
-        match entries
-            .get(&(tenant, plugin.to_string()))
-            .and_then(|h| h.open_until)
-        {
-            Some(until) => Instant::now() >= until,
-            None => true,
-        }
+        self.existing(tenant, plugin, |h| h.open_until)
+            .flatten()
+            .is_none_or(|until| Instant::now() >= until)
     }
 
     pub fn success(&self, tenant: Uuid, plugin: &str) {
-        let mut entries = self.entries.lock().expect("not poisoned");
-        let h = entries.entry((tenant, plugin.to_string())).or_default();
-        h.calls += 1;
-        h.consecutive = 0;
-        h.open_until = None;
+        self.with(tenant, plugin, |h| {
+            h.calls += 1;
+            h.consecutive = 0;
+            h.open_until = None;
+        })
     }
 
     /// Records a failure; returns true when it opened the breaker.
@@ -87,54 +114,52 @@ impl HealthBook {
         kind: FailureKind,
         message: &str,
     ) -> bool {
-        let mut entries = self.entries.lock().expect("not poisoned");
-        let h = entries.entry((tenant, plugin.to_string())).or_default();
-        h.calls += 1;
-        h.failures += 1;
-        h.consecutive += 1;
-        h.last_failure = Some(LastFailure {
-            kind,
-            message: message.to_string(),
-            hook: hook.to_string(),
-            at: now_micros(),
-        });
-        if h.consecutive >= TRIP_AFTER {
-            // Half-open and failing again, or tripping now: (re)open for a full cool-down.
-            h.open_until = Some(Instant::now() + COOL_DOWN);
-            return h.consecutive == TRIP_AFTER;
-        }
-        false
+        self.with(tenant, plugin, |h| {
+            h.calls += 1;
+            h.failures += 1;
+            h.consecutive += 1;
+            h.last_failure = Some(LastFailure {
+                kind,
+                message: message.to_string(),
+                hook: hook.to_string(),
+                at: now_micros(),
+            });
+            if h.consecutive >= TRIP_AFTER {
+                // Half-open and failing again, or tripping now: (re)open for a full cool-down.
+                h.open_until = Some(Instant::now() + COOL_DOWN);
+                return h.consecutive == TRIP_AFTER;
+            }
+            false
+        })
     }
 
     /// Closes the breaker (the provider's reset); the counts stay.
     pub fn reset(&self, tenant: Uuid, plugin: &str) {
-        let mut entries = self.entries.lock().expect("not poisoned");
-        if let Some(h) = entries.get_mut(&(tenant, plugin.to_string())) {
+        self.existing(tenant, plugin, |h| {
             h.consecutive = 0;
             h.open_until = None;
-        }
+        });
     }
 
     pub fn view(&self, tenant: Uuid, plugin: &str) -> HealthView {
-        let entries = self.entries.lock().expect("not poisoned");
-        let Some(h) = entries.get(&(tenant, plugin.to_string())) else {
-            return HealthView {
-                breaker: "closed",
-                ..Default::default()
+        let view = self.existing(tenant, plugin, |h| {
+            let breaker = match h.open_until {
+                None => "closed",
+                Some(until) if Instant::now() < until => "open",
+                Some(_) => "half_open",
             };
-        };
-        let breaker = match h.open_until {
-            None => "closed",
-            Some(until) if Instant::now() < until => "open",
-            Some(_) => "half_open",
-        };
-        HealthView {
-            calls: h.calls,
-            failures: h.failures,
-            consecutive_failures: h.consecutive,
-            breaker,
-            last_failure: h.last_failure.clone(),
-        }
+            HealthView {
+                calls: h.calls,
+                failures: h.failures,
+                consecutive_failures: h.consecutive,
+                breaker,
+                last_failure: h.last_failure.clone(),
+            }
+        });
+        view.unwrap_or(HealthView {
+            breaker: "closed",
+            ..Default::default()
+        })
     }
 }
 

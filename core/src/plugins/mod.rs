@@ -24,6 +24,10 @@ use crate::store::plugins::{InstallationRow, VersionStatus};
 use crate::store::{Store, StoreResult, TenantScope};
 use health::HealthBook;
 
+/// How long a tenant's active installations are served from memory. A change made on this
+/// node is seen at once (the cache is emptied); one made on another node within this.
+pub const ACTIVE_TTL: Duration = Duration::from_secs(5);
+
 /// How long compiling a plugin may take before the request that needed it gives up (the
 /// compilation itself finishes in the background and is cached).
 pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -42,7 +46,39 @@ pub struct Active {
     pub grants: Grants,
     /// The configuration plugins see (no secrets), as JSON text.
     pub config: String,
+    /// The same, parsed (for the manifest's event filters).
+    pub config_value: Value,
     pub limits: Limits,
+    /// The installation's metric handles, made once (a labelled metric looked up per call
+    /// costs a hash and a lock in the recorder).
+    meters: Meters,
+}
+
+/// Metric handles of one installation, per hook: calls that succeeded and their duration.
+/// Failures are rare and take the labelled lookup.
+struct Meters {
+    hooks: Vec<(Hook, metrics::Counter, metrics::Histogram)>,
+}
+
+impl Meters {
+    fn new(plugin_id: &str, manifest: &Manifest) -> Self {
+        let hooks = manifest
+            .hooks
+            .iter()
+            .map(|hook| {
+                let ok = metrics::counter!("streamflow_plugin_calls_total",
+                    "plugin" => plugin_id.to_string(), "hook" => hook.as_str(), "outcome" => "ok");
+                let duration = metrics::histogram!("streamflow_plugin_call_duration_seconds",
+                    "plugin" => plugin_id.to_string(), "hook" => hook.as_str());
+                (*hook, ok, duration)
+            })
+            .collect();
+        Meters { hooks }
+    }
+
+    fn of(&self, hook: Hook) -> Option<&(Hook, metrics::Counter, metrics::Histogram)> {
+        self.hooks.iter().find(|(h, _, _)| *h == hook)
+    }
 }
 
 /// Why a hook call gave no answer, as the kernel reports it.
@@ -97,6 +133,9 @@ pub struct PluginHost {
     secrets: Arc<SecretBox>,
     capabilities: OnceLock<Arc<dyn Capabilities>>,
     active: ExpiringMap<Uuid, Arc<Vec<Arc<Active>>>>,
+    /// One reading of installations at a time: when a tenant's cache entry expires under
+    /// load, one caller reads it and the others wait for that reading.
+    reading_active: tokio::sync::Mutex<()>,
     pub health: HealthBook,
     /// One compilation at a time: compiling is CPU-heavy and rare.
     compiling: tokio::sync::Semaphore,
@@ -121,7 +160,8 @@ impl PluginHost {
             store,
             secrets,
             capabilities: OnceLock::new(),
-            active: ExpiringMap::default(),
+            active: ExpiringMap::with_ttl(ACTIVE_TTL),
+            reading_active: tokio::sync::Mutex::new(()),
             health: HealthBook::default(),
             compiling: tokio::sync::Semaphore::new(1),
             instances: FairPool::new(
@@ -297,6 +337,10 @@ impl PluginHost {
         if let Some(found) = self.active.get(&scope.tenant_id()) {
             return Ok(found);
         }
+        let _reading = self.reading_active.lock().await;
+        if let Some(found) = self.active.get(&scope.tenant_id()) {
+            return Ok(found);
+        }
         let generation = self.active.generation();
         let mut list = Vec::new();
         for row in self.store.list_installations(scope).await? {
@@ -317,12 +361,14 @@ impl PluginHost {
             let grants: Grants = serde_json::from_value(row.grants.0.clone()).unwrap_or_default();
             let limits = manifest.limits.capped_by(self.runtime.config().max_limits);
             list.push(Arc::new(Active {
+                meters: Meters::new(&row.plugin_id, &manifest),
                 tenant_id: scope.tenant_id(),
                 plugin_id: row.plugin_id.clone(),
                 version: row.version.clone(),
                 sha256: version.sha256.clone(),
                 grants,
                 config: row.config.0.to_string(),
+                config_value: row.config.0.clone(),
                 limits,
                 manifest,
             }));
@@ -456,18 +502,41 @@ impl PluginHost {
                 .map_err(|f| CallError::from_failure(&f))
             }
         };
-        let elapsed = started.elapsed();
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) => e.kind.as_str(),
-        };
-        metrics::counter!("streamflow_plugin_calls_total", "plugin" => active.plugin_id.clone(),
-            "hook" => hook.as_str(), "outcome" => outcome)
-        .increment(1);
-        metrics::histogram!("streamflow_plugin_call_duration_seconds", "plugin" => active.plugin_id.clone(),
-            "hook" => hook.as_str())
-        .record(elapsed.as_secs_f64());
-        match &result {
+        self.record(active, hook, &result, started.elapsed());
+        result
+    }
+
+    /// A call's metrics, health and log line.
+    fn record(
+        &self,
+        active: &Active,
+        hook: Hook,
+        result: &Result<Reply, CallError>,
+        elapsed: Duration,
+    ) {
+        let meters = active.meters.of(hook);
+        match (result, meters) {
+            (Ok(_), Some((_, ok, duration))) => {
+                ok.increment(1);
+                duration.record(elapsed.as_secs_f64());
+            }
+            (outcome, _) => {
+                let outcome = match outcome {
+                    Ok(_) => "ok",
+                    Err(e) => e.kind.as_str(),
+                };
+                metrics::counter!("streamflow_plugin_calls_total", "plugin" => active.plugin_id.clone(),
+                    "hook" => hook.as_str(), "outcome" => outcome)
+                .increment(1);
+                match meters {
+                    Some((_, _, duration)) => duration.record(elapsed.as_secs_f64()),
+                    None => metrics::histogram!("streamflow_plugin_call_duration_seconds",
+                        "plugin" => active.plugin_id.clone(), "hook" => hook.as_str())
+                    .record(elapsed.as_secs_f64()),
+                }
+            }
+        }
+        match result {
             Ok(_) => self.health.success(active.tenant_id, &active.plugin_id),
             // Busy is the host's capacity, not the plugin's fault.
             Err(e) if e.kind == FailureKind::Busy => {}
@@ -494,7 +563,6 @@ impl PluginHost {
                 }
             }
         }
-        result
     }
 
     /// Scores a lead with the tenant's scorer, if it has one. `None`: no scorer installed.

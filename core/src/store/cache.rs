@@ -16,30 +16,38 @@ pub const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(2);
 /// Entries kept before the cache is emptied (bounds memory under a flood of bad keys).
 const MAX_ENTRIES: usize = 50_000;
 
-/// A map whose entries expire after [`CREDENTIAL_CACHE_TTL`].
+/// A map whose entries expire after a time to live ([`CREDENTIAL_CACHE_TTL`] unless made
+/// with [`ExpiringMap::with_ttl`]).
 ///
 /// A generation counter closes the race between a slow read and a revocation: a value read
 /// before [`ExpiringMap::clear`] carries the old generation and is not stored.
 pub struct ExpiringMap<K, V> {
     entries: RwLock<HashMap<K, (Instant, V)>>,
     generation: AtomicU64,
+    ttl: Duration,
 }
 
 impl<K: Hash + Eq, V: Clone> Default for ExpiringMap<K, V> {
     fn default() -> Self {
-        Self {
-            entries: RwLock::new(HashMap::new()),
-            generation: AtomicU64::new(0),
-        }
+        Self::with_ttl(CREDENTIAL_CACHE_TTL)
     }
 }
 
 impl<K: Hash + Eq, V: Clone> ExpiringMap<K, V> {
+    /// A map whose entries are served for `ttl` after they are stored.
+    pub fn with_ttl(ttl: Duration) -> Self {
+        Self {
+            entries: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            ttl,
+        }
+    }
+
     pub fn get(&self, key: &K) -> Option<V> {
         let entries = self.entries.read().expect("not poisoned");
         entries
             .get(key)
-            .filter(|(at, _)| at.elapsed() < CREDENTIAL_CACHE_TTL)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
             .map(|(_, v)| v.clone())
     }
 
