@@ -63,6 +63,8 @@
 //! properties = { hot_budget = { type = "number", default = 10000 } }
 //! ```
 
+pub mod text;
+
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
@@ -126,7 +128,19 @@ impl std::error::Error for Error {}
 
 impl From<HostError> for Error {
     fn from(e: HostError) -> Self {
-        Error::Failed(e.to_string())
+        Error::Failed(host_message(&e))
+    }
+}
+
+/// The host's reason as one line, such as `invalid: /data/job_type: ...` (the bindings'
+/// own text for it is their debug form).
+pub fn host_message(e: &HostError) -> String {
+    match e {
+        HostError::Denied(m) => format!("denied: {m}"),
+        HostError::Invalid(m) => format!("invalid: {m}"),
+        HostError::Limit(m) => format!("limit: {m}"),
+        HostError::Conflict(m) => format!("conflict: {m}"),
+        HostError::Unavailable(m) => format!("unavailable: {m}"),
     }
 }
 

@@ -16,6 +16,7 @@ use time::macros::format_description;
 use time::{Date, OffsetDateTime, UtcOffset};
 
 use crate::states;
+use streamflow_plugin_sdk::text::lenient;
 
 /// Most characters of any record value quoted in a reason.
 const MAX_QUOTED: usize = 40;
@@ -872,43 +873,9 @@ fn quote(value: &Value) -> String {
     }
 }
 
-/// At most [`MAX_QUOTED`] characters, without control or bidirectional formatting
-/// characters.
+/// At most [`MAX_QUOTED`] characters of quoted input (and `…` when it was cut).
 fn clip(text: &str) -> String {
-    let mut out: String = text
-        .chars()
-        .take(MAX_QUOTED)
-        .map(|c| {
-            let hidden = c.is_control()
-                || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}');
-            if hidden { ' ' } else { c }
-        })
-        .collect();
-    if text.chars().nth(MAX_QUOTED).is_some() {
-        out.push('…');
-    }
-    out
-}
-
-/// Whole numbers written as integers or as floats (`14.0`): JSON Schema's "integer"
-/// accepts both, serde's integer types only the first.
-mod lenient {
-    use serde::de::Error;
-    use serde::{Deserialize, Deserializer};
-    use serde_json::Number;
-
-    pub fn int<'de, D: Deserializer<'de>, T: TryFrom<i64>>(d: D) -> Result<T, D::Error> {
-        let n = Number::deserialize(d)?;
-        let float = || {
-            n.as_f64()
-                .filter(|f| f.fract() == 0.0 && f.abs() < 9e15)
-                .map(|f| f as i64)
-        };
-        n.as_i64()
-            .or_else(float)
-            .and_then(|i| T::try_from(i).ok())
-            .ok_or_else(|| D::Error::custom(format_args!("{n} is not a whole number in range")))
-    }
+    streamflow_plugin_sdk::text::clip(text, MAX_QUOTED + 1)
 }
 
 #[cfg(test)]

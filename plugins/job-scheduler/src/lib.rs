@@ -7,7 +7,7 @@ pub mod calendar;
 pub mod schedule;
 
 use serde_json::{Value, json};
-use streamflow_plugin_sdk::{Error, HostError, Plugin, config, log, records};
+use streamflow_plugin_sdk::{Error, Plugin, config, host_message, log, records};
 
 use schedule::Settings;
 
@@ -79,18 +79,6 @@ fn schedule_recurring(settings: &Settings, input: &Value) -> Result<Value, Error
         "last": plan.last,
         "capped": plan.capped,
     }))
-}
-
-/// The host's reason as "invalid: /data/job_type: ..." (the bindings' own text for it is
-/// their debug form).
-fn host_message(e: &HostError) -> String {
-    match e {
-        HostError::Denied(m) => format!("denied: {m}"),
-        HostError::Invalid(m) => format!("invalid: {m}"),
-        HostError::Limit(m) => format!("limit: {m}"),
-        HostError::Conflict(m) => format!("conflict: {m}"),
-        HostError::Unavailable(m) => format!("unavailable: {m}"),
-    }
 }
 
 streamflow_plugin_sdk::export!(JobScheduler);

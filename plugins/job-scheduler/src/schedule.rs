@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 use time::Date;
 
 use crate::calendar::{self, WorkWeek};
+use streamflow_plugin_sdk::text::lenient;
 
 /// Longest lead time, in work days (config and `params.lead_time_days`).
 pub const MAX_LEAD_TIME_DAYS: u32 = 90;
@@ -598,41 +599,8 @@ fn clip(text: &str) -> String {
     clip_to(text, 40)
 }
 
-/// At most `max` characters of `text`, the last one "…" when it was cut, without control
-/// characters.
 fn clip_to(text: &str, max: usize) -> String {
-    let clean = |c: char| if c.is_control() { ' ' } else { c };
-    if text.chars().nth(max).is_none() {
-        return text.chars().map(clean).collect();
-    }
-    let mut out: String = text
-        .chars()
-        .take(max.saturating_sub(1))
-        .map(clean)
-        .collect();
-    out.push('…');
-    out
-}
-
-/// Whole numbers written as integers or as floats (`3.0`): JSON Schema's "integer"
-/// accepts both, serde's integer types only the first.
-mod lenient {
-    use serde::de::Error;
-    use serde::{Deserialize, Deserializer};
-    use serde_json::Number;
-
-    pub fn int<'de, D: Deserializer<'de>, T: TryFrom<i64>>(d: D) -> Result<T, D::Error> {
-        let n = Number::deserialize(d)?;
-        let float = || {
-            n.as_f64()
-                .filter(|f| f.fract() == 0.0 && f.abs() < 9e15)
-                .map(|f| f as i64)
-        };
-        n.as_i64()
-            .or_else(float)
-            .and_then(|i| T::try_from(i).ok())
-            .ok_or_else(|| D::Error::custom(format_args!("{n} is not a whole number in range")))
-    }
+    streamflow_plugin_sdk::text::clip(text, max)
 }
 
 #[cfg(test)]

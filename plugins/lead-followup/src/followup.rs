@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::hours::{self, WorkWeek, WorkingHours};
+use streamflow_plugin_sdk::text::{clip, lenient};
 
 /// Most tasks per follow-up.
 pub const MAX_TASKS: usize = 10;
@@ -367,45 +368,6 @@ pub fn plan_action(
         tasks: plan_tasks(hours, tasks, &subject, at)?,
         record_type,
     })
-}
-
-/// At most `max` characters of `text`, the last one "…" when it was cut, without control
-/// characters.
-fn clip(text: &str, max: usize) -> String {
-    if text.chars().nth(max).is_none() {
-        return text
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
-    }
-    let mut out: String = text
-        .chars()
-        .take(max.saturating_sub(1))
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    out.push('…');
-    out
-}
-
-/// Whole numbers written as integers or as floats (`8.0`): JSON Schema's "integer"
-/// accepts both, serde's integer types only the first.
-mod lenient {
-    use serde::de::Error;
-    use serde::{Deserialize, Deserializer};
-    use serde_json::Number;
-
-    pub fn int<'de, D: Deserializer<'de>, T: TryFrom<i64>>(d: D) -> Result<T, D::Error> {
-        let n = Number::deserialize(d)?;
-        let float = || {
-            n.as_f64()
-                .filter(|f| f.fract() == 0.0 && f.abs() < 9e15)
-                .map(|f| f as i64)
-        };
-        n.as_i64()
-            .or_else(float)
-            .and_then(|i| T::try_from(i).ok())
-            .ok_or_else(|| D::Error::custom(format_args!("{n} is not a whole number in range")))
-    }
 }
 
 #[cfg(test)]

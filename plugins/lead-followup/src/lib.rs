@@ -7,7 +7,9 @@ pub mod followup;
 pub mod hours;
 
 use serde_json::{Value, json};
-use streamflow_plugin_sdk::{Error, Event, HostError, Plugin, config, kv, log, records};
+use streamflow_plugin_sdk::{
+    Error, Event, HostError, Plugin, config, host_message, kv, log, records,
+};
 
 use followup::{OnScored, Settings, Subject};
 
@@ -101,18 +103,6 @@ fn create_tasks(settings: &Settings, tasks: &[Value]) -> Result<(), Error> {
 /// A host call that failed, as the hook's failure.
 fn host(e: HostError) -> Error {
     Error::Failed(host_message(&e))
-}
-
-/// The host's reason as "invalid: /data/job_type: ..." (the bindings' own text for it is
-/// their debug form).
-fn host_message(e: &HostError) -> String {
-    match e {
-        HostError::Denied(m) => format!("denied: {m}"),
-        HostError::Invalid(m) => format!("invalid: {m}"),
-        HostError::Limit(m) => format!("limit: {m}"),
-        HostError::Conflict(m) => format!("conflict: {m}"),
-        HostError::Unavailable(m) => format!("unavailable: {m}"),
-    }
 }
 
 streamflow_plugin_sdk::export!(LeadFollowup);
