@@ -14,7 +14,11 @@
 //! at peak.
 //!
 //! Run: `cargo bench --bench http_load` (prints a Markdown table for docs/BENCHMARKS.md);
-//! `BENCH_ONLY=sqlite` or `BENCH_ONLY=postgresql` measures one backend.
+//! - creates with the bundled rules scorer installed against the same without it, on one
+//!   SQLite server, two tenants measured in turns.
+//!
+//! `BENCH_ONLY=sqlite` or `BENCH_ONLY=postgresql` measures one backend; `BENCH_ONLY=scoring`
+//! only the scorer comparison.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -98,8 +102,8 @@ async fn post(client: &reqwest::Client, url: String, token: Option<&str>, body: 
     resp.json().await.unwrap()
 }
 
-/// Creates a tenant and an owner; returns the owner's access token.
-async fn setup(client: &reqwest::Client, base: &str) -> String {
+/// The provider's access token.
+async fn provider_token(client: &reqwest::Client, base: &str) -> String {
     let p = post(
         client,
         format!("{base}/provider/auth/login"),
@@ -107,29 +111,95 @@ async fn setup(client: &reqwest::Client, base: &str) -> String {
         json!({"email": "bench@provider.test", "password": "bench-password-1"}),
     )
     .await;
-    let pt = p["access_token"].as_str().unwrap();
+    p["access_token"].as_str().unwrap().to_string()
+}
+
+/// Creates a tenant and an owner; returns the owner's access token.
+async fn setup_tenant(client: &reqwest::Client, base: &str, provider: &str, slug: &str) -> String {
     post(
         client,
         format!("{base}/provider/tenants"),
-        Some(pt),
-        json!({"slug": "bench", "name": "Bench"}),
+        Some(provider),
+        json!({"slug": slug, "name": slug}),
     )
     .await;
     post(
         client,
-        format!("{base}/provider/tenants/bench/users"),
-        Some(pt),
-        json!({"email": "owner@bench.test", "password": "bench-password-1", "role": "owner"}),
+        format!("{base}/provider/tenants/{slug}/users"),
+        Some(provider),
+        json!({"email": format!("owner@{slug}.test"), "password": "bench-password-1", "role": "owner"}),
     )
     .await;
     let c = post(
         client,
         format!("{base}/api/auth/login"),
         None,
-        json!({"tenant": "bench", "email": "owner@bench.test", "password": "bench-password-1"}),
+        json!({"tenant": slug, "email": format!("owner@{slug}.test"), "password": "bench-password-1"}),
     )
     .await;
     c["access_token"].as_str().unwrap().to_string()
+}
+
+/// Creates the tenant `bench` and its owner; returns the owner's access token.
+async fn setup(client: &reqwest::Client, base: &str) -> String {
+    let provider = provider_token(client, base).await;
+    setup_tenant(client, base, &provider, "bench").await
+}
+
+/// Lead creates with the bundled rules scorer installed against the same creates without
+/// it, on one server (two tenants, measured in turns so both see the same machine).
+async fn scoring(seconds: u64, concurrency: usize) {
+    let server = start_server(None, 256);
+    let client = reqwest::Client::new();
+    let provider = provider_token(&client, &server.base).await;
+    let bare = setup_tenant(&client, &server.base, &provider, "bare").await;
+    let scored = setup_tenant(&client, &server.base, &provider, "scored").await;
+    let installed = client
+        .put(format!(
+            "{}/provider/tenants/scored/plugins/lead-score-rules",
+            server.base
+        ))
+        .bearer_auth(&provider)
+        .json(&json!({"config": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        installed.status().is_success(),
+        "install: {}",
+        installed.status()
+    );
+    let (mut bare_runs, mut scored_runs) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        for (token, runs) in [(&bare, &mut bare_runs), (&scored, &mut scored_runs)] {
+            let f = peak(&server.base, token, &Op::CreateLead, concurrency, seconds).await;
+            if round > 0 {
+                runs.push(f); // the first round warms both up
+            }
+        }
+    }
+    println!("
+lead creates over HTTP on SQLite, group commit, {concurrency} clients, two rounds of {seconds} s each, taken in turns
+");
+    println!("| tenant | creates/s | p50 ms | p99 ms | errors | vs no scorer |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let mean = |runs: &[Figures], f: fn(&Figures) -> f64| {
+        runs.iter().map(f).sum::<f64>() / runs.len() as f64
+    };
+    let base_rate = mean(&bare_runs, |f| f.per_second);
+    for (name, runs) in [
+        ("no plugin", &bare_runs),
+        ("lead-score-rules scorer", &scored_runs),
+    ] {
+        let rate = mean(runs, |f| f.per_second);
+        println!(
+            "| {name} | {rate:.0} | {:.2} | {:.2} | {} | {:.0}% |",
+            mean(runs, |f| f.p50_ms),
+            mean(runs, |f| f.p99_ms),
+            runs.iter().map(|f| f.errors).sum::<u64>(),
+            rate / base_rate * 100.0
+        );
+    }
 }
 
 fn lead_body(i: u64) -> Value {
@@ -359,5 +429,8 @@ async fn main() {
     }
     if let Some((_, name)) = pg {
         drop_postgres_database(&name).await;
+    }
+    if only.is_empty() || only == "scoring" || only == "sqlite" {
+        scoring(seconds, concurrency).await;
     }
 }
