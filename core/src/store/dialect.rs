@@ -12,6 +12,11 @@
 //! - **JSON.** A number inside a record's data is read with `json_extract` on SQLite and
 //!   `->>` on PostgreSQL.
 //! - **Nodes.** A SQLite file has one server; PostgreSQL may have several.
+//! - **TCP.** sqlx 0.9.0 opens PostgreSQL's TCP sockets without `TCP_NODELAY`
+//!   (transact-rs/sqlx#4335; the fix, #4336, is not in a release), so a request written in
+//!   two pieces waits 40 ms for the server's delayed ACK. sqlx offers no hook to reach its
+//!   socket, so [`nodelay_to`] sets the option on the process's sockets connected to the
+//!   database, right after each connection is made (Linux; elsewhere it does nothing).
 
 use std::future::Future;
 
@@ -333,5 +338,78 @@ impl Dialect for PgConnection {
         .bind(field)
         .fetch_all(&mut *self)
         .await
+    }
+}
+
+/// The addresses a PostgreSQL connection with `options` reaches over TCP (none for a Unix
+/// socket, or a host that does not resolve: the connection itself will say why).
+pub(crate) async fn tcp_peers(
+    options: &sqlx::postgres::PgConnectOptions,
+) -> Vec<std::net::SocketAddr> {
+    let host = options.get_host();
+    if host.starts_with('/') {
+        return Vec::new();
+    }
+    match tokio::net::lookup_host((host, options.get_port())).await {
+        Ok(addrs) => addrs.collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Turns Nagle's algorithm off on every TCP socket of this process connected to one of
+/// `peers` (the database): sqlx 0.9.0 leaves it on and offers no way to reach its socket.
+/// Setting it twice is harmless; a socket closed meanwhile is skipped.
+pub(crate) fn nodelay_to(peers: &[std::net::SocketAddr]) {
+    if peers.is_empty() {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::BorrowedFd;
+        let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let is_socket = std::fs::read_link(entry.path())
+                .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+            let Some(fd) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if !is_socket {
+                continue;
+            }
+            // SAFETY: the descriptor is open (it is listed), and only borrowed for two
+            // calls; one closed meanwhile makes them fail, which is ignored.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let socket = socket2::SockRef::from(&fd);
+            let to_database = socket
+                .peer_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .is_some_and(|a| peers.contains(&a));
+            if to_database {
+                let _ = socket.set_tcp_nodelay(true);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn nagle_is_turned_off_on_sockets_to_the_database_only() {
+        let database = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let to_database = std::net::TcpStream::connect(database.local_addr().unwrap()).unwrap();
+        let elsewhere = std::net::TcpStream::connect(other.local_addr().unwrap()).unwrap();
+        assert!(!to_database.nodelay().unwrap() && !elsewhere.nodelay().unwrap());
+        super::nodelay_to(&[database.local_addr().unwrap()]);
+        assert!(to_database.nodelay().unwrap(), "the database's socket");
+        assert!(!elsewhere.nodelay().unwrap(), "no other socket");
     }
 }

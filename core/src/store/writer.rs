@@ -147,7 +147,12 @@ async fn open_connection(shared: &Pool) -> Result<WriterConnection, sqlx::Error>
     use sqlx::ConnectOptions;
     Ok(match shared {
         Pool::Sqlite(p) => WriterConnection::Sqlite(p.connect_options().connect().await?),
-        Pool::Postgres(p) => WriterConnection::Postgres(p.connect_options().connect().await?),
+        Pool::Postgres(p) => {
+            let options = p.connect_options();
+            let connection = options.connect().await?;
+            super::dialect::nodelay_to(&super::dialect::tcp_peers(&options).await);
+            WriterConnection::Postgres(connection)
+        }
     })
 }
 
