@@ -157,51 +157,105 @@ pub fn compile_schema(schema: &Value) -> Result<jsonschema::Validator, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Every `$ref` under `value` (located by `at`): its location and its target pointer;
+/// refuses the reference kinds that are not supported.
+fn collect_refs(value: &Value, at: String, refs: &mut Vec<(String, String)>) -> Result<(), String> {
+    match value {
+        Value::Object(map) => {
+            for key in ["$dynamicRef", "$recursiveRef"] {
+                if map.contains_key(key) {
+                    return Err(format!("{key} is not supported (at {at:?})"));
+                }
+            }
+            if !at.is_empty() && map.contains_key("$id") {
+                return Err(format!("$id is only allowed at the root (found at {at:?})"));
+            }
+            if let Some(target) = map.get("$ref") {
+                let target = target
+                    .as_str()
+                    .ok_or(format!("$ref at {at:?} must be a string"))?;
+                let pointer = target
+                    .strip_prefix('#')
+                    .filter(|p| p.is_empty() || p.starts_with('/'))
+                    .ok_or(format!(
+                        "$ref {target:?} at {at:?}: only local references such as \"#/$defs/name\" are allowed"
+                    ))?;
+                refs.push((at.clone(), pointer.to_string()));
+            }
+            for (key, child) in map {
+                let key = streamflow_runtime::pointer::escape(key);
+                collect_refs(child, format!("{at}/{key}"), refs)?;
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                collect_refs(child, format!("{at}/{i}"), refs)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Depth-first search from reference `i` for a cycle of `leads_to` steps (`state`: 0 not
+/// visited, 1 on the current path, 2 done).
+fn ref_cycle_from(
+    i: usize,
+    n: usize,
+    state: &mut [u8],
+    leads_to: &dyn Fn(usize, usize) -> bool,
+) -> bool {
+    state[i] = 1;
+    for j in 0..n {
+        if leads_to(i, j)
+            && (state[j] == 1 || (state[j] == 0 && ref_cycle_from(j, n, state, leads_to)))
+        {
+            return true;
+        }
+    }
+    state[i] = 2;
+    false
+}
+
+/// Nodes of a JSON value.
+fn schema_nodes(value: &Value) -> u64 {
+    1 + match value {
+        Value::Object(map) => map.values().map(schema_nodes).sum(),
+        Value::Array(items) => items.iter().map(schema_nodes).sum(),
+        _ => 0,
+    }
+}
+
+/// Nodes of reference `i`'s target with every reference under it expanded (memoised).
+fn expanded_nodes(
+    i: usize,
+    schema: &Value,
+    refs: &[(String, String)],
+    leads_to: &dyn Fn(usize, usize) -> bool,
+    memo: &mut [Option<u64>],
+) -> u64 {
+    if let Some(n) = memo[i] {
+        return n;
+    }
+    let own = schema.pointer(&refs[i].1).map_or(1, schema_nodes);
+    let mut total = own;
+    for j in 0..refs.len() {
+        if leads_to(i, j) {
+            total = total.saturating_add(expanded_nodes(j, schema, refs, leads_to, memo));
+        }
+    }
+    memo[i] = Some(total);
+    total
+}
+
 /// Refuses references that could make validation recurse. A recursive schema can branch
 /// at every level it descends (`anyOf` of several self-references), so the work of one
 /// validation grows exponentially with the data's depth: a 200-byte schema was measured
 /// taking 23 s on 6 levels of data. Only local JSON-pointer references (`#/...`) that form
 /// no cycle are accepted; `$dynamicRef`, `$recursiveRef` and nested `$id`s are refused.
 fn check_refs(schema: &Value) -> Result<(), String> {
-    fn collect(value: &Value, at: String, refs: &mut Vec<(String, String)>) -> Result<(), String> {
-        match value {
-            Value::Object(map) => {
-                for key in ["$dynamicRef", "$recursiveRef"] {
-                    if map.contains_key(key) {
-                        return Err(format!("{key} is not supported (at {at:?})"));
-                    }
-                }
-                if !at.is_empty() && map.contains_key("$id") {
-                    return Err(format!("$id is only allowed at the root (found at {at:?})"));
-                }
-                if let Some(target) = map.get("$ref") {
-                    let target = target
-                        .as_str()
-                        .ok_or(format!("$ref at {at:?} must be a string"))?;
-                    let pointer = target
-                        .strip_prefix('#')
-                        .filter(|p| p.is_empty() || p.starts_with('/'))
-                        .ok_or(format!(
-                            "$ref {target:?} at {at:?}: only local references such as \"#/$defs/name\" are allowed"
-                        ))?;
-                    refs.push((at.clone(), pointer.to_string()));
-                }
-                for (key, child) in map {
-                    let key = streamflow_runtime::pointer::escape(key);
-                    collect(child, format!("{at}/{key}"), refs)?;
-                }
-            }
-            Value::Array(items) => {
-                for (i, child) in items.iter().enumerate() {
-                    collect(child, format!("{at}/{i}"), refs)?;
-                }
-            }
-            _ => {}
-        }
-        Ok(())
-    }
     let mut refs = Vec::new();
-    collect(schema, String::new(), &mut refs)?;
+    collect_refs(schema, String::new(), &mut refs)?;
     // Following reference i leads into the subtree at its target, where reference j sits
     // when j's location is at or below that target. A cycle of such steps is recursion.
     let leads_to = |i: usize, j: usize| {
@@ -209,25 +263,9 @@ fn check_refs(schema: &Value) -> Result<(), String> {
         at == target || at.starts_with(&format!("{target}/"))
     };
     // 0 = not visited, 1 = on the current path, 2 = done.
-    fn visit(
-        i: usize,
-        n: usize,
-        state: &mut [u8],
-        leads_to: &dyn Fn(usize, usize) -> bool,
-    ) -> bool {
-        state[i] = 1;
-        for j in 0..n {
-            if leads_to(i, j) && (state[j] == 1 || (state[j] == 0 && visit(j, n, state, leads_to)))
-            {
-                return true;
-            }
-        }
-        state[i] = 2;
-        false
-    }
     let mut state = vec![0u8; refs.len()];
     for i in 0..refs.len() {
-        if state[i] == 0 && visit(i, refs.len(), &mut state, &leads_to) {
+        if state[i] == 0 && ref_cycle_from(i, refs.len(), &mut state, &leads_to) {
             return Err(format!(
                 "the $ref at {:?} can lead back to itself; recursive schemas are not supported",
                 refs[i].0
@@ -238,37 +276,10 @@ fn check_refs(schema: &Value) -> Result<(), String> {
     // {$ref: a1}]`, with `a1` built the same way, level after level, makes validation walk
     // 2^levels subschemas. Count the schema as validation sees it, each reference replaced
     // by its target (memoised, so counting is linear), and refuse it past a bound.
-    fn nodes(value: &Value) -> u64 {
-        1 + match value {
-            Value::Object(map) => map.values().map(nodes).sum(),
-            Value::Array(items) => items.iter().map(nodes).sum(),
-            _ => 0,
-        }
-    }
-    fn expanded(
-        i: usize,
-        schema: &Value,
-        refs: &[(String, String)],
-        leads_to: &dyn Fn(usize, usize) -> bool,
-        memo: &mut [Option<u64>],
-    ) -> u64 {
-        if let Some(n) = memo[i] {
-            return n;
-        }
-        let own = schema.pointer(&refs[i].1).map_or(1, nodes);
-        let mut total = own;
-        for j in 0..refs.len() {
-            if leads_to(i, j) {
-                total = total.saturating_add(expanded(j, schema, refs, leads_to, memo));
-            }
-        }
-        memo[i] = Some(total);
-        total
-    }
     let mut memo = vec![None; refs.len()];
-    let mut total = nodes(schema);
+    let mut total = schema_nodes(schema);
     for i in 0..refs.len() {
-        total = total.saturating_add(expanded(i, schema, &refs, &leads_to, &mut memo));
+        total = total.saturating_add(expanded_nodes(i, schema, &refs, &leads_to, &mut memo));
     }
     if total > MAX_EXPANDED_SCHEMA_NODES {
         return Err(format!(

@@ -196,38 +196,9 @@ impl Records<'_> {
             && record_type == "lead"
             && self.kernel.plugins.scorer(scope).await?.is_some();
         let rules = self.rules();
-        // A move within a pipeline, a re-score and kept fields need the record as it is
-        // now; the writer then refuses the change if the record moved on meanwhile.
-        let needs_current = scoring
-            || !change.keep.is_empty()
-            || change.expected_version.is_none()
-            || rules
-                .needs_current(
-                    scope,
-                    record_type,
-                    change.stage.as_deref(),
-                    change.data.as_ref(),
-                )
-                .await?;
-        let current = if needs_current {
-            let current = self
-                .kernel
-                .store
-                .get_record(scope, record_type, id)
-                .await?
-                .ok_or(RecordError::NotFound)?;
-            if change
-                .expected_version
-                .is_some_and(|v| v != current.version)
-            {
-                return Err(RecordError::VersionConflict {
-                    current: current.version,
-                });
-            }
-            Some(current)
-        } else {
-            None
-        };
+        let current = self
+            .current_for(ctx, record_type, id, &change, scoring)
+            .await?;
         let mut data = change.data;
         if let (Some(data), Some(current)) = (data.as_mut(), &current) {
             keep_stored(data, &current.data.0, &change.keep);
@@ -286,6 +257,49 @@ impl Records<'_> {
             WriteOutcome::Updated(row) => Ok(row),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// The record as it is now, when the change needs it: a move within a pipeline, a
+    /// re-score and kept fields do (the writer then refuses the change if the record moved
+    /// on meanwhile), as does a change made against whatever version is current.
+    async fn current_for(
+        &self,
+        ctx: &WriteContext,
+        record_type: &str,
+        id: Uuid,
+        change: &RecordChange,
+        scoring: bool,
+    ) -> RecordResult<Option<RecordRow>> {
+        let needed = scoring
+            || !change.keep.is_empty()
+            || change.expected_version.is_none()
+            || self
+                .rules()
+                .needs_current(
+                    &ctx.scope,
+                    record_type,
+                    change.stage.as_deref(),
+                    change.data.as_ref(),
+                )
+                .await?;
+        if !needed {
+            return Ok(None);
+        }
+        let current = self
+            .kernel
+            .store
+            .get_record(&ctx.scope, record_type, id)
+            .await?
+            .ok_or(RecordError::NotFound)?;
+        if change
+            .expected_version
+            .is_some_and(|v| v != current.version)
+        {
+            return Err(RecordError::VersionConflict {
+                current: current.version,
+            });
+        }
+        Ok(Some(current))
     }
 
     /// Deletes a record.

@@ -82,26 +82,8 @@ impl Templates<'_> {
                 ApplyError::Internal("the tenant's stored template does not parse")
             })?),
         };
-        if let Some(old) = &previous {
-            if old.id != template.id {
-                return Err(ApplyError::OtherTemplate {
-                    current: old.id.clone(),
-                });
-            }
-            if old.version == template.version {
-                return Ok(Applied {
-                    template: template.id.clone(),
-                    version: template.version.to_string(),
-                    changed: false,
-                    previous_version: Some(old.version.to_string()),
-                    added: Added::default(),
-                });
-            }
-            if old.version > template.version {
-                return Err(ApplyError::Downgrade {
-                    current: format!("{} {}", old.id, old.version),
-                });
-            }
+        if let Some(unchanged) = against_previous(previous.as_ref(), template)? {
+            return Ok(unchanged);
         }
         let merged = match &previous {
             Some(old) => merge(old, template),
@@ -352,6 +334,34 @@ impl Templates<'_> {
         }
         Ok(record_types)
     }
+}
+
+/// Whether `template` may follow the tenant's `previous` template: the same template, not
+/// older. `Some`: it is the version already applied, and nothing changes.
+fn against_previous(
+    previous: Option<&Template>,
+    template: &Template,
+) -> Result<Option<Applied>, ApplyError> {
+    let Some(old) = previous else {
+        return Ok(None);
+    };
+    if old.id != template.id {
+        return Err(ApplyError::OtherTemplate {
+            current: old.id.clone(),
+        });
+    }
+    if old.version > template.version {
+        return Err(ApplyError::Downgrade {
+            current: format!("{} {}", old.id, old.version),
+        });
+    }
+    Ok((old.version == template.version).then(|| Applied {
+        template: template.id.clone(),
+        version: template.version.to_string(),
+        changed: false,
+        previous_version: Some(old.version.to_string()),
+        added: Added::default(),
+    }))
 }
 
 /// The stages and automations `merged` adds to `previous`.

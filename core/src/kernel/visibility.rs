@@ -99,110 +99,117 @@ pub async fn pii_fields(
         .unwrap_or_default())
 }
 
+/// Schema nodes looked at, at most: a schema whose `$ref`s branch so much that it
+/// would take longer is treated as personal throughout.
+const MAX_VISITS: usize = 20_000;
+
+/// The walk [`pii_pointers`] makes: the schema's root (for `$ref`s), the nodes visited so
+/// far and the pointers found.
+struct Scan<'a> {
+    root: &'a Value,
+    visits: usize,
+    out: Vec<String>,
+}
+
+/// Whether a schema node carries `"x-pii": true` itself.
+fn marked(node: &Value) -> bool {
+    node.get("x-pii").and_then(Value::as_bool) == Some(true)
+}
+
+impl Scan<'_> {
+    fn tick(&mut self) -> bool {
+        self.visits += 1;
+        self.visits <= MAX_VISITS
+    }
+    /// Whether a mark sits in `node` outside the places `walk` follows (`top`: the
+    /// node's own mark, `properties`, `allOf` and `$ref` are walked precisely).
+    fn elsewhere(&mut self, node: &Value, seen: &mut Vec<String>, top: bool) -> bool {
+        if !self.tick() {
+            return true;
+        }
+        match node {
+            Value::Array(items) => items.iter().any(|v| self.elsewhere(v, seen, false)),
+            Value::Object(map) => {
+                if !top && marked(node) {
+                    return true;
+                }
+                if !top
+                    && let Some(Value::String(r)) = map.get("$ref")
+                    && let Some(pointer) = r.strip_prefix('#')
+                    && !seen.iter().any(|s| s == pointer)
+                {
+                    seen.push(pointer.to_string());
+                    let root = self.root;
+                    if let Some(target) = root.pointer(pointer)
+                        && self.elsewhere(target, seen, false)
+                    {
+                        return true;
+                    }
+                }
+                map.iter().any(|(k, v)| {
+                    let walked = top && matches!(k.as_str(), "properties" | "allOf" | "$ref");
+                    if walked {
+                        return false;
+                    }
+                    // Maps whose values are schemas, whatever their keys: a property
+                    // may well be named `default` or `enum`.
+                    if matches!(
+                        k.as_str(),
+                        "properties" | "patternProperties" | "dependentSchemas"
+                    ) && let Value::Object(schemas) = v
+                    {
+                        return schemas.values().any(|s| self.elsewhere(s, seen, false));
+                    }
+                    let not_schema = matches!(
+                        k.as_str(),
+                        "enum" | "const" | "default" | "examples" | "$defs" | "definitions"
+                    );
+                    !not_schema && self.elsewhere(v, seen, false)
+                })
+            }
+            _ => false,
+        }
+    }
+    fn walk(&mut self, node: &Value, at: String, depth: usize) {
+        if self.out.iter().any(|p| p.is_empty()) {
+            return;
+        }
+        if depth > 64 || !self.tick() {
+            self.out = vec![String::new()];
+            return;
+        }
+        if marked(node) || self.elsewhere(node, &mut Vec::new(), true) {
+            if !self.out.contains(&at) {
+                self.out.push(at);
+            }
+            return;
+        }
+        if let Some(Value::Object(props)) = node.get("properties") {
+            for (name, sub) in props {
+                let here = format!("{at}/{}", streamflow_runtime::pointer::escape(name));
+                self.walk(sub, here, depth + 1);
+            }
+        }
+        if let Some(Value::Array(all)) = node.get("allOf") {
+            for sub in all {
+                self.walk(sub, at.clone(), depth + 1);
+            }
+        }
+        let root = self.root;
+        if let Some(Value::String(r)) = node.get("$ref")
+            && let Some(target) = r.strip_prefix('#').and_then(|p| root.pointer(p))
+        {
+            self.walk(target, at, depth + 1);
+        }
+    }
+}
+
 /// JSON pointers (into a record's data) of what a schema marks `"x-pii": true`: fields
 /// reached through `properties` (and `allOf` / local `$ref`, which apply at the same
 /// place). A mark anywhere else beneath a field (under `items`, `anyOf`, ...) makes that
 /// whole field personal, and one that cannot be tied to a field makes the whole data so
 /// (`""`): when in doubt, leave out more.
 pub fn pii_pointers(schema: &Value) -> Vec<String> {
-    /// Schema nodes looked at, at most: a schema whose `$ref`s branch so much that it
-    /// would take longer is treated as personal throughout.
-    const MAX_VISITS: usize = 20_000;
-    struct Scan<'a> {
-        root: &'a Value,
-        visits: usize,
-        out: Vec<String>,
-    }
-    fn marked(node: &Value) -> bool {
-        node.get("x-pii").and_then(Value::as_bool) == Some(true)
-    }
-    impl Scan<'_> {
-        fn tick(&mut self) -> bool {
-            self.visits += 1;
-            self.visits <= MAX_VISITS
-        }
-        /// Whether a mark sits in `node` outside the places `walk` follows (`top`: the
-        /// node's own mark, `properties`, `allOf` and `$ref` are walked precisely).
-        fn elsewhere(&mut self, node: &Value, seen: &mut Vec<String>, top: bool) -> bool {
-            if !self.tick() {
-                return true;
-            }
-            match node {
-                Value::Array(items) => items.iter().any(|v| self.elsewhere(v, seen, false)),
-                Value::Object(map) => {
-                    if !top && marked(node) {
-                        return true;
-                    }
-                    if !top
-                        && let Some(Value::String(r)) = map.get("$ref")
-                        && let Some(pointer) = r.strip_prefix('#')
-                        && !seen.iter().any(|s| s == pointer)
-                    {
-                        seen.push(pointer.to_string());
-                        let root = self.root;
-                        if let Some(target) = root.pointer(pointer)
-                            && self.elsewhere(target, seen, false)
-                        {
-                            return true;
-                        }
-                    }
-                    map.iter().any(|(k, v)| {
-                        let walked = top && matches!(k.as_str(), "properties" | "allOf" | "$ref");
-                        if walked {
-                            return false;
-                        }
-                        // Maps whose values are schemas, whatever their keys: a property
-                        // may well be named `default` or `enum`.
-                        if matches!(
-                            k.as_str(),
-                            "properties" | "patternProperties" | "dependentSchemas"
-                        ) && let Value::Object(schemas) = v
-                        {
-                            return schemas.values().any(|s| self.elsewhere(s, seen, false));
-                        }
-                        let not_schema = matches!(
-                            k.as_str(),
-                            "enum" | "const" | "default" | "examples" | "$defs" | "definitions"
-                        );
-                        !not_schema && self.elsewhere(v, seen, false)
-                    })
-                }
-                _ => false,
-            }
-        }
-        fn walk(&mut self, node: &Value, at: String, depth: usize) {
-            if self.out.iter().any(|p| p.is_empty()) {
-                return;
-            }
-            if depth > 64 || !self.tick() {
-                self.out = vec![String::new()];
-                return;
-            }
-            if marked(node) || self.elsewhere(node, &mut Vec::new(), true) {
-                if !self.out.contains(&at) {
-                    self.out.push(at);
-                }
-                return;
-            }
-            if let Some(Value::Object(props)) = node.get("properties") {
-                for (name, sub) in props {
-                    let here = format!("{at}/{}", streamflow_runtime::pointer::escape(name));
-                    self.walk(sub, here, depth + 1);
-                }
-            }
-            if let Some(Value::Array(all)) = node.get("allOf") {
-                for sub in all {
-                    self.walk(sub, at.clone(), depth + 1);
-                }
-            }
-            let root = self.root;
-            if let Some(Value::String(r)) = node.get("$ref")
-                && let Some(target) = r.strip_prefix('#').and_then(|p| root.pointer(p))
-            {
-                self.walk(target, at, depth + 1);
-            }
-        }
-    }
     let mut scan = Scan {
         root: schema,
         visits: 0,
