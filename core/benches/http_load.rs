@@ -18,7 +18,7 @@
 //!   SQLite server, two tenants measured in turns.
 //!
 //! `BENCH_ONLY=sqlite` or `BENCH_ONLY=postgresql` measures one backend; `BENCH_ONLY=scoring`
-//! only the scorer comparison.
+//! only the scorer comparison. `BENCH_SERVER_BIN=path` runs another build of the server.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -58,7 +58,10 @@ impl Drop for Server {
 
 fn start_server(database_url: Option<&str>, write_batch: usize) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_streamflow"));
+    // `BENCH_SERVER_BIN` measures another build of the server (a baseline) with this load.
+    let bin = std::env::var("BENCH_SERVER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_streamflow").to_string());
+    let mut cmd = Command::new(bin);
     cmd.arg("serve")
         .current_dir(dir.path())
         .env("STREAMFLOW_LISTEN", "127.0.0.1:0")
