@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::error::RecordError;
-use crate::kernel::visibility::{plugin_payload, plugin_record_json, record_json};
+use crate::kernel::visibility::{filter_view, plugin_payload, plugin_record_json, record_json};
 use crate::kernel::{Kernel, NewId, NewRecord, WriteContext};
 use crate::plugins::{Active, CallError};
 use crate::records::Origin;
@@ -480,9 +480,11 @@ impl Dispatcher {
                     .iter()
                     .any(|s| s == &event.kind)
                 // The manifest's filters: events the plugin would ignore do not wake it.
-                && active
-                    .manifest
-                    .admits(&event.kind, &event.payload.0, &active.config_value)
+                && active.manifest.admits(
+                    &event.kind,
+                    &filter_view(&active.grants, event),
+                    &active.config_value,
+                )
             {
                 targets.push(Target::Plugin(active.clone()));
             }

@@ -620,21 +620,31 @@ impl Runtime {
         store.set_epoch_deadline(ticks_for(limit, tick));
         // The deadline is on the plugin's own time: the CPU time of the thread running it,
         // less what the host spent serving its calls. Time spent waiting for a CPU on a
-        // loaded machine, or for a commit in a host call, is not the plugin's. A cap on the
-        // call's wall-clock time bounds the rest (a host call that never returns, say).
+        // loaded machine, or for a commit in a host call, is not the plugin's. Wall-clock
+        // time outside host calls is bounded too, at a few times the limit, so a plugin that
+        // sleeps (WASI clocks) instead of computing cannot hold its instance; and the whole
+        // call at 10× the limit + 5 s. The checks run when the guest runs: a host call
+        // itself is bounded by its own timeouts (the store's), not by these.
         let wall_cap = limit * 10 + Duration::from_secs(5);
+        let idle_cap = limit * IDLE_FACTOR;
         store.epoch_deadline_callback(move |ctx| {
             let state = ctx.data();
             let wall = state.started.elapsed();
             let own = own_cpu(state, wall);
-            if own >= limit || wall >= wall_cap {
+            let outside_host = wall.saturating_sub(state.host_time);
+            if own >= limit || outside_host >= idle_cap || wall >= wall_cap {
                 return Err(Trap::Interrupt.into());
             }
-            Ok(UpdateDeadline::Continue(ticks_for(limit - own, tick)))
+            let next = (limit - own).min(idle_cap - outside_host);
+            Ok(UpdateDeadline::Continue(ticks_for(next, tick)))
         });
         (store, stderr)
     }
 }
+
+/// How many times its limit a call may spend outside host calls, by the wall clock (CPU
+/// time and time spent waiting for a core included), before it is stopped.
+const IDLE_FACTOR: u32 = 3;
 
 /// CPU time the calling thread has used so far (zero where the platform cannot say).
 pub(crate) fn thread_cpu() -> Duration {

@@ -405,11 +405,11 @@ impl Manifest {
         crate::config_schema::scan(&self.config_schema()).fields
     }
 
-    /// Whether this plugin may receive events of `kind`: the kernel's own, and its own
-    /// `plugin.<id>.*` events. Other plugins' events are theirs.
     /// Whether an event of `kind` with `payload` passes the manifest's filters for the
-    /// installation whose config is `config`. A config pointer that holds no array filters
-    /// nothing (the event is delivered): the plugin decides.
+    /// installation whose config is `config`. Filters compare top-level payload fields;
+    /// `payload` is what the plugin may see of it (a field it may not see fails the
+    /// filter, always, so being woken tells nothing). A config pointer that holds no array
+    /// filters nothing (the event is delivered): the plugin decides.
     pub fn admits(
         &self,
         kind: &str,
@@ -475,6 +475,8 @@ impl Manifest {
         }
     }
 
+    /// Whether this plugin may receive events of `kind`: the kernel's own, and its own
+    /// `plugin.<id>.*` events. Other plugins' events are theirs.
     pub fn may_receive(&self, kind: &str) -> bool {
         is_kernel_event(kind)
             || kind

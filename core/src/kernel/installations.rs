@@ -194,8 +194,9 @@ impl Installations<'_> {
             if other.plugin_id == plugin_id {
                 continue;
             }
+            // A stored manifest that no longer parses (logged) is not taken for a scorer.
             if let Some(v) = store.get_version(&other.plugin_id, &other.version).await?
-                && v.manifest()?.has_hook(Hook::ScoreLead)
+                && v.manifest().is_ok_and(|m| m.has_hook(Hook::ScoreLead))
             {
                 return Ok(Some(other.plugin_id));
             }

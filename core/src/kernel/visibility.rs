@@ -4,7 +4,9 @@
 //! changed (kind, type, id) and its stage, nothing more. `records:read-pii` adds the fields
 //! the record type's schema marks `"x-pii": true`; without it they are left out of events,
 //! action inputs and what the `records` capability returns. Every path to a plugin (hook
-//! inputs from the dispatcher, action inputs, capability answers) goes through here.
+//! inputs from the dispatcher, action inputs, capability answers, event filters) goes
+//! through here, with one exception by design: `score-lead` is handed the whole lead (a
+//! scorer is installed to read it).
 
 use serde_json::{Map, Value, json};
 use streamflow_runtime::{Capability, Grants};
@@ -62,6 +64,21 @@ pub async fn plugin_payload(
         strip_pointers(data, &pii_fields(store, scope, record_type).await?);
     }
     Ok(payload)
+}
+
+/// What the manifest's event filters may look at: the payload as the plugin would be
+/// shown it (its top-level fields; `data` is an object, which no filter value equals).
+pub fn filter_view<'e>(grants: &Grants, event: &'e QueuedEvent) -> std::borrow::Cow<'e, Value> {
+    if event.record_type.is_none() || grants.allows(Capability::RecordsRead) {
+        return std::borrow::Cow::Borrowed(&event.payload.0);
+    }
+    let mut view = Map::new();
+    for key in STAGE_KEYS {
+        if let Some(v) = event.payload.0.get(*key) {
+            view.insert(key.to_string(), v.clone());
+        }
+    }
+    std::borrow::Cow::Owned(Value::Object(view))
 }
 
 /// A record as a plugin action's input shows it, by the plugin's grants.
@@ -236,6 +253,28 @@ pub fn strip_pointers(data: &mut Value, pointers: &[String]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_see_only_what_the_plugin_may_see() {
+        let event = QueuedEvent {
+            seq: 1,
+            id: uuid::Uuid::nil(),
+            tenant_id: uuid::Uuid::nil(),
+            kind: "lead.scored".into(),
+            record_type: Some("lead".into()),
+            record_id: Some(uuid::Uuid::nil()),
+            actor: None,
+            payload: sqlx::types::Json(json!({"temperature": "hot", "value": 90, "version": 2})),
+            created_at: 0,
+            depth: 0,
+            attempts: 0,
+            root_id: None,
+        };
+        let reader = Grants::new(vec![Capability::RecordsRead]);
+        assert_eq!(filter_view(&reader, &event)["temperature"], "hot");
+        let blind = filter_view(&Grants::default(), &event);
+        assert_eq!(*blind, json!({"version": 2}));
+    }
 
     #[test]
     fn pii_fields_are_found_wherever_they_are_marked() {

@@ -25,8 +25,12 @@ use crate::store::{Store, StoreResult, TenantScope};
 use health::HealthBook;
 
 /// How long a tenant's active installations are served from memory. A change made on this
-/// node is seen at once (the cache is emptied); one made on another node within this.
-pub const ACTIVE_TTL: Duration = Duration::from_secs(5);
+/// node is seen at once (the cache is emptied); one made on another node (an uninstall, a
+/// revoked grant) within this, as for credentials.
+pub const ACTIVE_TTL: Duration = crate::store::cache::CREDENTIAL_CACHE_TTL;
+
+/// Locks the readings of installations are spread over, by tenant.
+const READING_STRIPES: usize = 16;
 
 /// How long compiling a plugin may take before the request that needed it gives up (the
 /// compilation itself finishes in the background and is cached).
@@ -133,9 +137,10 @@ pub struct PluginHost {
     secrets: Arc<SecretBox>,
     capabilities: OnceLock<Arc<dyn Capabilities>>,
     active: ExpiringMap<Uuid, Arc<Vec<Arc<Active>>>>,
-    /// One reading of installations at a time: when a tenant's cache entry expires under
-    /// load, one caller reads it and the others wait for that reading.
-    reading_active: tokio::sync::Mutex<()>,
+    /// One reading of a tenant's installations at a time: when its cache entry expires
+    /// under load, one caller reads it and the others wait for that reading. Tenants are
+    /// spread over a few locks, so one tenant's reading holds up few others.
+    reading_active: [tokio::sync::Mutex<()>; READING_STRIPES],
     pub health: HealthBook,
     /// One compilation at a time: compiling is CPU-heavy and rare.
     compiling: tokio::sync::Semaphore,
@@ -161,7 +166,7 @@ impl PluginHost {
             secrets,
             capabilities: OnceLock::new(),
             active: ExpiringMap::with_ttl(ACTIVE_TTL),
-            reading_active: tokio::sync::Mutex::new(()),
+            reading_active: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             health: HealthBook::default(),
             compiling: tokio::sync::Semaphore::new(1),
             instances: FairPool::new(
@@ -337,7 +342,8 @@ impl PluginHost {
         if let Some(found) = self.active.get(&scope.tenant_id()) {
             return Ok(found);
         }
-        let _reading = self.reading_active.lock().await;
+        let stripe = scope.tenant_id().as_u128() as usize % READING_STRIPES;
+        let _reading = self.reading_active[stripe].lock().await;
         if let Some(found) = self.active.get(&scope.tenant_id()) {
             return Ok(found);
         }

@@ -87,13 +87,17 @@ impl Store {
         let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url)
                 .context("STREAMFLOW_DATABASE_URL is not a valid PostgreSQL URL")?;
-            let peers = dialect::tcp_peers(&options).await;
+            let resolve = options.clone();
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(Duration::from_secs(10))
                 .after_connect(move |_, _| {
-                    dialect::nodelay_to(&peers);
-                    Box::pin(async { Ok(()) })
+                    // Resolved per connection: the database's address may change.
+                    let options = resolve.clone();
+                    Box::pin(async move {
+                        dialect::nodelay_to(&dialect::tcp_peers(&options).await);
+                        Ok(())
+                    })
                 })
                 .connect_with(options)
                 .await
