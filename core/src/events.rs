@@ -122,10 +122,11 @@ pub fn start(kernel: Arc<Kernel>, stop: Stop) -> tokio::task::JoinHandle<()> {
         let node = node_name();
         tracing::info!(%node, "event dispatcher started");
         let slots = (kernel.config.plugin_instances as usize / 2).max(1);
+        let share = kernel.config.plugin_tenant_share();
         let dispatcher = Arc::new(Dispatcher {
             kernel,
             node,
-            plugin_slots: tokio::sync::Semaphore::new(slots),
+            plugin_slots: crate::fair::FairPool::new(slots, (share / 2).max(1)),
         });
         while !stop.is_stopped() {
             match dispatcher.round().await {
@@ -151,9 +152,11 @@ struct Dispatcher {
     kernel: Arc<Kernel>,
     /// This dispatcher's name in the deliveries it records.
     node: String,
-    /// Plugin calls the dispatcher makes at once: half the sandbox's instances, so
-    /// interactive calls (scoring a lead being saved) always find one free.
-    plugin_slots: tokio::sync::Semaphore,
+    /// Plugin calls the dispatcher makes at once: half the sandbox's instances, and half a
+    /// tenant's share for each tenant, so interactive calls (scoring a lead being saved)
+    /// always find one free. A call waits for its slot here rather than fail `busy` in the
+    /// host (a busy delivery is retried later, with backoff).
+    plugin_slots: crate::fair::FairPool,
 }
 
 /// `<host>/<pid>/<random>`: unique per running dispatcher.
@@ -581,11 +584,7 @@ impl Dispatcher {
             payload: payload.to_string(),
             at: event.created_at,
         });
-        let _slot = self
-            .plugin_slots
-            .acquire()
-            .await
-            .map_err(|_| TargetError::transient("shutting down"))?;
+        let _slot = self.plugin_slots.acquire(scope.tenant_id()).await;
         self.kernel
             .plugins
             .call_from(scope, active, call, Some(origin))
@@ -638,11 +637,7 @@ impl Dispatcher {
                     name: action.to_string(),
                     input: input.to_string(),
                 };
-                let _slot = self
-                    .plugin_slots
-                    .acquire()
-                    .await
-                    .map_err(|_| TargetError::transient("shutting down"))?;
+                let _slot = self.plugin_slots.acquire(scope.tenant_id()).await;
                 match self
                     .kernel
                     .plugins
