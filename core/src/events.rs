@@ -482,12 +482,14 @@ impl Dispatcher {
                     .subscriptions
                     .iter()
                     .any(|s| s == &event.kind)
-                // The manifest's filters: events the plugin would ignore do not wake it.
-                && active.manifest.admits(
-                    &event.kind,
-                    &filter_view(&active.grants, event),
-                    &active.config_value,
-                )
+                // The manifest's filters: events the plugin would ignore do not wake it (the
+                // view the filters see is built only for a kind that has some).
+                && (!active.manifest.filters.contains_key(&event.kind)
+                    || active.manifest.admits(
+                        &event.kind,
+                        &filter_view(&active.grants, event),
+                        &active.config_value,
+                    ))
             {
                 targets.push(Target::Plugin(active.clone()));
             }

@@ -90,12 +90,6 @@ impl Pre {
         })
     }
 
-    pub(crate) fn version(&self) -> ContractVersion {
-        match self {
-            Pre::V0_1(_) => ContractVersion::V0_1,
-        }
-    }
-
     /// Instantiates and calls one hook. The outer error is a trap; the inner one the
     /// plugin's own answer.
     pub(crate) fn call(

@@ -228,13 +228,6 @@ pub struct Loaded {
     pub sha256: String,
 }
 
-impl Loaded {
-    /// The contract version the component was built against.
-    pub fn contract(&self) -> ContractVersion {
-        self.pre.version()
-    }
-}
-
 /// Per-call state inside the store.
 pub(crate) struct HostState {
     pub(crate) wasi: WasiCtx,

@@ -187,6 +187,8 @@ impl From<FieldError> for ApiError {
 
 impl From<RecordError> for ApiError {
     fn from(err: RecordError) -> Self {
+        // The domain's sentence, where the API says the same.
+        let message = err.to_string();
         match err {
             RecordError::UnknownType(record_type) => ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -195,24 +197,17 @@ impl From<RecordError> for ApiError {
             )
             .with_details(json!({ "type": record_type })),
             RecordError::Invalid(errors) => ApiError::validation(errors),
-            RecordError::TooLarge { size, limit } => ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "record_too_large",
-                format!(
-                    "the record's data is {size} bytes as JSON; records may hold at most {limit}"
-                ),
-            )
-            .with_details(json!({ "path": "/data", "size_bytes": size, "limit_bytes": limit })),
-            RecordError::StageRefused { stage, refusal } => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "stage_refused",
-                refusal.message(&stage),
-            )
-            .with_details(refusal.details(&stage)),
-            RecordError::TemplateChanged => ApiError::conflict(
-                "template_changed",
-                "the tenant's pipelines changed while this change was checked; send it again",
-            ),
+            RecordError::TooLarge { size, limit } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "record_too_large", message)
+                    .with_details(
+                        json!({ "path": "/data", "size_bytes": size, "limit_bytes": limit }),
+                    )
+            }
+            RecordError::StageRefused { stage, refusal } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "stage_refused", message)
+                    .with_details(refusal.details(&stage))
+            }
+            RecordError::TemplateChanged => ApiError::conflict("template_changed", message),
             RecordError::VersionConflict { current } => ApiError::conflict(
                 "version_conflict",
                 "the record changed since you read it; read it again and reapply your change",
