@@ -130,6 +130,10 @@ fn main() {
         config: config.clone(),
         grants: Grants::default(),
         limits: manifest.limits,
+        quotas: manifest.quotas,
+        wall: manifest
+            .quotas
+            .wall_for(streamflow_runtime::Hook::ScoreLead),
         services: Arc::new(NoServices),
     });
     let lead = lead();

@@ -201,7 +201,40 @@ struct ServeArgs {
     #[arg(long, env = "STREAMFLOW_AUTOMATION_BUDGET", default_value_t = 1000,
           value_parser = clap::value_parser!(i64).range(1..))]
     automation_budget: i64,
+    // Contract 0.2.0 (issue 11).
+    /// The external base URL of this server, for OAuth2 redirects and webhook addresses.
+    #[arg(long, env = "STREAMFLOW_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// host:port pairs plugins may reach on private or loopback addresses and over http
+    /// (tests, on-premises services), comma-separated.
+    #[arg(long, env = "STREAMFLOW_HTTP_ALLOW_HOSTS", default_value = "",
+          value_parser = |t: &str| crate::outbound::OutboundConfig::parse_allow_hosts(t).map(AllowHosts))]
+    http_allow_hosts: AllowHosts,
+    /// name=address pairs pinning outbound names to addresses, comma-separated.
+    #[arg(long, env = "STREAMFLOW_HTTP_RESOLVE", default_value = "",
+          value_parser = |t: &str| crate::outbound::OutboundConfig::parse_resolve(t).map(Pins))]
+    http_resolve: Pins,
+    /// The largest response body one outbound request may receive.
+    #[arg(long, env = "STREAMFLOW_HTTP_MAX_RESPONSE_BYTES", default_value_t = 4 << 20)]
+    http_max_response_bytes: u64,
+    /// A PEM file of extra roots outbound TLS trusts besides the system's.
+    #[arg(long, env = "STREAMFLOW_HTTP_EXTRA_ROOTS")]
+    http_extra_roots: Option<std::path::PathBuf>,
+    /// Inbound webhook calls one tenant × plugin may make per minute.
+    #[arg(long, env = "STREAMFLOW_WEBHOOKS_PER_MINUTE", default_value_t = 600)]
+    webhooks_per_minute: u32,
+    /// Largest inbound webhook body, in bytes.
+    #[arg(long, env = "STREAMFLOW_WEBHOOK_BODY_LIMIT", default_value_t = 1024 * 1024)]
+    webhook_body_limit: usize,
 }
+
+/// `STREAMFLOW_HTTP_ALLOW_HOSTS`, parsed.
+#[derive(Clone, Debug)]
+struct AllowHosts(Vec<(String, u16)>);
+
+/// `STREAMFLOW_HTTP_RESOLVE`, parsed.
+#[derive(Clone, Debug)]
+struct Pins(Vec<(String, std::net::IpAddr)>);
 
 /// A comma-separated list of networks (`STREAMFLOW_METRICS_ALLOW`).
 #[derive(Clone, Debug)]
@@ -258,6 +291,13 @@ impl ServeArgs {
             // Plugin limits (issue 9: plugins and events).
             plugin_kv_bytes: self.plugin_kv_bytes,
             automation_budget: self.automation_budget,
+            public_url: self.public_url.clone().filter(|u| !u.is_empty()),
+            http_allow_hosts: self.http_allow_hosts.0.clone(),
+            http_resolve: self.http_resolve.0.clone(),
+            http_max_response_bytes: self.http_max_response_bytes,
+            http_extra_roots: self.http_extra_roots.clone(),
+            webhooks_per_minute: self.webhooks_per_minute,
+            webhook_body_limit: self.webhook_body_limit,
             ..Config::default()
         }
     }

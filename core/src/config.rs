@@ -112,6 +112,30 @@ pub struct Config {
     /// Plugin and automation runs one originating change may cause, over its whole chain
     /// (`STREAMFLOW_AUTOMATION_BUDGET`, default 1000).
     pub automation_budget: i64,
+
+    // Contract 0.2.0 (issue 11): outbound HTTP, connections, webhooks.
+    /// The external base URL of this server, for OAuth2 redirects and webhook addresses
+    /// (`STREAMFLOW_PUBLIC_URL`; default `http://` + the listen address).
+    pub public_url: Option<String>,
+    /// `host:port` pairs outbound requests may reach even on a private or loopback address,
+    /// and over plain `http` (`STREAMFLOW_HTTP_ALLOW_HOSTS`): tests and on-premises services.
+    pub http_allow_hosts: Vec<(String, u16)>,
+    /// Names pinned to addresses for outbound requests (`STREAMFLOW_HTTP_RESOLVE`,
+    /// `name=address`).
+    pub http_resolve: Vec<(String, std::net::IpAddr)>,
+    /// The largest response body an outbound request may receive
+    /// (`STREAMFLOW_HTTP_MAX_RESPONSE_BYTES`, default 4 MiB).
+    pub http_max_response_bytes: u64,
+    /// A PEM file of extra roots outbound TLS trusts besides the system's
+    /// (`STREAMFLOW_HTTP_EXTRA_ROOTS`).
+    pub http_extra_roots: Option<PathBuf>,
+    /// Inbound webhook calls one tenant × plugin may make per minute
+    /// (`STREAMFLOW_WEBHOOKS_PER_MINUTE`, default 600).
+    pub webhooks_per_minute: u32,
+    /// Largest inbound webhook body (`STREAMFLOW_WEBHOOK_BODY_LIMIT`, default 1 MiB).
+    pub webhook_body_limit: usize,
+    /// Run this node's scheduler (`STREAMFLOW_SCHEDULER`, default on, with the dispatcher).
+    pub scheduler: bool,
 }
 
 /// The loopback networks: the default of `metrics_allow`.
@@ -131,6 +155,33 @@ pub fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
 }
 
 impl Config {
+    /// The external base URL, without a trailing slash.
+    pub fn public_base(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+
+    /// The outbound HTTP guard's settings.
+    pub fn outbound(&self) -> anyhow::Result<crate::outbound::OutboundConfig> {
+        let extra_roots_pem = match &self.http_extra_roots {
+            None => None,
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!(
+                    "STREAMFLOW_HTTP_EXTRA_ROOTS {}: {e}; give a readable PEM file or unset it",
+                    path.display()
+                )
+            })?),
+        };
+        Ok(crate::outbound::OutboundConfig {
+            allow_hosts: self.http_allow_hosts.clone(),
+            resolve: self.http_resolve.clone(),
+            max_response_bytes: self.http_max_response_bytes,
+            extra_roots_pem,
+        })
+    }
+
     /// The per-tenant share of plugin instances, with the default worked out.
     pub fn plugin_tenant_share(&self) -> usize {
         match self.plugin_tenant_share {
@@ -183,6 +234,14 @@ impl Default for Config {
             // Plugin limits (issue 9: plugins and events).
             plugin_kv_bytes: 16 * 1024 * 1024,
             automation_budget: 1000,
+            public_url: None,
+            http_allow_hosts: Vec::new(),
+            http_resolve: Vec::new(),
+            http_max_response_bytes: crate::outbound::DEFAULT_MAX_RESPONSE,
+            http_extra_roots: None,
+            webhooks_per_minute: 600,
+            webhook_body_limit: 1024 * 1024,
+            scheduler: true,
         }
     }
 }

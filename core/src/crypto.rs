@@ -174,3 +174,12 @@ mod tests {
         assert!(SecretBox::load(Some("short"), dir.path()).is_err());
     }
 }
+
+/// `bytes` random bytes as URL-safe base64 without padding: tokens that appear in URLs.
+pub fn random_token(bytes: usize) -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}

@@ -19,6 +19,7 @@ pub mod error;
 pub mod events;
 pub mod fair;
 pub mod kernel;
+pub mod outbound;
 pub mod plugin_cli;
 pub mod plugins;
 pub mod records;

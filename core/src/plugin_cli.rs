@@ -334,10 +334,11 @@ strip = true
 const MANIFEST_TEMPLATE: &str = r#"id = "{id}"
 name = "{id}"
 version = "0.1.0"
-api = "0.1.0"
+api = "0.2.0"
 description = "Scores leads by budget."
 hooks = ["score-lead"]
-# Capabilities the provider may grant: kv, records:read, records:read-pii, records:write, events.
+# Capabilities the provider may grant: kv, records:read, records:read-pii, records:write, events,
+# http (outbound requests to the hosts of an [http] table, and connections), secrets.
 capabilities = []
 
 [limits]

@@ -3,7 +3,8 @@
 //! A plugin is one type that implements [`Plugin`] and one call to [`export!`]. Hooks the
 //! type does not implement answer [`Error::NotSupported`]; the host only calls the hooks the
 //! manifest (`plugin.toml`) declares. The host interfaces are wrapped in the modules
-//! [`log`], [`config`], [`kv`], [`records`] and [`events`]. Build the crate for
+//! [`log`], [`config`], [`kv`], [`records`], [`events`], [`http`], [`connections`],
+//! [`secrets`] and [`limits`]. Build the crate for
 //! `wasm32-wasip2` with `streamflow plugin build <dir>`, which also packages the manifest.
 //!
 //! Every hook call runs in a fresh instance of the plugin: statics and caches do not
@@ -55,7 +56,7 @@
 //! id = "budget-scorer"
 //! name = "Budget scorer"
 //! version = "0.1.0"
-//! api = "0.1.0"
+//! api = "0.2.0"
 //! hooks = ["score-lead"]
 //!
 //! [config.schema]
@@ -68,7 +69,7 @@ pub mod text;
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "wit/0.1.0",
+        path: "wit/0.2.0",
         world: "plugin",
         pub_export_macro: true,
         export_macro_name: "export_bindings",
@@ -81,7 +82,7 @@ use bindings::streamflow::plugin::types as wit;
 pub use wit::{HttpRequest, HttpResponse, Temperature};
 
 /// The API version of the contract this SDK builds against.
-pub const API_VERSION: &str = "0.1.0";
+pub const API_VERSION: &str = "0.2.0";
 
 /// A record as the host hands it to a plugin. `data` is the record's JSON object as text;
 /// [`Record::json`] parses it.
@@ -90,6 +91,8 @@ pub type Record = wit::Record;
 pub type Lead = wit::Record;
 /// An event handed to [`Plugin::on_event`].
 pub type Event = wit::Event;
+/// One firing of a schedule, handed to [`Plugin::on_schedule`].
+pub type ScheduleTick = wit::ScheduleTick;
 
 /// A lead score.
 #[derive(Debug, Clone, PartialEq)]
@@ -141,6 +144,7 @@ pub fn host_message(e: &HostError) -> String {
         HostError::Limit(m) => format!("limit: {m}"),
         HostError::Conflict(m) => format!("conflict: {m}"),
         HostError::Unavailable(m) => format!("unavailable: {m}"),
+        HostError::Timeout(m) => format!("timeout: {m}"),
     }
 }
 
@@ -196,6 +200,12 @@ pub trait Plugin {
     /// Answer an inbound call from an external system (hook `handle-webhook`).
     fn handle_webhook(request: HttpRequest) -> Result<HttpResponse, Error> {
         let _ = request;
+        Err(Error::NotSupported)
+    }
+
+    /// Run one firing of a schedule the manifest declares (hook `on-schedule`).
+    fn on_schedule(tick: ScheduleTick) -> Result<(), Error> {
+        let _ = tick;
         Err(Error::NotSupported)
     }
 }
@@ -346,6 +356,154 @@ pub mod events {
     }
 }
 
+/// Outbound HTTP through the host. Capability `http`; only to the hosts the manifest's
+/// `[http] hosts` lists, over `https`.
+///
+/// ```no_run
+/// use streamflow_plugin_sdk::http;
+/// # fn main() -> Result<(), streamflow_plugin_sdk::HostError> {
+/// let found = http::Request::get("/v3/company/1/query?query=select%20*%20from%20Customer")
+///     .connection("quickbooks")
+///     .header("Accept", "application/json")
+///     .send()?;
+/// if found.status == 200 {
+///     let body: serde_json::Value = found.json()?;
+/// }
+/// # Ok(()) }
+/// ```
+pub mod http {
+    use crate::HostError;
+    use crate::bindings::streamflow::plugin::http as host;
+
+    pub use host::Response;
+
+    /// A request to build and [`send`](Request::send).
+    #[derive(Debug, Clone)]
+    pub struct Request(host::Request);
+
+    impl Request {
+        pub fn new(method: &str, url: &str) -> Request {
+            Request(host::Request {
+                method: method.to_string(),
+                url: url.to_string(),
+                headers: Vec::new(),
+                body: Vec::new(),
+                connection: None,
+                timeout_ms: None,
+                follow_redirects: false,
+            })
+        }
+        pub fn get(url: &str) -> Request {
+            Request::new("GET", url)
+        }
+        pub fn post(url: &str) -> Request {
+            Request::new("POST", url)
+        }
+        pub fn put(url: &str) -> Request {
+            Request::new("PUT", url)
+        }
+        pub fn delete(url: &str) -> Request {
+            Request::new("DELETE", url)
+        }
+        pub fn header(mut self, name: &str, value: &str) -> Request {
+            self.0.headers.push((name.to_string(), value.to_string()));
+            self
+        }
+        pub fn body(mut self, body: impl Into<Vec<u8>>) -> Request {
+            self.0.body = body.into();
+            self
+        }
+        /// A JSON body, with `Content-Type: application/json`.
+        pub fn json(self, value: &serde_json::Value) -> Request {
+            self.header("Content-Type", "application/json")
+                .body(value.to_string())
+        }
+        /// Send through a connection the manifest declares: the host adds its credentials,
+        /// and a relative `url` is joined to the connection's API base.
+        pub fn connection(mut self, id: &str) -> Request {
+            self.0.connection = Some(id.to_string());
+            self
+        }
+        /// At most 30 000 ms; 10 000 when not set.
+        pub fn timeout_ms(mut self, ms: u32) -> Request {
+            self.0.timeout_ms = Some(ms);
+            self
+        }
+        /// Follow up to 3 redirects, each checked like the first request.
+        pub fn follow_redirects(mut self) -> Request {
+            self.0.follow_redirects = true;
+            self
+        }
+        /// A response of any status is `Ok`.
+        pub fn send(self) -> Result<Response, HostError> {
+            host::send(&self.0)
+        }
+    }
+
+    impl Response {
+        /// The first header of this name (case-insensitive).
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+
+        pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, HostError> {
+            serde_json::from_slice(&self.body).map_err(|e| {
+                HostError::Invalid(format!("response body is not the JSON expected: {e}"))
+            })
+        }
+
+        pub fn is_success(&self) -> bool {
+            (200..300).contains(&self.status)
+        }
+    }
+}
+
+/// The plugin's connections: status and non-secret metadata, never a credential.
+/// Capability `http`.
+pub mod connections {
+    use crate::HostError;
+    use crate::bindings::streamflow::plugin::connections as host;
+
+    pub use host::{Connection, Status};
+
+    pub fn get(id: &str) -> Result<Option<Connection>, HostError> {
+        host::get(id)
+    }
+
+    pub fn list() -> Result<Vec<Connection>, HostError> {
+        host::list()
+    }
+
+    impl Connection {
+        /// The metadata as JSON (an object).
+        pub fn metadata_json(&self) -> serde_json::Value {
+            serde_json::from_str(&self.metadata).unwrap_or_default()
+        }
+    }
+}
+
+/// The plugin's own secrets: its config's `writeOnly` values, by JSON pointer. Capability
+/// `secrets`; every read is audited.
+pub mod secrets {
+    use crate::HostError;
+
+    pub fn get(pointer: &str) -> Result<Option<String>, HostError> {
+        crate::bindings::streamflow::plugin::secrets::get(pointer)
+    }
+}
+
+/// What remains of this call's quotas. Needs no grant.
+pub mod limits {
+    pub use crate::bindings::streamflow::plugin::limits::QuotasLeft as Remaining;
+
+    pub fn remaining() -> Remaining {
+        crate::bindings::streamflow::plugin::limits::remaining()
+    }
+}
+
 #[doc(hidden)]
 pub mod __private {
     use super::*;
@@ -385,6 +543,10 @@ pub mod __private {
         request: HttpRequest,
     ) -> Result<HttpResponse, wit::PluginError> {
         P::handle_webhook(request).map_err(into_wit)
+    }
+
+    pub fn on_schedule<P: Plugin>(tick: ScheduleTick) -> Result<(), wit::PluginError> {
+        P::on_schedule(tick).map_err(into_wit)
     }
 
     fn into_wit(e: Error) -> wit::PluginError {
@@ -440,6 +602,12 @@ macro_rules! export {
                     request: __types::HttpRequest,
                 ) -> Result<__types::HttpResponse, __types::PluginError> {
                     $crate::__private::handle_webhook::<$plugin>(request)
+                }
+            }
+
+            impl __hooks::schedules::Guest for __StreamflowExports {
+                fn on_schedule(tick: __types::ScheduleTick) -> Result<(), __types::PluginError> {
+                    $crate::__private::on_schedule::<$plugin>(tick)
                 }
             }
 

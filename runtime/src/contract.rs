@@ -8,22 +8,24 @@ use wasmtime::Store;
 use wasmtime::component::{Component, Linker};
 
 use crate::engine::{Call, Failure, HostState, Reply};
-use crate::v0_1;
+use crate::{v0_1, v0_2};
 
 /// A `streamflow:plugin` contract version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ContractVersion {
     V0_1,
+    V0_2,
 }
 
 /// Every version this host runs, oldest first.
-pub const SUPPORTED: &[ContractVersion] = &[ContractVersion::V0_1];
+pub const SUPPORTED: &[ContractVersion] = &[ContractVersion::V0_1, ContractVersion::V0_2];
 
 impl ContractVersion {
     /// As the manifest's `api` and the WIT package version spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             ContractVersion::V0_1 => "0.1.0",
+            ContractVersion::V0_2 => "0.2.0",
         }
     }
 
@@ -65,18 +67,21 @@ pub fn names_of(versions: &[ContractVersion]) -> String {
 
 /// Adds every supported version's host functions to the linker.
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    v0_1::add_to_linker(linker)
+    v0_1::add_to_linker(linker)?;
+    v0_2::add_to_linker(linker)
 }
 
 /// A component linked against its version's host, ready to instantiate.
 pub(crate) enum Pre {
     V0_1(v0_1::Pre),
+    V0_2(v0_2::Pre),
 }
 
 /// An instance of a component (kept only by warm instances; the server instantiates per
 /// call).
 pub(crate) enum Instance {
     V0_1(v0_1::Plugin),
+    V0_2(v0_2::Plugin),
 }
 
 impl Pre {
@@ -87,6 +92,7 @@ impl Pre {
     ) -> wasmtime::Result<Pre> {
         Ok(match version {
             ContractVersion::V0_1 => Pre::V0_1(v0_1::Pre::new(linker, component)?),
+            ContractVersion::V0_2 => Pre::V0_2(v0_2::Pre::new(linker, component)?),
         })
     }
 
@@ -99,12 +105,14 @@ impl Pre {
     ) -> wasmtime::Result<Result<Reply, Failure>> {
         match self {
             Pre::V0_1(pre) => v0_1::call(pre, store, call),
+            Pre::V0_2(pre) => v0_2::call(pre, store, call),
         }
     }
 
     pub(crate) fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<Instance> {
         Ok(match self {
             Pre::V0_1(pre) => Instance::V0_1(v0_1::instantiate(pre, store)?),
+            Pre::V0_2(pre) => Instance::V0_2(v0_2::instantiate(pre, store)?),
         })
     }
 }
@@ -117,6 +125,7 @@ impl Instance {
     ) -> wasmtime::Result<Result<Reply, Failure>> {
         match self {
             Instance::V0_1(plugin) => v0_1::call_on(plugin, store, call),
+            Instance::V0_2(plugin) => v0_2::call_on(plugin, store, call),
         }
     }
 }
@@ -131,6 +140,6 @@ mod tests {
             assert_eq!(ContractVersion::parse(v.as_str()), Some(*v));
         }
         assert_eq!(ContractVersion::parse("9.9.9"), None);
-        assert_eq!(names_of(SUPPORTED), "0.1.0");
+        assert_eq!(names_of(SUPPORTED), "0.1.0, 0.2.0");
     }
 }

@@ -21,7 +21,10 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::contract::{self, ContractVersion, Instance, Pre};
-use crate::host::{HostServices, HttpRequest, HttpResponse, PluginEvent, PluginRecord, Score};
+use crate::host::{
+    HostServices, HttpRequest, HttpResponse, PluginEvent, PluginRecord, ScheduleTick, Score,
+};
+use crate::integration::Quotas;
 use crate::manifest::{Grants, Limits};
 use crate::package::hex;
 
@@ -58,8 +61,13 @@ impl Default for RuntimeConfig {
 pub enum Call {
     ScoreLead(PluginRecord),
     OnEvent(PluginEvent),
-    RunAction { name: String, input: String },
+    RunAction {
+        name: String,
+        input: String,
+    },
     HandleWebhook(HttpRequest),
+    /// Since contract 0.2.0; a 0.1.0 plugin answers `not-supported`.
+    OnSchedule(ScheduleTick),
 }
 
 impl Call {
@@ -69,6 +77,7 @@ impl Call {
             Call::OnEvent(_) => crate::Hook::OnEvent,
             Call::RunAction { .. } => crate::Hook::RunAction,
             Call::HandleWebhook(_) => crate::Hook::HandleWebhook,
+            Call::OnSchedule(_) => crate::Hook::OnSchedule,
         }
     }
 }
@@ -219,6 +228,10 @@ pub struct Invocation {
     pub grants: Grants,
     /// Already capped by the provider's maximums.
     pub limits: Limits,
+    /// What the call may do through host calls (HTTP, records, events).
+    pub quotas: Quotas,
+    /// The whole call's wall-clock cap, host calls included (see [`Quotas::wall_for`]).
+    pub wall: Duration,
     pub services: Arc<dyn HostServices>,
 }
 
@@ -244,6 +257,18 @@ pub(crate) struct HostState {
     /// Refused capability calls of this call: capability, operation and the repeats not
     /// yet audited (the first of each is audited when it happens).
     pub(crate) denials: Vec<(Capability, String, u32)>,
+    /// What the call used of its quotas so far.
+    pub(crate) used: Used,
+}
+
+/// Quota use of one call.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Used {
+    pub(crate) http_requests: u32,
+    pub(crate) http_bytes: u64,
+    pub(crate) record_reads: u32,
+    pub(crate) record_writes: u32,
+    pub(crate) events: u32,
 }
 
 impl HostState {
@@ -591,7 +616,9 @@ impl Runtime {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
+        let wall_cap = invocation.wall;
         let state = HostState {
+            used: Used::default(),
             wasi: wasi.build(),
             table: ResourceTable::new(),
             limiter: Limiter {
@@ -616,9 +643,8 @@ impl Runtime {
         // loaded machine, or for a commit in a host call, is not the plugin's. Wall-clock
         // time outside host calls is bounded too, at a few times the limit, so a plugin that
         // sleeps (WASI clocks) instead of computing cannot hold its instance; and the whole
-        // call at 10× the limit + 5 s. The checks run when the guest runs: a host call
-        // itself is bounded by its own timeouts (the store's), not by these.
-        let wall_cap = limit * 10 + Duration::from_secs(5);
+        // call at the invocation's wall-clock cap. The checks run when the guest runs: a
+        // host call itself is bounded by its own timeout, which never outlasts the cap.
         let idle_cap = limit * IDLE_FACTOR;
         store.epoch_deadline_callback(move |ctx| {
             let state = ctx.data();
@@ -690,6 +716,7 @@ impl WarmInstance {
         state.cpu_started = thread_cpu();
         state.host_time = Duration::ZERO;
         state.host_cpu = Duration::ZERO;
+        state.used = Used::default();
         let started = Instant::now();
         let result = self.plugin.call(&mut self.store, call);
         self.store.data_mut().flush_denials();

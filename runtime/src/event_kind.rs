@@ -15,6 +15,8 @@ pub enum EventKind {
     LoopStopped,
     /// The dispatcher stopped a chain that used up its run budget.
     BudgetExhausted,
+    /// A connection's refresh was refused: the tenant's admin must connect again.
+    ConnectionExpired,
 }
 
 impl EventKind {
@@ -32,6 +34,9 @@ impl EventKind {
     /// to them (to report), template automations may not (they would extend it).
     pub const CHAIN: [EventKind; 2] = [EventKind::LoopStopped, EventKind::BudgetExhausted];
 
+    /// Events about a tenant's connections to external services.
+    pub const CONNECTION: [EventKind; 1] = [EventKind::ConnectionExpired];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::RecordCreated => "record.created",
@@ -42,6 +47,7 @@ impl EventKind {
             EventKind::PluginFailed => "plugin.failed",
             EventKind::LoopStopped => "automation.loop_stopped",
             EventKind::BudgetExhausted => "automation.budget_exhausted",
+            EventKind::ConnectionExpired => "connection.expired",
         }
     }
 
@@ -50,6 +56,7 @@ impl EventKind {
         Self::RECORD
             .into_iter()
             .chain(Self::CHAIN)
+            .chain(Self::CONNECTION)
             .find(|k| k.as_str() == kind)
     }
 

@@ -16,6 +16,10 @@ pub enum HostError {
     Conflict(String),
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// An outbound request did not complete in time (0.2.0; older contracts see it as
+    /// `unavailable`).
+    #[error("timeout: {0}")]
+    Timeout(String),
 }
 
 /// A record as plugins see it.
@@ -55,6 +59,72 @@ pub struct HttpResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+}
+
+/// A plugin's outbound request (`http.send`), after the runtime's quota checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundRequest {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub connection: Option<String>,
+    /// Already capped: at most the call's remaining wall-clock time.
+    pub timeout: std::time::Duration,
+    pub follow_redirects: bool,
+    /// The most response body the call may still receive.
+    pub max_response_bytes: u64,
+}
+
+/// A connection as plugins see it: never a credential.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionInfo {
+    pub id: String,
+    pub kind: String,
+    pub status: ConnectionStatus,
+    /// JSON object text.
+    pub metadata: String,
+    pub expires_at: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionStatus {
+    NotConnected,
+    Connected,
+    Expired,
+    Error,
+}
+
+impl ConnectionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionStatus::NotConnected => "not_connected",
+            ConnectionStatus::Connected => "connected",
+            ConnectionStatus::Expired => "expired",
+            ConnectionStatus::Error => "error",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ConnectionStatus> {
+        [
+            ConnectionStatus::NotConnected,
+            ConnectionStatus::Connected,
+            ConnectionStatus::Expired,
+            ConnectionStatus::Error,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+/// One firing of a schedule (`on-schedule`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleTick {
+    pub id: String,
+    pub last_run_at: Option<i64>,
+    pub now: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -104,6 +174,24 @@ pub trait HostServices: Send + Sync {
         expected_version: Option<u64>,
     ) -> Result<PluginRecord, HostError>;
     fn emit_event(&self, kind: &str, payload: &str) -> Result<(), HostError>;
+    /// `http.send` (0.2.0): the runtime has checked the grant and the request quota; the
+    /// implementation checks the manifest's hosts, the address and the connection.
+    fn http_send(&self, _request: OutboundRequest) -> Result<HttpResponse, HostError> {
+        Err(unavailable())
+    }
+    /// `connections.get` (0.2.0).
+    fn connection(&self, _id: &str) -> Result<Option<ConnectionInfo>, HostError> {
+        Err(unavailable())
+    }
+    /// `connections.list` (0.2.0).
+    fn connections(&self) -> Result<Vec<ConnectionInfo>, HostError> {
+        Err(unavailable())
+    }
+    /// `secrets.get` (0.2.0): one of the installation's own `writeOnly` config values.
+    /// Each read is audited.
+    fn secret(&self, _pointer: &str) -> Result<Option<String>, HostError> {
+        Err(unavailable())
+    }
     /// Calls the installation was not granted (`calls` of them, with this capability and
     /// operation): record them in the audit log.
     fn denied(&self, capability: Capability, operation: &str, calls: u32);

@@ -22,14 +22,17 @@ pub enum Hook {
     OnEvent,
     RunAction,
     HandleWebhook,
+    /// Since contract 0.2.0.
+    OnSchedule,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 4] = [
+    pub const ALL: [Hook; 5] = [
         Hook::ScoreLead,
         Hook::OnEvent,
         Hook::RunAction,
         Hook::HandleWebhook,
+        Hook::OnSchedule,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +41,7 @@ impl Hook {
             Hook::OnEvent => "on-event",
             Hook::RunAction => "run-action",
             Hook::HandleWebhook => "handle-webhook",
+            Hook::OnSchedule => "on-schedule",
         }
     }
 
@@ -48,6 +52,15 @@ impl Hook {
             Hook::OnEvent => "event-handler",
             Hook::RunAction => "actions",
             Hook::HandleWebhook => "webhooks",
+            Hook::OnSchedule => "schedules",
+        }
+    }
+
+    /// The oldest contract version that has this hook.
+    pub fn since(self) -> semver::Version {
+        match self {
+            Hook::OnSchedule => semver::Version::new(0, 2, 0),
+            _ => semver::Version::new(0, 1, 0),
         }
     }
 }
@@ -58,8 +71,9 @@ impl fmt::Display for Hook {
     }
 }
 
-/// Host capabilities a plugin can request. `log` and `config` need no grant and are not
-/// listed. The last three belong to later milestones, but the grant check is the same.
+/// Host capabilities a plugin can request. `log`, `config` and `limits` need no grant and
+/// are not listed. `http` (with `connections`) and `secrets` came with contract 0.2.0;
+/// `ai` belongs to a later version, but the grant check is the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Capability {
     #[serde(rename = "kv")]
@@ -96,16 +110,17 @@ impl Capability {
         }
     }
 
-    /// Capabilities whose host interface exists in the contract today.
-    pub fn available(self) -> bool {
-        matches!(
-            self,
+    /// Whether contract version `api` has this capability's host interface.
+    pub fn available_in(self, api: &semver::Version) -> bool {
+        match self {
             Capability::Kv
-                | Capability::RecordsRead
-                | Capability::RecordsWrite
-                | Capability::RecordsReadPii
-                | Capability::Events
-        )
+            | Capability::RecordsRead
+            | Capability::RecordsWrite
+            | Capability::RecordsReadPii
+            | Capability::Events => true,
+            Capability::Http | Capability::Secrets => *api >= semver::Version::new(0, 2, 0),
+            Capability::Ai => false,
+        }
     }
 }
 
@@ -225,6 +240,25 @@ pub struct Manifest {
     pub limits: Limits,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<ConfigSpec>,
+    /// Hosts outbound requests may go to (0.2.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<crate::integration::HttpSpec>,
+    /// Connections the kernel holds for each tenant (0.2.0).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub connections: std::collections::BTreeMap<String, crate::integration::ConnectionSpec>,
+    /// How inbound webhooks are verified and routed (0.2.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<crate::integration::WebhookSpec>,
+    /// Periodic `on-schedule` calls (0.2.0).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub schedules: std::collections::BTreeMap<String, crate::integration::ScheduleSpec>,
+    /// What one call may do.
+    #[serde(default, skip_serializing_if = "is_default_quotas")]
+    pub quotas: crate::integration::Quotas,
+}
+
+fn is_default_quotas(q: &crate::integration::Quotas) -> bool {
+    *q == crate::integration::Quotas::default()
 }
 
 /// The values a payload field must have for an event to be delivered.
@@ -310,11 +344,16 @@ impl Manifest {
         if has_duplicates(&self.hooks) {
             errors.push("hooks: listed twice".to_string());
         }
+        for hook in &self.hooks {
+            if hook.since() > self.api {
+                errors.push(format!("hooks: {hook} needs api {} or later", hook.since()));
+            }
+        }
         if has_duplicates(&self.capabilities) {
             errors.push("capabilities: listed twice".to_string());
         }
         for cap in &self.capabilities {
-            if !cap.available() {
+            if !cap.available_in(&self.api) {
                 errors.push(format!(
                     "capabilities: {cap} is not offered by streamflow:plugin {} yet",
                     self.api
@@ -347,7 +386,7 @@ impl Manifest {
                 errors.push(format!(
                     "subscriptions: {:?}: a plugin receives the kernel's events ({}) and its own \"plugin.{}.<kind>\" events, not another plugin's",
                     truncate(s),
-                    crate::EventKind::names(&[crate::EventKind::RECORD.as_slice(), &crate::EventKind::CHAIN].concat()),
+                    crate::EventKind::names(&[crate::EventKind::RECORD.as_slice(), &crate::EventKind::CHAIN, &crate::EventKind::CONNECTION].concat()),
                     self.id
                 ));
             }
@@ -373,6 +412,7 @@ impl Manifest {
         if !(1..=65_536).contains(&l.output_kb) {
             errors.push("limits.output-kb: between 1 and 65536".into());
         }
+        crate::integration::validate(self, &mut errors);
         if let Some(config) = &self.config {
             match (&config.schema, &config.schema_file) {
                 (Some(_), Some(_)) => errors.push("config: give schema or schema-file, not both".into()),
@@ -559,7 +599,7 @@ properties = { api_key = { type = "string", writeOnly = true }, nested = { type 
     fn names_every_problem() {
         let text = GOOD
             .replace("lead-score-rules", "Bad Id")
-            .replace("api = \"0.1.0\"", "api = \"0.2.0\"")
+            .replace("api = \"0.1.0\"", "api = \"0.9.0\"")
             .replace(
                 "hooks = [\"score-lead\"]",
                 "hooks = []\ncapabilities = [\"ai\", \"kv\", \"kv\"]",
@@ -572,7 +612,7 @@ properties = { api_key = { type = "string", writeOnly = true }, nested = { type 
         let all = errors.join("\n");
         for needle in [
             "id \"Bad Id\"",
-            "api 0.2.0",
+            "api 0.9.0",
             "hooks: declare",
             "capabilities: listed twice",
             "ai is not offered",

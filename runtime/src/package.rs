@@ -157,6 +157,9 @@ pub fn check(manifest: &Manifest, info: &ComponentInfo) -> Result<(), PackageErr
                 "kv" => &[Capability::Kv],
                 "records" => &[Capability::RecordsRead, Capability::RecordsWrite],
                 "events" => &[Capability::Events],
+                "limits" => &[],
+                "http" | "connections" => &[Capability::Http],
+                "secrets" => &[Capability::Secrets],
                 _ => {
                     errors.push(format!("imports {import}, which this host does not offer"));
                     continue;

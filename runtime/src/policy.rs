@@ -4,10 +4,12 @@
 //! version's bindings module (`v0_1`, ...) only translates its WIT types to these calls.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::engine::{HostState, thread_cpu};
-use crate::host::{self, HostError, HostServices, PluginRecord};
+use crate::host::{
+    self, ConnectionInfo, HostError, HostServices, HttpResponse, OutboundRequest, PluginRecord,
+};
 use crate::manifest::Capability;
 
 /// Longest key and value in `kv`.
@@ -18,6 +20,31 @@ pub const MAX_LOG_LINES: u32 = 100;
 pub const MAX_LOG_LINE: usize = 2048;
 /// Longest message of a plugin's own error kept (the rest is cut).
 pub const MAX_PLUGIN_MESSAGE: usize = 500;
+
+/// An outbound request's timeout when the plugin gives none, and the longest it may ask.
+pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+pub const MAX_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most headers, and most bytes of them, one outbound request may carry.
+pub const MAX_REQUEST_HEADERS: usize = 64;
+pub const MAX_REQUEST_HEADER_BYTES: usize = 16 * 1024;
+
+/// What remains of a call's quotas (`limits.remaining`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remaining {
+    pub http_requests: u32,
+    pub http_bytes: u64,
+    pub record_reads: u32,
+    pub record_writes: u32,
+    pub events: u32,
+    pub wall_ms: u64,
+}
+
+/// A refused call over a quota, naming it.
+fn over(quota: &str, limit: u64) -> HostError {
+    HostError::Limit(format!(
+        "quota {quota}: this call has used all {limit} (limits.remaining says what is left)"
+    ))
+}
 
 /// A log line's level, as every contract version has it.
 #[derive(Debug, Clone, Copy)]
@@ -138,9 +165,113 @@ impl HostState {
         record_type: &str,
         id: &str,
     ) -> Result<Option<PluginRecord>, HostError> {
-        self.host(Capability::RecordsRead, "records.get", |s| {
-            s.record_get(record_type, id)
-        })
+        let services = self.check(Capability::RecordsRead, "records.get")?;
+        self.take_reads(1)?;
+        self.timed(|| services.record_get(record_type, id))
+    }
+
+    /// Counts `n` record reads, or refuses them when none remain.
+    fn take_reads(&mut self, n: u32) -> Result<u32, HostError> {
+        let quota = self.call.quotas.record_reads;
+        let left = quota.saturating_sub(self.used.record_reads);
+        if left == 0 {
+            return Err(over("record-reads", quota.into()));
+        }
+        let n = n.min(left);
+        self.used.record_reads += n;
+        Ok(n)
+    }
+
+    fn take_write(&mut self) -> Result<(), HostError> {
+        let quota = self.call.quotas.record_writes;
+        if self.used.record_writes >= quota {
+            return Err(over("record-writes", quota.into()));
+        }
+        self.used.record_writes += 1;
+        Ok(())
+    }
+
+    /// What remains of this call's quotas.
+    pub(crate) fn remaining(&self) -> Remaining {
+        let q = &self.call.quotas;
+        Remaining {
+            http_requests: q.http_requests.saturating_sub(self.used.http_requests),
+            http_bytes: q.http_bytes.saturating_sub(self.used.http_bytes),
+            record_reads: q.record_reads.saturating_sub(self.used.record_reads),
+            record_writes: q.record_writes.saturating_sub(self.used.record_writes),
+            events: q.events.saturating_sub(self.used.events),
+            wall_ms: self.wall_left().as_millis() as u64,
+        }
+    }
+
+    fn wall_left(&self) -> Duration {
+        self.call.wall.saturating_sub(self.started.elapsed())
+    }
+
+    /// `http.send`: the grant, the request quota and the bytes quota; the request's timeout
+    /// never outlasts the call's wall-clock cap. The kernel checks hosts and addresses.
+    pub(crate) fn http_send(
+        &mut self,
+        mut request: OutboundRequest,
+        asked_timeout_ms: Option<u32>,
+    ) -> Result<HttpResponse, HostError> {
+        let services = self.check(Capability::Http, "http.send")?;
+        let quotas = self.call.quotas;
+        if self.used.http_requests >= quotas.http_requests {
+            return Err(over("http-requests", quotas.http_requests.into()));
+        }
+        if request.headers.len() > MAX_REQUEST_HEADERS
+            || request
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+                > MAX_REQUEST_HEADER_BYTES
+        {
+            return Err(HostError::Invalid(format!(
+                "at most {MAX_REQUEST_HEADERS} headers and {MAX_REQUEST_HEADER_BYTES} bytes of them"
+            )));
+        }
+        let bytes_left = quotas.http_bytes.saturating_sub(self.used.http_bytes);
+        if request.body.len() as u64 > bytes_left {
+            return Err(over("http-bytes", quotas.http_bytes));
+        }
+        let wall_left = self.wall_left();
+        if wall_left.is_zero() {
+            return Err(HostError::Timeout(
+                "the call's wall-clock cap is reached".into(),
+            ));
+        }
+        let asked = asked_timeout_ms
+            .map(|ms| Duration::from_millis(ms.max(1) as u64))
+            .unwrap_or(DEFAULT_HTTP_TIMEOUT)
+            .min(MAX_HTTP_TIMEOUT);
+        request.timeout = asked.min(wall_left);
+        request.max_response_bytes = bytes_left - request.body.len() as u64;
+        self.used.http_requests += 1;
+        self.used.http_bytes += request.body.len() as u64;
+        let result = self.timed(|| services.http_send(request));
+        if let Ok(response) = &result {
+            self.used.http_bytes += response.body.len() as u64;
+        }
+        result
+    }
+
+    pub(crate) fn connection(&mut self, id: &str) -> Result<Option<ConnectionInfo>, HostError> {
+        self.host(Capability::Http, "connections.get", |s| s.connection(id))
+    }
+
+    pub(crate) fn connections(&mut self) -> Result<Vec<ConnectionInfo>, HostError> {
+        self.host(Capability::Http, "connections.list", |s| s.connections())
+    }
+
+    pub(crate) fn secret(&mut self, pointer: &str) -> Result<Option<String>, HostError> {
+        if !pointer.is_empty() && !pointer.starts_with('/') || pointer.len() > 512 {
+            return Err(HostError::Invalid(
+                "name a secret by its JSON pointer into the config, such as \"/api_key\"".into(),
+            ));
+        }
+        self.host(Capability::Secrets, "secrets.get", |s| s.secret(pointer))
     }
 
     pub(crate) fn record_list(
@@ -149,9 +280,14 @@ impl HostState {
         stage: Option<&str>,
         limit: u32,
     ) -> Result<Vec<PluginRecord>, HostError> {
-        self.host(Capability::RecordsRead, "records.list", |s| {
-            s.record_list(record_type, stage, limit)
-        })
+        // Each record listed is a read; the list is cut to what remains.
+        let services = self.check(Capability::RecordsRead, "records.list")?;
+        let limit = self.take_reads(limit.max(1))?;
+        let listed = self.timed(|| services.record_list(record_type, stage, limit));
+        // Give back what the list did not return.
+        let returned = listed.as_ref().map_or(0, |l| l.len() as u32);
+        self.used.record_reads -= limit - returned.min(limit);
+        listed
     }
 
     pub(crate) fn record_create(
@@ -160,9 +296,9 @@ impl HostState {
         stage: Option<&str>,
         data: &str,
     ) -> Result<PluginRecord, HostError> {
-        self.host(Capability::RecordsWrite, "records.create", |s| {
-            s.record_create(record_type, stage, data)
-        })
+        let services = self.check(Capability::RecordsWrite, "records.create")?;
+        self.take_write()?;
+        self.timed(|| services.record_create(record_type, stage, data))
     }
 
     pub(crate) fn record_update(
@@ -173,15 +309,19 @@ impl HostState {
         data: &str,
         expected_version: Option<u64>,
     ) -> Result<PluginRecord, HostError> {
-        self.host(Capability::RecordsWrite, "records.update", |s| {
-            s.record_update(record_type, id, stage, data, expected_version)
-        })
+        let services = self.check(Capability::RecordsWrite, "records.update")?;
+        self.take_write()?;
+        self.timed(|| services.record_update(record_type, id, stage, data, expected_version))
     }
 
     pub(crate) fn emit_event(&mut self, kind: &str, payload: &str) -> Result<(), HostError> {
-        self.host(Capability::Events, "events.emit", |s| {
-            s.emit_event(kind, payload)
-        })
+        let services = self.check(Capability::Events, "events.emit")?;
+        let quota = self.call.quotas.events;
+        if self.used.events >= quota {
+            return Err(over("events", quota.into()));
+        }
+        self.used.events += 1;
+        self.timed(|| services.emit_event(kind, payload))
     }
 }
 

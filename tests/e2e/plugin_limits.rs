@@ -170,7 +170,7 @@ async fn misplaced_secrets_and_foreign_subscriptions_are_refused_at_upload() {
         std::fs::read(root.join("target/wasm32-wasip2/release/hostile_plugin.wasm")).unwrap();
     let manifest = |extra: Value| {
         let mut m = json!({
-            "id": "copycat", "name": "Copycat", "version": "0.1.0", "api": "0.1.0",
+            "id": "copycat", "name": "Copycat", "version": "0.1.0", "api": "0.2.0",
             "hooks": ["score-lead", "run-action", "on-event"],
             "capabilities": ["kv", "records:read", "events"],
             "actions": ["seen"],

@@ -16,6 +16,7 @@
 //! ```
 
 mod capabilities;
+pub mod connections;
 pub mod installations;
 pub mod records;
 pub mod templates;
@@ -48,6 +49,8 @@ pub struct Kernel {
     pub workflows: Arc<Workflows>,
     pub plugins: Arc<PluginHost>,
     pub templates: Arc<Catalog>,
+    /// Outbound HTTP of plugins and connections, SSRF-guarded.
+    pub outbound: Arc<crate::outbound::Outbound>,
 }
 
 impl Kernel {
@@ -85,7 +88,10 @@ impl Kernel {
                 tracing::info!(plugins = %added.join(", "), "bundled plugins registered and approved");
             }
         }
+        let outbound = crate::outbound::Outbound::new(config.outbound()?)
+            .context("setting up outbound HTTP")?;
         let kernel = Arc::new(Kernel {
+            outbound: Arc::new(outbound),
             schemas: Arc::new(SchemaCache::new(config.record_limit)),
             workflows: Arc::new(Workflows::default()),
             plugins: Arc::new(plugins),
@@ -114,5 +120,10 @@ impl Kernel {
     /// Applying templates.
     pub fn templates(&self) -> Templates<'_> {
         Templates { kernel: self }
+    }
+
+    /// Connections to external services.
+    pub fn connections(&self) -> connections::Connections<'_> {
+        connections::Connections { kernel: self }
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 use streamflow_runtime::{
     Call, Capability, EventKind, Failure, FailureKind, Grants, Hook, HostServices, Invocation,
-    Limits, Loaded, Manifest, PluginRecord, Reply, Runtime, Score,
+    Limits, Loaded, Manifest, PluginRecord, Quotas, Reply, Runtime, Score,
 };
 use uuid::Uuid;
 
@@ -53,6 +53,9 @@ pub struct Active {
     /// The same, parsed (for the manifest's event filters).
     pub config_value: Value,
     pub limits: Limits,
+    /// What one call may do through host calls: the manifest's quotas, or the provider's
+    /// for this installation, within the platform's maxima.
+    pub quotas: Quotas,
     /// The installation's metric handles, made once (a labelled metric looked up per call
     /// costs a hash and a lock in the recorder).
     meters: Meters,
@@ -365,6 +368,7 @@ impl PluginHost {
             };
             let grants: Grants = serde_json::from_value(row.grants.0.clone()).unwrap_or_default();
             let limits = manifest.limits.capped_by(self.runtime.config().max_limits);
+            let quotas = manifest.quotas.capped_by(Quotas::MAX);
             list.push(Arc::new(Active {
                 meters: Meters::new(&row.plugin_id, &manifest),
                 tenant_id: scope.tenant_id(),
@@ -375,6 +379,7 @@ impl PluginHost {
                 config: row.config.0.to_string(),
                 config_value: row.config.0.clone(),
                 limits,
+                quotas,
                 manifest,
             }));
         }
@@ -492,6 +497,8 @@ impl PluginHost {
                     config: active.config.clone(),
                     grants: active.grants.clone(),
                     limits: active.limits,
+                    quotas: active.quotas,
+                    wall: active.quotas.wall_for(hook),
                     services,
                 });
                 let runtime = self.runtime.clone();

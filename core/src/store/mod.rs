@@ -21,6 +21,7 @@ pub mod accounts;
 pub mod cache;
 mod dialect;
 pub mod events;
+pub mod integrations;
 pub mod plugins;
 pub mod records;
 pub mod templates;

@@ -1,0 +1,156 @@
+//! Bindings of `streamflow:plugin@0.2.0`: translation between its WIT types and the
+//! version-independent host ([`crate::policy`]). Nothing here decides anything.
+
+use wasmtime::Store;
+use wasmtime::component::{Component, HasSelf, Linker};
+
+use crate::engine::{Call, Failure, HostState, Reply};
+use crate::host::{self, ConnectionInfo, ConnectionStatus, HostError, OutboundRequest};
+use crate::policy::{LogLevel, clip};
+
+wasmtime::component::bindgen!({
+    path: "../plugin-sdk/wit/0.2.0",
+    world: "plugin",
+});
+
+use streamflow::plugin::types;
+
+pub(crate) struct Pre(PluginPre<HostState>);
+
+impl Pre {
+    pub(crate) fn new(linker: &Linker<HostState>, component: &Component) -> wasmtime::Result<Pre> {
+        Ok(Pre(PluginPre::new(linker.instantiate_pre(component)?)?))
+    }
+}
+
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    Plugin::add_to_linker::<HostState, HasSelf<HostState>>(linker, |state| state)
+}
+
+/// Instantiate and call one hook. The outer error is a trap; the inner one the plugin's
+/// own answer.
+pub(crate) fn call(
+    pre: &Pre,
+    store: &mut Store<HostState>,
+    call: Call,
+) -> wasmtime::Result<Result<Reply, Failure>> {
+    let plugin = pre.0.instantiate(&mut *store)?;
+    call_on(&plugin, store, call)
+}
+
+pub(crate) fn instantiate(pre: &Pre, store: &mut Store<HostState>) -> wasmtime::Result<Plugin> {
+    pre.0.instantiate(store)
+}
+
+fn call_schedule(
+    plugin: &Plugin,
+    store: &mut Store<HostState>,
+    tick: host::ScheduleTick,
+) -> wasmtime::Result<Result<Reply, Failure>> {
+    Ok(plugin
+        .streamflow_plugin_schedules()
+        .call_on_schedule(
+            &mut *store,
+            &types::ScheduleTick {
+                id: tick.id,
+                last_run_at: tick.last_run_at,
+                now: tick.now,
+            },
+        )?
+        .map(|()| Reply::Done)
+        .map_err(plugin_failure))
+}
+
+fn host_error(e: HostError) -> types::HostError {
+    match e {
+        HostError::Denied(m) => types::HostError::Denied(m),
+        HostError::Invalid(m) => types::HostError::Invalid(m),
+        HostError::Limit(m) => types::HostError::Limit(m),
+        HostError::Conflict(m) => types::HostError::Conflict(m),
+        HostError::Unavailable(m) => types::HostError::Unavailable(m),
+        HostError::Timeout(m) => types::HostError::Timeout(m),
+    }
+}
+
+shared_bindings!();
+
+impl streamflow::plugin::http::Host for HostState {
+    fn send(
+        &mut self,
+        request: streamflow::plugin::http::Request,
+    ) -> Result<streamflow::plugin::http::Response, types::HostError> {
+        let outbound = OutboundRequest {
+            method: request.method,
+            url: request.url,
+            headers: request.headers,
+            body: request.body,
+            connection: request.connection,
+            timeout: std::time::Duration::ZERO,
+            follow_redirects: request.follow_redirects,
+            max_response_bytes: 0,
+        };
+        self.http_send(outbound, request.timeout_ms)
+            .map(|r| streamflow::plugin::http::Response {
+                status: r.status,
+                headers: r.headers,
+                body: r.body,
+            })
+            .map_err(host_error)
+    }
+}
+
+fn connection_to_wit(c: ConnectionInfo) -> streamflow::plugin::connections::Connection {
+    use streamflow::plugin::connections::Status;
+    streamflow::plugin::connections::Connection {
+        id: c.id,
+        kind: c.kind,
+        status: match c.status {
+            ConnectionStatus::NotConnected => Status::NotConnected,
+            ConnectionStatus::Connected => Status::Connected,
+            ConnectionStatus::Expired => Status::Expired,
+            ConnectionStatus::Error => Status::Error,
+        },
+        metadata: c.metadata,
+        expires_at: c.expires_at,
+        last_error: c.last_error,
+    }
+}
+
+impl streamflow::plugin::connections::Host for HostState {
+    fn get(
+        &mut self,
+        id: String,
+    ) -> Result<Option<streamflow::plugin::connections::Connection>, types::HostError> {
+        self.connection(&id)
+            .map(|c| c.map(connection_to_wit))
+            .map_err(host_error)
+    }
+
+    fn list(
+        &mut self,
+    ) -> Result<Vec<streamflow::plugin::connections::Connection>, types::HostError> {
+        self.connections()
+            .map(|v| v.into_iter().map(connection_to_wit).collect())
+            .map_err(host_error)
+    }
+}
+
+impl streamflow::plugin::secrets::Host for HostState {
+    fn get(&mut self, pointer: String) -> Result<Option<String>, types::HostError> {
+        self.secret(&pointer).map_err(host_error)
+    }
+}
+
+impl streamflow::plugin::limits::Host for HostState {
+    fn remaining(&mut self) -> streamflow::plugin::limits::QuotasLeft {
+        let r = HostState::remaining(self);
+        streamflow::plugin::limits::QuotasLeft {
+            http_requests: r.http_requests,
+            http_bytes: r.http_bytes,
+            record_reads: r.record_reads,
+            record_writes: r.record_writes,
+            events: r.events,
+            wall_ms: r.wall_ms,
+        }
+    }
+}
