@@ -220,12 +220,6 @@ struct ServeArgs {
     /// A PEM file of extra roots outbound TLS trusts besides the system's.
     #[arg(long, env = "STREAMFLOW_HTTP_EXTRA_ROOTS")]
     http_extra_roots: Option<std::path::PathBuf>,
-    /// Inbound webhook calls one tenant × plugin may make per minute.
-    #[arg(long, env = "STREAMFLOW_WEBHOOKS_PER_MINUTE", default_value_t = 600)]
-    webhooks_per_minute: u32,
-    /// Largest inbound webhook body, in bytes.
-    #[arg(long, env = "STREAMFLOW_WEBHOOK_BODY_LIMIT", default_value_t = 1024 * 1024)]
-    webhook_body_limit: usize,
 }
 
 /// `STREAMFLOW_HTTP_ALLOW_HOSTS`, parsed.
@@ -296,8 +290,6 @@ impl ServeArgs {
             http_resolve: self.http_resolve.0.clone(),
             http_max_response_bytes: self.http_max_response_bytes,
             http_extra_roots: self.http_extra_roots.clone(),
-            webhooks_per_minute: self.webhooks_per_minute,
-            webhook_body_limit: self.webhook_body_limit,
             ..Config::default()
         }
     }

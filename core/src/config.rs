@@ -113,7 +113,7 @@ pub struct Config {
     /// (`STREAMFLOW_AUTOMATION_BUDGET`, default 1000).
     pub automation_budget: i64,
 
-    // Contract 0.2.0 (issue 11): outbound HTTP, connections, webhooks.
+    // Contract 0.2.0 (issue 11): outbound HTTP and connections.
     /// The external base URL of this server, for OAuth2 redirects and webhook addresses
     /// (`STREAMFLOW_PUBLIC_URL`; default `http://` + the listen address).
     pub public_url: Option<String>,
@@ -129,13 +129,6 @@ pub struct Config {
     /// A PEM file of extra roots outbound TLS trusts besides the system's
     /// (`STREAMFLOW_HTTP_EXTRA_ROOTS`).
     pub http_extra_roots: Option<PathBuf>,
-    /// Inbound webhook calls one tenant × plugin may make per minute
-    /// (`STREAMFLOW_WEBHOOKS_PER_MINUTE`, default 600).
-    pub webhooks_per_minute: u32,
-    /// Largest inbound webhook body (`STREAMFLOW_WEBHOOK_BODY_LIMIT`, default 1 MiB).
-    pub webhook_body_limit: usize,
-    /// Run this node's scheduler (`STREAMFLOW_SCHEDULER`, default on, with the dispatcher).
-    pub scheduler: bool,
 }
 
 /// The loopback networks: the default of `metrics_allow`.
@@ -239,9 +232,6 @@ impl Default for Config {
             http_resolve: Vec::new(),
             http_max_response_bytes: crate::outbound::DEFAULT_MAX_RESPONSE,
             http_extra_roots: None,
-            webhooks_per_minute: 600,
-            webhook_body_limit: 1024 * 1024,
-            scheduler: true,
         }
     }
 }

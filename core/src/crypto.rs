@@ -133,6 +133,15 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(path, bytes)
 }
 
+/// `bytes` random bytes as URL-safe base64 without padding: tokens that appear in URLs.
+pub fn random_token(bytes: usize) -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,13 +182,4 @@ mod tests {
         assert_eq!(b.open(&a.seal(b"s", b"x"), b"x").unwrap(), b"s");
         assert!(SecretBox::load(Some("short"), dir.path()).is_err());
     }
-}
-
-/// `bytes` random bytes as URL-safe base64 without padding: tokens that appear in URLs.
-pub fn random_token(bytes: usize) -> String {
-    use base64::Engine;
-    use rand::RngCore;
-    let mut buf = vec![0u8; bytes];
-    rand::rng().fill_bytes(&mut buf);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
 }

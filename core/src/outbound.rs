@@ -207,14 +207,13 @@ impl reqwest::dns::Resolve for GuardedResolver {
             };
             // An exempt name was checked against its port before the request was made
             // (see `Outbound::check_url`).
-            if !guard.allow_names.contains(&host) {
-                if let Some((ip, why)) = addrs.iter().find_map(|ip| forbidden(*ip).map(|w| (ip, w)))
-                {
-                    return Err(Box::new(RefusedAddress(format!(
-                        "{host} resolves to {ip}, {why}; plugins may only reach public addresses"
-                    )))
-                        as Box<dyn std::error::Error + Send + Sync>);
-                }
+            if !guard.allow_names.contains(&host)
+                && let Some((ip, why)) = addrs.iter().find_map(|ip| forbidden(*ip).map(|w| (ip, w)))
+            {
+                return Err(Box::new(RefusedAddress(format!(
+                    "{host} resolves to {ip}, {why}; plugins may only reach public addresses"
+                )))
+                    as Box<dyn std::error::Error + Send + Sync>);
             }
             if addrs.is_empty() {
                 return Err(format!("{host} has no address").into());

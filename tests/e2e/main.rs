@@ -4,6 +4,7 @@ mod harness;
 
 mod auth;
 mod binary;
+mod contract;
 mod dispatch;
 mod hardening;
 mod isolation;

@@ -375,7 +375,10 @@ impl Store {
             .filter(|(_, m)| {
                 m.0.get(key).is_some_and(|v| match v {
                     Value::String(s) => s == value,
-                    other => other.to_string() == value,
+                    other => {
+                        *other == Value::String(value.to_string())
+                            || other.to_string().as_str() == value
+                    }
                 })
             })
             .map(|(t, _)| t)
@@ -383,6 +386,7 @@ impl Store {
             .collect())
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn insert_oauth_state(
         &self,
         scope: &TenantScope,
