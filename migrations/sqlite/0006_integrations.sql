@@ -1,9 +1,6 @@
 -- Contract 0.2.0 (issue 11): outbound HTTP usage, connections whose credentials the kernel
 -- holds, OAuth2 authorization state, inbound webhook addresses and receipts, schedules.
 
--- Audited plugin calls that were allowed (secret reads) beside the denied ones.
-ALTER TABLE plugin_audit ADD COLUMN outcome TEXT NOT NULL DEFAULT 'denied';
-
 -- Outbound requests per tenant × plugin × host pattern × day: what billing will read.
 CREATE TABLE plugin_http_usage (
     tenant_id  BLOB NOT NULL REFERENCES tenants(id),

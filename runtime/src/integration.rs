@@ -378,15 +378,12 @@ impl Quotas {
         }
     }
 
-    /// The wall-clock cap of a call of `hook`: the manifest's, never above the platform's.
+    /// The wall-clock cap of a call of `hook`: the hook's default, or the manifest's when
+    /// it is lower (a manifest lowers quotas, never raises them).
     pub fn wall_for(&self, hook: crate::Hook) -> Duration {
         let default = Self::default_wall(hook);
-        match self.wall_ms {
-            Some(ms) => Duration::from_millis(ms as u64).min(Duration::from_millis(
-                Self::MAX.wall_ms.unwrap_or(u32::MAX) as u64,
-            )),
-            None => default,
-        }
+        self.wall_ms
+            .map_or(default, |ms| Duration::from_millis(ms as u64).min(default))
     }
 
     /// Each of these quotas, capped by the same quota in `max`.
@@ -690,6 +687,29 @@ mod tests {
         ] {
             assert!(valid_host_pattern(good), "{good}");
         }
+    }
+
+    #[test]
+    fn a_manifest_lowers_the_wall_clock_cap_never_raises_it() {
+        use crate::Hook;
+        let q = |ms| Quotas {
+            wall_ms: ms,
+            ..Quotas::default()
+        };
+        assert_eq!(q(None).wall_for(Hook::ScoreLead), Duration::from_secs(5));
+        assert_eq!(q(None).wall_for(Hook::RunAction), Duration::from_secs(60));
+        assert_eq!(
+            q(Some(2_000)).wall_for(Hook::ScoreLead),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            q(Some(90_000)).wall_for(Hook::ScoreLead),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            q(Some(90_000)).wall_for(Hook::OnSchedule),
+            Duration::from_secs(60)
+        );
     }
 
     #[test]

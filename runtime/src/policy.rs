@@ -266,7 +266,7 @@ impl HostState {
     }
 
     pub(crate) fn secret(&mut self, pointer: &str) -> Result<Option<String>, HostError> {
-        if !pointer.is_empty() && !pointer.starts_with('/') || pointer.len() > 512 {
+        if (!pointer.is_empty() && !pointer.starts_with('/')) || pointer.len() > 512 {
             return Err(HostError::Invalid(
                 "name a secret by its JSON pointer into the config, such as \"/api_key\"".into(),
             ));

@@ -2,11 +2,44 @@
 //! unchanged in later versions, but each `bindgen!` makes its own Rust types, so their
 //! translation is written once here and expanded in each version's module.
 
-/// Expands, in a bindings module, the translation of the hooks and host interfaces every
-/// version has. The module provides `host_error` (its `host-error` variants differ) and
+/// Expands, in a bindings module, the linking and instantiation of its world and the
+/// translation of the hooks and host interfaces every version has. The module provides `host_error` (its `host-error` variants differ) and
 /// `call_schedule` (the hook is not in every version).
 macro_rules! shared_bindings {
     () => {
+        pub(crate) struct Pre(PluginPre<HostState>);
+
+        impl Pre {
+            pub(crate) fn new(
+                linker: &Linker<HostState>,
+                component: &Component,
+            ) -> wasmtime::Result<Pre> {
+                Ok(Pre(PluginPre::new(linker.instantiate_pre(component)?)?))
+            }
+        }
+
+        pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+            Plugin::add_to_linker::<HostState, HasSelf<HostState>>(linker, |state| state)
+        }
+
+        /// Instantiate and call one hook. The outer error is a trap; the inner one the plugin's
+        /// own answer.
+        pub(crate) fn call(
+            pre: &Pre,
+            store: &mut Store<HostState>,
+            call: Call,
+        ) -> wasmtime::Result<Result<Reply, Failure>> {
+            let plugin = pre.0.instantiate(&mut *store)?;
+            call_on(&plugin, store, call)
+        }
+
+        pub(crate) fn instantiate(
+            pre: &Pre,
+            store: &mut Store<HostState>,
+        ) -> wasmtime::Result<Plugin> {
+            pre.0.instantiate(store)
+        }
+
         /// Calls a hook on an instance that already exists.
         pub(crate) fn call_on(
             plugin: &Plugin,

@@ -15,33 +15,6 @@ wasmtime::component::bindgen!({
 
 use streamflow::plugin::types;
 
-pub(crate) struct Pre(PluginPre<HostState>);
-
-impl Pre {
-    pub(crate) fn new(linker: &Linker<HostState>, component: &Component) -> wasmtime::Result<Pre> {
-        Ok(Pre(PluginPre::new(linker.instantiate_pre(component)?)?))
-    }
-}
-
-pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    Plugin::add_to_linker::<HostState, HasSelf<HostState>>(linker, |state| state)
-}
-
-/// Instantiate and call one hook. The outer error is a trap; the inner one the plugin's
-/// own answer.
-pub(crate) fn call(
-    pre: &Pre,
-    store: &mut Store<HostState>,
-    call: Call,
-) -> wasmtime::Result<Result<Reply, Failure>> {
-    let plugin = pre.0.instantiate(&mut *store)?;
-    call_on(&plugin, store, call)
-}
-
-pub(crate) fn instantiate(pre: &Pre, store: &mut Store<HostState>) -> wasmtime::Result<Plugin> {
-    pre.0.instantiate(store)
-}
-
 fn call_schedule(
     plugin: &Plugin,
     store: &mut Store<HostState>,

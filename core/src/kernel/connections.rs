@@ -221,7 +221,7 @@ impl Connections<'_> {
         let shown: Map<String, Value> = settings
             .into_iter()
             .map(|(k, v)| {
-                if secret.contains(&format!("/{}", streamflow_runtime::pointer::escape(&k))) {
+                if is_secret(&secret, &k) {
                     (k, json!({"set": true}))
                 } else {
                     (k, v)
@@ -256,9 +256,7 @@ impl Connections<'_> {
         let secret_fields = streamflow_runtime::config_schema::scan(&schema).fields;
         let kept_secrets: Map<String, Value> = kept
             .into_iter()
-            .filter(|(k, _)| {
-                secret_fields.contains(&format!("/{}", streamflow_runtime::pointer::escape(k)))
-            })
+            .filter(|(k, _)| is_secret(&secret_fields, k))
             .collect();
         let prepared =
             crate::plugins::config::prepare(&schema, &secret_fields, settings, &kept_secrets)
@@ -294,16 +292,7 @@ impl Connections<'_> {
                 let row = rows
                     .iter()
                     .find(|r| r.plugin_id == active.plugin_id && &r.connection == id);
-                let info = info_of(id, spec, row);
-                items.push(json!({
-                    "plugin": active.plugin_id,
-                    "connection": id,
-                    "kind": info.kind,
-                    "status": info.status.as_str(),
-                    "metadata": serde_json::from_str::<Value>(&info.metadata).unwrap_or_default(),
-                    "expires_at": info.expires_at,
-                    "last_error": info.last_error,
-                }));
+                items.push(view_json(&active.plugin_id, &info_of(id, spec, row)));
             }
         }
         Ok(items)
@@ -410,15 +399,7 @@ impl Connections<'_> {
             .info(scope, &manifest, connection)
             .await?
             .ok_or_else(|| ConnectionError::Unknown(plugin_id.to_string()))?;
-        Ok(json!({
-            "plugin": plugin_id,
-            "connection": connection,
-            "kind": info.kind,
-            "status": info.status.as_str(),
-            "metadata": serde_json::from_str::<Value>(&info.metadata).unwrap_or_default(),
-            "expires_at": info.expires_at,
-            "last_error": info.last_error,
-        }))
+        Ok(view_json(plugin_id, &info))
     }
 
     /// Disconnects: the credentials and tokens are deleted, and the token revoked where
@@ -440,10 +421,7 @@ impl Connections<'_> {
         {
             let (app, urls) = self.app(plugin_id, connection, &spec).await?;
             if let Some(revoke) = &urls.revoke {
-                let creds = self.open_map(
-                    row.credentials.as_deref(),
-                    &tenant_aad(scope.tenant_id(), plugin_id, connection, "credentials"),
-                );
+                let creds = self.credentials_of(scope, &row);
                 let merged = merged_settings(&app, &creds);
                 let token = tokens
                     .refresh_token
@@ -566,12 +544,7 @@ impl Connections<'_> {
             .await?;
         let creds = creds_row
             .as_ref()
-            .map(|r| {
-                self.open_map(
-                    r.credentials.as_deref(),
-                    &tenant_aad(scope.tenant_id(), &plugin_id, &connection, "credentials"),
-                )
-            })
+            .map(|r| self.credentials_of(&scope, r))
             .unwrap_or_default();
         let merged = merged_settings(&app, &creds);
         let redirect = self.redirect_uri();
@@ -633,13 +606,21 @@ impl Connections<'_> {
             .connection(scope, plugin_id, connection)
             .await?;
         Ok(row
-            .map(|r| {
-                self.open_map(
-                    r.credentials.as_deref(),
-                    &tenant_aad(scope.tenant_id(), plugin_id, connection, "credentials"),
-                )
-            })
+            .map(|r| self.credentials_of(scope, &r))
             .unwrap_or_default())
+    }
+
+    /// A stored connection's tenant-supplied credentials, opened.
+    fn credentials_of(&self, scope: &TenantScope, row: &ConnectionRow) -> Map<String, Value> {
+        self.open_map(
+            row.credentials.as_deref(),
+            &tenant_aad(
+                scope.tenant_id(),
+                &row.plugin_id,
+                &row.connection,
+                "credentials",
+            ),
+        )
     }
 
     fn tokens_of(&self, scope: &TenantScope, row: &ConnectionRow) -> Option<Tokens> {
@@ -684,12 +665,7 @@ impl Connections<'_> {
             .map_err(|e| store(e.into()))?;
         let creds = row
             .as_ref()
-            .map(|r| {
-                self.open_map(
-                    r.credentials.as_deref(),
-                    &tenant_aad(scope.tenant_id(), plugin_id, connection, "credentials"),
-                )
-            })
+            .map(|r| self.credentials_of(scope, r))
             .unwrap_or_default();
         let merged = merged_settings(&app, &creds);
         let mut applied = Applied {
@@ -712,21 +688,11 @@ impl Connections<'_> {
             }
         }
         if spec.mutual_tls {
-            match (
-                setting(&merged, "client_certificate"),
-                setting(&merged, "client_key"),
-            ) {
-                (Some(cert), Some(key)) => {
-                    applied.identity = Some(Arc::new(Identity {
-                        pem: format!("{cert}\n{key}\n").into_bytes(),
-                    }))
-                }
-                _ => {
-                    return Err(not_ready(format!(
-                        "connection {connection} needs a client certificate and key (mutual TLS); the provider or tenant has not set them"
-                    )));
-                }
-            }
+            applied.identity = Some(identity_of(&merged).ok_or_else(|| {
+                not_ready(format!(
+                    "connection {connection} needs a client certificate and key (mutual TLS); the provider or tenant has not set them"
+                ))
+            })?);
         }
         let credential =
             match spec.kind {
@@ -1007,16 +973,11 @@ impl Connections<'_> {
             ));
             headers.push(("Authorization".to_string(), format!("Basic {basic}")));
         }
-        let identity = match (
-            spec.mutual_tls,
-            setting(settings, "client_certificate"),
-            setting(settings, "client_key"),
-        ) {
-            (true, Some(cert), Some(key)) => Some(Arc::new(Identity {
-                pem: format!("{cert}\n{key}\n").into_bytes(),
-            })),
-            (true, _, _) => return Err("mutual TLS needs a client certificate and key".into()),
-            _ => None,
+        let identity = match spec.mutual_tls {
+            true => {
+                Some(identity_of(settings).ok_or("mutual TLS needs a client certificate and key")?)
+            }
+            false => None,
         };
         let body = serde_urlencoded_pairs(form);
         let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
@@ -1102,6 +1063,33 @@ fn check_urls(urls: &ConnectionUrls) -> Result<(), ConnectionError> {
     } else {
         Err(ConnectionError::Invalid(errors))
     }
+}
+
+/// A connection as `GET /api/connections` shows it.
+fn view_json(plugin_id: &str, info: &ConnectionInfo) -> Value {
+    json!({
+        "plugin": plugin_id,
+        "connection": info.id,
+        "kind": info.kind,
+        "status": info.status.as_str(),
+        "metadata": serde_json::from_str::<Value>(&info.metadata).unwrap_or_default(),
+        "expires_at": info.expires_at,
+        "last_error": info.last_error,
+    })
+}
+
+/// The client certificate and key of a mutual TLS connection, from its settings.
+fn identity_of(settings: &Map<String, Value>) -> Option<Arc<Identity>> {
+    let cert = setting(settings, "client_certificate")?;
+    let key = setting(settings, "client_key")?;
+    Some(Arc::new(Identity {
+        pem: format!("{cert}\n{key}\n").into_bytes(),
+    }))
+}
+
+/// Whether the top-level setting `key` is one the schema marks `writeOnly`.
+fn is_secret(secret_fields: &[String], key: &str) -> bool {
+    secret_fields.contains(&format!("/{}", streamflow_runtime::pointer::escape(key)))
 }
 
 /// A connection as a plugin or a tenant sees it.
