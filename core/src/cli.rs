@@ -220,6 +220,20 @@ struct ServeArgs {
     /// A PEM file of extra roots outbound TLS trusts besides the system's.
     #[arg(long, env = "STREAMFLOW_HTTP_EXTRA_ROOTS")]
     http_extra_roots: Option<std::path::PathBuf>,
+    /// Inbound webhook deliveries per second one tenant × plugin may send (bursts of
+    /// twice that).
+    #[arg(long, env = "STREAMFLOW_WEBHOOK_RATE", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    webhook_rate: u32,
+    /// Whether this node runs plugin schedules (a database lease runs each once across
+    /// nodes).
+    #[arg(long, env = "STREAMFLOW_SCHEDULER", default_value = "1",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    scheduler: bool,
+    /// How often, in milliseconds, the scheduler looks for due schedules.
+    #[arg(long, env = "STREAMFLOW_SCHEDULER_POLL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(50..))]
+    scheduler_poll_ms: u64,
 }
 
 /// `STREAMFLOW_HTTP_ALLOW_HOSTS`, parsed.
@@ -290,6 +304,9 @@ impl ServeArgs {
             http_resolve: self.http_resolve.0.clone(),
             http_max_response_bytes: self.http_max_response_bytes,
             http_extra_roots: self.http_extra_roots.clone(),
+            webhook_rate: self.webhook_rate,
+            scheduler: self.scheduler,
+            scheduler_poll: std::time::Duration::from_millis(self.scheduler_poll_ms),
             ..Config::default()
         }
     }

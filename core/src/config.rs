@@ -129,6 +129,15 @@ pub struct Config {
     /// A PEM file of extra roots outbound TLS trusts besides the system's
     /// (`STREAMFLOW_HTTP_EXTRA_ROOTS`).
     pub http_extra_roots: Option<PathBuf>,
+    /// Inbound webhook deliveries per second one tenant × plugin may send to this node,
+    /// with bursts of twice that (`STREAMFLOW_WEBHOOK_RATE`, default 50).
+    pub webhook_rate: u32,
+    /// Whether this node runs plugin schedules (`STREAMFLOW_SCHEDULER`, default on; any
+    /// number of nodes may, a lease in the database runs each schedule once).
+    pub scheduler: bool,
+    /// How often the scheduler looks for due schedules (`STREAMFLOW_SCHEDULER_POLL_MS`,
+    /// default 1000).
+    pub scheduler_poll: std::time::Duration,
 }
 
 /// The loopback networks: the default of `metrics_allow`.
@@ -231,6 +240,9 @@ impl Default for Config {
             http_allow_hosts: Vec::new(),
             http_resolve: Vec::new(),
             http_max_response_bytes: crate::outbound::DEFAULT_MAX_RESPONSE,
+            webhook_rate: 50,
+            scheduler: true,
+            scheduler_poll: std::time::Duration::from_millis(1000),
             http_extra_roots: None,
         }
     }

@@ -346,7 +346,7 @@ impl Outbound {
     pub fn check_url(
         &self,
         url: &Url,
-        allowed: &dyn Fn(&str) -> bool,
+        allowed: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<(), OutboundError> {
         let host = url
             .host_str()
@@ -373,7 +373,8 @@ impl Outbound {
                 "{host}:{port} is not one of the host:port pairs STREAMFLOW_HTTP_ALLOW_HOSTS lists"
             )));
         }
-        if !exempt && !allowed(&host) {
+        // The allow list lifts the address and scheme rules, never the manifest's hosts.
+        if !allowed(&host) {
             return Err(OutboundError::Refused(format!(
                 "{host} is not among the hosts this plugin's manifest lists"
             )));
@@ -393,7 +394,7 @@ impl Outbound {
     pub async fn send(
         &self,
         mut request: Request,
-        allowed: &dyn Fn(&str) -> bool,
+        allowed: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Response, OutboundError> {
         let deadline = Instant::now() + request.timeout;
         let client = self.client_for(request.identity.as_deref())?;

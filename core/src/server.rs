@@ -101,6 +101,10 @@ pub async fn serve(
         .config
         .dispatcher
         .then(|| crate::events::start(state.kernel.clone(), stop.clone()));
+    let scheduler = state
+        .config
+        .scheduler
+        .then(|| crate::kernel::schedules::start(state.kernel.clone(), stop.clone()));
     let limits = ConnectionLimits::from(state.config.as_ref());
     let app = api::router(state);
     accept_loop(listener, app, limits, shutdown).await;
@@ -108,6 +112,9 @@ pub async fn serve(
     stop.stop();
     if let Some(dispatcher) = dispatcher {
         let _ = dispatcher.await;
+    }
+    if let Some(scheduler) = scheduler {
+        let _ = scheduler.await;
     }
     store.close().await;
     Ok(())

@@ -54,6 +54,9 @@ pub enum Permission {
     PluginsConfigure,
     /// Run a plugin's actions.
     PluginsRun,
+    /// Connect plugins to outside services (credentials, OAuth), run their schedules, see
+    /// their webhook receipts.
+    IntegrationsManage,
 }
 
 impl Role {
@@ -90,7 +93,9 @@ impl Role {
             RecordsUpdate => self >= Role::Field,
             RecordsCreate => self >= Role::Member,
             RecordsDelete => self >= Role::Manager,
-            UsersManage | ApiKeysManage | SchemasManage | PluginsConfigure => self >= Role::Admin,
+            UsersManage | ApiKeysManage | SchemasManage | PluginsConfigure | IntegrationsManage => {
+                self >= Role::Admin
+            }
             PluginsRun => self >= Role::Member,
         }
     }

@@ -33,8 +33,8 @@ pub use engine::{
 };
 pub use event_kind::EventKind;
 pub use host::{
-    ConnectionInfo, ConnectionStatus, HostError, HostServices, NoServices, OutboundRequest,
-    PluginEvent, PluginRecord, ScheduleTick, Score, Temperature,
+    ConnectionInfo, ConnectionStatus, HostError, HostServices, HttpRequest, HttpResponse,
+    NoServices, OutboundRequest, PluginEvent, PluginRecord, ScheduleTick, Score, Temperature,
 };
 pub use integration::Quotas;
 pub use manifest::{Capability, Grants, Hook, Limits, Manifest};

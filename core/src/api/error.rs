@@ -292,3 +292,29 @@ impl From<ApplyError> for ApiError {
         }
     }
 }
+
+impl From<crate::kernel::connections::ConnectionError> for ApiError {
+    fn from(err: crate::kernel::connections::ConnectionError) -> Self {
+        use crate::kernel::connections::ConnectionError as E;
+        match err {
+            e @ E::Unknown(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+            E::Invalid(errors) => ApiError::validation(errors),
+            E::NotReady(message) => ApiError::conflict("connection_not_ready", message),
+            E::Refused(message) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "connection_refused", message)
+            }
+            E::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::kernel::schedules::ScheduleError> for ApiError {
+    fn from(err: crate::kernel::schedules::ScheduleError) -> Self {
+        use crate::kernel::schedules::ScheduleError as E;
+        match err {
+            E::NotFound => ApiError::not_found("schedule"),
+            e @ E::Running => ApiError::conflict("schedule_running", e.to_string()),
+            E::Store(e) => e.into(),
+        }
+    }
+}

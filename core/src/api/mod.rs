@@ -34,6 +34,7 @@ mod client;
 mod developer;
 pub mod error;
 pub mod extract;
+mod integrations;
 pub mod json;
 mod plugins;
 mod provider;
@@ -111,7 +112,7 @@ pub fn router(state: AppState) -> Router {
     let openapi = axum::body::Bytes::from(
         serde_json::to_vec(&openapi).expect("the OpenAPI document serialises"),
     );
-    let routes = routes.route(
+    let routes = routes.merge(integrations::public_router()).route(
         "/openapi.json",
         axum::routing::get(move || {
             let openapi = openapi.clone();
@@ -136,6 +137,7 @@ fn routes_and_doc() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             "/provider",
             provider::router()
                 .merge(plugins::provider_router())
+                .merge(integrations::provider_router())
                 .merge(templates::router()),
         )
         .nest(
@@ -146,7 +148,8 @@ fn routes_and_doc() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             "/api",
             client::router()
                 .merge(records::router())
-                .merge(plugins::client_router()),
+                .merge(plugins::client_router())
+                .merge(integrations::client_router()),
         )
         .split_for_parts();
     CommonResponses.modify(&mut openapi);

@@ -494,6 +494,13 @@ struct InstallationView {
     /// Provider only: calls, failures and the circuit breaker on this node.
     #[serde(skip_serializing_if = "Option::is_none")]
     health: Option<HealthView>,
+    /// Where the service sends this installation's webhooks (plugins that handle them):
+    /// an opaque per-installation address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook_url: Option<String>,
+    /// The plugin's app-wide webhook address, when its manifest routes one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    app_webhook_url: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -547,7 +554,23 @@ async fn installation_view(
         Vec::new()
     };
     let limits: Limits = manifest.limits.capped_by(state.config.plugin_max_limits);
+    let (webhook_url, app_webhook_url) = match &manifest.webhooks {
+        Some(spec) if manifest.has_hook(Hook::HandleWebhook) => (
+            Some(
+                state
+                    .webhooks()
+                    .address(&TenantScope::new(row.tenant_id), &row.plugin_id)
+                    .await?,
+            ),
+            spec.route
+                .is_some()
+                .then(|| state.webhooks().app_address(&row.plugin_id)),
+        ),
+        _ => (None, None),
+    };
     Ok(InstallationView {
+        webhook_url,
+        app_webhook_url,
         plugin_id: row.plugin_id.clone(),
         name: version.name.clone(),
         version: row.version.clone(),
@@ -693,9 +716,12 @@ struct AuditEntry {
     version: String,
     capability: String,
     operation: String,
-    /// The first denied call of this minute's entry.
+    /// `denied` (called without the grant) or `allowed` (an audited call, such as each
+    /// read of a secret).
+    outcome: String,
+    /// The first call of this minute's entry.
     at: String,
-    /// Denied calls this entry stands for (they are counted per minute).
+    /// Calls this entry stands for (they are counted per minute).
     calls: i64,
     /// The latest of them.
     last_at: String,
@@ -706,8 +732,9 @@ struct AuditList {
     items: Vec<AuditEntry>,
 }
 
-/// Capability calls the plugin made without a grant, newest first (at most 200 entries,
-/// each counting the calls of one capability and operation in one minute).
+/// Audited capability calls of the plugin, newest first: calls made without a grant
+/// (`denied`) and secret reads (`allowed`); at most 200 entries, each counting the calls of
+/// one capability, operation and outcome in one minute.
 #[utoipa::path(get, path = "/tenants/{slug}/plugins/{id}/audit", tag = "provider", security(("provider_token" = [])),
     params(("slug" = String, Path), ("id" = String, Path)),
     responses((status = 200, body = AuditList), (status = 404, body = ErrorBody)))]
@@ -731,6 +758,7 @@ async fn audit(
                 version: r.version,
                 capability: r.capability,
                 operation: r.operation,
+                outcome: r.outcome,
                 at: crate::store::format_micros(r.created_at),
                 calls: r.calls,
                 last_at: crate::store::format_micros(r.last_at),

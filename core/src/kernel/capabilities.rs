@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 
 use serde_json::Value;
-use streamflow_runtime::{Capability, Grants, Hook, HostError, HostServices, PluginRecord};
+use streamflow_runtime::{
+    Capability, ConnectionInfo, Grants, Hook, HostError, HostServices, HttpResponse,
+    OutboundRequest, PluginRecord,
+};
 use uuid::Uuid;
 
 use super::Kernel;
@@ -45,7 +48,7 @@ impl Capabilities for Connector {
     fn services(
         &self,
         scope: TenantScope,
-        active: &Active,
+        active: &Arc<Active>,
         hook: Hook,
         origin: Option<Origin>,
     ) -> Option<Arc<dyn HostServices>> {
@@ -58,6 +61,7 @@ impl Capabilities for Connector {
             plugin_id: active.plugin_id.clone(),
             version: active.version.clone(),
             grants: active.grants.clone(),
+            active: active.clone(),
             // What a scorer writes while it scores is not scored again.
             scores: hook != Hook::ScoreLead,
             call_root: Uuid::now_v7(),
@@ -67,15 +71,17 @@ impl Capabilities for Connector {
     }
 }
 
-struct KernelServices {
-    handle: tokio::runtime::Handle,
-    kernel: Arc<Kernel>,
-    scope: TenantScope,
+pub(super) struct KernelServices {
+    pub(super) handle: tokio::runtime::Handle,
+    pub(super) kernel: Arc<Kernel>,
+    pub(super) scope: TenantScope,
     plugin_id: String,
     version: String,
     /// What the installation was granted: records lose their personal fields without
     /// `records:read-pii`.
     grants: Grants,
+    /// The installation (its manifest's hosts and connections).
+    pub(super) active: Arc<Active>,
     /// Bytes the installation may keep in `kv`.
     kv_bytes: u64,
     /// Whether the leads this call writes are scored.
@@ -422,15 +428,91 @@ impl HostServices for KernelServices {
             .map_err(unavailable)
     }
 
+    fn http_send(&self, request: OutboundRequest) -> Result<HttpResponse, HostError> {
+        self.handle.block_on(self.send_http(request))
+    }
+
+    fn connection(&self, id: &str) -> Result<Option<ConnectionInfo>, HostError> {
+        self.handle
+            .block_on(
+                self.kernel
+                    .connections()
+                    .info(&self.scope, &self.active.manifest, id),
+            )
+            .map_err(unavailable)
+    }
+
+    fn connections(&self) -> Result<Vec<ConnectionInfo>, HostError> {
+        self.handle.block_on(async {
+            let mut all = Vec::new();
+            for id in self.active.manifest.connections.keys() {
+                let info = self
+                    .kernel
+                    .connections()
+                    .info(&self.scope, &self.active.manifest, id)
+                    .await
+                    .map_err(unavailable)?;
+                all.extend(info);
+            }
+            Ok(all)
+        })
+    }
+
+    /// Reads one of the installation's stored secrets; each read (found or not) is
+    /// counted in the audit, which the provider sees.
+    fn secret(&self, pointer: &str) -> Result<Option<String>, HostError> {
+        self.handle.block_on(async {
+            let row = self
+                .kernel
+                .store
+                .get_installation(&self.scope, &self.plugin_id)
+                .await
+                .map_err(unavailable)?
+                .ok_or_else(|| HostError::Unavailable("the installation is gone".into()))?;
+            let secrets = self.kernel.plugins.open_secrets(&row).map_err(|_| {
+                tracing::error!(tenant = %self.scope.tenant_id(), plugin = %self.plugin_id,
+                    "an installation's secrets could not be opened (wrong STREAMFLOW_SECRET_KEY?)");
+                HostError::Unavailable("the installation's secrets cannot be read".into())
+            })?;
+            let operation = format!(
+                "secrets.get {}",
+                pointer.chars().take(128).collect::<String>()
+            );
+            if let Err(e) = self
+                .kernel
+                .store
+                .audit_call(
+                    &self.scope,
+                    &self.plugin_id,
+                    &self.version,
+                    Capability::Secrets.as_str(),
+                    &operation,
+                    "allowed",
+                    1,
+                )
+                .await
+            {
+                // A read that cannot be audited is not made.
+                tracing::error!(error = %e, "could not audit a secret read");
+                return Err(unavailable(e));
+            }
+            Ok(secrets.get(pointer).map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }))
+        })
+    }
+
     /// Counts the denial in its minute's audit row; only the window's first denial is
     /// logged, so a plugin looping on a refused call costs one row and one line a minute.
     fn denied(&self, capability: Capability, operation: &str, calls: u32) {
-        let result = self.handle.block_on(self.kernel.store.audit_denied(
+        let result = self.handle.block_on(self.kernel.store.audit_call(
             &self.scope,
             &self.plugin_id,
             &self.version,
             capability.as_str(),
             operation,
+            "denied",
             calls,
         ));
         match result {

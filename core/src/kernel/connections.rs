@@ -145,7 +145,10 @@ impl Connections<'_> {
     }
 
     /// The newest approved manifest of a plugin (the provider's view of its connections).
-    async fn newest_manifest(&self, plugin_id: &str) -> Result<Manifest, ConnectionError> {
+    pub(crate) async fn newest_manifest(
+        &self,
+        plugin_id: &str,
+    ) -> Result<Manifest, ConnectionError> {
         let versions = self.kernel.store.approved_versions(plugin_id).await?;
         versions
             .iter()
@@ -218,16 +221,7 @@ impl Connections<'_> {
         let spec = Self::spec(&manifest, connection)?;
         let (settings, urls) = self.app(plugin_id, connection, spec).await?;
         let secret = streamflow_runtime::config_schema::scan(&spec.provider_schema()).fields;
-        let shown: Map<String, Value> = settings
-            .into_iter()
-            .map(|(k, v)| {
-                if is_secret(&secret, &k) {
-                    (k, json!({"set": true}))
-                } else {
-                    (k, v)
-                }
-            })
-            .collect();
+        let shown = masked(settings, &secret);
         Ok(json!({
             "plugin": plugin_id,
             "connection": connection,
@@ -254,15 +248,15 @@ impl Connections<'_> {
         let (kept, _) = self.app(plugin_id, connection, spec).await?;
         let schema = spec.provider_schema();
         let secret_fields = streamflow_runtime::config_schema::scan(&schema).fields;
-        let kept_secrets: Map<String, Value> = kept
-            .into_iter()
-            .filter(|(k, _)| is_secret(&secret_fields, k))
+        let kept = Value::Object(kept);
+        let kept_secrets: Map<String, Value> = secret_fields
+            .iter()
+            .filter_map(|p| kept.pointer(p).map(|v| (p.clone(), v.clone())))
             .collect();
         let prepared =
             crate::plugins::config::prepare(&schema, &secret_fields, settings, &kept_secrets)
                 .map_err(|errors| prefix_errors(errors, "/settings"))?;
-        let mut all = prepared.public.as_object().cloned().unwrap_or_default();
-        all.extend(prepared.secrets);
+        let all = rejoined(prepared);
         let urls = urls.unwrap_or_default();
         check_urls(&urls)?;
         let sealed = self.seal(&all, &app_aad(plugin_id, connection));
@@ -276,6 +270,37 @@ impl Connections<'_> {
             )
             .await?;
         self.app_view(plugin_id, connection).await
+    }
+
+    /// One text setting of a connection: the tenant's own (when a tenant is given) over the
+    /// provider's. For the host's own use (a webhook's signing secret), never a plugin's.
+    pub(crate) async fn setting(
+        &self,
+        scope: Option<&TenantScope>,
+        plugin_id: &str,
+        connection: &str,
+        key: &str,
+    ) -> Result<Option<String>, StoreError> {
+        if let Some(scope) = scope
+            && let Some(row) = self
+                .kernel
+                .store
+                .connection(scope, plugin_id, connection)
+                .await?
+            && let Some(value) = setting(&self.credentials_of(scope, &row), key)
+        {
+            return Ok(Some(value.to_string()));
+        }
+        let Some(row) = self
+            .kernel
+            .store
+            .connection_app(plugin_id, connection)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let app = self.open_map(row.settings.as_deref(), &app_aad(plugin_id, connection));
+        Ok(setting(&app, key).map(str::to_string))
     }
 
     /// `STREAMFLOW_PUBLIC_URL` + `/oauth/callback`.
@@ -335,8 +360,7 @@ impl Connections<'_> {
             crate::plugins::config::prepare(&schema, &secret_fields, credentials, &Map::new())
                 .map_err(|errors| prefix_errors(errors, "/credentials"))?;
         let public = prepared.public.as_object().cloned().unwrap_or_default();
-        let mut all = public.clone();
-        all.extend(prepared.secrets);
+        let all = rejoined(prepared);
         let metadata: Map<String, Value> = spec
             .metadata
             .iter()
@@ -1087,9 +1111,29 @@ fn identity_of(settings: &Map<String, Value>) -> Option<Arc<Identity>> {
     }))
 }
 
-/// Whether the top-level setting `key` is one the schema marks `writeOnly`.
-fn is_secret(secret_fields: &[String], key: &str) -> bool {
-    secret_fields.contains(&format!("/{}", streamflow_runtime::pointer::escape(key)))
+/// Validated settings with their secrets put back in place (`prepare` splits them off by
+/// pointer), as they are sealed.
+fn rejoined(prepared: crate::plugins::config::PreparedConfig) -> Map<String, Value> {
+    let mut all = prepared.public;
+    for (pointer, value) in prepared.secrets {
+        crate::plugins::config::set_pointer(&mut all, &pointer, value);
+    }
+    match all {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+/// Settings as the provider sees them: each secret the schema marks `writeOnly` that is
+/// set shows as `{"set": true}`.
+fn masked(settings: Map<String, Value>, secret_fields: &[String]) -> Value {
+    let mut shown = Value::Object(settings);
+    for pointer in secret_fields {
+        if shown.pointer(pointer).is_some() {
+            crate::plugins::config::set_pointer(&mut shown, pointer, json!({"set": true}));
+        }
+    }
+    shown
 }
 
 /// A connection as a plugin or a tenant sees it.
@@ -1117,6 +1161,32 @@ fn info_of(id: &str, spec: &ConnectionSpec, row: Option<&ConnectionRow>) -> Conn
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_sealed_in_place_and_shown_as_set() {
+        let prepared = crate::plugins::config::PreparedConfig {
+            public: json!({"client_id": "abc", "tls": {"name": "x"}}),
+            secrets: Map::from_iter([
+                ("/client_secret".to_string(), json!("s3cret")),
+                ("/tls/key".to_string(), json!("PEM")),
+            ]),
+        };
+        let all = rejoined(prepared);
+        assert_eq!(setting(&all, "client_secret"), Some("s3cret"));
+        assert_eq!(all["tls"]["key"], "PEM");
+        let fields = vec![
+            "/client_secret".to_string(),
+            "/tls/key".to_string(),
+            "/unset".to_string(),
+        ];
+        let shown = masked(all, &fields).to_string();
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("PEM"),
+            "{shown}"
+        );
+        assert!(shown.contains(r#""client_secret":{"set":true}"#), "{shown}");
+        assert!(!shown.contains("unset"), "{shown}");
+    }
 
     #[test]
     fn basic_credentials_are_form_encoded() {

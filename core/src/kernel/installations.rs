@@ -107,6 +107,10 @@ impl Installations<'_> {
             updated_at: 0,
         };
         let row = self.store(scope, &row).await?;
+        self.kernel
+            .schedules()
+            .sync(scope, id, Some(&manifest))
+            .await?;
         tracing::info!(tenant = %scope.tenant_id(), plugin = %id, version = %row.version,
             "plugin installed");
         Ok(Installed {
@@ -163,6 +167,7 @@ impl Installations<'_> {
         {
             return Err(InstallError::NotInstalled);
         }
+        self.kernel.schedules().sync(scope, plugin_id, None).await?;
         self.kernel.plugins.changed().await;
         Ok(())
     }

@@ -18,9 +18,12 @@
 mod capabilities;
 pub mod connections;
 pub mod installations;
+mod plugin_http;
 pub mod records;
+pub mod schedules;
 pub mod templates;
 pub mod visibility;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -51,6 +54,8 @@ pub struct Kernel {
     pub templates: Arc<Catalog>,
     /// Outbound HTTP of plugins and connections, SSRF-guarded.
     pub outbound: Arc<crate::outbound::Outbound>,
+    /// Inbound webhooks per tenant × plugin, on this node.
+    pub webhook_limiter: webhooks::Limiter,
 }
 
 impl Kernel {
@@ -92,6 +97,7 @@ impl Kernel {
             .context("setting up outbound HTTP")?;
         let kernel = Arc::new(Kernel {
             outbound: Arc::new(outbound),
+            webhook_limiter: webhooks::Limiter::new(config.webhook_rate),
             schemas: Arc::new(SchemaCache::new(config.record_limit)),
             workflows: Arc::new(Workflows::default()),
             plugins: Arc::new(plugins),
@@ -125,5 +131,15 @@ impl Kernel {
     /// Connections to external services.
     pub fn connections(&self) -> connections::Connections<'_> {
         connections::Connections { kernel: self }
+    }
+
+    /// Inbound webhooks.
+    pub fn webhooks(&self) -> webhooks::Webhooks<'_> {
+        webhooks::Webhooks { kernel: self }
+    }
+
+    /// Plugin schedules.
+    pub fn schedules(&self) -> schedules::Schedules<'_> {
+        schedules::Schedules { kernel: self }
     }
 }

@@ -144,6 +144,14 @@ impl Templates<'_> {
         for (id, _, _) in &write.record_types {
             kernel.schemas.forget(scope, id);
         }
+        for row in &write.installations {
+            if let Some((_, manifest)) = chosen.get(&row.plugin_id) {
+                kernel
+                    .schedules()
+                    .sync(scope, &row.plugin_id, Some(manifest))
+                    .await?;
+            }
+        }
         kernel.plugins.changed().await;
         kernel.workflows.forget(scope);
         tracing::info!(tenant = %scope.tenant_id(), template = %merged.id, version = %merged.version,

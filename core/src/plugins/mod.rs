@@ -128,7 +128,7 @@ pub trait Capabilities: Send + Sync {
     fn services(
         &self,
         scope: TenantScope,
-        active: &Active,
+        active: &Arc<Active>,
         hook: Hook,
         origin: Option<Origin>,
     ) -> Option<Arc<dyn HostServices>>;

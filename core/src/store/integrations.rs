@@ -709,6 +709,28 @@ impl Store {
         }))
     }
 
+    /// Releases a schedule's lease without a run (its installation was disabled or its
+    /// tenant suspended when it came due).
+    pub async fn release_schedule(
+        &self,
+        tenant_id: Uuid,
+        plugin_id: &str,
+        schedule_id: &str,
+    ) -> StoreResult<()> {
+        on_pool!(self.pool(), pool => {
+            sqlx::query(
+                "UPDATE plugin_schedules SET lease_until = NULL \
+                 WHERE tenant_id = $1 AND plugin_id = $2 AND schedule_id = $3",
+            )
+            .bind(tenant_id)
+            .bind(plugin_id)
+            .bind(schedule_id)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
     /// Records a schedule's run and releases its lease.
     pub async fn finish_schedule(
         &self,

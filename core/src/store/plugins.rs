@@ -276,6 +276,9 @@ pub struct AuditRow {
     pub version: String,
     pub capability: String,
     pub operation: String,
+    /// `denied` (a call without the grant) or `allowed` (an audited call, such as a
+    /// secret read).
+    pub outcome: String,
     /// The window's first call.
     pub created_at: i64,
     /// Calls the row stands for (denials are counted per minute, not written one by one).
@@ -733,16 +736,19 @@ impl Store {
         Ok(())
     }
 
-    /// Counts a denied call in its minute's audit row (one row per installation version ×
-    /// capability × operation × minute). Returns how many calls the row now stands for:
-    /// 1 means this is the window's first, the one worth a log line.
-    pub async fn audit_denied(
+    /// Counts audited calls in their minute's row (one row per installation version ×
+    /// capability × operation × outcome × minute). `outcome` is `denied` or `allowed`.
+    /// Returns how many calls the row now stands for: 1 means this is the window's first,
+    /// the one worth a log line.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn audit_call(
         &self,
         scope: &TenantScope,
         plugin_id: &str,
         version: &str,
         capability: &str,
         operation: &str,
+        outcome: &str,
         calls: u32,
     ) -> StoreResult<i64> {
         let now = now_micros();
@@ -750,8 +756,8 @@ impl Store {
         let calls = on_pool!(self.pool(), pool => {
             sqlx::query_scalar::<_, i64>(
                 "INSERT INTO plugin_audit (id, tenant_id, plugin_id, version, capability, operation, created_at, \
-                 window_start, calls, last_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $7) \
-                 ON CONFLICT (tenant_id, plugin_id, version, capability, operation, window_start) \
+                 window_start, calls, last_at, outcome) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $7, $10) \
+                 ON CONFLICT (tenant_id, plugin_id, version, capability, operation, outcome, window_start) \
                  DO UPDATE SET calls = plugin_audit.calls + excluded.calls, last_at = excluded.last_at \
                  RETURNING calls",
             )
@@ -764,13 +770,14 @@ impl Store {
             .bind(now)
             .bind(window)
             .bind(i64::from(calls))
+            .bind(outcome)
             .fetch_one(pool)
             .await?
         });
         Ok(calls)
     }
 
-    /// The newest denied calls of one installation.
+    /// The newest audited calls of one installation (denied and allowed).
     pub async fn list_audit(
         &self,
         scope: &TenantScope,
@@ -778,7 +785,7 @@ impl Store {
     ) -> StoreResult<Vec<AuditRow>> {
         let rows = on_pool!(self.pool(), pool => {
             sqlx::query_as::<_, AuditRow>(
-                "SELECT id, plugin_id, version, capability, operation, created_at, calls, \
+                "SELECT id, plugin_id, version, capability, operation, outcome, created_at, calls, \
                  COALESCE(last_at, created_at) AS last_at FROM plugin_audit \
                  WHERE tenant_id = $1 AND plugin_id = $2 ORDER BY created_at DESC, id DESC LIMIT $3",
             )
