@@ -115,6 +115,26 @@ impl TestServer {
                 (url, None, Some(name))
             }
         };
+        Some(Self::launch(database_url, dir, pg_database, tweak).await)
+    }
+
+    /// A second server on the database of another (a second node of one deployment). It
+    /// does not drop the database.
+    pub async fn start_on(database_url: &str, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::launch(database_url.to_string(), None, None, tweak).await
+    }
+
+    /// The database this server uses.
+    pub fn database_url(&self) -> String {
+        self.state.config.database_url.clone()
+    }
+
+    async fn launch(
+        database_url: String,
+        dir: Option<tempfile::TempDir>,
+        pg_database: Option<String>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url,
@@ -150,7 +170,7 @@ impl TestServer {
             .await
             .expect("server runs");
         });
-        Some(Self {
+        Self {
             base: format!("http://{addr}"),
             state,
             // No idle connections kept: a route that answers before reading a large body
@@ -163,7 +183,7 @@ impl TestServer {
             shutdown: Some(tx),
             _dir: dir,
             pg_database,
-        })
+        }
     }
 
     /// Tells the server to stop, as SIGTERM does: it stops accepting and finishes what is in

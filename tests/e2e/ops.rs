@@ -122,6 +122,22 @@ async fn openapi_describes_every_route() {
         ("get", "/api/plugins"),
         ("put", "/api/plugins/{id}/config"),
         ("post", "/api/plugins/{id}/actions/{name}"),
+        ("get", "/provider/plugins/{id}/connections/{connection}"),
+        ("put", "/provider/plugins/{id}/connections/{connection}"),
+        ("get", "/provider/tenants/{slug}/connections"),
+        ("get", "/provider/tenants/{slug}/plugins/{id}/schedules"),
+        (
+            "post",
+            "/provider/tenants/{slug}/plugins/{id}/schedules/{schedule}/run",
+        ),
+        ("get", "/provider/tenants/{slug}/plugins/{id}/webhooks"),
+        ("get", "/api/connections"),
+        ("post", "/api/connections/{plugin}/{connection}/authorize"),
+        ("put", "/api/connections/{plugin}/{connection}"),
+        ("delete", "/api/connections/{plugin}/{connection}"),
+        ("get", "/api/plugins/{id}/schedules"),
+        ("post", "/api/plugins/{id}/schedules/{schedule}/run"),
+        ("get", "/api/plugins/{id}/webhooks"),
     ];
     for (method, path) in expected {
         assert!(

@@ -266,6 +266,7 @@ fn page(status: StatusCode, title: &str, text: &str, back: &str) -> Response {
         b = escape(back)
     );
     let mut response = (status, Html(html)).into_response();
+    response.extensions_mut().insert(super::Verbatim);
     let headers = response.headers_mut();
     headers.insert(
         "content-security-policy",
@@ -372,6 +373,7 @@ fn answer(result: Result<crate::kernel::webhooks::Answer, WebhookError>) -> Resp
                 answer.body,
             )
                 .into_response();
+            response.extensions_mut().insert(super::Verbatim);
             for (k, v) in answer.headers {
                 if let (Ok(k), Ok(v)) = (
                     HeaderName::from_bytes(k.as_bytes()),

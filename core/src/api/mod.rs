@@ -419,6 +419,11 @@ async fn record_metrics(req: Request, next: Next) -> Response {
     response
 }
 
+/// Marks a response whose body is meant as it is (a page for a browser, a plugin's answer
+/// to a webhook), so [`json_errors`] leaves an error status of it alone.
+#[derive(Clone, Copy)]
+pub(crate) struct Verbatim;
+
 /// Makes every error JSON, including the plain-text rejections of axum's own extractors
 /// (a path that is not UTF-8, a repeated query parameter).
 async fn json_errors(req: Request, next: Next) -> Response {
@@ -429,7 +434,8 @@ async fn json_errors(req: Request, next: Next) -> Response {
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+    let verbatim = response.extensions().get::<Verbatim>().is_some();
+    if !(status.is_client_error() || status.is_server_error()) || is_json || verbatim {
         return response;
     }
     let body = axum::body::to_bytes(response.into_body(), 4096)

@@ -33,6 +33,8 @@ pub const STATE_TTL: Duration = Duration::from_secs(600);
 const REFRESH_MARGIN: i64 = 60_000_000;
 /// Timeout of a token request.
 const TOKEN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long one node's refresh holds the connection: longer than a token request.
+const REFRESH_LEASE: Duration = Duration::from_secs(20);
 
 /// Why a connection call failed, as the API and plugins are told it.
 #[derive(Debug, thiserror::Error)]
@@ -802,6 +804,20 @@ impl Connections<'_> {
     ) -> Result<String, OutboundError> {
         let connection = row.connection.clone();
         let plugin_id = row.plugin_id.clone();
+        // One node refreshes at a time: a rotated refresh token is accepted once, so a
+        // second concurrent refresh would be refused and could lose the newer token.
+        let lease = (REFRESH_LEASE.as_micros()) as i64;
+        let store_err =
+            |e: StoreError| OutboundError::Unreachable(format!("connection {connection}: {e}"));
+        if !self
+            .kernel
+            .store
+            .claim_refresh(scope, &plugin_id, &connection, row.generation, lease)
+            .await
+            .map_err(store_err)?
+        {
+            return self.await_refresh(scope, &row).await;
+        }
         let result = match (spec.kind, &tokens.refresh_token) {
             (ConnectionKind::Oauth2ClientCredentials, _) => {
                 self.token_request(
@@ -830,8 +846,6 @@ impl Connections<'_> {
             }
             (_, None) => Err("invalid_grant: the connection has no refresh token".into()),
         };
-        let store_err =
-            |e: StoreError| OutboundError::Unreachable(format!("connection {connection}: {e}"));
         match result {
             Ok((fresh, expires_at)) => {
                 let sealed = self.seal(
@@ -919,6 +933,58 @@ impl Connections<'_> {
                 Err(OutboundError::Unreachable(format!(
                     "connection {connection}: refreshing its token failed: {reason}"
                 )))
+            }
+        }
+    }
+
+    /// Waits for another node's refresh of `row` to finish and uses its token. Takes the
+    /// refresh over when that node's lease lapses (it died mid-refresh).
+    async fn await_refresh(
+        &self,
+        scope: &TenantScope,
+        row: &ConnectionRow,
+    ) -> Result<String, OutboundError> {
+        let connection = &row.connection;
+        let store_err =
+            |e: StoreError| OutboundError::Unreachable(format!("connection {connection}: {e}"));
+        let deadline = tokio::time::Instant::now() + REFRESH_LEASE;
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let current = self
+                .kernel
+                .store
+                .connection(scope, &row.plugin_id, connection)
+                .await
+                .map_err(store_err)?
+                .ok_or_else(|| {
+                    OutboundError::Refused(format!("connection {connection} was disconnected"))
+                })?;
+            let status =
+                ConnectionStatus::parse(&current.status).unwrap_or(ConnectionStatus::Error);
+            if current.generation != row.generation && status == ConnectionStatus::Connected {
+                return self
+                    .tokens_of(scope, &current)
+                    .map(|t| t.access_token)
+                    .ok_or_else(|| {
+                        OutboundError::Refused(format!("connection {connection} is not connected"))
+                    });
+            }
+            if current.refresh_lease_until.is_none() && status != ConnectionStatus::Connected {
+                let reason = current.last_error.unwrap_or_default();
+                return Err(if status == ConnectionStatus::Expired {
+                    OutboundError::Refused(format!(
+                        "connection {connection} has expired ({reason}); a tenant admin must connect it again"
+                    ))
+                } else {
+                    OutboundError::Unreachable(format!(
+                        "connection {connection}: refreshing its token failed: {reason}"
+                    ))
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(OutboundError::Unreachable(format!(
+                    "connection {connection}: another node's token refresh did not finish"
+                )));
             }
         }
     }

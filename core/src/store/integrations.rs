@@ -31,6 +31,8 @@ pub struct ConnectionRow {
     pub tokens: Option<Vec<u8>>,
     pub expires_at: Option<i64>,
     pub last_error: Option<String>,
+    /// Set while a node refreshes the token.
+    pub refresh_lease_until: Option<i64>,
     pub generation: i64,
     pub updated_at: i64,
 }
@@ -207,7 +209,7 @@ impl Store {
         Ok(on_pool!(self.pool(), pool => {
             sqlx::query_as(
                 "SELECT tenant_id, plugin_id, connection, status, metadata, credentials, tokens, \
-                 expires_at, last_error, generation, updated_at FROM connections \
+                 expires_at, last_error, refresh_lease_until, generation, updated_at FROM connections \
                  WHERE tenant_id = $1 AND plugin_id = $2 AND connection = $3",
             )
             .bind(scope.tenant_id())
@@ -222,7 +224,7 @@ impl Store {
         Ok(on_pool!(self.pool(), pool => {
             sqlx::query_as(
                 "SELECT tenant_id, plugin_id, connection, status, metadata, credentials, tokens, \
-                 expires_at, last_error, generation, updated_at FROM connections \
+                 expires_at, last_error, refresh_lease_until, generation, updated_at FROM connections \
                  WHERE tenant_id = $1 ORDER BY plugin_id, connection",
             )
             .bind(scope.tenant_id())
@@ -284,7 +286,7 @@ impl Store {
         let updated = on_pool!(self.pool(), pool => {
             sqlx::query(
                 "UPDATE connections SET tokens = $1, expires_at = $2, status = 'connected', last_error = NULL, \
-                 generation = generation + 1, updated_at = $3 \
+                 generation = generation + 1, updated_at = $3, refresh_lease_until = NULL \
                  WHERE tenant_id = $4 AND plugin_id = $5 AND connection = $6 AND generation = $7",
             )
             .bind(tokens)
@@ -294,6 +296,36 @@ impl Store {
             .bind(plugin_id)
             .bind(connection)
             .bind(from_generation)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(updated == 1)
+    }
+
+    /// Takes the lease to refresh a connection's token from `generation`: `false` when
+    /// another node holds it, or has already saved a newer generation.
+    pub async fn claim_refresh(
+        &self,
+        scope: &TenantScope,
+        plugin_id: &str,
+        connection: &str,
+        generation: i64,
+        lease_micros: i64,
+    ) -> StoreResult<bool> {
+        let now = now_micros();
+        let updated = on_pool!(self.pool(), pool => {
+            sqlx::query(
+                "UPDATE connections SET refresh_lease_until = $1 \
+                 WHERE tenant_id = $2 AND plugin_id = $3 AND connection = $4 AND generation = $5 \
+                 AND (refresh_lease_until IS NULL OR refresh_lease_until < $6)",
+            )
+            .bind(now + lease_micros)
+            .bind(scope.tenant_id())
+            .bind(plugin_id)
+            .bind(connection)
+            .bind(generation)
+            .bind(now)
             .execute(pool)
             .await?
             .rows_affected()
@@ -314,7 +346,7 @@ impl Store {
     ) -> StoreResult<bool> {
         let updated = on_pool!(self.pool(), pool => {
             sqlx::query(
-                "UPDATE connections SET status = $1, last_error = $2, updated_at = $3 \
+                "UPDATE connections SET status = $1, last_error = $2, updated_at = $3, refresh_lease_until = NULL \
                  WHERE tenant_id = $4 AND plugin_id = $5 AND connection = $6 AND generation = $7",
             )
             .bind(status)

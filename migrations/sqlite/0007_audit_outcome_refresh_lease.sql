@@ -4,3 +4,7 @@ ALTER TABLE plugin_audit ADD COLUMN outcome TEXT NOT NULL DEFAULT 'denied';
 DROP INDEX plugin_audit_window;
 CREATE UNIQUE INDEX plugin_audit_window
     ON plugin_audit (tenant_id, plugin_id, version, capability, operation, outcome, window_start);
+
+-- One node at a time refreshes a connection's token (a lease): a service that rotates
+-- refresh tokens accepts each once, so two concurrent refreshes would lose one.
+ALTER TABLE connections ADD COLUMN refresh_lease_until INTEGER;

@@ -1,0 +1,14 @@
+-- The plugin audit records what a plugin was allowed to do that is worth knowing (each
+-- read of one of its secrets) beside what it was denied: one counted row per minute each.
+ALTER TABLE plugin_audit ADD COLUMN outcome TEXT NOT NULL DEFAULT 'denied';
+DROP INDEX plugin_audit_window;
+CREATE UNIQUE INDEX plugin_audit_window
+    ON plugin_audit (tenant_id, plugin_id, version, capability, operation, outcome, window_start);
+
+-- One node at a time refreshes a connection's token (a lease): a service that rotates
+-- refresh tokens accepts each once, so two concurrent refreshes would lose one.
+ALTER TABLE connections ADD COLUMN refresh_lease_until BIGINT;
+
+-- JSON columns are JSONB on PostgreSQL, like every other JSON column here.
+ALTER TABLE connection_apps ALTER COLUMN urls TYPE JSONB USING urls::jsonb;
+ALTER TABLE connections ALTER COLUMN metadata TYPE JSONB USING metadata::jsonb;

@@ -1,6 +1,0 @@
--- The plugin audit records what a plugin was allowed to do that is worth knowing (each
--- read of one of its secrets) beside what it was denied: one counted row per minute each.
-ALTER TABLE plugin_audit ADD COLUMN outcome TEXT NOT NULL DEFAULT 'denied';
-DROP INDEX plugin_audit_window;
-CREATE UNIQUE INDEX plugin_audit_window
-    ON plugin_audit (tenant_id, plugin_id, version, capability, operation, outcome, window_start);
