@@ -12,3 +12,7 @@ ALTER TABLE connections ADD COLUMN refresh_lease_until BIGINT;
 -- JSON columns are JSONB on PostgreSQL, like every other JSON column here.
 ALTER TABLE connection_apps ALTER COLUMN urls TYPE JSONB USING urls::jsonb;
 ALTER TABLE connections ALTER COLUMN metadata TYPE JSONB USING metadata::jsonb;
+
+-- What the provider set for one installation within the platform's maxima: per-call
+-- quotas and longer schedule intervals (`{"quotas": {...}, "schedules": {"poll": "1h"}}`).
+ALTER TABLE plugin_installations ADD COLUMN overrides JSONB NOT NULL DEFAULT '{}';

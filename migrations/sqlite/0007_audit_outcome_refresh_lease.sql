@@ -8,3 +8,7 @@ CREATE UNIQUE INDEX plugin_audit_window
 -- One node at a time refreshes a connection's token (a lease): a service that rotates
 -- refresh tokens accepts each once, so two concurrent refreshes would lose one.
 ALTER TABLE connections ADD COLUMN refresh_lease_until INTEGER;
+
+-- What the provider set for one installation within the platform's maxima: per-call
+-- quotas and longer schedule intervals (`{"quotas": {...}, "schedules": {"poll": "1h"}}`).
+ALTER TABLE plugin_installations ADD COLUMN overrides TEXT NOT NULL DEFAULT '{}';

@@ -300,6 +300,146 @@ pub fn parse_interval(text: &str) -> Option<Duration> {
     Some(Duration::from_secs(seconds))
 }
 
+/// What the provider sets for one installation: quotas (each within [`Quotas::MAX`],
+/// replacing the manifest's, so the provider may also raise one) and longer schedule
+/// intervals.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overrides {
+    #[serde(default, skip_serializing_if = "QuotaOverrides::is_empty")]
+    pub quotas: QuotaOverrides,
+    /// Schedule id → interval (`"1h"`), at least the manifest's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub schedules: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct QuotaOverrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_reads: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_writes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<u32>,
+    /// The wall-clock cap of every hook's call, replacing the hook's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_ms: Option<u32>,
+}
+
+impl QuotaOverrides {
+    pub fn is_empty(&self) -> bool {
+        *self == QuotaOverrides::default()
+    }
+}
+
+impl Overrides {
+    /// The problems of a provider's overrides for `manifest`, each naming its field
+    /// (`/quotas/http-requests`, `/schedules/poll`) and the bound.
+    pub fn check(&self, manifest: &crate::Manifest) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        let max = Quotas::MAX;
+        let q = &self.quotas;
+        for (name, value, limit) in [
+            (
+                "http-requests",
+                q.http_requests.map(u64::from),
+                u64::from(max.http_requests),
+            ),
+            ("http-bytes", q.http_bytes, max.http_bytes),
+            (
+                "record-reads",
+                q.record_reads.map(u64::from),
+                u64::from(max.record_reads),
+            ),
+            (
+                "record-writes",
+                q.record_writes.map(u64::from),
+                u64::from(max.record_writes),
+            ),
+            ("events", q.events.map(u64::from), u64::from(max.events)),
+        ] {
+            if let Some(value) = value
+                && value > limit
+            {
+                errors.push((
+                    format!("/quotas/{name}"),
+                    format!("{value} is over the platform's maximum of {limit}"),
+                ));
+            }
+        }
+        let wall_max = max.wall_ms.unwrap_or(u32::MAX);
+        if let Some(ms) = q.wall_ms
+            && !(100..=wall_max).contains(&ms)
+        {
+            errors.push((
+                "/quotas/wall-ms".into(),
+                format!("{ms} is not between 100 and {wall_max}"),
+            ));
+        }
+        for (id, every) in &self.schedules {
+            let at = format!("/schedules/{}", crate::pointer::escape(id));
+            let Some(declared) = manifest.schedules.get(id) else {
+                errors.push((
+                    at,
+                    format!("the plugin declares no schedule {:?}", short(id)),
+                ));
+                continue;
+            };
+            let minimum = declared.interval().unwrap_or(MIN_SCHEDULE);
+            match parse_interval(every) {
+                Some(i) if i >= minimum && i <= MAX_SCHEDULE && i.as_secs() % 60 == 0 => {}
+                _ => errors.push((
+                    at,
+                    format!(
+                        "{:?} is not a whole number of minutes from the plugin's {} to 31d",
+                        short(every),
+                        declared.every
+                    ),
+                )),
+            }
+        }
+        errors
+    }
+
+    /// The manifest's quotas with the provider's over them, within the platform's maxima.
+    pub fn quotas(&self, manifest: Quotas) -> Quotas {
+        let q = &self.quotas;
+        Quotas {
+            http_requests: q.http_requests.unwrap_or(manifest.http_requests),
+            http_bytes: q.http_bytes.unwrap_or(manifest.http_bytes),
+            record_reads: q.record_reads.unwrap_or(manifest.record_reads),
+            record_writes: q.record_writes.unwrap_or(manifest.record_writes),
+            events: q.events.unwrap_or(manifest.events),
+            wall_ms: manifest.wall_ms,
+        }
+        .capped_by(Quotas::MAX)
+    }
+
+    /// A call's wall-clock cap: the provider's when set, else the hook's (as the manifest
+    /// lowered it).
+    pub fn wall_for(&self, quotas: &Quotas, hook: crate::Hook) -> Duration {
+        match self.quotas.wall_ms {
+            Some(ms) => {
+                Duration::from_millis(u64::from(ms.min(Quotas::MAX.wall_ms.unwrap_or(u32::MAX))))
+            }
+            None => quotas.wall_for(hook),
+        }
+    }
+
+    /// A schedule's interval: the provider's when it is longer than the manifest's.
+    pub fn interval(&self, id: &str, declared: Duration) -> Duration {
+        self.schedules
+            .get(id)
+            .and_then(|every| parse_interval(every))
+            .map_or(declared, |i| i.max(declared))
+    }
+}
+
 /// Shortest schedule interval.
 pub const MIN_SCHEDULE: Duration = Duration::from_secs(60);
 /// Longest schedule interval.

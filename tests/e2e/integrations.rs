@@ -1179,3 +1179,75 @@ async fn mutual_tls_connections_present_the_tenant_certificate() {
     assert_eq!(fetched["body"], r#"{"path":"/v1/workers","bearer":true}"#);
     assert_eq!(mtls.requests.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn the_provider_sets_quotas_and_intervals_per_installation() {
+    let w = world(Backend::Sqlite).await.unwrap();
+    let owner = w.tenant("tuned", &ALL_GRANTS, json!({})).await;
+    let path = format!("/provider/tenants/tuned/plugins/{ID}");
+    let put = |body: Value| {
+        w.srv
+            .call(Method::PUT, &path, Some(&w.provider), Some(body))
+    };
+
+    let (status, body) = put(json!({
+        "grants": ALL_GRANTS,
+        "quotas": {"http-requests": 500, "wall-ms": 10},
+        "schedules": {"poll": "30s", "nope": "1h"},
+    }))
+    .await;
+    assert_eq!(status, 422, "{body}");
+    let paths: Vec<&str> = body["error"]["details"]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "/quotas/http-requests",
+        "/quotas/wall-ms",
+        "/schedules/poll",
+        "/schedules/nope",
+    ] {
+        assert!(paths.contains(&expected), "{expected}: {body}");
+    }
+
+    // The provider may raise a quota the manifest lowered (within the maxima) and
+    // lengthen a schedule.
+    let (status, body) = put(json!({
+        "grants": ALL_GRANTS,
+        "quotas": {"http-requests": 7, "wall-ms": 2000},
+        "schedules": {"poll": "1h"},
+    }))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["quotas"]["http-requests"], 7, "{body}");
+    assert_eq!(body["overrides"]["schedules"]["poll"], "1h", "{body}");
+    let left = w.action(&owner, "limits", json!({})).await;
+    assert_eq!(left["http_requests"], 7, "{left}");
+    assert!(left["wall_ms"].as_u64().unwrap() <= 2000, "{left}");
+    let (_, list) = w
+        .srv
+        .get(&format!("/api/plugins/{ID}/schedules"), &owner)
+        .await;
+    assert_eq!(list["items"][0]["every"], "1h", "{list}");
+
+    // A change that leaves them out keeps them; `{}` clears them.
+    let (status, body) = put(json!({"grants": ALL_GRANTS})).await;
+    assert_eq!(
+        (status, &body["quotas"]["http-requests"]),
+        (200, &json!(7)),
+        "{body}"
+    );
+    let (status, body) = put(json!({"grants": ALL_GRANTS, "quotas": {}, "schedules": {}})).await;
+    assert_eq!(
+        (status, &body["quotas"]["http-requests"]),
+        (200, &json!(5)),
+        "{body}"
+    );
+    let (_, list) = w
+        .srv
+        .get(&format!("/api/plugins/{ID}/schedules"), &owner)
+        .await;
+    assert_eq!(list["items"][0]["every"], "1m", "{list}");
+}

@@ -31,6 +31,7 @@ use crate::store::plugins::{
     VersionFilter, VersionRow, VersionStatus,
 };
 use crate::tenancy::Permission;
+use streamflow_runtime::integration::QuotaOverrides;
 
 pub fn developer_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(publish, list_own))
@@ -489,6 +490,13 @@ struct InstallationView {
     /// Effective per-call limits (the manifest's, capped by the provider's maximums).
     #[schema(value_type = Object)]
     limits: Value,
+    /// Effective per-call quotas of host calls (the manifest's, or the provider's for this
+    /// installation, within the platform's maxima).
+    #[schema(value_type = Object)]
+    quotas: Value,
+    /// What the provider set for this installation (`quotas`, `schedules`).
+    #[schema(value_type = Object)]
+    overrides: Value,
     created_at: String,
     updated_at: String,
     /// Provider only: calls, failures and the circuit breaker on this node.
@@ -554,6 +562,8 @@ async fn installation_view(
         Vec::new()
     };
     let limits: Limits = manifest.limits.capped_by(state.config.plugin_max_limits);
+    let overrides = crate::kernel::installations::overrides_of(row);
+    let quotas = overrides.quotas(manifest.quotas.capped_by(streamflow_runtime::Quotas::MAX));
     let (webhook_url, app_webhook_url) = match &manifest.webhooks {
         Some(spec) if manifest.has_hook(Hook::HandleWebhook) => (
             Some(
@@ -590,6 +600,8 @@ async fn installation_view(
         secrets_set,
         enabled: row.enabled,
         limits: serde_json::to_value(limits).unwrap_or_default(),
+        quotas: serde_json::to_value(quotas).unwrap_or_default(),
+        overrides: serde_json::to_value(&overrides).unwrap_or_default(),
         created_at: crate::store::format_micros(row.created_at),
         updated_at: crate::store::format_micros(row.updated_at),
         health: with_health.then(|| state.plugins.health.view(row.tenant_id, &row.plugin_id)),
@@ -611,6 +623,15 @@ struct InstallRequest {
     config: Option<Value>,
     /// Default true.
     enabled: Option<bool>,
+    /// Per-call quotas for this installation, replacing the manifest's within the
+    /// platform's maxima (`http-requests`, `http-bytes`, `record-reads`, `record-writes`,
+    /// `events`, `wall-ms`). Omitted: keep the current ones; `{}` clears them.
+    #[schema(value_type = Option<Object>)]
+    quotas: Option<QuotaOverrides>,
+    /// Longer intervals for the plugin's schedules (`{"poll": "1h"}`), at least the
+    /// manifest's. Omitted: keep the current ones; `{}` clears them.
+    #[schema(value_type = Option<Object>)]
+    schedules: Option<std::collections::BTreeMap<String, String>>,
 }
 
 fn is_plugin_id(id: &str) -> ApiResult<()> {
@@ -642,6 +663,8 @@ async fn install(
         grants: body.grants,
         config: body.config,
         enabled: body.enabled,
+        quotas: body.quotas,
+        schedules: body.schedules,
     };
     let installed = state.installations().install(&scope, request).await?;
     let status = if installed.created {

@@ -4,7 +4,10 @@
 //! alike: one scorer per tenant, secrets kept across changes, the config validated against
 //! the version's schema, and a version that cannot run on this host refused up front.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value, json};
+use streamflow_runtime::integration::{Overrides, QuotaOverrides};
 use streamflow_runtime::{Hook, Manifest};
 
 use super::Kernel;
@@ -25,6 +28,15 @@ pub struct Install {
     pub config: Option<Value>,
     /// Default true.
     pub enabled: Option<bool>,
+    /// The provider's per-call quotas for this installation; `None` keeps the current ones.
+    pub quotas: Option<QuotaOverrides>,
+    /// The provider's longer schedule intervals; `None` keeps the current ones.
+    pub schedules: Option<BTreeMap<String, String>>,
+}
+
+/// The provider's overrides an installation holds (none when they do not parse).
+pub fn overrides_of(row: &InstallationRow) -> Overrides {
+    serde_json::from_value(row.overrides.0.clone()).unwrap_or_default()
 }
 
 /// A stored installation, and whether the request created it.
@@ -82,6 +94,22 @@ impl Installations<'_> {
             return Err(InstallError::ScorerInstalled { installed });
         }
         let existing = store.get_installation(scope, id).await?;
+        let mut overrides = existing.as_ref().map(overrides_of).unwrap_or_default();
+        if let Some(quotas) = request.quotas {
+            overrides.quotas = quotas;
+        }
+        if let Some(schedules) = request.schedules {
+            overrides.schedules = schedules;
+        }
+        let problems = overrides.check(&manifest);
+        if !problems.is_empty() {
+            return Err(InstallError::Invalid(
+                problems
+                    .into_iter()
+                    .map(|(at, message)| FieldError::new(at, message))
+                    .collect(),
+            ));
+        }
         let prepared = self
             .prepare(
                 scope,
@@ -105,11 +133,12 @@ impl Installations<'_> {
             enabled: request.enabled.unwrap_or(true),
             created_at: 0,
             updated_at: 0,
+            overrides: sqlx::types::Json(serde_json::to_value(&overrides).unwrap_or_default()),
         };
         let row = self.store(scope, &row).await?;
         self.kernel
             .schedules()
-            .sync(scope, id, Some(&manifest))
+            .sync(scope, id, Some((&manifest, &overrides)))
             .await?;
         tracing::info!(tenant = %scope.tenant_id(), plugin = %id, version = %row.version,
             "plugin installed");

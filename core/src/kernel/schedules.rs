@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use streamflow_runtime::integration::parse_interval;
+use streamflow_runtime::integration::{Overrides, parse_interval};
 use streamflow_runtime::{Call, Hook, Manifest, ScheduleTick};
 use tokio::sync::Semaphore;
 
@@ -48,15 +48,19 @@ pub fn format_every(seconds: i64) -> String {
     }
 }
 
-/// The schedules a manifest declares, with their intervals in seconds.
-pub fn declared(manifest: &Manifest) -> Vec<(String, i64)> {
+/// The schedules a manifest declares, with their intervals in seconds (the provider's
+/// where longer).
+pub fn declared(manifest: &Manifest, overrides: &Overrides) -> Vec<(String, i64)> {
     if !manifest.has_hook(Hook::OnSchedule) {
         return Vec::new();
     }
     manifest
         .schedules
         .iter()
-        .filter_map(|(id, spec)| Some((id.clone(), parse_interval(&spec.every)?.as_secs() as i64)))
+        .filter_map(|(id, spec)| {
+            let every = overrides.interval(id, parse_interval(&spec.every)?);
+            Some((id.clone(), every.as_secs() as i64))
+        })
         .collect()
 }
 
@@ -71,13 +75,13 @@ impl Schedules<'_> {
         &self,
         scope: &TenantScope,
         plugin_id: &str,
-        manifest: Option<&Manifest>,
+        manifest: Option<(&Manifest, &Overrides)>,
     ) -> Result<(), StoreError> {
         match manifest {
-            Some(manifest) => {
+            Some((manifest, overrides)) => {
                 self.kernel
                     .store
-                    .sync_schedules(scope, plugin_id, &declared(manifest))
+                    .sync_schedules(scope, plugin_id, &declared(manifest, overrides))
                     .await
             }
             None => self.kernel.store.remove_schedules(scope, plugin_id).await,

@@ -146,9 +146,10 @@ impl Templates<'_> {
         }
         for row in &write.installations {
             if let Some((_, manifest)) = chosen.get(&row.plugin_id) {
+                let overrides = super::installations::overrides_of(row);
                 kernel
                     .schedules()
-                    .sync(scope, &row.plugin_id, Some(manifest))
+                    .sync(scope, &row.plugin_id, Some((manifest, &overrides)))
                     .await?;
             }
         }
@@ -288,6 +289,9 @@ impl Templates<'_> {
                     enabled: existing.is_none_or(|r| r.enabled),
                     created_at: 0,
                     updated_at: 0,
+                    overrides: existing
+                        .map(|r| r.overrides.clone())
+                        .unwrap_or_else(|| Json(json!({}))),
                 },
             });
         }

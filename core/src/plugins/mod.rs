@@ -56,6 +56,8 @@ pub struct Active {
     /// What one call may do through host calls: the manifest's quotas, or the provider's
     /// for this installation, within the platform's maxima.
     pub quotas: Quotas,
+    /// The provider's overrides (the wall-clock cap of each hook among them).
+    pub overrides: streamflow_runtime::integration::Overrides,
     /// The installation's metric handles, made once (a labelled metric looked up per call
     /// costs a hash and a lock in the recorder).
     meters: Meters,
@@ -368,7 +370,8 @@ impl PluginHost {
             };
             let grants: Grants = serde_json::from_value(row.grants.0.clone()).unwrap_or_default();
             let limits = manifest.limits.capped_by(self.runtime.config().max_limits);
-            let quotas = manifest.quotas.capped_by(Quotas::MAX);
+            let overrides = crate::kernel::installations::overrides_of(&row);
+            let quotas = overrides.quotas(manifest.quotas.capped_by(Quotas::MAX));
             list.push(Arc::new(Active {
                 meters: Meters::new(&row.plugin_id, &manifest),
                 tenant_id: scope.tenant_id(),
@@ -380,6 +383,7 @@ impl PluginHost {
                 config_value: row.config.0.clone(),
                 limits,
                 quotas,
+                overrides,
                 manifest,
             }));
         }
@@ -498,7 +502,7 @@ impl PluginHost {
                     grants: active.grants.clone(),
                     limits: active.limits,
                     quotas: active.quotas,
-                    wall: active.quotas.wall_for(hook),
+                    wall: active.overrides.wall_for(&active.quotas, hook),
                     services,
                 });
                 let runtime = self.runtime.clone();

@@ -217,6 +217,9 @@ pub struct InstallationRow {
     pub enabled: bool,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The provider's per-installation quotas and schedule intervals
+    /// ([`streamflow_runtime::integration::Overrides`]).
+    pub overrides: Json<Value>,
 }
 
 /// Creating or replacing an installation (keeping its creation time), from a pooled
@@ -241,10 +244,11 @@ macro_rules! upsert_installation {
             ) -> Result<InstallationRow, sqlx::Error> {
                 sqlx::query_as::<_, InstallationRow>(sqlx::AssertSqlSafe(format!(
                     "INSERT INTO plugin_installations ({INSTALLATION_COLUMNS}) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10) \
                      ON CONFLICT (tenant_id, plugin_id) DO UPDATE SET requirement = excluded.requirement, \
                      version = excluded.version, grants = excluded.grants, config = excluded.config, \
-                     secrets = excluded.secrets, enabled = excluded.enabled, updated_at = excluded.updated_at \
+                     secrets = excluded.secrets, enabled = excluded.enabled, updated_at = excluded.updated_at, \
+                     overrides = excluded.overrides \
                      RETURNING {INSTALLATION_COLUMNS}"
                 )))
                 .bind(scope.tenant_id())
@@ -256,6 +260,7 @@ macro_rules! upsert_installation {
                 .bind(&row.secrets)
                 .bind(row.enabled)
                 .bind(now)
+                .bind(&row.overrides)
                 .fetch_one(&mut *self)
                 .await
             }
@@ -267,7 +272,7 @@ upsert_installation!(sqlx::SqliteConnection);
 upsert_installation!(sqlx::PgConnection);
 
 const INSTALLATION_COLUMNS: &str = "tenant_id, plugin_id, requirement, version, grants, config, \
-     secrets, enabled, created_at, updated_at";
+     secrets, enabled, created_at, updated_at, overrides";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AuditRow {
