@@ -239,6 +239,9 @@ pub struct Request {
     pub user_agent: String,
     /// A client certificate and key (PEM) presented on the TLS handshake.
     pub identity: Option<Arc<Identity>>,
+    /// Headers that carry credentials (a connection's) besides `Authorization`: dropped,
+    /// with the client certificate, when a redirect leaves the first origin.
+    pub credential_headers: Vec<String>,
 }
 
 /// A client certificate and its key, PEM.
@@ -428,9 +431,20 @@ impl Outbound {
                 .map_err(|_| OutboundError::Invalid("a redirect to an invalid URL".into()))?;
             if next.origin() != request.url.origin() {
                 // Credentials were meant for the first origin only.
-                request
+                let credential = |k: &str| {
+                    k.eq_ignore_ascii_case("authorization")
+                        || request
+                            .credential_headers
+                            .iter()
+                            .any(|c| c.eq_ignore_ascii_case(k))
+                };
+                let kept = request
                     .headers
-                    .retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
+                    .iter()
+                    .filter(|(k, _)| !credential(k))
+                    .cloned()
+                    .collect();
+                request.headers = kept;
                 request.identity = None;
             }
             if response.status == 303

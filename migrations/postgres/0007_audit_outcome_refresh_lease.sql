@@ -16,3 +16,7 @@ ALTER TABLE connections ALTER COLUMN metadata TYPE JSONB USING metadata::jsonb;
 -- What the provider set for one installation within the platform's maxima: per-call
 -- quotas and longer schedule intervals (`{"quotas": {...}, "schedules": {"poll": "1h"}}`).
 ALTER TABLE plugin_installations ADD COLUMN overrides JSONB NOT NULL DEFAULT '{}';
+
+-- Webhook history is kept for a while, not forever: pruned by age.
+CREATE INDEX webhook_receipts_by_time ON webhook_receipts (received_at);
+CREATE INDEX webhook_deliveries_by_time ON webhook_deliveries (seen_at);

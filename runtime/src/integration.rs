@@ -167,6 +167,12 @@ pub struct ConnectionSpec {
     /// Tenant settings shown as metadata (non-secret, such as an account id).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metadata: Vec<String>,
+    /// A path under the API base, with `{key}` for callback metadata, that must answer
+    /// 2xx with the new token before the connection is saved
+    /// (`/v3/company/{realmId}/companyinfo/{realmId}`): the callback's query is not signed,
+    /// so this is how the service confirms the account the token is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_metadata: Option<String>,
     /// Every TLS handshake presents `client_certificate` and `client_key`.
     #[serde(default)]
     pub mutual_tls: bool,
@@ -676,6 +682,13 @@ fn validate_connection(id: &str, c: &ConnectionSpec, errors: &mut Vec<String>) {
     }
     if c.kind.is_oauth2() && c.urls.token.is_none() {
         errors.push(format!("{at}.urls.token: OAuth2 needs a token URL"));
+    }
+    if let Some(path) = &c.verify_metadata
+        && (!path.starts_with('/') || c.callback_metadata.is_empty() || c.urls.api.is_none())
+    {
+        errors.push(format!(
+            "{at}.verify-metadata: a path starting with '/' under urls.api, for a connection with callback-metadata"
+        ));
     }
     if c.kind != ConnectionKind::Oauth2AuthorizationCode && !c.callback_metadata.is_empty() {
         errors.push(format!(

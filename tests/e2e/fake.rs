@@ -25,8 +25,10 @@ pub const API_KEY: &str = "sam-key-31415926";
 
 #[derive(Default)]
 pub struct FakeState {
-    /// code → (code_challenge, redirect_uri)
-    codes: Mutex<HashMap<String, (String, String)>>,
+    /// code → (code_challenge, redirect_uri, realm)
+    codes: Mutex<HashMap<String, (String, String, String)>>,
+    /// The account (realm) each access and refresh token is for.
+    realms: Mutex<HashMap<String, String>>,
     /// Valid access tokens and refresh tokens.
     access: Mutex<Vec<String>>,
     refresh: Mutex<Vec<String>>,
@@ -116,12 +118,11 @@ async fn authorize(
     }
     let n = state.serial.fetch_add(1, Ordering::SeqCst);
     let code = format!("code-{n}-{}", uuid::Uuid::new_v4().simple());
-    state
-        .codes
-        .lock()
-        .unwrap()
-        .insert(code.clone(), (need("code_challenge"), need("redirect_uri")));
     let realm = q.get("realm").cloned().unwrap_or_else(|| "9130350".into());
+    state.codes.lock().unwrap().insert(
+        code.clone(),
+        (need("code_challenge"), need("redirect_uri"), realm.clone()),
+    );
     let mut to = reqwest::Url::parse(&need("redirect_uri")).unwrap();
     to.query_pairs_mut()
         .append_pair("code", &code)
@@ -160,10 +161,17 @@ fn url_decode(text: &str) -> String {
     pairs.into_iter().next().map(|(_, v)| v).unwrap_or_default()
 }
 
-fn issue(state: &FakeState, with_refresh: bool) -> Value {
+fn issue(state: &FakeState, with_refresh: bool, realm: Option<String>) -> Value {
     let n = state.serial.fetch_add(1, Ordering::SeqCst);
     let access = format!("at-{n}-{}", uuid::Uuid::new_v4().simple());
     state.access.lock().unwrap().push(access.clone());
+    if let Some(realm) = &realm {
+        state
+            .realms
+            .lock()
+            .unwrap()
+            .insert(access.clone(), realm.clone());
+    }
     let mut answer = json!({
         "access_token": access,
         "token_type": "bearer",
@@ -172,6 +180,9 @@ fn issue(state: &FakeState, with_refresh: bool) -> Value {
     if with_refresh {
         let refresh = format!("rt-{n}-{}", uuid::Uuid::new_v4().simple());
         state.refresh.lock().unwrap().push(refresh.clone());
+        if let Some(realm) = realm {
+            state.realms.lock().unwrap().insert(refresh.clone(), realm);
+        }
         answer["refresh_token"] = json!(refresh);
     }
     answer
@@ -193,7 +204,8 @@ async fn token(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: St
             if (id.as_str(), secret.as_str()) != (CLIENT_ID, CLIENT_SECRET) {
                 return token_error("invalid_client");
             }
-            let Some((challenge, redirect)) = state.codes.lock().unwrap().remove(&field("code"))
+            let Some((challenge, redirect, realm)) =
+                state.codes.lock().unwrap().remove(&field("code"))
             else {
                 return token_error("invalid_grant");
             };
@@ -203,7 +215,7 @@ async fn token(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: St
             if b64url(&Sha256::digest(field("code_verifier").as_bytes())) != challenge {
                 return token_error("invalid_grant");
             }
-            axum::Json(issue(&state, true)).into_response()
+            axum::Json(issue(&state, true, Some(realm))).into_response()
         }
         "refresh_token" => {
             if (id.as_str(), secret.as_str()) != (CLIENT_ID, CLIENT_SECRET) {
@@ -226,13 +238,14 @@ async fn token(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: St
                 };
                 refresh.remove(at);
             }
-            axum::Json(issue(&state, true)).into_response()
+            let realm = state.realms.lock().unwrap().get(&given).cloned();
+            axum::Json(issue(&state, true, realm)).into_response()
         }
         "client_credentials" => {
             if (id.as_str(), secret.as_str()) != (MACHINE_ID, MACHINE_SECRET) {
                 return token_error("invalid_client");
             }
-            axum::Json(issue(&state, false)).into_response()
+            axum::Json(issue(&state, false, None)).into_response()
         }
         _ => token_error("unsupported_grant_type"),
     }
@@ -275,6 +288,23 @@ async fn api(
     *state.last_call.lock().unwrap() = echo.clone();
     if uri.path() == "/v1/open" {
         return axum::Json(echo).into_response();
+    }
+    // `/v1/company/{realm}/info`: only a token issued for that account may read it.
+    if let Some(realm) = uri
+        .path()
+        .strip_prefix("/v1/company/")
+        .and_then(|p| p.strip_suffix("/info"))
+    {
+        let own = bearer
+            .as_ref()
+            .and_then(|t| state.realms.lock().unwrap().get(t).cloned());
+        if own.as_deref() != Some(realm) {
+            return (
+                StatusCode::FORBIDDEN,
+                axum::Json(json!({"fault": "not this company"})),
+            )
+                .into_response();
+        }
     }
     let ok = match (&bearer, q.get("api_key")) {
         (Some(token), _) => state.access.lock().unwrap().contains(token),

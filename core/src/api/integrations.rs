@@ -78,17 +78,14 @@ fn connection_id(id: &str) -> ApiResult<()> {
 #[serde(deny_unknown_fields)]
 struct AppRequest {
     /// The app-level settings the manifest's `provider-settings` schema describes (client
-    /// id and secret, app key, certificate). A secret left out keeps its stored value.
-    #[schema(value_type = Object)]
-    #[serde(default = "empty_object")]
-    settings: Value,
-    /// URLs that replace the manifest's defaults (a sandbox, or a local service).
+    /// id and secret, app key, certificate). A secret left out keeps its stored value;
+    /// omitted, the settings stay as they are.
+    #[schema(value_type = Option<Object>)]
+    settings: Option<Value>,
+    /// URLs that replace the manifest's defaults (a sandbox, or a local service); omitted,
+    /// the replacements stay as they are (`{}` removes them).
     #[schema(value_type = Option<Object>)]
     urls: Option<ConnectionUrls>,
-}
-
-fn empty_object() -> Value {
-    Value::Object(Map::new())
 }
 
 /// A connection's app settings (secrets as `{"set": true}`), URLs and redirect URI.

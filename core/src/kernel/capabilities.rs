@@ -474,10 +474,19 @@ impl HostServices for KernelServices {
                     "an installation's secrets could not be opened (wrong STREAMFLOW_SECRET_KEY?)");
                 HostError::Unavailable("the installation's secrets cannot be read".into())
             })?;
-            let operation = format!(
-                "secrets.get {}",
-                pointer.chars().take(128).collect::<String>()
-            );
+            // Audited by field: a pointer that names none of the schema's secrets is one
+            // row, so a plugin cannot fill the audit with made-up names.
+            let known = self
+                .active
+                .manifest
+                .secret_fields()
+                .iter()
+                .any(|f| f == pointer);
+            let operation = if known {
+                format!("secrets.get {pointer}")
+            } else {
+                "secrets.get (not a secret field)".to_string()
+            };
             if let Err(e) = self
                 .kernel
                 .store
@@ -495,6 +504,9 @@ impl HostServices for KernelServices {
                 // A read that cannot be audited is not made.
                 tracing::error!(error = %e, "could not audit a secret read");
                 return Err(unavailable(e));
+            }
+            if !known {
+                return Ok(None);
             }
             Ok(secrets.get(pointer).map(|v| match v {
                 Value::String(s) => s.clone(),

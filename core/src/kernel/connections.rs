@@ -237,12 +237,12 @@ impl Connections<'_> {
     }
 
     /// Sets a connection's app settings (validated by the manifest's `provider-settings`;
-    /// a secret left out keeps its value) and URL replacements.
+    /// a secret left out keeps its value) and URL replacements. `None` keeps what is set.
     pub async fn put_app(
         &self,
         plugin_id: &str,
         connection: &str,
-        settings: Value,
+        settings: Option<Value>,
         urls: Option<ConnectionUrls>,
     ) -> Result<Value, ConnectionError> {
         let manifest = self.newest_manifest(plugin_id).await?;
@@ -255,11 +255,27 @@ impl Connections<'_> {
             .iter()
             .filter_map(|p| kept.pointer(p).map(|v| (p.clone(), v.clone())))
             .collect();
+        let settings = settings.unwrap_or_else(|| {
+            let mut public = kept.clone();
+            for pointer in &secret_fields {
+                crate::plugins::config::take_pointer(&mut public, pointer);
+            }
+            public
+        });
         let prepared =
             crate::plugins::config::prepare(&schema, &secret_fields, settings, &kept_secrets)
                 .map_err(|errors| prefix_errors(errors, "/settings"))?;
         let all = rejoined(prepared);
-        let urls = urls.unwrap_or_default();
+        let urls = match urls {
+            Some(urls) => urls,
+            None => self
+                .kernel
+                .store
+                .connection_app(plugin_id, connection)
+                .await?
+                .and_then(|row| serde_json::from_value(row.urls.0).ok())
+                .unwrap_or_default(),
+        };
         check_urls(&urls)?;
         let sealed = self.seal(&all, &app_aad(plugin_id, connection));
         self.kernel
@@ -368,6 +384,8 @@ impl Connections<'_> {
             .iter()
             .filter_map(|k| public.get(k).map(|v| (k.clone(), v.clone())))
             .collect();
+        self.check_routing(scope, &manifest, connection, &metadata)
+            .await?;
         let sealed = self.seal(
             &all,
             &tenant_aad(scope.tenant_id(), plugin_id, connection, "credentials"),
@@ -559,6 +577,22 @@ impl Connections<'_> {
             .active_tenant_scope(taken.tenant_id)
             .await?
             .ok_or_else(|| ConnectionError::Refused("the tenant no longer exists".into()))?;
+        // The person who started it must still be allowed to connect services.
+        let allowed = self
+            .kernel
+            .store
+            .user_by_id(&scope, taken.user_id)
+            .await?
+            .is_some_and(|u| {
+                u.status == "active"
+                    && crate::tenancy::Role::parse(&u.role)
+                        .is_some_and(|r| r.allows(crate::tenancy::Permission::IntegrationsManage))
+            });
+        if !allowed {
+            return Err(ConnectionError::Refused(
+                "the person who started this authorization may no longer connect services".into(),
+            ));
+        }
         let (plugin_id, connection) = (taken.plugin_id, taken.connection);
         let manifest = self.installed_manifest(&scope, &plugin_id).await?;
         let spec = Self::spec(&manifest, &connection)?.clone();
@@ -598,6 +632,12 @@ impl Connections<'_> {
                 metadata.insert(key.clone(), v.clone());
             }
         }
+        // Confirmed by the service first: an account the token is not for is refused
+        // before anything is said about who else holds it.
+        self.confirm_metadata(&spec, &urls, &tokens, &metadata)
+            .await?;
+        self.check_routing(&scope, &manifest, &connection, &metadata)
+            .await?;
         let sealed_tokens = self.seal(
             &tokens,
             &tenant_aad(scope.tenant_id(), &plugin_id, &connection, "tokens"),
@@ -696,7 +736,7 @@ impl Connections<'_> {
         let merged = merged_settings(&app, &creds);
         let mut applied = Applied {
             api_base: urls.api.clone(),
-            hosts: [&urls.api, &urls.token, &urls.authorize]
+            hosts: [&urls.api]
                 .into_iter()
                 .flatten()
                 .filter_map(|u| {
@@ -740,18 +780,101 @@ impl Connections<'_> {
                         .await?
                 }
             };
-        match spec.credential_in {
-            CredentialIn::Bearer => applied
-                .headers
-                .push(("Authorization".into(), format!("Bearer {credential}"))),
-            CredentialIn::Header => applied
-                .headers
-                .push((spec.credential_name.clone().unwrap_or_default(), credential)),
-            CredentialIn::Query => applied
-                .query
-                .push((spec.credential_name.clone().unwrap_or_default(), credential)),
-        }
+        place_credential(spec, credential, &mut applied.headers, &mut applied.query);
         Ok(applied)
+    }
+
+    /// Refuses routing metadata another tenant's connection holds: app-wide webhooks are
+    /// routed by it, so two tenants with one value could not be told apart.
+    async fn check_routing(
+        &self,
+        scope: &TenantScope,
+        manifest: &Manifest,
+        connection: &str,
+        metadata: &Map<String, Value>,
+    ) -> Result<(), ConnectionError> {
+        let Some(route) = manifest.webhooks.as_ref().and_then(|w| w.route.as_ref()) else {
+            return Ok(());
+        };
+        if route.connection != connection {
+            return Ok(());
+        }
+        let value = match metadata.get(&route.metadata) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => return Ok(()),
+        };
+        let taken = self
+            .kernel
+            .store
+            .routing_metadata(&manifest.id, connection, &route.metadata)
+            .await?
+            .into_iter()
+            .any(|(tenant, v)| tenant != scope.tenant_id() && v == value);
+        if taken {
+            return Err(ConnectionError::Refused(format!(
+                "this account ({} {value}) is already connected for another business on this platform; \
+                 it must be disconnected there first",
+                route.metadata
+            )));
+        }
+        Ok(())
+    }
+
+    /// Asks the service to confirm the callback's metadata with the new token (the
+    /// manifest's `verify-metadata`).
+    async fn confirm_metadata(
+        &self,
+        spec: &ConnectionSpec,
+        urls: &ConnectionUrls,
+        tokens: &Tokens,
+        metadata: &Map<String, Value>,
+    ) -> Result<(), ConnectionError> {
+        let Some(path) = &spec.verify_metadata else {
+            return Ok(());
+        };
+        let refused = |why: &str| {
+            ConnectionError::Refused(format!(
+                "the service did not confirm the account this authorization is for ({why}); start again from StreamFlow"
+            ))
+        };
+        let mut filled = path.clone();
+        for key in &spec.callback_metadata {
+            let value = match metadata.get(key) {
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => String::new(),
+            };
+            filled = filled.replace(&format!("{{{key}}}"), &form_encode(&value));
+        }
+        let base = urls.api.as_deref().ok_or_else(|| refused("no API URL"))?;
+        let url = reqwest::Url::parse(&format!("{}{filled}", base.trim_end_matches('/')))
+            .map_err(|_| refused("the check's URL is not valid"))?;
+        let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+        let mut headers = vec![("Accept".to_string(), "application/json".to_string())];
+        let mut query = Vec::new();
+        place_credential(spec, tokens.access_token.clone(), &mut headers, &mut query);
+        let mut url = url;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query.iter());
+        }
+        let request = outbound::Request {
+            method: "GET".into(),
+            url,
+            headers,
+            body: Vec::new(),
+            timeout: TOKEN_TIMEOUT,
+            follow_redirects: false,
+            max_response_bytes: 256 * 1024,
+            user_agent: "StreamFlow".into(),
+            identity: None,
+            credential_headers: Vec::new(),
+        };
+        match self.kernel.outbound.send(request, &|h| h == host).await {
+            Ok(r) if (200..300).contains(&r.status) => Ok(()),
+            Ok(r) => Err(refused(&format!("it answered {}", r.status))),
+            Err(e) => Err(refused(&e.to_string())),
+        }
     }
 
     /// A usable access token: the stored one, or a refreshed one when it expires within
@@ -815,8 +938,9 @@ impl Connections<'_> {
             .claim_refresh(scope, &plugin_id, &connection, row.generation, lease)
             .await
             .map_err(store_err)?
+            && let Some(token) = self.await_refresh(scope, &row).await?
         {
-            return self.await_refresh(scope, &row).await;
+            return Ok(token);
         }
         let result = match (spec.kind, &tokens.refresh_token) {
             (ConnectionKind::Oauth2ClientCredentials, _) => {
@@ -937,13 +1061,14 @@ impl Connections<'_> {
         }
     }
 
-    /// Waits for another node's refresh of `row` to finish and uses its token. Takes the
-    /// refresh over when that node's lease lapses (it died mid-refresh).
+    /// Waits for another node's refresh of `row` to finish and returns its token; `None`
+    /// when that node's lease lapsed (it died mid-refresh) and this one took the refresh
+    /// over.
     async fn await_refresh(
         &self,
         scope: &TenantScope,
         row: &ConnectionRow,
-    ) -> Result<String, OutboundError> {
+    ) -> Result<Option<String>, OutboundError> {
         let connection = &row.connection;
         let store_err =
             |e: StoreError| OutboundError::Unreachable(format!("connection {connection}: {e}"));
@@ -964,10 +1089,30 @@ impl Connections<'_> {
             if current.generation != row.generation && status == ConnectionStatus::Connected {
                 return self
                     .tokens_of(scope, &current)
-                    .map(|t| t.access_token)
+                    .map(|t| Some(t.access_token))
                     .ok_or_else(|| {
                         OutboundError::Refused(format!("connection {connection} is not connected"))
                     });
+            }
+            let lapsed = current
+                .refresh_lease_until
+                .is_some_and(|until| until < now_micros());
+            if current.generation == row.generation
+                && lapsed
+                && self
+                    .kernel
+                    .store
+                    .claim_refresh(
+                        scope,
+                        &row.plugin_id,
+                        connection,
+                        row.generation,
+                        REFRESH_LEASE.as_micros() as i64,
+                    )
+                    .await
+                    .map_err(store_err)?
+            {
+                return Ok(None);
             }
             if current.refresh_lease_until.is_none() && status != ConnectionStatus::Connected {
                 let reason = current.last_error.unwrap_or_default();
@@ -1081,6 +1226,7 @@ impl Connections<'_> {
             max_response_bytes: 256 * 1024,
             user_agent: "StreamFlow".into(),
             identity,
+            credential_headers: Vec::new(),
         };
         // The provider chose the token URL: its host is allowed.
         self.kernel
@@ -1093,6 +1239,27 @@ impl Connections<'_> {
 
 fn state_aad(hash: &str) -> Vec<u8> {
     format!("oauth_states.verifier/{hash}").into_bytes()
+}
+
+/// Puts a credential where the connection says: a bearer header, a named header or a
+/// query parameter.
+fn place_credential(
+    spec: &ConnectionSpec,
+    credential: String,
+    headers: &mut Vec<(String, String)>,
+    query: &mut Vec<(String, String)>,
+) {
+    match spec.credential_in {
+        CredentialIn::Bearer => {
+            headers.push(("Authorization".into(), format!("Bearer {credential}")))
+        }
+        CredentialIn::Header => {
+            headers.push((spec.credential_name.clone().unwrap_or_default(), credential))
+        }
+        CredentialIn::Query => {
+            query.push((spec.credential_name.clone().unwrap_or_default(), credential))
+        }
+    }
 }
 
 /// Form encoding of a pair list.
@@ -1163,7 +1330,7 @@ fn view_json(plugin_id: &str, info: &ConnectionInfo) -> Value {
         "kind": info.kind,
         "status": info.status.as_str(),
         "metadata": serde_json::from_str::<Value>(&info.metadata).unwrap_or_default(),
-        "expires_at": info.expires_at,
+        "expires_at": info.expires_at.map(crate::store::format_micros),
         "last_error": info.last_error,
     })
 }

@@ -72,16 +72,39 @@ impl KernelServices {
     ) -> Result<HttpResponse, HostError> {
         let manifest = &self.active.manifest;
         let connections = self.kernel.connections();
+        // One deadline for the whole call: the connection's token work, the request and
+        // its retry after a 401 together.
+        let deadline = tokio::time::Instant::now() + request.timeout;
+        let timed_out = || {
+            HostError::Timeout(format!(
+                "no complete response within {} ms",
+                request.timeout.as_millis()
+            ))
+        };
         let mut applied = match &request.connection {
             Some(id) => Some(
-                connections
-                    .apply(&self.scope, manifest, id, None)
-                    .await
-                    .map_err(host_error)?,
+                tokio::time::timeout_at(
+                    deadline,
+                    connections.apply(&self.scope, manifest, id, None),
+                )
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(host_error)?,
             ),
             None => None,
         };
         let url = request_url(&request.url, applied.as_ref())?;
+        // A connection's credentials go only to the hosts of its own URLs (the provider
+        // chose them), never to another host the manifest lists.
+        if let (Some(applied), Some(id)) = (&applied, &request.connection) {
+            let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+            if !applied.hosts.contains(&host) {
+                return Err(HostError::Denied(format!(
+                    "{host} is not a host of connection {id}; its credentials go only to {}",
+                    applied.hosts.join(", ")
+                )));
+            }
+        }
         let user_agent = format!(
             "StreamFlow-Plugin/{}@{}",
             self.active.plugin_id, self.active.version
@@ -99,6 +122,10 @@ impl KernelServices {
                 }
                 identity = applied.identity.clone();
             }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(timed_out());
+            }
             let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
             let key = self.host_key(host.trim_matches(['[', ']']), applied.as_ref());
             let outbound_request = outbound::Request {
@@ -106,11 +133,15 @@ impl KernelServices {
                 url,
                 headers,
                 body: request.body.clone(),
-                timeout: request.timeout,
+                timeout: left,
                 follow_redirects: request.follow_redirects,
                 max_response_bytes: request.max_response_bytes,
                 user_agent: user_agent.clone(),
                 identity,
+                credential_headers: applied
+                    .as_ref()
+                    .map(|a| a.headers.iter().map(|(k, _)| k.clone()).collect())
+                    .unwrap_or_default(),
             };
             let hosts = applied
                 .as_ref()
@@ -126,17 +157,27 @@ impl KernelServices {
             let response = result.map_err(host_error)?;
             // A 401 on a connection whose token may have been revoked or rotated elsewhere:
             // refresh once (from the generation this request used) and try again.
+            let from_connection = applied.as_ref().is_some_and(|a| {
+                response
+                    .url
+                    .host_str()
+                    .is_some_and(|h| a.hosts.iter().any(|c| c.eq_ignore_ascii_case(h)))
+            });
             if response.status == 401
+                && from_connection
                 && !retried
                 && let Some(generation) = applied.as_ref().and_then(|a| a.generation)
                 && let Some(id) = &request.connection
             {
                 retried = true;
                 applied = Some(
-                    connections
-                        .apply(&self.scope, manifest, id, Some(generation))
-                        .await
-                        .map_err(host_error)?,
+                    tokio::time::timeout_at(
+                        deadline,
+                        connections.apply(&self.scope, manifest, id, Some(generation)),
+                    )
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(host_error)?,
                 );
                 continue;
             }

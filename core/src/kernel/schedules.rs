@@ -192,15 +192,24 @@ impl Schedules<'_> {
 }
 
 /// Starts this node's scheduler: it claims due schedules and runs each, at most half the
-/// plugin instances at once, until `stop`.
+/// plugin instances at once, until `stop`; then it waits for the runs in hand (a claimed
+/// run already moved its schedule's next run, so it is not left half done). Every ten
+/// minutes it also prunes old webhook history.
 pub fn start(kernel: Arc<Kernel>, stop: crate::events::Stop) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let slots = Arc::new(Semaphore::new(
             (kernel.config.plugin_instances as usize / 2).max(1),
         ));
         let poll = kernel.config.scheduler_poll;
+        let mut runs = tokio::task::JoinSet::new();
+        let mut pruned = tokio::time::Instant::now() - PRUNE_EVERY;
         tracing::info!("plugin scheduler started");
         while !stop.is_stopped() {
+            while runs.try_join_next().is_some() {}
+            if pruned.elapsed() >= PRUNE_EVERY {
+                pruned = tokio::time::Instant::now();
+                prune(&kernel).await;
+            }
             let free = slots.available_permits().min(CLAIM_BATCH);
             let claimed = if free == 0 {
                 Ok(Vec::new())
@@ -216,11 +225,12 @@ pub fn start(kernel: Arc<Kernel>, stop: crate::events::Stop) -> tokio::task::Joi
                     for row in rows {
                         let lag = (now_micros() - row.next_run_at).max(0) as f64 / 1e6;
                         metrics::histogram!("streamflow_schedule_lag_seconds").record(lag);
-                        let Ok(permit) = slots.clone().acquire_owned().await else {
+                        // A permit is free: at most `free` rows were claimed.
+                        let Ok(permit) = slots.clone().try_acquire_owned() else {
                             break;
                         };
                         let kernel = kernel.clone();
-                        tokio::spawn(async move {
+                        runs.spawn(async move {
                             let _permit = permit;
                             let (plugin, schedule) =
                                 (row.plugin_id.clone(), row.schedule_id.clone());
@@ -249,10 +259,42 @@ pub fn start(kernel: Arc<Kernel>, stop: crate::events::Stop) -> tokio::task::Joi
                 }
             } else if slots.available_permits() == 0 {
                 // Wait for a run to finish before claiming more.
-                let _ = slots.acquire().await;
+                tokio::select! {
+                    _ = stop.stopped() => {}
+                    _ = runs.join_next() => {}
+                }
             }
         }
+        // The runs in hand finish (each is bounded by its call's wall-clock cap).
+        let drained =
+            tokio::time::timeout(DRAIN, async { while runs.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = runs.len(),
+                "scheduled runs still going at shutdown were stopped"
+            );
+        }
     })
+}
+
+/// How often old webhook history is pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// How long shutdown waits for scheduled runs in hand: longer than any call's cap.
+const DRAIN: Duration = Duration::from_secs(130);
+
+async fn prune(kernel: &Kernel) {
+    let now = now_micros();
+    let receipts = now - super::webhooks::RECEIPTS_KEPT.as_micros() as i64;
+    let deliveries = now - super::webhooks::DELIVERIES_KEPT.as_micros() as i64;
+    match kernel
+        .store
+        .prune_webhook_history(receipts, deliveries)
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(rows = n, "pruned old webhook receipts and delivery ids"),
+        Err(e) => tracing::warn!(error = %e, "could not prune webhook history"),
+    }
 }
 
 #[cfg(test)]

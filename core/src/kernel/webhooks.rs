@@ -31,6 +31,13 @@ pub const TOLERANCE_SECONDS: i64 = 300;
 pub const MAX_BODY: usize = 1024 * 1024;
 /// Headers handed to the plugin at most.
 const MAX_HEADERS: usize = 64;
+/// Routing values one app-wide delivery is split into at most.
+const MAX_ROUTES: usize = 100;
+/// How long receipts are kept.
+pub const RECEIPTS_KEPT: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+/// How long a delivery id is remembered (replays older than this are delivered again;
+/// senders retry for hours to a few days).
+pub const DELIVERIES_KEPT: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
 
 /// A delivery as it arrived.
 pub struct Inbound {
@@ -437,18 +444,12 @@ impl Webhooks<'_> {
             .webhooks
             .clone()
             .ok_or(WebhookError::NotFound)?;
-        if !self
-            .kernel
-            .webhook_limiter
-            .take(&format!("{tenant}/{plugin_id}"))
-        {
-            self.record(&receipt, None, false, 429, "rate_limited")
-                .await;
-            return Err(WebhookError::RateLimited);
-        }
+        // Verified first (an HMAC is cheap): a flood of forged deliveries does not use up
+        // the tenant's rate, and only verified deliveries count against it.
         let delivery_id = self
             .check(&receipt, Some(&scope), &active.manifest, &spec, &inbound)
             .await?;
+        self.limit(tenant, &plugin_id)?;
         let key = tenant.to_string();
         let (status, outcome, answer) = self
             .deliver(
@@ -466,6 +467,38 @@ impl Webhooks<'_> {
         Ok(answer)
     }
 
+    /// Takes one verified delivery from the tenant × plugin rate. Past it: 429, counted in
+    /// a metric (no receipt row, so a flood costs no writes).
+    fn limit(&self, tenant: Uuid, plugin_id: &str) -> Result<(), WebhookError> {
+        if self
+            .kernel
+            .webhook_limiter
+            .take(&format!("{tenant}/{plugin_id}"))
+        {
+            return Ok(());
+        }
+        metrics::counter!("streamflow_webhook_receipts_total", "plugin" => plugin_id.to_string(),
+            "outcome" => "rate_limited")
+        .increment(1);
+        Err(WebhookError::RateLimited)
+    }
+
+    /// Records a refused delivery, at most at the limiter's rate per plugin (beyond it a
+    /// metric only: refusals cost no unbounded writes).
+    async fn refused(&self, receipt: &Receipt<'_>, outcome: &str) {
+        if self
+            .kernel
+            .webhook_limiter
+            .take(&format!("refused/{}", receipt.plugin_id))
+        {
+            self.record(receipt, None, false, 401, outcome).await;
+        } else {
+            metrics::counter!("streamflow_webhook_receipts_total", "plugin" => receipt.plugin_id.to_string(),
+                "outcome" => outcome.to_string())
+            .increment(1);
+        }
+    }
+
     /// Verifies a delivery (recording a refusal) and returns its delivery id.
     async fn check(
         &self,
@@ -476,7 +509,7 @@ impl Webhooks<'_> {
         inbound: &Inbound,
     ) -> Result<Option<String>, WebhookError> {
         let Some(secret) = self.secret(scope, manifest, spec).await? else {
-            self.record(receipt, None, false, 401, "no_secret").await;
+            self.refused(receipt, "no_secret").await;
             return Err(WebhookError::Unauthorized(
                 "this webhook's signing secret is not set up yet, so no delivery can be verified"
                     .into(),
@@ -498,7 +531,7 @@ impl Webhooks<'_> {
                 })
                 .or_else(|| Some(receipt.body_sha256.clone()))),
             Err(why) => {
-                self.record(receipt, None, false, 401, "unverified").await;
+                self.refused(receipt, "unverified").await;
                 tracing::info!(plugin = receipt.plugin_id, reason = %why, "webhook refused: signature");
                 Err(WebhookError::Unauthorized(why))
             }
@@ -587,14 +620,21 @@ impl Webhooks<'_> {
                     },
                 )
             }
-            Ok(_) => (
-                500,
-                "plugin_failed",
-                Answer::json(
+            Ok(_) => {
+                if let Some(id) = delivery_id {
+                    let _ = store
+                        .forget_delivery(&active.plugin_id, tenant_key, id)
+                        .await;
+                }
+                (
                     500,
-                    serde_json::json!({"error": "the plugin answered oddly"}),
-                ),
-            ),
+                    "plugin_failed",
+                    Answer::json(
+                        500,
+                        serde_json::json!({"error": "the plugin answered oddly"}),
+                    ),
+                )
+            }
             Err(e) => {
                 if let Some(id) = delivery_id {
                     let _ = store
@@ -641,15 +681,6 @@ impl Webhooks<'_> {
             body_bytes: inbound.body.len(),
             body_sha256: body_hash(&inbound.body),
         };
-        if !self
-            .kernel
-            .webhook_limiter
-            .take(&format!("app/{plugin_id}"))
-        {
-            self.record(&receipt, None, false, 429, "rate_limited")
-                .await;
-            return Err(WebhookError::RateLimited);
-        }
         // A secret of the app (a provider setting) verifies before routing; a tenant's own
         // secret verifies per tenant below.
         let app_secret = !matches!(spec.secret_source(), Some(SecretSource::Config(_)));
@@ -662,20 +693,34 @@ impl Webhooks<'_> {
             None
         };
         let body: Value = serde_json::from_slice(&inbound.body).unwrap_or(Value::Null);
-        let values = route_values(&body, &route.pointer);
+        let mut values = route_values(&body, &route.pointer);
+        values.sort();
+        values.dedup();
+        values.truncate(MAX_ROUTES);
         let mut tenants: Vec<(Uuid, Vec<String>)> = Vec::new();
-        for value in values {
-            for tenant in self
+        if !values.is_empty() {
+            let index = self
                 .kernel
                 .store
-                .tenants_by_connection_metadata(
-                    plugin_id,
-                    &route.connection,
-                    &route.metadata,
-                    &value,
-                )
-                .await?
-            {
+                .routing_metadata(plugin_id, &route.connection, &route.metadata)
+                .await?;
+            for value in values {
+                let holders: Vec<Uuid> = index
+                    .iter()
+                    .filter(|(_, v)| *v == value)
+                    .map(|(t, _)| *t)
+                    .collect();
+                // Routing metadata is unique per plugin (a second tenant cannot connect
+                // the same account); should two hold it anyway, neither gets the delivery.
+                let [tenant] = holders[..] else {
+                    if holders.len() > 1 {
+                        tracing::error!(
+                            plugin = plugin_id,
+                            "an app-wide webhook matches more than one tenant's connection; not delivered"
+                        );
+                    }
+                    continue;
+                };
                 match tenants.iter_mut().find(|(t, _)| *t == tenant) {
                     Some((_, vs)) => vs.push(value.clone()),
                     None => tenants.push((tenant, vec![value.clone()])),
@@ -723,6 +768,11 @@ impl Webhooks<'_> {
                     }
                 },
             };
+            if let Err(e) = self.limit(tenant, plugin_id) {
+                worst = worst.max(429);
+                last = Answer::json(429, serde_json::json!({"error": e.to_string()}));
+                continue;
+            }
             let mine =
                 serde_json::to_vec(&body_for(&body, &route.pointer, &values)).unwrap_or_default();
             let (status, outcome, answer) = self

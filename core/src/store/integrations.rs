@@ -381,17 +381,16 @@ impl Store {
         Ok(deleted > 0)
     }
 
-    /// Tenants whose connection `connection` of `plugin_id` has `metadata[key] == value`
-    /// (the app-wide webhook's routing). At most two: more is ambiguous.
-    pub async fn tenants_by_connection_metadata(
+    /// The value of metadata `key` of each tenant's connected `connection` of a plugin, as
+    /// text (how app-wide webhooks are routed).
+    pub async fn routing_metadata(
         &self,
         plugin_id: &str,
         connection: &str,
         key: &str,
-        value: &str,
-    ) -> StoreResult<Vec<Uuid>> {
-        // Metadata is small and the candidates are one plugin's connections; the match is
-        // made here so both backends compare JSON the same way.
+    ) -> StoreResult<Vec<(Uuid, String)>> {
+        // Metadata is small; the value is read here so both backends compare it the same
+        // way.
         let rows: Vec<(Uuid, Json<Value>)> = on_pool!(self.pool(), pool => {
             sqlx::query_as(
                 "SELECT tenant_id, metadata FROM connections WHERE plugin_id = $1 AND connection = $2 \
@@ -404,17 +403,14 @@ impl Store {
         });
         Ok(rows
             .into_iter()
-            .filter(|(_, m)| {
-                m.0.get(key).is_some_and(|v| match v {
-                    Value::String(s) => s == value,
-                    other => {
-                        *other == Value::String(value.to_string())
-                            || other.to_string().as_str() == value
-                    }
-                })
+            .filter_map(|(tenant, m)| {
+                let value = match m.0.get(key)? {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    _ => return None,
+                };
+                Some((tenant, value))
             })
-            .map(|(t, _)| t)
-            .take(2)
             .collect())
     }
 
@@ -738,6 +734,29 @@ impl Store {
             .bind(schedule_id)
             .fetch_optional(pool)
             .await?
+        }))
+    }
+
+    /// Deletes webhook receipts received before `receipts_before` and delivery ids seen
+    /// before `deliveries_before` (a replay older than that is delivered again). Returns
+    /// how many rows went.
+    pub async fn prune_webhook_history(
+        &self,
+        receipts_before: i64,
+        deliveries_before: i64,
+    ) -> StoreResult<u64> {
+        Ok(on_pool!(self.pool(), pool => {
+            let receipts = sqlx::query("DELETE FROM webhook_receipts WHERE received_at < $1")
+                .bind(receipts_before)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            let deliveries = sqlx::query("DELETE FROM webhook_deliveries WHERE seen_at < $1")
+                .bind(deliveries_before)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            receipts + deliveries
         }))
     }
 

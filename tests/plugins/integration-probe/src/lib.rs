@@ -127,6 +127,10 @@ impl Plugin for Probe {
 
     fn handle_webhook(request: HttpRequest) -> Result<HttpResponse, Error> {
         let mut seen: Vec<Value> = kv::get_json("webhooks")?.unwrap_or_default();
+        // The newest 20 are kept (a load of deliveries must not grow one kv value).
+        if seen.len() >= 20 {
+            seen.remove(0);
+        }
         seen.push(json!({
             "path": request.path,
             "body": serde_json::from_slice::<Value>(&request.body).unwrap_or(Value::Null),
