@@ -748,11 +748,19 @@ async fn outbound_requests_pass_the_guard_or_are_refused() {
     assert_eq!(audit["items"][0]["outcome"], "denied", "{audit}");
 
     // Metered per tenant × plugin × host, in the usage table and in Prometheus.
-    let usage = count(
-        &w.srv,
-        "SELECT COALESCE(SUM(calls), 0) FROM plugin_http_usage WHERE host = 'api.probe.test'",
-    )
-    .await;
+    // Usage rows are written just after each call, off its path.
+    let mut usage = 0;
+    for _ in 0..50 {
+        usage = count(
+            &w.srv,
+            "SELECT COALESCE(SUM(calls), 0) FROM plugin_http_usage WHERE host = 'api.probe.test'",
+        )
+        .await;
+        if usage >= 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(usage >= 8, "{usage}");
     let errors = count(
         &w.srv,
@@ -1044,6 +1052,19 @@ async fn webhooks_are_verified_routed_and_delivered_once() {
         provider_view["items"].as_array().unwrap().len(),
         receipts["items"].as_array().unwrap().len()
     );
+    // The provider also sees what reached no tenant (refused app-wide deliveries).
+    let (status, all) = w
+        .srv
+        .get(&format!("/provider/plugins/{ID}/webhooks"), &w.provider)
+        .await;
+    assert_eq!(status, 200, "{all}");
+    let unattributed = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["tenant_id"].is_null())
+        .count();
+    assert!(unattributed >= 3, "{all}");
 
     // A flood is cut by the per tenant × plugin rate limit.
     let mut limited = 0;
@@ -1344,4 +1365,94 @@ async fn the_provider_sets_quotas_and_intervals_per_installation() {
         .get(&format!("/api/plugins/{ID}/schedules"), &owner)
         .await;
     assert_eq!(list["items"][0]["every"], "1m", "{list}");
+}
+
+/// A Standard Webhooks delivery: `webhook-id`, `webhook-timestamp`, `webhook-signature`.
+fn standard_headers(secret: &[u8], id: &str, timestamp: i64, body: &[u8]) -> Vec<(String, String)> {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    vec![
+        ("webhook-id".into(), id.into()),
+        ("webhook-timestamp".into(), timestamp.to_string()),
+        ("webhook-signature".into(), format!("v1,{signature}")),
+    ]
+}
+
+#[tokio::test]
+async fn standard_webhooks_are_verified_with_the_installations_secret() {
+    let srv = TestServer::start(Backend::Sqlite).await;
+    let provider = srv.provider_token().await;
+    srv.tenant(&provider, "std").await;
+    let key = b"a-32-byte-standard-webhooks-key!";
+    let secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    );
+    let installed = srv
+        .install_plugin(
+            &provider,
+            "tests/plugins/standard-webhooks-probe",
+            "std",
+            json!({"grants": ["kv"], "config": {"webhook_secret": secret}}),
+        )
+        .await;
+    assert!(
+        installed.get("app_webhook_url").is_none(),
+        "no route, no app-wide address"
+    );
+    let owner = srv.user(&provider, "std", "owner").await;
+    let address = installed["webhook_url"].as_str().unwrap();
+    let path = reqwest::Url::parse(address).unwrap().path().to_string();
+    let send = |headers: Vec<(String, String)>, body: &'static [u8]| {
+        let mut request = srv
+            .http
+            .post(format!("{}{path}/events", srv.base))
+            .body(body);
+        for (k, v) in headers {
+            request = request.header(k, v);
+        }
+        async move {
+            let answer = request.send().await.unwrap();
+            (answer.status().as_u16(), answer.text().await.unwrap())
+        }
+    };
+    let seen = || async {
+        let (_, out) = srv
+            .post(
+                "/api/plugins/standard-webhooks-probe/actions/webhooks",
+                &owner,
+                json!({"input": {}}),
+            )
+            .await;
+        out["output"].as_array().map_or(0, Vec::len)
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let body: &'static [u8] = br#"{"type":"invoice.paid","data":{"id":"in_1"}}"#;
+
+    let (status, text) = send(Vec::new(), body).await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("webhook-id header is missing"), "{text}");
+    let (status, _) = send(
+        standard_headers(b"another key entirely!!", "msg_1", now, body),
+        body,
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, text) = send(standard_headers(key, "msg_1", now - 600, body), body).await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("stale"), "{text}");
+    assert_eq!(seen().await, 0, "nothing reached the plugin");
+
+    let (status, text) = send(standard_headers(key, "msg_1", now, body), body).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(seen().await, 1);
+    // The same webhook-id again (a retry or a replay): answered, not delivered twice.
+    let (status, _) = send(standard_headers(key, "msg_1", now + 1, body), body).await;
+    assert_eq!(status, 200);
+    assert_eq!(seen().await, 1);
+    let (status, _) = send(standard_headers(key, "msg_2", now, body), body).await;
+    assert_eq!(status, 200);
+    assert_eq!(seen().await, 2);
 }

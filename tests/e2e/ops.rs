@@ -138,6 +138,7 @@ async fn openapi_describes_every_route() {
         ("get", "/api/plugins/{id}/schedules"),
         ("post", "/api/plugins/{id}/schedules/{schedule}/run"),
         ("get", "/api/plugins/{id}/webhooks"),
+        ("get", "/provider/plugins/{id}/webhooks"),
     ];
     for (method, path) in expected {
         assert!(

@@ -30,6 +30,7 @@ pub fn provider_router() -> OpenApiRouter<AppState> {
         .routes(routes!(provider_schedules))
         .routes(routes!(provider_run_schedule))
         .routes(routes!(provider_receipts))
+        .routes(routes!(provider_plugin_receipts))
 }
 
 pub fn client_router() -> OpenApiRouter<AppState> {
@@ -54,13 +55,7 @@ pub fn public_router() -> Router<AppState> {
         .route("/webhooks/{plugin}/{*rest}", any(app_webhook))
 }
 
-fn plugin_id(id: &str) -> ApiResult<()> {
-    if streamflow_runtime::manifest::valid_id(id) {
-        Ok(())
-    } else {
-        Err(ApiError::not_found("plugin"))
-    }
-}
+use super::plugins::is_plugin_id as plugin_id;
 
 fn connection_id(id: &str) -> ApiResult<()> {
     let ok = (1..=64).contains(&id.len())
@@ -560,6 +555,30 @@ fn receipt_json(r: ReceiptRow) -> Value {
         "body_bytes": r.body_bytes,
         "body_sha256": r.body_sha256,
     })
+}
+
+/// Every webhook receipt of a plugin, newest first (at most 200), each with its tenant
+/// (`null`: an app-wide delivery that was refused or reached no tenant).
+#[utoipa::path(get, path = "/plugins/{id}/webhooks", tag = "provider", security(("provider_token" = [])),
+    params(("id" = String, Path)), responses((status = 200, body = Items), (status = 404, body = ErrorBody)))]
+async fn provider_plugin_receipts(
+    State(state): State<AppState>,
+    _: ProviderPrincipal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Items>> {
+    plugin_id(&id)?;
+    let rows = state.store.receipts(None, &id, RECEIPTS_PAGE).await?;
+    Ok(Json(Items {
+        items: rows
+            .into_iter()
+            .map(|r| {
+                let tenant = r.tenant_id;
+                let mut item = receipt_json(r);
+                item["tenant_id"] = json!(tenant);
+                item
+            })
+            .collect(),
+    }))
 }
 
 /// The newest webhook receipts of an installation (at most 200): time, verified,

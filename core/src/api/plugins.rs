@@ -634,7 +634,7 @@ struct InstallRequest {
     schedules: Option<std::collections::BTreeMap<String, String>>,
 }
 
-fn is_plugin_id(id: &str) -> ApiResult<()> {
+pub(super) fn is_plugin_id(id: &str) -> ApiResult<()> {
     if streamflow_runtime::manifest::valid_id(id) {
         Ok(())
     } else {

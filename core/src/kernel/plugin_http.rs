@@ -153,7 +153,7 @@ impl KernelServices {
             };
             let started = Instant::now();
             let result = self.kernel.outbound.send(outbound_request, &allowed).await;
-            self.meter(&key, &request, &result, started).await;
+            self.meter(&key, &request, &result, started);
             let response = result.map_err(host_error)?;
             // A 401 on a connection whose token may have been revoked or rotated elsewhere:
             // refresh once (from the generation this request used) and try again.
@@ -190,7 +190,7 @@ impl KernelServices {
     }
 
     /// Counts one call in Prometheus and in the usage table billing reads.
-    async fn meter(
+    fn meter(
         &self,
         host: &str,
         request: &OutboundRequest,
@@ -217,21 +217,29 @@ impl KernelServices {
         metrics::counter!("streamflow_plugin_http_bytes_total", &labels).increment(bytes);
         metrics::histogram!("streamflow_plugin_http_request_duration_seconds", &labels)
             .record(elapsed.as_secs_f64());
-        if let Err(e) = self
-            .kernel
-            .store
-            .record_http_usage(
-                &self.scope,
-                &self.active.plugin_id,
-                host,
-                bytes as i64,
-                outcome != "ok",
-                elapsed.as_millis() as i64,
-            )
-            .await
-        {
-            tracing::warn!(error = %e, "could not record a plugin's HTTP usage");
-        }
+        // Written off the call's path: the plugin does not wait for the usage row.
+        let (store, scope, plugin, host) = (
+            self.kernel.store.clone(),
+            self.scope,
+            self.active.plugin_id.clone(),
+            host.to_string(),
+        );
+        let failed = outcome != "ok";
+        tokio::spawn(async move {
+            if let Err(e) = store
+                .record_http_usage(
+                    &scope,
+                    &plugin,
+                    &host,
+                    bytes as i64,
+                    failed,
+                    elapsed.as_millis() as i64,
+                )
+                .await
+            {
+                tracing::warn!(error = %e, "could not record a plugin's HTTP usage");
+            }
+        });
     }
 }
 

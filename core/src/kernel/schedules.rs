@@ -211,19 +211,26 @@ pub fn start(kernel: Arc<Kernel>, stop: crate::events::Stop) -> tokio::task::Joi
                 prune(&kernel).await;
             }
             let free = slots.available_permits().min(CLAIM_BATCH);
-            let claimed = if free == 0 {
-                Ok(Vec::new())
-            } else {
-                kernel
-                    .store
-                    .claim_due_schedules(free as i64, LEASE.as_micros() as i64)
-                    .await
-            };
+            if free == 0 {
+                // Every slot runs: wait for one to finish, then claim again.
+                tokio::select! {
+                    _ = stop.stopped() => {}
+                    _ = runs.join_next() => {}
+                }
+                continue;
+            }
+            let claimed = kernel
+                .store
+                .claim_due_schedules(free as i64, LEASE.as_micros() as i64)
+                .await;
             let full = match claimed {
                 Ok(rows) => {
                     let n = rows.len();
                     for row in rows {
-                        let lag = (now_micros() - row.next_run_at).max(0) as f64 / 1e6;
+                        // Due one interval before the new next run (after downtime: the
+                        // latest point of the grid that passed).
+                        let due = row.next_run_at - row.every_seconds * 1_000_000;
+                        let lag = (now_micros() - due).max(0) as f64 / 1e6;
                         metrics::histogram!("streamflow_schedule_lag_seconds").record(lag);
                         // A permit is free: at most `free` rows were claimed.
                         let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -245,7 +252,7 @@ pub fn start(kernel: Arc<Kernel>, stop: crate::events::Stop) -> tokio::task::Joi
                             }
                         });
                     }
-                    free > 0 && n == free
+                    n == free
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not claim due schedules");
@@ -253,15 +260,10 @@ pub fn start(kernel: Arc<Kernel>, stop: crate::events::Stop) -> tokio::task::Joi
                 }
             };
             if !full {
+                // Nothing more is due: look again after the poll interval.
                 tokio::select! {
                     _ = stop.stopped() => {}
                     _ = tokio::time::sleep(poll) => {}
-                }
-            } else if slots.available_permits() == 0 {
-                // Wait for a run to finish before claiming more.
-                tokio::select! {
-                    _ = stop.stopped() => {}
-                    _ = runs.join_next() => {}
                 }
             }
         }

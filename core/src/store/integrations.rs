@@ -670,8 +670,10 @@ impl Store {
     }
 
     /// Claims up to `limit` due schedules for `lease_micros`: each claimed row's next run
-    /// moves one interval past now (no catch-up burst after downtime) and is leased, so no
-    /// other node claims it. Returns the claimed rows as they were before the claim.
+    /// moves to the first point of its grid after now (no catch-up burst after downtime,
+    /// [`next_after`]) and is leased, so no other node claims it. One statement that writes
+    /// first: on SQLite a transaction that read first could not wait for the write lock.
+    /// Returns the claimed rows with their new next run.
     pub async fn claim_due_schedules(
         &self,
         limit: i64,
@@ -679,35 +681,22 @@ impl Store {
     ) -> StoreResult<Vec<ScheduleRow>> {
         let now = now_micros();
         let skip_locked = self.pool().skip_locked();
-        let claimed = on_pool!(self.pool(), pool => {
-            let mut tx = pool.begin().await?;
-            let due: Vec<ScheduleRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT tenant_id, plugin_id, schedule_id, every_seconds, next_run_at, last_run_at, last_error \
-                 FROM plugin_schedules WHERE next_run_at <= $1 AND (lease_until IS NULL OR lease_until < $1) \
-                 ORDER BY next_run_at LIMIT $2 {skip_locked}"
+        Ok(on_pool!(self.pool(), pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "UPDATE plugin_schedules SET lease_until = $1, \
+                 next_run_at = next_run_at + (($2 - next_run_at) / (every_seconds * 1000000) + 1) * (every_seconds * 1000000) \
+                 WHERE (tenant_id, plugin_id, schedule_id) IN (\
+                   SELECT tenant_id, plugin_id, schedule_id FROM plugin_schedules \
+                   WHERE next_run_at <= $2 AND (lease_until IS NULL OR lease_until < $2) \
+                   ORDER BY next_run_at LIMIT $3 {skip_locked}) \
+                 RETURNING tenant_id, plugin_id, schedule_id, every_seconds, next_run_at, last_run_at, last_error"
             )))
+            .bind(now + lease_micros)
             .bind(now)
             .bind(limit)
-            .fetch_all(&mut *tx)
-            .await?;
-            for row in &due {
-                sqlx::query(
-                    "UPDATE plugin_schedules SET lease_until = $1, next_run_at = $2 \
-                     WHERE tenant_id = $3 AND plugin_id = $4 AND schedule_id = $5 AND next_run_at = $6",
-                )
-                .bind(now + lease_micros)
-                .bind(next_after(row.next_run_at, row.every_seconds, now))
-                .bind(row.tenant_id)
-                .bind(&row.plugin_id)
-                .bind(&row.schedule_id)
-                .bind(row.next_run_at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            due
-        });
-        Ok(claimed)
+            .fetch_all(pool)
+            .await?
+        }))
     }
 
     /// Claims one schedule to run now (an operator's "run now"): it counts as this
@@ -817,7 +806,8 @@ pub fn spread(tenant: Uuid, plugin_id: &str, schedule_id: &str, every_seconds: i
     (n % (every_seconds.max(1) as u64 * 1_000_000)) as i64
 }
 
-/// The next run after `now` on the schedule's grid (`due` plus whole intervals): a node
+/// The next run after `now` on the schedule's grid (`due` plus whole intervals; the SQL of
+/// [`Store::claim_due_schedules`] computes the same): a node
 /// that was down skips the runs it missed instead of making them all at once.
 pub fn next_after(due: i64, every_seconds: i64, now: i64) -> i64 {
     let every = every_seconds.max(60) * 1_000_000;
