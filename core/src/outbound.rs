@@ -400,7 +400,7 @@ impl Outbound {
         allowed: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Response, OutboundError> {
         let deadline = Instant::now() + request.timeout;
-        let client = self.client_for(request.identity.as_deref())?;
+        let mut client = self.client_for(request.identity.as_deref())?;
         let mut hops = 0;
         loop {
             self.check_url(&request.url, allowed)?;
@@ -445,7 +445,10 @@ impl Outbound {
                     .cloned()
                     .collect();
                 request.headers = kept;
-                request.identity = None;
+                // The certificate is the client's: the next hop gets a client without it.
+                if request.identity.take().is_some() {
+                    client = self.client_for(None)?;
+                }
             }
             if response.status == 303
                 || (matches!(response.status, 301 | 302) && request.method == "POST")

@@ -237,10 +237,6 @@ pub struct WebhookSpec {
     /// has metadata `route.metadata` equal to the body's value at `route.pointer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<WebhookRoute>,
-    /// The header whose value identifies a delivery (replays of it are not delivered
-    /// twice); without it, the scheme's own id (`webhook-id`) or the body's hash.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delivery_id_header: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -766,6 +762,17 @@ fn validate_webhooks(m: &crate::Manifest, w: &WebhookSpec, errors: &mut Vec<Stri
         Some(_) => {}
     }
     if let Some(route) = &w.route {
+        if let Some(c) = m.connections.get(&route.connection)
+            && c.callback_metadata.contains(&route.metadata)
+            && c.verify_metadata.is_none()
+        {
+            errors.push(format!(
+                "webhooks.route: {} comes from the OAuth2 callback's query, which the service does not sign; \
+                 set connections.{}.verify-metadata so the service confirms it before webhooks are routed by it",
+                short(&route.metadata),
+                short(&route.connection)
+            ));
+        }
         if !m.connections.contains_key(&route.connection) {
             errors.push(format!(
                 "webhooks.route.connection: no connection {:?} in this manifest",
@@ -778,11 +785,6 @@ fn validate_webhooks(m: &crate::Manifest, w: &WebhookSpec, errors: &mut Vec<Stri
         if matches!(w.secret_source(), Some(SecretSource::Config(_))) {
             errors.push("webhooks.secret: an app-wide (routed) webhook is verified before any tenant is known; take its secret from a connection's provider setting".into());
         }
-    }
-    if let Some(h) = &w.delivery_id_header
-        && !valid_header_name(h)
-    {
-        errors.push("webhooks.delivery-id-header: not a header name".into());
     }
 }
 
@@ -884,7 +886,6 @@ mod tests {
             encoding: SignatureEncoding::Hex,
             secret: secret.into(),
             route: None,
-            delivery_id_header: None,
         };
         assert_eq!(
             spec("config:/signing_secret").secret_source(),

@@ -703,6 +703,46 @@ properties = { api_key = { type = "string", writeOnly = true }, nested = { type 
     }
 
     #[test]
+    fn webhooks_routed_by_unsigned_callback_metadata_need_its_confirmation() {
+        let routed = |verify: &str| {
+            format!(
+                r#"
+id = "qb"
+name = "QB"
+version = "0.1.0"
+api = "0.2.0"
+hooks = ["handle-webhook"]
+capabilities = ["http"]
+
+[connections.quickbooks]
+kind = "oauth2-authorization-code"
+urls = {{ authorize = "https://a.example.com/auth", token = "https://a.example.com/token", api = "https://api.example.com" }}
+callback-metadata = ["realmId"]
+{verify}
+
+[webhooks]
+verify = "hmac-sha256"
+signature-header = "intuit-signature"
+secret = "connection:quickbooks/verifier"
+route = {{ connection = "quickbooks", metadata = "realmId", pointer = "/eventNotifications/*/realmId" }}
+"#
+            )
+        };
+        let err = Manifest::from_toml(&routed(""))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("verify-metadata"), "{err}");
+        Manifest::from_toml(&routed(
+            "verify-metadata = \"/v3/company/{realmId}/companyinfo/{realmId}\"",
+        ))
+        .unwrap()
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
     fn misplaced_secrets_and_pii_without_read_are_refused() {
         let text = GOOD.replace(
             "nested = { type = \"object\", properties",

@@ -756,7 +756,12 @@ async fn outbound_requests_pass_the_guard_or_are_refused() {
             "SELECT COALESCE(SUM(calls), 0) FROM plugin_http_usage WHERE host = 'api.probe.test'",
         )
         .await;
-        if usage >= 8 {
+        let errors = count(
+            &w.srv,
+            "SELECT COALESCE(SUM(errors), 0) FROM plugin_http_usage WHERE host = 'api.probe.test'",
+        )
+        .await;
+        if usage >= 8 && errors >= 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

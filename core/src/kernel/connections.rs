@@ -33,8 +33,9 @@ pub const STATE_TTL: Duration = Duration::from_secs(600);
 const REFRESH_MARGIN: i64 = 60_000_000;
 /// Timeout of a token request.
 const TOKEN_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long one node's refresh holds the connection: longer than a token request.
-const REFRESH_LEASE: Duration = Duration::from_secs(20);
+/// How long one node's refresh holds the connection: well over a token request's timeout,
+/// so a slow but live refresh is not taken over (its refresh token would be used twice).
+const REFRESH_LEASE: Duration = Duration::from_secs(45);
 
 /// Why a connection call failed, as the API and plugins are told it.
 #[derive(Debug, thiserror::Error)]
@@ -634,7 +635,7 @@ impl Connections<'_> {
         }
         // Confirmed by the service first: an account the token is not for is refused
         // before anything is said about who else holds it.
-        self.confirm_metadata(&spec, &urls, &tokens, &metadata)
+        self.confirm_metadata(&spec, &urls, &tokens, &metadata, &merged)
             .await?;
         self.check_routing(&scope, &manifest, &connection, &metadata)
             .await?;
@@ -829,6 +830,7 @@ impl Connections<'_> {
         urls: &ConnectionUrls,
         tokens: &Tokens,
         metadata: &Map<String, Value>,
+        settings: &Map<String, Value>,
     ) -> Result<(), ConnectionError> {
         let Some(path) = &spec.verify_metadata else {
             return Ok(());
@@ -845,15 +847,26 @@ impl Connections<'_> {
                 Some(other) => other.to_string(),
                 None => String::new(),
             };
-            filled = filled.replace(&format!("{{{key}}}"), &form_encode(&value));
+            filled = filled.replace(&format!("{{{key}}}"), &path_segment(&value));
         }
         let base = urls.api.as_deref().ok_or_else(|| refused("no API URL"))?;
         let url = reqwest::Url::parse(&format!("{}{filled}", base.trim_end_matches('/')))
             .map_err(|_| refused("the check's URL is not valid"))?;
         let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+        // What a plugin's request through this connection would carry.
         let mut headers = vec![("Accept".to_string(), "application/json".to_string())];
+        for (header, key) in &spec.headers {
+            if let Some(value) = setting(settings, key) {
+                headers.push((header.clone(), value.to_string()));
+            }
+        }
         let mut query = Vec::new();
         place_credential(spec, tokens.access_token.clone(), &mut headers, &mut query);
+        let identity = if spec.mutual_tls {
+            Some(identity_of(settings).ok_or_else(|| refused("no client certificate"))?)
+        } else {
+            None
+        };
         let mut url = url;
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query.iter());
@@ -867,7 +880,7 @@ impl Connections<'_> {
             follow_redirects: false,
             max_response_bytes: 256 * 1024,
             user_agent: "StreamFlow".into(),
-            identity: None,
+            identity,
             credential_headers: Vec::new(),
         };
         match self.kernel.outbound.send(request, &|h| h == host).await {
@@ -1036,13 +1049,16 @@ impl Connections<'_> {
                         tracing::error!(error = %e, "could not record connection.expired");
                     }
                     tracing::warn!(tenant = %scope.tenant_id(), plugin = %plugin_id, connection = %connection, "connection expired: its refresh was refused");
+                } else if let Some(newer) = self.newer_token(scope, &row).await {
+                    // Another node saved newer tokens meanwhile: the refusal was of ours.
+                    return Ok(newer);
                 }
                 Err(OutboundError::Refused(format!(
                     "connection {connection} has expired ({reason}); a tenant admin must connect it again"
                 )))
             }
             Err(reason) => {
-                let _ = self
+                let marked = self
                     .kernel
                     .store
                     .mark_connection(
@@ -1054,11 +1070,31 @@ impl Connections<'_> {
                         &reason,
                     )
                     .await;
+                if !matches!(marked, Ok(true))
+                    && let Some(newer) = self.newer_token(scope, &row).await
+                {
+                    return Ok(newer);
+                }
                 Err(OutboundError::Unreachable(format!(
                     "connection {connection}: refreshing its token failed: {reason}"
                 )))
             }
         }
+    }
+
+    /// The access token of a connected generation newer than `row`'s, if another node saved
+    /// one.
+    async fn newer_token(&self, scope: &TenantScope, row: &ConnectionRow) -> Option<String> {
+        let current = self
+            .kernel
+            .store
+            .connection(scope, &row.plugin_id, &row.connection)
+            .await
+            .ok()??;
+        (current.generation != row.generation && current.status == "connected")
+            .then(|| self.tokens_of(scope, &current))
+            .flatten()
+            .map(|t| t.access_token)
     }
 
     /// Waits for another node's refresh of `row` to finish and returns its token; `None`
@@ -1241,6 +1277,21 @@ fn state_aad(hash: &str) -> Vec<u8> {
     format!("oauth_states.verifier/{hash}").into_bytes()
 }
 
+/// A metadata value as one path segment: anything but letters, digits, `-` and `_`
+/// percent-encoded (so `..` or `/` cannot move the path).
+fn path_segment(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// Puts a credential where the connection says: a bearer header, a named header or a
 /// query parameter.
 fn place_credential(
@@ -1419,6 +1470,13 @@ mod tests {
         );
         assert!(shown.contains(r#""client_secret":{"set":true}"#), "{shown}");
         assert!(!shown.contains("unset"), "{shown}");
+    }
+
+    #[test]
+    fn metadata_stays_one_path_segment() {
+        assert_eq!(path_segment("9130350"), "9130350");
+        assert_eq!(path_segment("../admin"), "%2E%2E%2Fadmin");
+        assert_eq!(path_segment("a b?c"), "a%20b%3Fc");
     }
 
     #[test]

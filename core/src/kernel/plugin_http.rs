@@ -10,6 +10,9 @@ use super::capabilities::KernelServices;
 use super::connections::Applied;
 use crate::outbound::{self, OutboundError};
 
+/// Usage rows being written at once, off the calls' paths.
+static USAGE_WRITES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(256);
+
 /// Headers a plugin may not set itself when its request names a connection: the
 /// connection sets them.
 fn credential_header(name: &str, applied: &Applied) -> bool {
@@ -66,12 +69,44 @@ impl KernelServices {
             .unwrap_or_else(|| "(refused)".into())
     }
 
+    /// What the connection adds, with the call's deadline on waiting for it. The
+    /// connection's work runs in its own task: a token refresh cut off between the
+    /// service's answer and saving it would lose a rotated refresh token, so it finishes
+    /// even when this call stops waiting.
+    async fn applied(
+        &self,
+        id: &str,
+        after_401: Option<i64>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Applied, HostError> {
+        let (kernel, active, scope, id) = (
+            self.kernel.clone(),
+            self.active.clone(),
+            self.scope,
+            id.to_string(),
+        );
+        let work = tokio::spawn(async move {
+            kernel
+                .connections()
+                .apply(&scope, &active.manifest, &id, after_401)
+                .await
+        });
+        match tokio::time::timeout_at(deadline, work).await {
+            Ok(Ok(applied)) => applied.map_err(host_error),
+            Ok(Err(_)) => Err(HostError::Unavailable(
+                "the connection's token work failed".into(),
+            )),
+            Err(_) => Err(HostError::Timeout(
+                "the connection's token work did not finish within the request's timeout".into(),
+            )),
+        }
+    }
+
     pub(super) async fn send_http(
         &self,
         request: OutboundRequest,
     ) -> Result<HttpResponse, HostError> {
         let manifest = &self.active.manifest;
-        let connections = self.kernel.connections();
         // One deadline for the whole call: the connection's token work, the request and
         // its retry after a 401 together.
         let deadline = tokio::time::Instant::now() + request.timeout;
@@ -82,15 +117,7 @@ impl KernelServices {
             ))
         };
         let mut applied = match &request.connection {
-            Some(id) => Some(
-                tokio::time::timeout_at(
-                    deadline,
-                    connections.apply(&self.scope, manifest, id, None),
-                )
-                .await
-                .map_err(|_| timed_out())?
-                .map_err(host_error)?,
-            ),
+            Some(id) => Some(self.applied(id, None, deadline).await?),
             None => None,
         };
         let url = request_url(&request.url, applied.as_ref())?;
@@ -153,7 +180,7 @@ impl KernelServices {
             };
             let started = Instant::now();
             let result = self.kernel.outbound.send(outbound_request, &allowed).await;
-            self.meter(&key, &request, &result, started);
+            self.meter(&key, &request, &result, started).await;
             let response = result.map_err(host_error)?;
             // A 401 on a connection whose token may have been revoked or rotated elsewhere:
             // refresh once (from the generation this request used) and try again.
@@ -170,15 +197,7 @@ impl KernelServices {
                 && let Some(id) = &request.connection
             {
                 retried = true;
-                applied = Some(
-                    tokio::time::timeout_at(
-                        deadline,
-                        connections.apply(&self.scope, manifest, id, Some(generation)),
-                    )
-                    .await
-                    .map_err(|_| timed_out())?
-                    .map_err(host_error)?,
-                );
+                applied = Some(self.applied(id, Some(generation), deadline).await?);
                 continue;
             }
             return Ok(HttpResponse {
@@ -190,7 +209,7 @@ impl KernelServices {
     }
 
     /// Counts one call in Prometheus and in the usage table billing reads.
-    fn meter(
+    async fn meter(
         &self,
         host: &str,
         request: &OutboundRequest,
@@ -217,7 +236,8 @@ impl KernelServices {
         metrics::counter!("streamflow_plugin_http_bytes_total", &labels).increment(bytes);
         metrics::histogram!("streamflow_plugin_http_request_duration_seconds", &labels)
             .record(elapsed.as_secs_f64());
-        // Written off the call's path: the plugin does not wait for the usage row.
+        // Written off the call's path (the plugin does not wait for the usage row), at most
+        // USAGE_WRITES at once; past that the call writes its own row (back-pressure).
         let (store, scope, plugin, host) = (
             self.kernel.store.clone(),
             self.scope,
@@ -225,7 +245,7 @@ impl KernelServices {
             host.to_string(),
         );
         let failed = outcome != "ok";
-        tokio::spawn(async move {
+        let write = async move {
             if let Err(e) = store
                 .record_http_usage(
                     &scope,
@@ -239,7 +259,16 @@ impl KernelServices {
             {
                 tracing::warn!(error = %e, "could not record a plugin's HTTP usage");
             }
-        });
+        };
+        match USAGE_WRITES.try_acquire() {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    write.await;
+                    drop(permit);
+                });
+            }
+            Err(_) => write.await,
+        }
     }
 }
 

@@ -232,9 +232,14 @@ pub fn start(kernel: Arc<Kernel>, stop: crate::events::Stop) -> tokio::task::Joi
                         let due = row.next_run_at - row.every_seconds * 1_000_000;
                         let lag = (now_micros() - due).max(0) as f64 / 1e6;
                         metrics::histogram!("streamflow_schedule_lag_seconds").record(lag);
-                        // A permit is free: at most `free` rows were claimed.
+                        // At most `free` rows were claimed, so a permit is free; should
+                        // one not be, the row is released rather than left leased.
                         let Ok(permit) = slots.clone().try_acquire_owned() else {
-                            break;
+                            let _ = kernel
+                                .store
+                                .release_schedule(row.tenant_id, &row.plugin_id, &row.schedule_id)
+                                .await;
+                            continue;
                         };
                         let kernel = kernel.clone();
                         runs.spawn(async move {

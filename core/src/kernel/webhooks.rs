@@ -162,8 +162,10 @@ fn fresh(timestamp: &str, now_seconds: i64) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a delivery's signature. Returns the delivery's id when the scheme carries one.
-/// Errors say what was wrong, never the expected signature.
+/// Checks a delivery's signature. Returns what identifies the delivery when the signature
+/// covers more than the body (Standard Webhooks' signed `webhook-id`; a hash of Stripe's
+/// signed `t.body`); `None` means the body's hash does. An unsigned header never does: a
+/// replay could change it. Errors say what was wrong, never the expected signature.
 pub fn verify(
     spec: &WebhookSpec,
     secret: &str,
@@ -247,7 +249,12 @@ pub fn verify(
             {
                 return Err(format!("no v1 signature in {name} matches the delivery"));
             }
-            Ok(None)
+            // What the signature covers identifies the delivery.
+            let mut signed = Sha256::new();
+            signed.update(timestamp.as_bytes());
+            signed.update(b".");
+            signed.update(body);
+            Ok(Some(hex(&signed.finalize())))
         }
     }
 }
@@ -522,14 +529,7 @@ impl Webhooks<'_> {
             &inbound.body,
             now_micros() / 1_000_000,
         ) {
-            Ok(id) => Ok(id
-                .or_else(|| {
-                    spec.delivery_id_header
-                        .as_deref()
-                        .and_then(|h| header(&inbound.headers, h))
-                        .map(|v| v.chars().take(200).collect())
-                })
-                .or_else(|| Some(receipt.body_sha256.clone()))),
+            Ok(id) => Ok(id.or_else(|| Some(receipt.body_sha256.clone()))),
             Err(why) => {
                 self.refused(receipt, "unverified").await;
                 tracing::info!(plugin = receipt.plugin_id, reason = %why, "webhook refused: signature");
@@ -814,7 +814,6 @@ mod tests {
             encoding,
             secret: "config:/webhook_secret".into(),
             route: None,
-            delivery_id_header: None,
         }
     }
 

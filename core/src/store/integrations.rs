@@ -673,7 +673,10 @@ impl Store {
     /// moves to the first point of its grid after now (no catch-up burst after downtime,
     /// [`next_after`]) and is leased, so no other node claims it. One statement that writes
     /// first: on SQLite a transaction that read first could not wait for the write lock.
-    /// Returns the claimed rows with their new next run.
+    /// The due rows are chosen once (a materialized CTE: PostgreSQL may not re-run the
+    /// `SKIP LOCKED` choice per row and claim more than `limit`); a row whose interval is
+    /// under a minute (never written by this code) is never claimed. Returns the claimed
+    /// rows with their new next run.
     pub async fn claim_due_schedules(
         &self,
         limit: i64,
@@ -683,12 +686,14 @@ impl Store {
         let skip_locked = self.pool().skip_locked();
         Ok(on_pool!(self.pool(), pool => {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "UPDATE plugin_schedules SET lease_until = $1, \
-                 next_run_at = next_run_at + (($2 - next_run_at) / (every_seconds * 1000000) + 1) * (every_seconds * 1000000) \
-                 WHERE (tenant_id, plugin_id, schedule_id) IN (\
+                "WITH due AS MATERIALIZED (\
                    SELECT tenant_id, plugin_id, schedule_id FROM plugin_schedules \
                    WHERE next_run_at <= $2 AND (lease_until IS NULL OR lease_until < $2) \
+                   AND every_seconds >= 60 \
                    ORDER BY next_run_at LIMIT $3 {skip_locked}) \
+                 UPDATE plugin_schedules SET lease_until = $1, \
+                 next_run_at = next_run_at + (($2 - next_run_at) / (every_seconds * 1000000) + 1) * (every_seconds * 1000000) \
+                 WHERE (tenant_id, plugin_id, schedule_id) IN (SELECT tenant_id, plugin_id, schedule_id FROM due) \
                  RETURNING tenant_id, plugin_id, schedule_id, every_seconds, next_run_at, last_run_at, last_error"
             )))
             .bind(now + lease_micros)
@@ -734,19 +739,33 @@ impl Store {
         receipts_before: i64,
         deliveries_before: i64,
     ) -> StoreResult<u64> {
-        Ok(on_pool!(self.pool(), pool => {
-            let receipts = sqlx::query("DELETE FROM webhook_receipts WHERE received_at < $1")
+        // In batches: one long DELETE would hold SQLite's write lock throughout.
+        let mut total = 0;
+        loop {
+            let deleted = on_pool!(self.pool(), pool => {
+                let receipts = sqlx::query(
+                    "DELETE FROM webhook_receipts WHERE id IN \
+                     (SELECT id FROM webhook_receipts WHERE received_at < $1 LIMIT 2000)",
+                )
                 .bind(receipts_before)
                 .execute(pool)
                 .await?
                 .rows_affected();
-            let deliveries = sqlx::query("DELETE FROM webhook_deliveries WHERE seen_at < $1")
+                let deliveries = sqlx::query(
+                    "DELETE FROM webhook_deliveries WHERE (plugin_id, tenant_key, delivery_id) IN \
+                     (SELECT plugin_id, tenant_key, delivery_id FROM webhook_deliveries WHERE seen_at < $1 LIMIT 2000)",
+                )
                 .bind(deliveries_before)
                 .execute(pool)
                 .await?
                 .rows_affected();
-            receipts + deliveries
-        }))
+                receipts + deliveries
+            });
+            total += deleted;
+            if deleted == 0 {
+                return Ok(total);
+            }
+        }
     }
 
     /// Releases a schedule's lease without a run (its installation was disabled or its
