@@ -1021,6 +1021,18 @@ async fn webhooks_are_verified_routed_and_delivered_once() {
         )
         .await;
     assert_eq!(status, 404);
+    // The plugin fails: the sender is told to retry, and the retry reaches the plugin.
+    let failing = br#"{"event":"job.updated","fail":true}"#;
+    let before = w.seen(&a).await.as_array().unwrap().len();
+    for _ in 0..2 {
+        let (status, _) = w.webhook(&path, failing, Some(&sign(failing))).await;
+        assert_eq!(status, 502);
+    }
+    assert_eq!(
+        w.seen(&a).await.as_array().unwrap().len(),
+        before + 2,
+        "both attempts reached it"
+    );
     let (status, _) = w.webhook(&path, &vec![b' '; 2 << 20], None).await;
     assert_eq!(status, 413);
 
@@ -1144,6 +1156,18 @@ async fn schedules_list_and_run_now() {
         )
         .await;
     assert_eq!(status, 404);
+    // A run in progress (its lease held, as by a node killed mid-run until the lease
+    // lapses) is not started twice.
+    sql(
+        &w.srv,
+        &format!("UPDATE plugin_schedules SET lease_until = {}", i64::MAX / 2),
+    )
+    .await;
+    let (status, body) = w.srv.post(&run, &owner, json!({})).await;
+    assert_eq!(status, 409, "{body}");
+    sql(&w.srv, "UPDATE plugin_schedules SET lease_until = 1").await;
+    let (status, _) = w.srv.post(&run, &owner, json!({})).await;
+    assert_eq!(status, 200, "a lapsed lease is claimed again");
 
     // Uninstalled: its schedules go with it.
     let (status, _) = w

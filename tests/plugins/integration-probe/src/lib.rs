@@ -136,6 +136,12 @@ impl Plugin for Probe {
             "body": serde_json::from_slice::<Value>(&request.body).unwrap_or(Value::Null),
         }));
         kv::set_json("webhooks", &seen)?;
+        // A delivery whose body asks for it fails after it was seen: the host must let the
+        // sender's retry through.
+        let marker: &[u8] = b"\"fail\":true";
+        if request.body.windows(marker.len()).any(|w| w == marker) {
+            return Err(Error::Failed("asked to fail".into()));
+        }
         Ok(HttpResponse {
             status: 200,
             headers: vec![("content-type".into(), "application/json".into())],
