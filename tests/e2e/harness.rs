@@ -118,12 +118,6 @@ impl TestServer {
         Some(Self::launch(database_url, dir, pg_database, tweak).await)
     }
 
-    /// A second server on the database of another (a second node of one deployment). It
-    /// does not drop the database.
-    pub async fn start_on(database_url: &str, tweak: impl FnOnce(&mut Config)) -> Self {
-        Self::launch(database_url.to_string(), None, None, tweak).await
-    }
-
     /// The database this server uses.
     pub fn database_url(&self) -> String {
         self.state.config.database_url.clone()

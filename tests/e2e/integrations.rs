@@ -1184,19 +1184,52 @@ async fn schedules_list_and_run_now() {
     );
 }
 
-/// Two server processes on one PostgreSQL database: a due schedule runs once, and two
-/// concurrent refreshes of one connection keep the newer rotated token.
+/// Two server processes on one PostgreSQL database (this test's server and the binary):
+/// a due schedule runs once, and two concurrent refreshes of one connection keep the newer
+/// rotated token.
 #[tokio::test]
 async fn two_nodes_share_schedules_and_refreshes() {
     let Some(w) = world(Backend::Postgres).await else {
         return;
     };
     let port = w.fake.port;
-    let second = TestServer::start_on(&w.srv.database_url(), |c| {
-        outbound_config(c, port);
-        c.scheduler_poll = Duration::from_millis(100);
-    })
-    .await;
+    // The second node is another process: the `streamflow` binary on the same database.
+    let dir = tempfile::tempdir().unwrap();
+    let allow = format!("api.probe.test:{port},auth.probe.test:{port}");
+    let database = w.srv.database_url();
+    let second = crate::binary::spawn(
+        &["serve"],
+        dir.path(),
+        &[
+            ("STREAMFLOW_DATABASE_URL", database.as_str()),
+            (
+                "STREAMFLOW_SECRET_KEY",
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            ),
+            ("STREAMFLOW_DATA_DIR", dir.path().to_str().unwrap()),
+            ("STREAMFLOW_BUNDLED_PLUGINS", "0"),
+            ("STREAMFLOW_SCHEDULER_POLL_MS", "100"),
+            ("STREAMFLOW_PUBLIC_URL", PUBLIC),
+            ("STREAMFLOW_HTTP_ALLOW_HOSTS", allow.as_str()),
+            (
+                "STREAMFLOW_HTTP_RESOLVE",
+                "api.probe.test=127.0.0.1,auth.probe.test=127.0.0.1",
+            ),
+        ],
+    );
+    let on_second = |token: &str, path: &str, body: Value| {
+        let request = w
+            .srv
+            .http
+            .post(format!("{}{path}", second.base))
+            .bearer_auth(token)
+            .json(&body);
+        async move {
+            let answer = request.send().await.unwrap();
+            let status = answer.status().as_u16();
+            (status, answer.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
     let owner = w.tenant("nodes", &ALL_GRANTS, json!({})).await;
     w.provider_settings().await;
 
@@ -1232,7 +1265,7 @@ async fn two_nodes_share_schedules_and_refreshes() {
     let path = format!("/api/plugins/{ID}/actions/fetch");
     let (one, two) = tokio::join!(
         w.srv.post(&path, &owner, input.clone()),
-        second.post(&path, &owner, input.clone())
+        on_second(&owner, &path, input.clone())
     );
     for (status, body) in [one, two] {
         assert_eq!(status, 200, "{body}");
@@ -1246,7 +1279,7 @@ async fn two_nodes_share_schedules_and_refreshes() {
     w.fake.state.refresh_delay_ms.store(0, Ordering::SeqCst);
     // The saved token is the newest: a 401 now refreshes with the rotated refresh token.
     w.fake.invalidate_access_tokens();
-    let (status, body) = second.post(&path, &owner, input).await;
+    let (status, body) = on_second(&owner, &path, input).await;
     assert_eq!(
         (status, &body["output"]["status"]),
         (200, &json!(200)),
