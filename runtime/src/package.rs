@@ -277,7 +277,8 @@ fn leb128(out: &mut Vec<u8>, mut value: u64) {
     }
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
+/// Lowercase hexadecimal of `bytes` (package hashes, and the kernel's digests).
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -1403,6 +1403,51 @@ async fn the_provider_sets_quotas_and_intervals_per_installation() {
     let left = w.action(&owner, "limits", json!({})).await;
     assert_eq!(left["http_requests"], 7, "{left}");
     assert!(left["wall_ms"].as_u64().unwrap() <= 2000, "{left}");
+    // The wall-clock cap bounds a request asking for longer: the call against the slow
+    // fake (3 s) is stopped at its 2 s.
+    let started = std::time::Instant::now();
+    let (status, body) = w
+        .srv
+        .post(
+            &format!("/api/plugins/{ID}/actions/fetch"),
+            &owner,
+            json!({"input": {"url": w.url("api.probe.test", "/v1/slow"), "timeout_ms": 10_000}}),
+        )
+        .await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["details"]["kind"], "timeout", "{body}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2900),
+        "stopped at the cap"
+    );
+    // The bytes quota: a response larger than what is left is refused, naming the quota.
+    let (status, body) =
+        put(json!({"grants": ALL_GRANTS, "quotas": {"http-requests": 7, "http-bytes": 64}})).await;
+    assert_eq!(status, 200, "{body}");
+    let open = w
+        .action(
+            &owner,
+            "fetch",
+            json!({"url": w.url("api.probe.test", "/v1/open")}),
+        )
+        .await;
+    assert_eq!(open["error"], "limit", "{open}");
+    assert!(
+        open["message"].as_str().unwrap().contains("http-bytes"),
+        "{open}"
+    );
+    let posted = w
+        .action(
+            &owner,
+            "fetch",
+            json!({"url": w.url("api.probe.test", "/v1/open"), "method": "POST", "body": "x".repeat(100)}),
+        )
+        .await;
+    assert_eq!(posted["error"], "limit", "{posted}");
+    assert!(
+        posted["message"].as_str().unwrap().contains("http-bytes"),
+        "{posted}"
+    );
     let (_, list) = w
         .srv
         .get(&format!("/api/plugins/{ID}/schedules"), &owner)

@@ -10,8 +10,8 @@ use std::sync::{Arc, Weak};
 
 use serde_json::Value;
 use streamflow_runtime::{
-    Capability, ConnectionInfo, Grants, Hook, HostError, HostServices, HttpResponse,
-    OutboundRequest, PluginRecord,
+    Capability, ConnectionInfo, Hook, HostError, HostServices, HttpResponse, OutboundRequest,
+    PluginRecord,
 };
 use uuid::Uuid;
 
@@ -58,9 +58,6 @@ impl Capabilities for Connector {
             kv_bytes: kernel.plugins.kv_quota(),
             kernel,
             scope,
-            plugin_id: active.plugin_id.clone(),
-            version: active.version.clone(),
-            grants: active.grants.clone(),
             active: active.clone(),
             // What a scorer writes while it scores is not scored again.
             scores: hook != Hook::ScoreLead,
@@ -75,12 +72,8 @@ pub(super) struct KernelServices {
     pub(super) handle: tokio::runtime::Handle,
     pub(super) kernel: Arc<Kernel>,
     pub(super) scope: TenantScope,
-    plugin_id: String,
-    version: String,
-    /// What the installation was granted: records lose their personal fields without
-    /// `records:read-pii`.
-    grants: Grants,
-    /// The installation (its manifest's hosts and connections).
+    /// The installation: its id and version, its grants (records lose their personal
+    /// fields without `records:read-pii`), its manifest's hosts and connections.
     pub(super) active: Arc<Active>,
     /// Bytes the installation may keep in `kv`.
     kv_bytes: u64,
@@ -171,7 +164,7 @@ fn to_plugin(row: RecordRow, pii: &[String]) -> PluginRecord {
 
 impl KernelServices {
     fn actor(&self) -> String {
-        format!("plugin:{}", self.plugin_id)
+        format!("plugin:{}", self.active.plugin_id)
     }
 
     fn context(&self) -> WriteContext {
@@ -195,7 +188,7 @@ impl KernelServices {
 
     /// The fields of `record_type` this plugin may not see (none with `records:read-pii`).
     async fn hidden(&self, record_type: &str) -> Result<Vec<String>, HostError> {
-        if self.grants.allows(Capability::RecordsReadPii) {
+        if self.active.grants.allows(Capability::RecordsReadPii) {
             return Ok(Vec::new());
         }
         pii_fields(&self.kernel.store, &self.scope, record_type)
@@ -243,7 +236,11 @@ impl KernelServices {
 impl HostServices for KernelServices {
     fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, HostError> {
         self.handle
-            .block_on(self.kernel.store.kv_get(&self.scope, &self.plugin_id, key))
+            .block_on(
+                self.kernel
+                    .store
+                    .kv_get(&self.scope, &self.active.plugin_id, key),
+            )
             .map_err(unavailable)
     }
 
@@ -253,7 +250,7 @@ impl HostServices for KernelServices {
             .handle
             .block_on(self.kernel.store.kv_set(
                 &self.scope,
-                &self.plugin_id,
+                &self.active.plugin_id,
                 key,
                 value,
                 MAX_KV_KEYS,
@@ -277,7 +274,7 @@ impl HostServices for KernelServices {
             .block_on(
                 self.kernel
                     .store
-                    .kv_delete(&self.scope, &self.plugin_id, key),
+                    .kv_delete(&self.scope, &self.active.plugin_id, key),
             )
             .map_err(unavailable)
     }
@@ -407,7 +404,7 @@ impl HostServices for KernelServices {
             .map_err(|e| HostError::Invalid(format!("payload is not JSON: {e}")))?;
         check_json(&payload, "/payload", MAX_DATA_DEPTH)
             .map_err(|e| invalid_fields(vec![e], &[], None))?;
-        let kind = format!("plugin.{}.{kind}", self.plugin_id);
+        let kind = format!("plugin.{}.{kind}", self.active.plugin_id);
         let id = match self.next_id()? {
             NewId::Derived(id) => id,
             NewId::Fresh => Uuid::now_v7(),
@@ -465,12 +462,12 @@ impl HostServices for KernelServices {
             let row = self
                 .kernel
                 .store
-                .get_installation(&self.scope, &self.plugin_id)
+                .get_installation(&self.scope, &self.active.plugin_id)
                 .await
                 .map_err(unavailable)?
                 .ok_or_else(|| HostError::Unavailable("the installation is gone".into()))?;
             let secrets = self.kernel.plugins.open_secrets(&row).map_err(|_| {
-                tracing::error!(tenant = %self.scope.tenant_id(), plugin = %self.plugin_id,
+                tracing::error!(tenant = %self.scope.tenant_id(), plugin = %self.active.plugin_id,
                     "an installation's secrets could not be opened (wrong STREAMFLOW_SECRET_KEY?)");
                 HostError::Unavailable("the installation's secrets cannot be read".into())
             })?;
@@ -492,8 +489,8 @@ impl HostServices for KernelServices {
                 .store
                 .audit_call(
                     &self.scope,
-                    &self.plugin_id,
-                    &self.version,
+                    &self.active.plugin_id,
+                    &self.active.version,
                     Capability::Secrets.as_str(),
                     &operation,
                     "allowed",
@@ -520,8 +517,8 @@ impl HostServices for KernelServices {
     fn denied(&self, capability: Capability, operation: &str, calls: u32) {
         let result = self.handle.block_on(self.kernel.store.audit_call(
             &self.scope,
-            &self.plugin_id,
-            &self.version,
+            &self.active.plugin_id,
+            &self.active.version,
             capability.as_str(),
             operation,
             "denied",
@@ -530,7 +527,7 @@ impl HostServices for KernelServices {
         match result {
             Ok(total) if total == i64::from(calls) => tracing::warn!(
                 tenant = %self.scope.tenant_id(),
-                plugin = %self.plugin_id,
+                plugin = %self.active.plugin_id,
                 capability = %capability,
                 operation,
                 "plugin call denied: capability not granted (further denials this minute are counted in the audit, not logged)"

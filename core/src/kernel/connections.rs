@@ -112,10 +112,7 @@ fn tenant_aad(tenant: Uuid, plugin: &str, connection: &str, part: &str) -> Vec<u
 
 /// Hash of an OAuth2 `state`, as stored.
 fn state_hash(state: &str) -> String {
-    Sha256::digest(state.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    streamflow_runtime::package::hex(&Sha256::digest(state.as_bytes()))
 }
 
 /// A setting read as text.
@@ -905,12 +902,12 @@ impl Connections<'_> {
         let connection = row.connection.clone();
         let status = ConnectionStatus::parse(&row.status).unwrap_or(ConnectionStatus::Error);
         if status == ConnectionStatus::Expired {
-            return Err(OutboundError::Refused(format!(
-                "connection {connection} has expired ({}); a tenant admin must connect it again",
+            return Err(expired(
+                &connection,
                 row.last_error
                     .as_deref()
-                    .unwrap_or("the service refused its refresh")
-            )));
+                    .unwrap_or("the service refused its refresh"),
+            ));
         }
         let tokens = self.tokens_of(scope, &row).ok_or_else(|| {
             OutboundError::Refused(format!(
@@ -1019,7 +1016,14 @@ impl Connections<'_> {
                     })?;
                 Ok(newer.access_token)
             }
-            Err(reason) if reason.starts_with("invalid_grant") => {
+            Err(reason) => {
+                // `invalid_grant`: the service will not refresh this grant again.
+                let refused = reason.starts_with("invalid_grant");
+                let status = if refused {
+                    ConnectionStatus::Expired
+                } else {
+                    ConnectionStatus::Error
+                };
                 let marked = self
                     .kernel
                     .store
@@ -1028,11 +1032,20 @@ impl Connections<'_> {
                         &plugin_id,
                         &connection,
                         row.generation,
-                        ConnectionStatus::Expired.as_str(),
+                        status.as_str(),
                         &reason,
                     )
                     .await
                     .map_err(store_err)?;
+                if !marked && let Some(newer) = self.newer_token(scope, &row).await {
+                    // Another node saved newer tokens meanwhile: the refusal was of ours.
+                    return Ok(newer);
+                }
+                if !refused {
+                    return Err(OutboundError::Unreachable(format!(
+                        "connection {connection}: refreshing its token failed: {reason}"
+                    )));
+                }
                 if marked {
                     let payload =
                         json!({"plugin": plugin_id, "connection": connection, "reason": reason});
@@ -1049,35 +1062,8 @@ impl Connections<'_> {
                         tracing::error!(error = %e, "could not record connection.expired");
                     }
                     tracing::warn!(tenant = %scope.tenant_id(), plugin = %plugin_id, connection = %connection, "connection expired: its refresh was refused");
-                } else if let Some(newer) = self.newer_token(scope, &row).await {
-                    // Another node saved newer tokens meanwhile: the refusal was of ours.
-                    return Ok(newer);
                 }
-                Err(OutboundError::Refused(format!(
-                    "connection {connection} has expired ({reason}); a tenant admin must connect it again"
-                )))
-            }
-            Err(reason) => {
-                let marked = self
-                    .kernel
-                    .store
-                    .mark_connection(
-                        scope,
-                        &plugin_id,
-                        &connection,
-                        row.generation,
-                        ConnectionStatus::Error.as_str(),
-                        &reason,
-                    )
-                    .await;
-                if !matches!(marked, Ok(true))
-                    && let Some(newer) = self.newer_token(scope, &row).await
-                {
-                    return Ok(newer);
-                }
-                Err(OutboundError::Unreachable(format!(
-                    "connection {connection}: refreshing its token failed: {reason}"
-                )))
+                Err(expired(&connection, &reason))
             }
         }
     }
@@ -1153,9 +1139,7 @@ impl Connections<'_> {
             if current.refresh_lease_until.is_none() && status != ConnectionStatus::Connected {
                 let reason = current.last_error.unwrap_or_default();
                 return Err(if status == ConnectionStatus::Expired {
-                    OutboundError::Refused(format!(
-                        "connection {connection} has expired ({reason}); a tenant admin must connect it again"
-                    ))
+                    expired(connection, &reason)
                 } else {
                     OutboundError::Unreachable(format!(
                         "connection {connection}: refreshing its token failed: {reason}"
@@ -1275,6 +1259,13 @@ impl Connections<'_> {
 
 fn state_aad(hash: &str) -> Vec<u8> {
     format!("oauth_states.verifier/{hash}").into_bytes()
+}
+
+/// What a request through an expired connection is told.
+fn expired(connection: &str, reason: &str) -> OutboundError {
+    OutboundError::Refused(format!(
+        "connection {connection} has expired ({reason}); a tenant admin must connect it again"
+    ))
 }
 
 /// A metadata value as one path segment: anything but letters, digits, `-` and `_`

@@ -181,7 +181,18 @@ impl KernelServices {
             let started = Instant::now();
             let result = self.kernel.outbound.send(outbound_request, &allowed).await;
             self.meter(&key, &request, &result, started).await;
-            let response = result.map_err(host_error)?;
+            let response = result.map_err(|e| match e {
+                // The body cap was this call's `http-bytes` quota, not the platform's.
+                OutboundError::TooLarge(m)
+                    if request.max_response_bytes < self.kernel.outbound.max_response_bytes() =>
+                {
+                    HostError::Limit(format!(
+                        "quota http-bytes: this call had {} bytes left for the response ({m}; limits.remaining says what is left)",
+                        request.max_response_bytes
+                    ))
+                }
+                e => host_error(e),
+            })?;
             // A 401 on a connection whose token may have been revoked or rotated elsewhere:
             // refresh once (from the generation this request used) and try again.
             let from_connection = applied.as_ref().is_some_and(|a| {

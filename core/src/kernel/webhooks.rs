@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use streamflow_runtime::integration::{
     SecretSource, SignatureEncoding, WebhookScheme, WebhookSpec,
 };
+use streamflow_runtime::package::hex;
 use streamflow_runtime::{Call, Hook, HttpRequest, Manifest, Reply};
 use uuid::Uuid;
 
@@ -133,10 +134,6 @@ fn mac(secret: &[u8], parts: &[&[u8]]) -> HmacSha256 {
         mac.update(part);
     }
     mac
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
@@ -459,17 +456,9 @@ impl Webhooks<'_> {
         self.limit(tenant, &plugin_id)?;
         let key = tenant.to_string();
         let (status, outcome, answer) = self
-            .deliver(
-                &scope,
-                &active,
-                &spec,
-                &key,
-                delivery_id.as_deref(),
-                &inbound,
-                &inbound.body,
-            )
+            .deliver(&scope, &active, &key, &delivery_id, &inbound, &inbound.body)
             .await;
-        self.record(&receipt, delivery_id.as_deref(), true, status, outcome)
+        self.record(&receipt, Some(&delivery_id), true, status, outcome)
             .await;
         Ok(answer)
     }
@@ -514,7 +503,7 @@ impl Webhooks<'_> {
         manifest: &Manifest,
         spec: &WebhookSpec,
         inbound: &Inbound,
-    ) -> Result<Option<String>, WebhookError> {
+    ) -> Result<String, WebhookError> {
         let Some(secret) = self.secret(scope, manifest, spec).await? else {
             self.refused(receipt, "no_secret").await;
             return Err(WebhookError::Unauthorized(
@@ -529,7 +518,7 @@ impl Webhooks<'_> {
             &inbound.body,
             now_micros() / 1_000_000,
         ) {
-            Ok(id) => Ok(id.or_else(|| Some(receipt.body_sha256.clone()))),
+            Ok(id) => Ok(id.unwrap_or_else(|| receipt.body_sha256.clone())),
             Err(why) => {
                 self.refused(receipt, "unverified").await;
                 tracing::info!(plugin = receipt.plugin_id, reason = %why, "webhook refused: signature");
@@ -539,40 +528,31 @@ impl Webhooks<'_> {
     }
 
     /// Hands a verified delivery to the plugin, once per delivery id. Returns the status
-    /// answered, the receipt's outcome and the answer.
-    #[allow(clippy::too_many_arguments)]
+    /// answered, the receipt's outcome and the answer. A delivery the plugin fails (any
+    /// 5xx) is forgotten, so the sender's retry reaches the plugin again.
     async fn deliver(
         &self,
         scope: &TenantScope,
         active: &std::sync::Arc<Active>,
-        _spec: &WebhookSpec,
         tenant_key: &str,
-        delivery_id: Option<&str>,
+        delivery_id: &str,
         inbound: &Inbound,
         body: &[u8],
     ) -> (u16, &'static str, Answer) {
         let store = &self.kernel.store;
-        if let Some(id) = delivery_id {
-            match store
-                .first_delivery(&active.plugin_id, tenant_key, id)
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => {
-                    return (
-                        200,
-                        "replayed",
-                        Answer::json(200, serde_json::json!({"status": "already received"})),
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not check a webhook's delivery id");
-                    return (
-                        503,
-                        "unavailable",
-                        Answer::json(503, serde_json::json!({"error": "try again later"})),
-                    );
-                }
+        match store
+            .first_delivery(&active.plugin_id, tenant_key, delivery_id)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                let seen = serde_json::json!({"status": "already received"});
+                return (200, "replayed", Answer::json(200, seen));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check a webhook's delivery id");
+                let later = serde_json::json!({"error": "try again later"});
+                return (503, "unavailable", Answer::json(503, later));
             }
         }
         let request = HttpRequest {
@@ -581,7 +561,14 @@ impl Webhooks<'_> {
             headers: inbound.headers.iter().take(MAX_HEADERS).cloned().collect(),
             body: body.to_vec(),
         };
-        match self
+        let failed = |status: u16, message: &str| {
+            (
+                status,
+                "plugin_failed",
+                Answer::json(status, serde_json::json!({"error": message})),
+            )
+        };
+        let outcome = match self
             .kernel
             .plugins
             .call(scope, active, Call::HandleWebhook(request))
@@ -593,14 +580,6 @@ impl Webhooks<'_> {
                 } else {
                     500
                 };
-                if status >= 500
-                    && let Some(id) = delivery_id
-                {
-                    // The sender retries a failed delivery: it must reach the plugin again.
-                    let _ = store
-                        .forget_delivery(&active.plugin_id, tenant_key, id)
-                        .await;
-                }
                 let headers = response
                     .headers
                     .into_iter()
@@ -610,48 +589,29 @@ impl Webhooks<'_> {
                     })
                     .take(16)
                     .collect();
-                (
+                let answer = Answer {
                     status,
-                    "delivered",
-                    Answer {
-                        status,
-                        headers,
-                        body: response.body,
-                    },
-                )
+                    headers,
+                    body: response.body,
+                };
+                (status, "delivered", answer)
             }
-            Ok(_) => {
-                if let Some(id) = delivery_id {
-                    let _ = store
-                        .forget_delivery(&active.plugin_id, tenant_key, id)
-                        .await;
-                }
-                (
-                    500,
-                    "plugin_failed",
-                    Answer::json(
-                        500,
-                        serde_json::json!({"error": "the plugin answered oddly"}),
-                    ),
-                )
-            }
-            Err(e) => {
-                if let Some(id) = delivery_id {
-                    let _ = store
-                        .forget_delivery(&active.plugin_id, tenant_key, id)
-                        .await;
-                }
-                let status = if e.kind.is_capacity() { 503 } else { 502 };
-                (
-                    status,
-                    "plugin_failed",
-                    Answer::json(
-                        status,
-                        serde_json::json!({"error": "the plugin could not handle this delivery; it will be retried"}),
-                    ),
-                )
-            }
+            Ok(_) => failed(500, "the plugin answered oddly"),
+            Err(e) if e.kind.is_capacity() => failed(
+                503,
+                "the plugin could not handle this delivery now; it will be retried",
+            ),
+            Err(_) => failed(
+                502,
+                "the plugin could not handle this delivery; it will be retried",
+            ),
+        };
+        if outcome.0 >= 500 {
+            let _ = store
+                .forget_delivery(&active.plugin_id, tenant_key, delivery_id)
+                .await;
         }
+        outcome
     }
 
     /// A delivery to a plugin's app-wide address, routed to each tenant whose connection's
@@ -681,17 +641,11 @@ impl Webhooks<'_> {
             body_bytes: inbound.body.len(),
             body_sha256: body_hash(&inbound.body),
         };
-        // A secret of the app (a provider setting) verifies before routing; a tenant's own
-        // secret verifies per tenant below.
-        let app_secret = !matches!(spec.secret_source(), Some(SecretSource::Config(_)));
-        let app_delivery = if app_secret {
-            Some(
-                self.check(&receipt, None, &manifest, &spec, &inbound)
-                    .await?,
-            )
-        } else {
-            None
-        };
+        // Verified before routing: an app-wide webhook's secret is a provider setting of a
+        // connection (the manifest checks refuse a tenant's `config:` secret here).
+        let delivery_id = self
+            .check(&receipt, None, &manifest, &spec, &inbound)
+            .await?;
         let body: Value = serde_json::from_slice(&inbound.body).unwrap_or(Value::Null);
         let mut values = route_values(&body, &route.pointer);
         values.sort();
@@ -728,14 +682,8 @@ impl Webhooks<'_> {
             }
         }
         if tenants.is_empty() {
-            self.record(
-                &receipt,
-                app_delivery.flatten().as_deref(),
-                app_secret,
-                200,
-                "unrouted",
-            )
-            .await;
+            self.record(&receipt, Some(&delivery_id), true, 200, "unrouted")
+                .await;
             // Answered 200: the sender must not retry what no tenant here is connected for.
             return Ok(Answer::json(
                 200,
@@ -751,22 +699,9 @@ impl Webhooks<'_> {
                 continue;
             };
             let Some(active) = self.installation(&scope, plugin_id).await? else {
-                self.record(&receipt, None, app_secret, 200, "not_installed")
+                self.record(&receipt, Some(&delivery_id), true, 200, "not_installed")
                     .await;
                 continue;
-            };
-            let delivery_id = match &app_delivery {
-                Some(id) => id.clone(),
-                None => match self
-                    .check(&receipt, Some(&scope), &active.manifest, &spec, &inbound)
-                    .await
-                {
-                    Ok(id) => id,
-                    Err(_) => {
-                        worst = worst.max(401);
-                        continue;
-                    }
-                },
             };
             if let Err(e) = self.limit(tenant, plugin_id) {
                 worst = worst.max(429);
@@ -779,24 +714,18 @@ impl Webhooks<'_> {
                 .deliver(
                     &scope,
                     &active,
-                    &spec,
                     &tenant.to_string(),
-                    delivery_id.as_deref(),
+                    &delivery_id,
                     &inbound,
                     &mine,
                 )
                 .await;
-            self.record(&receipt, delivery_id.as_deref(), true, status, outcome)
+            self.record(&receipt, Some(&delivery_id), true, status, outcome)
                 .await;
             if status >= worst {
                 worst = status;
                 last = answer;
             }
-        }
-        if worst == 401 {
-            return Err(WebhookError::Unauthorized(
-                "the delivery's signature does not match".into(),
-            ));
         }
         Ok(last)
     }
