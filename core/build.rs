@@ -17,6 +17,8 @@ const BUNDLED_PLUGINS: &[&str] = &[
     "gov-opportunity-fit",
     "job-scheduler",
     "lead-followup",
+    "quickbooks",
+    "servicetitan",
 ];
 
 fn main() {

@@ -113,8 +113,12 @@ pub enum Error {
     NotSupported,
     /// The input was not something the plugin can work with.
     InvalidInput(String),
-    /// The plugin tried and failed.
+    /// The plugin tried and failed; the same call would fail the same way.
     Failed(String),
+    /// The work could not be done now for a reason that may pass (the external service
+    /// throttled or failed, storage was unavailable): an event is delivered again later,
+    /// with backoff, and an action's caller is answered 503.
+    RetryLater(String),
 }
 
 impl std::fmt::Display for Error {
@@ -123,6 +127,7 @@ impl std::fmt::Display for Error {
             Error::NotSupported => f.write_str("not supported"),
             Error::InvalidInput(m) => write!(f, "invalid input: {m}"),
             Error::Failed(m) => write!(f, "failed: {m}"),
+            Error::RetryLater(m) => write!(f, "retry later: {m}"),
         }
     }
 }
@@ -131,7 +136,13 @@ impl std::error::Error for Error {}
 
 impl From<HostError> for Error {
     fn from(e: HostError) -> Self {
-        Error::Failed(host_message(&e))
+        match e {
+            // What may pass is worth another try; a refusal is not.
+            HostError::Unavailable(_) | HostError::Timeout(_) => {
+                Error::RetryLater(host_message(&e))
+            }
+            _ => Error::Failed(host_message(&e)),
+        }
     }
 }
 
@@ -554,6 +565,7 @@ pub mod __private {
             Error::NotSupported => wit::PluginError::NotSupported,
             Error::InvalidInput(m) => wit::PluginError::InvalidInput(m),
             Error::Failed(m) => wit::PluginError::Failed(m),
+            Error::RetryLater(m) => wit::PluginError::RetryLater(m),
         }
     }
 }

@@ -72,3 +72,29 @@ mod tests {
         assert!(n(serde_json::json!(-1)).is_err());
     }
 }
+
+/// `text` percent-encoded as one URL query value or path segment (RFC 3986: everything but
+/// unreserved characters is encoded), for building request URLs such as a QuickBooks query.
+pub fn url_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3 / 2);
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod url_tests {
+    #[test]
+    fn encodes_all_but_unreserved() {
+        assert_eq!(
+            super::url_encode("select * from Customer where DisplayName = 'Amy\\'s'"),
+            "select%20%2A%20from%20Customer%20where%20DisplayName%20%3D%20%27Amy%5C%27s%27"
+        );
+        assert_eq!(super::url_encode("é&="), "%C3%A9%26%3D");
+    }
+}

@@ -130,6 +130,9 @@ pub enum Failure {
     InvalidInput(String),
     #[error("failed: {0}")]
     Failed(String),
+    /// The plugin could not do the work now; the same call may succeed later.
+    #[error("asked to be retried later: {0}")]
+    RetryLater(String),
     #[error("could not start: every sandbox slot is in use; try again")]
     Busy,
     #[error("could not be loaded: {0}")]
@@ -149,6 +152,7 @@ impl Failure {
             Failure::NotSupported => FailureKind::NotSupported,
             Failure::InvalidInput(_) => FailureKind::InvalidInput,
             Failure::Failed(_) => FailureKind::Failed,
+            Failure::RetryLater(_) => FailureKind::RetryLater,
             Failure::Busy => FailureKind::Busy,
             Failure::Load(_) => FailureKind::Load,
         }
@@ -170,6 +174,7 @@ pub enum FailureKind {
     NotSupported,
     InvalidInput,
     Failed,
+    RetryLater,
     Busy,
     Load,
     CircuitOpen,
@@ -187,6 +192,7 @@ impl FailureKind {
             FailureKind::NotSupported => "not_supported",
             FailureKind::InvalidInput => "invalid_input",
             FailureKind::Failed => "failed",
+            FailureKind::RetryLater => "retry_later",
             FailureKind::Busy => "busy",
             FailureKind::Load => "load",
             FailureKind::CircuitOpen => "circuit_open",
@@ -194,12 +200,17 @@ impl FailureKind {
     }
 
     /// Whether the same call may succeed later: the host's state (its capacity, a paused
-    /// plugin, a slow compile, a deadline on a loaded machine) may change; a plugin's own
-    /// failure or a broken limit will not.
+    /// plugin, a slow compile, a deadline on a loaded machine) may change, and so may the
+    /// external service a plugin said to retry later for; a plugin's own failure or a
+    /// broken limit will not.
     pub fn is_transient(self) -> bool {
         matches!(
             self,
-            FailureKind::Timeout | FailureKind::Busy | FailureKind::CircuitOpen | FailureKind::Load
+            FailureKind::Timeout
+                | FailureKind::Busy
+                | FailureKind::CircuitOpen
+                | FailureKind::Load
+                | FailureKind::RetryLater
         )
     }
 

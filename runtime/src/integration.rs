@@ -132,6 +132,15 @@ impl ConnectionUrls {
     }
 }
 
+/// How a token request carries the client's id and secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientAuth {
+    #[default]
+    Basic,
+    Body,
+}
+
 /// `[connections.<id>]`: a connection the kernel holds for each tenant.
 ///
 /// Credentials are settings: the provider supplies the app's (`provider-settings`, such as
@@ -153,6 +162,10 @@ pub struct ConnectionSpec {
     pub scopes: Vec<String>,
     #[serde(default)]
     pub credential_in: CredentialIn,
+    /// How a token request authenticates the client: HTTP Basic (RFC 6749's default) or
+    /// `client_id` and `client_secret` in the form body (ServiceTitan).
+    #[serde(default)]
+    pub client_auth: ClientAuth,
     /// The header or query parameter for `credential-in = "header"` or `"query"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_name: Option<String>,
@@ -217,6 +230,9 @@ pub enum SignatureEncoding {
     #[default]
     Base64,
     Hex,
+    /// Either (hex when the value is 64 hex digits, with or without `sha256=`): for a
+    /// service whose encoding is not documented.
+    Auto,
 }
 
 /// `[webhooks]`: how inbound calls are verified and, for the app-wide address, routed.
@@ -224,7 +240,8 @@ pub enum SignatureEncoding {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct WebhookSpec {
     pub verify: WebhookScheme,
-    /// The signature header of `hmac-sha256`.
+    /// The signature header of `hmac-sha256`; `config:/pointer` reads its name from the
+    /// installation's config (for a service whose header is not documented).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature_header: Option<String>,
     #[serde(default)]
@@ -244,9 +261,36 @@ pub struct WebhookSpec {
 pub struct WebhookRoute {
     pub connection: String,
     pub metadata: String,
-    /// A JSON pointer into the body; where it names an array element with `*`
-    /// (`/eventNotifications/*/realmId`), each element is routed on its own.
-    pub pointer: String,
+    /// A JSON pointer into the body, or several for a service that sends more than one
+    /// payload format (the first that finds a value routes); where it names an array
+    /// element with `*` (`/eventNotifications/*/realmId`), each element is routed on its
+    /// own.
+    pub pointer: Pointers,
+}
+
+/// One JSON pointer or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Pointers {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Pointers {
+    pub fn all(&self) -> &[String] {
+        match self {
+            Pointers::One(p) => std::slice::from_ref(p),
+            Pointers::Many(ps) => ps,
+        }
+    }
+}
+
+impl WebhookSpec {
+    /// The config pointer the signature header's name is read from, when it is
+    /// `config:/pointer`.
+    pub fn header_from_config(&self) -> Option<&str> {
+        self.signature_header.as_deref()?.strip_prefix("config:")
+    }
 }
 
 /// Where a webhook secret comes from.
@@ -736,8 +780,19 @@ fn validate_webhooks(m: &crate::Manifest, w: &WebhookSpec, errors: &mut Vec<Stri
         errors.push("webhooks: verifying webhooks needs the handle-webhook hook".into());
     }
     if w.verify == WebhookScheme::HmacSha256 {
-        match &w.signature_header {
-            Some(h) if valid_header_name(h) => {}
+        match (&w.signature_header, w.header_from_config()) {
+            (_, Some(pointer)) => {
+                if !pointer.starts_with('/') {
+                    errors.push(format!(
+                        "webhooks.signature-header: {:?} is not \"config:/pointer\"",
+                        short(pointer)
+                    ));
+                }
+                if w.route.is_some() {
+                    errors.push("webhooks.signature-header: an app-wide (routed) webhook is verified before any tenant is known; name its header in the manifest".into());
+                }
+            }
+            (Some(h), None) if valid_header_name(h) => {}
             _ => errors.push("webhooks.signature-header: hmac-sha256 needs the header that carries the signature".into()),
         }
     }
@@ -779,8 +834,10 @@ fn validate_webhooks(m: &crate::Manifest, w: &WebhookSpec, errors: &mut Vec<Stri
                 short(&route.connection)
             ));
         }
-        if !route.pointer.starts_with('/') {
-            errors.push("webhooks.route.pointer: a JSON pointer into the body, such as \"/eventNotifications/*/realmId\"".into());
+        let pointers = route.pointer.all();
+        if pointers.is_empty() || pointers.len() > 4 || pointers.iter().any(|p| !p.starts_with('/'))
+        {
+            errors.push("webhooks.route.pointer: one to four JSON pointers into the body, such as \"/eventNotifications/*/realmId\"".into());
         }
         if matches!(w.secret_source(), Some(SecretSource::Config(_))) {
             errors.push("webhooks.secret: an app-wide (routed) webhook is verified before any tenant is known; take its secret from a connection's provider setting".into());

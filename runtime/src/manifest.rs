@@ -743,6 +743,61 @@ route = {{ connection = "quickbooks", metadata = "realmId", pointer = "/eventNot
     }
 
     #[test]
+    fn webhook_routes_take_pointer_lists_and_headers_may_come_from_the_config() {
+        let base = r#"
+id = "st"
+name = "ST"
+version = "0.1.0"
+api = "0.2.0"
+hooks = ["handle-webhook"]
+capabilities = ["http"]
+
+[connections.st]
+kind = "oauth2-client-credentials"
+client-auth = "body"
+urls = { token = "https://auth.example.com/token", api = "https://api.example.com" }
+metadata = ["tenant_id"]
+
+[config.schema]
+type = "object"
+properties = { header = { type = "string" }, key = { type = "string", writeOnly = true } }
+"#;
+        let with = |webhooks: &str| Manifest::from_toml(&format!("{base}\n[webhooks]\n{webhooks}"));
+        let m = with("verify = \"hmac-sha256\"\nsignature-header = \"config:/header\"\nencoding = \"auto\"\nsecret = \"config:/key\"").unwrap();
+        m.validate().unwrap();
+        assert_eq!(
+            m.connections["st"].client_auth,
+            crate::integration::ClientAuth::Body
+        );
+        assert_eq!(
+            m.webhooks.as_ref().unwrap().header_from_config(),
+            Some("/header")
+        );
+        // Routed deliveries are verified before a tenant (and its config) is known.
+        let err = with("verify = \"hmac-sha256\"\nsignature-header = \"config:/header\"\nsecret = \"connection:st/key\"\nroute = { connection = \"st\", metadata = \"tenant_id\", pointer = \"/tenant\" }")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("name its header in the manifest"), "{err}");
+        // Several pointers, one per payload format; none, or one that is not a pointer, is refused.
+        let routed = |pointer: &str| {
+            with(&format!("verify = \"hmac-sha256\"\nsignature-header = \"x-sig\"\nsecret = \"connection:st/key\"\nroute = {{ connection = \"st\", metadata = \"tenant_id\", pointer = {pointer} }}"))
+                .unwrap()
+                .validate()
+        };
+        routed(r#"["/eventNotifications/*/realmId", "/*/intuitaccountid"]"#).unwrap();
+        for bad in [
+            r#"[]"#,
+            r#"["realmId"]"#,
+            r#"["/a", "/b", "/c", "/d", "/e"]"#,
+        ] {
+            let err = routed(bad).unwrap_err().to_string();
+            assert!(err.contains("webhooks.route.pointer"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn misplaced_secrets_and_pii_without_read_are_refused() {
         let text = GOOD.replace(
             "nested = { type = \"object\", properties",

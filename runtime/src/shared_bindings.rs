@@ -3,7 +3,7 @@
 //! translation is written once here and expanded in each version's module.
 
 /// Expands, in a bindings module, the linking and instantiation of its world and the
-/// translation of the hooks and host interfaces every version has. The module provides `host_error` (its `host-error` variants differ) and
+/// translation of the hooks and host interfaces every version has. The module provides `host_error` and `plugin_failure` (their variants differ by version) and
 /// `call_schedule` (the hook is not in every version).
 macro_rules! shared_bindings {
     () => {
@@ -108,14 +108,6 @@ macro_rules! shared_bindings {
                     .map_err(plugin_failure),
                 Call::OnSchedule(tick) => call_schedule(plugin, store, tick)?,
             })
-        }
-
-        fn plugin_failure(e: types::PluginError) -> Failure {
-            match e {
-                types::PluginError::NotSupported => Failure::NotSupported,
-                types::PluginError::InvalidInput(m) => Failure::InvalidInput(clip(&m)),
-                types::PluginError::Failed(m) => Failure::Failed(clip(&m)),
-            }
         }
 
         fn record_to_wit(r: host::PluginRecord) -> types::Record {

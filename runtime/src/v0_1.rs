@@ -35,4 +35,12 @@ fn host_error(e: HostError) -> types::HostError {
     }
 }
 
+fn plugin_failure(e: types::PluginError) -> Failure {
+    match e {
+        types::PluginError::NotSupported => Failure::NotSupported,
+        types::PluginError::InvalidInput(m) => Failure::InvalidInput(clip(&m)),
+        types::PluginError::Failed(m) => Failure::Failed(clip(&m)),
+    }
+}
+
 shared_bindings!();

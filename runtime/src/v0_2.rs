@@ -45,6 +45,15 @@ fn host_error(e: HostError) -> types::HostError {
     }
 }
 
+fn plugin_failure(e: types::PluginError) -> Failure {
+    match e {
+        types::PluginError::NotSupported => Failure::NotSupported,
+        types::PluginError::InvalidInput(m) => Failure::InvalidInput(clip(&m)),
+        types::PluginError::Failed(m) => Failure::Failed(clip(&m)),
+        types::PluginError::RetryLater(m) => Failure::RetryLater(clip(&m)),
+    }
+}
+
 shared_bindings!();
 
 impl streamflow::plugin::http::Host for HostState {

@@ -141,7 +141,7 @@ fn token_error(error: &str) -> Response {
         .into_response()
 }
 
-fn basic(headers: &HeaderMap) -> Option<(String, String)> {
+pub fn basic(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get("authorization")?.to_str().ok()?;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(value.strip_prefix("Basic ")?)
@@ -152,7 +152,7 @@ fn basic(headers: &HeaderMap) -> Option<(String, String)> {
     Some((unform(id), unform(secret)))
 }
 
-fn url_decode(text: &str) -> String {
+pub fn url_decode(text: &str) -> String {
     let pairs: Vec<(String, String)> = reqwest::Url::parse(&format!("x:?v={text}"))
         .unwrap()
         .query_pairs()

@@ -46,7 +46,7 @@ impl std::io::Write for LogWriter {
     }
 }
 
-fn capture_logs() {
+pub(crate) fn capture_logs() {
     static INIT: std::sync::Once = std::sync::Once::new();
     INIT.call_once(|| {
         let _ = tracing_subscriber::fmt()
@@ -59,7 +59,7 @@ fn capture_logs() {
     });
 }
 
-fn logs() -> String {
+pub(crate) fn logs() -> String {
     String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
 }
 

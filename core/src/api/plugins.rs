@@ -890,7 +890,9 @@ async fn run_action(
 
 fn plugin_error(e: CallError) -> ApiError {
     let status = match e.kind {
-        kind if kind.is_capacity() => StatusCode::SERVICE_UNAVAILABLE,
+        kind if kind.is_capacity() || kind == FailureKind::RetryLater => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         FailureKind::InvalidInput => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::BAD_GATEWAY,
     };

@@ -32,8 +32,8 @@ const MAX_KV_KEYS: i64 = 10_000;
 const MAX_LIST: u32 = 100;
 /// Most record JSON one `records.list` call hands a plugin (the list ends early beyond it).
 const PLUGIN_LIST_BYTES: usize = 4 * 1024 * 1024;
-/// Records and events one plugin call may create: bounds what an automation chain can fan
-/// out to at each level.
+/// Records and events one plugin call of an automation chain (a delivery the dispatcher
+/// makes) may create: bounds what a chain can fan out to at each level.
 const MAX_CREATED_PER_CALL: u32 = 100;
 /// Largest event payload a plugin may emit.
 const MAX_EVENT_PAYLOAD: usize = 64 * 1024;
@@ -200,7 +200,10 @@ impl KernelServices {
     /// dispatcher made the call (the same on a repeated run), fresh otherwise.
     fn next_id(&self) -> Result<NewId, HostError> {
         let n = self.created.fetch_add(1, Ordering::SeqCst);
-        if n >= MAX_CREATED_PER_CALL {
+        // A call the dispatcher made is one level of an automation chain: its fan-out is
+        // capped. Other calls (a schedule's import, a webhook, an action an admin runs) are
+        // bounded by the installation's record-writes and events quotas alone.
+        if self.origin.is_some() && n >= MAX_CREATED_PER_CALL {
             return Err(HostError::Limit(format!(
                 "one call creates at most {MAX_CREATED_PER_CALL} records and events"
             )));

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use streamflow_runtime::integration::{
-    ConnectionKind, ConnectionSpec, ConnectionUrls, CredentialIn,
+    ClientAuth, ConnectionKind, ConnectionSpec, ConnectionUrls, CredentialIn,
 };
 use streamflow_runtime::{ConnectionInfo, ConnectionStatus, EventKind, Manifest};
 use uuid::Uuid;
@@ -1217,16 +1217,25 @@ impl Connections<'_> {
                 "application/x-www-form-urlencoded".to_string(),
             ),
         ];
+        let mut form: Vec<(&str, &str)> = form.to_vec();
         if let (Some(id), Some(secret)) = (
             setting(settings, "client_id"),
             setting(settings, "client_secret"),
         ) {
-            let basic = base64::engine::general_purpose::STANDARD.encode(format!(
-                "{}:{}",
-                form_encode(id),
-                form_encode(secret)
-            ));
-            headers.push(("Authorization".to_string(), format!("Basic {basic}")));
+            match spec.client_auth {
+                ClientAuth::Basic => {
+                    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+                        "{}:{}",
+                        form_encode(id),
+                        form_encode(secret)
+                    ));
+                    headers.push(("Authorization".to_string(), format!("Basic {basic}")));
+                }
+                ClientAuth::Body => {
+                    form.push(("client_id", id));
+                    form.push(("client_secret", secret));
+                }
+            }
         }
         let identity = match spec.mutual_tls {
             true => {
@@ -1234,7 +1243,7 @@ impl Connections<'_> {
             }
             false => None,
         };
-        let body = serde_urlencoded_pairs(form);
+        let body = serde_urlencoded_pairs(&form);
         let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
         let request = outbound::Request {
             method: "POST".into(),

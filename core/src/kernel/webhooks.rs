@@ -174,13 +174,25 @@ pub fn verify(
     let b64 = base64::engine::general_purpose::STANDARD;
     match spec.verify {
         WebhookScheme::HmacSha256 => {
-            let name = spec.signature_header.as_deref().unwrap_or("x-signature");
+            let name = spec
+                .signature_header
+                .as_deref()
+                .filter(|h| !h.starts_with("config:") && !h.is_empty())
+                .ok_or("this webhook's signature header is not set up yet")?;
             let given = header(headers, name)
                 .ok_or_else(|| format!("the {name} header is missing"))?
                 .trim();
             let given = match spec.encoding {
                 SignatureEncoding::Base64 => b64.decode(given).ok(),
                 SignatureEncoding::Hex => unhex(given.trim_start_matches("sha256=")),
+                SignatureEncoding::Auto => {
+                    let bare = given.trim_start_matches("sha256=");
+                    if bare.len() == 64 && bare.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        unhex(bare)
+                    } else {
+                        b64.decode(bare).ok()
+                    }
+                }
             }
             .ok_or_else(|| format!("the {name} header is not a signature"))?;
             mac(secret.as_bytes(), &[body])
@@ -443,11 +455,20 @@ impl Webhooks<'_> {
             body_bytes: inbound.body.len(),
             body_sha256: body_hash(&inbound.body),
         };
-        let spec = active
+        let mut spec = active
             .manifest
             .webhooks
             .clone()
             .ok_or(WebhookError::NotFound)?;
+        if let Some(pointer) = spec.header_from_config() {
+            // The tenant names the header (a service that does not document it); unset,
+            // no delivery can be verified.
+            spec.signature_header = active
+                .config_value
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .map(str::to_string);
+        }
         // Verified first (an HMAC is cheap): a flood of forged deliveries does not use up
         // the tenant's rate, and only verified deliveries count against it.
         let delivery_id = self
@@ -647,7 +668,14 @@ impl Webhooks<'_> {
             .check(&receipt, None, &manifest, &spec, &inbound)
             .await?;
         let body: Value = serde_json::from_slice(&inbound.body).unwrap_or(Value::Null);
-        let mut values = route_values(&body, &route.pointer);
+        // The first pointer that finds a value (one per payload format the service sends).
+        let (pointer, mut values) = route
+            .pointer
+            .all()
+            .iter()
+            .map(|p| (p.as_str(), route_values(&body, p)))
+            .find(|(_, v)| !v.is_empty())
+            .unwrap_or(("", Vec::new()));
         values.sort();
         values.dedup();
         values.truncate(MAX_ROUTES);
@@ -708,8 +736,7 @@ impl Webhooks<'_> {
                 last = Answer::json(429, serde_json::json!({"error": e.to_string()}));
                 continue;
             }
-            let mine =
-                serde_json::to_vec(&body_for(&body, &route.pointer, &values)).unwrap_or_default();
+            let mine = serde_json::to_vec(&body_for(&body, pointer, &values)).unwrap_or_default();
             let (status, outcome, answer) = self
                 .deliver(
                     &scope,
@@ -813,6 +840,49 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn auto_encoding_takes_hex_or_base64_and_a_header_must_be_named() {
+        let body = br#"{"data":{"id":5}}"#;
+        let sig = mac(b"key", &[body]).finalize().into_bytes();
+        let a = spec(WebhookScheme::HmacSha256, SignatureEncoding::Auto);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(sig);
+        for given in [hex(&sig), format!("sha256={}", hex(&sig)), b64.clone()] {
+            assert!(
+                verify(
+                    &a,
+                    "key",
+                    &headers(&[("intuit-signature", &given)]),
+                    body,
+                    0
+                )
+                .is_ok(),
+                "{given}"
+            );
+        }
+        assert!(
+            verify(
+                &a,
+                "other",
+                &headers(&[("intuit-signature", &b64)]),
+                body,
+                0
+            )
+            .is_err()
+        );
+        // A header to be named in the config that is not named yet verifies nothing.
+        let mut unnamed = a.clone();
+        unnamed.signature_header = Some("config:/header".into());
+        let err = verify(
+            &unnamed,
+            "key",
+            &headers(&[("config:/header", &b64)]),
+            body,
+            0,
+        )
+        .unwrap_err();
+        assert!(err.contains("not set up"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,705 @@
+//! QuickBooks Online for StreamFlow: a job that reaches the configured stage (or the
+//! `create-invoice` action) becomes one QuickBooks invoice, for a customer found by the
+//! stored mapping, then by name, or created; payments recorded in QuickBooks come back
+//! through Intuit's webhooks and set the job's balance and payment status.
+//!
+//! Exactly one invoice per job, however often the work is retried: the job's
+//! `data.quickbooks.invoice_id` is looked at first, and the create carries a `requestid`
+//! derived from the job, so a repeat of a create whose answer was lost (a killed server, a
+//! timeout, an event delivered twice) is answered with the first invoice instead of making
+//! a second one.
+//!
+//! The plugin never sees a token: every call goes through the host's `quickbooks`
+//! connection, which adds and refreshes it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use streamflow_plugin_sdk::text::clip;
+use streamflow_plugin_sdk::{
+    Error, Event, HostError, HttpRequest, HttpResponse, Plugin, ScheduleTick, events, host_message,
+    kv, limits, log, records,
+};
+
+mod qbo;
+pub mod webhook;
+
+use qbo::{Company, QboError, id_of, quote, sync_token};
+
+/// Invoices a webhook refresh could not reach within one call's quota, refreshed by the
+/// `catch-up` schedule (most kept).
+const PENDING: &str = "pending-invoices";
+const MAX_PENDING: usize = 1000;
+
+#[derive(Deserialize)]
+#[serde(default)]
+struct Settings {
+    service_item: String,
+    item_map: BTreeMap<String, String>,
+    terms_days: i64,
+    amount_field: String,
+    customer_field: String,
+    line_items_field: String,
+    invoiced_stage: Option<String>,
+    paid_stage: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            service_item: "Services".into(),
+            item_map: BTreeMap::new(),
+            terms_days: 30,
+            amount_field: "amount".into(),
+            customer_field: "customer_name".into(),
+            line_items_field: "line_items".into(),
+            invoiced_stage: None,
+            paid_stage: None,
+        }
+    }
+}
+
+fn settings() -> Result<Settings, Error> {
+    streamflow_plugin_sdk::config::get()
+}
+
+pub struct QuickBooks;
+
+impl Plugin for QuickBooks {
+    fn on_event(event: Event) -> Result<(), Error> {
+        // The manifest's filter lets through moves into an invoicing stage; of those, only
+        // jobs are invoiced.
+        if event.record_type.as_deref() != Some("job") {
+            return Ok(());
+        }
+        let Some(job_id) = event.record_id.as_deref() else {
+            return Ok(());
+        };
+        invoice_job(job_id, &settings()?).map(|_| ())
+    }
+
+    fn run_action(name: &str, input: Value) -> Result<Value, Error> {
+        let job_id = input
+            .get("job_id")
+            .and_then(Value::as_str)
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| Error::InvalidInput("give the job as {\"job_id\": \"...\"}".into()))?;
+        let settings = settings()?;
+        match name {
+            "create-invoice" => invoice_job(job_id, &settings),
+            "update-invoice" => update_invoice(job_id, &settings),
+            "refresh-invoice" => {
+                let job = job(job_id)?;
+                let invoice_id = invoice_of(&job.json()?).ok_or_else(|| {
+                    Error::InvalidInput(format!("job {job_id} has no QuickBooks invoice yet"))
+                })?;
+                let company = qbo::company()?;
+                let invoice = company.read("Invoice", &invoice_id)?;
+                apply_invoice(job_id, &invoice, &settings)?;
+                Ok(json!({"quickbooks": job_quickbooks(job_id)?}))
+            }
+            other => Err(Error::InvalidInput(format!(
+                "no action {:?}; this plugin has create-invoice, update-invoice and refresh-invoice",
+                clip(other, 64)
+            ))),
+        }
+    }
+
+    fn handle_webhook(request: HttpRequest) -> Result<HttpResponse, Error> {
+        let body: Value = serde_json::from_slice(&request.body)
+            .map_err(|_| Error::InvalidInput("the delivery is not JSON".into()))?;
+        let settings = settings()?;
+        let company = qbo::company()?;
+        let mut invoices = BTreeSet::new();
+        for change in webhook::changes(&body) {
+            match (change.entity.as_str(), change.operation.as_str()) {
+                ("Invoice", _) => {
+                    invoices.insert(change.id);
+                }
+                // A payment names the invoices it pays; a deleted one is gone, and QuickBooks
+                // reports the invoices it changed on their own.
+                ("Payment", op) if op != "Delete" => match company.read("Payment", &change.id) {
+                    Ok(payment) => invoices.extend(paid_invoices(&payment)),
+                    Err(e) if e.is_fault("610") => {}
+                    Err(e) => return Err(e.into()),
+                },
+                _ => {}
+            }
+        }
+        let (updated, deferred) = refresh_invoices(&company, invoices, &settings)?;
+        Ok(HttpResponse {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: json!({"updated": updated, "deferred": deferred})
+                .to_string()
+                .into_bytes(),
+        })
+    }
+
+    fn on_schedule(_tick: ScheduleTick) -> Result<(), Error> {
+        let pending: Vec<String> = kv::get_json(PENDING)?.unwrap_or_default();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let company = qbo::company()?;
+        kv::delete(PENDING)?;
+        if let Err(e) = refresh_invoices(&company, pending.iter().cloned().collect(), &settings()?)
+        {
+            // Kept for the next run (those deferred meanwhile were added back already).
+            let mut again: Vec<String> = kv::get_json(PENDING)?.unwrap_or_default();
+            again.extend(
+                pending
+                    .into_iter()
+                    .filter(|p| !again.contains(p))
+                    .collect::<Vec<_>>(),
+            );
+            kv::set_json(PENDING, &again)?;
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+streamflow_plugin_sdk::export!(QuickBooks);
+
+/// Reads each invoice this plugin made and updates its job; those beyond this call's
+/// request quota are kept for the `catch-up` schedule. Returns (updated, deferred).
+fn refresh_invoices(
+    company: &Company,
+    invoices: BTreeSet<String>,
+    settings: &Settings,
+) -> Result<(usize, usize), Error> {
+    let mut updated = 0;
+    let mut deferred = Vec::new();
+    for invoice_id in invoices {
+        let Some(job_id) =
+            kv::get(&format!("invoice:{invoice_id}"))?.and_then(|v| String::from_utf8(v).ok())
+        else {
+            // Not an invoice this plugin made for a job.
+            continue;
+        };
+        if limits::remaining().http_requests < 2 {
+            deferred.push(invoice_id);
+            continue;
+        }
+        match company.read("Invoice", &invoice_id) {
+            Ok(invoice) => {
+                if apply_invoice(&job_id, &invoice, settings)? {
+                    updated += 1;
+                }
+            }
+            Err(e) if e.is_fault("610") => {
+                log::warn(&format!(
+                    "QuickBooks invoice {invoice_id} of job {job_id} no longer exists"
+                ));
+            }
+            Err(QboError::Transient(_)) => deferred.push(invoice_id),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let count = deferred.len();
+    if count > 0 {
+        let mut pending: Vec<String> = kv::get_json(PENDING)?.unwrap_or_default();
+        for id in deferred {
+            if !pending.contains(&id) {
+                pending.push(id);
+            }
+        }
+        let skip = pending.len().saturating_sub(MAX_PENDING);
+        kv::set_json(PENDING, &pending[skip..].to_vec())?;
+        log::info(&format!(
+            "{count} invoice refreshes left for the catch-up schedule"
+        ));
+    }
+    Ok((updated, count))
+}
+
+fn job(job_id: &str) -> Result<streamflow_plugin_sdk::Record, Error> {
+    records::get("job", job_id)?.ok_or_else(|| Error::InvalidInput(format!("no job {job_id}")))
+}
+
+fn invoice_of(data: &Value) -> Option<String> {
+    data.pointer("/quickbooks/invoice_id")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+fn job_quickbooks(job_id: &str) -> Result<Value, Error> {
+    Ok(job(job_id)?
+        .json()?
+        .get("quickbooks")
+        .cloned()
+        .unwrap_or(Value::Null))
+}
+
+/// Invoices a job once: its stored invoice if it has one, else a new one (idempotent by
+/// `requestid`). Returns the job's `data.quickbooks`.
+fn invoice_job(job_id: &str, settings: &Settings) -> Result<Value, Error> {
+    let job = job(job_id)?;
+    let data = job.json()?;
+    if invoice_of(&data).is_some() {
+        return Ok(data["quickbooks"].clone());
+    }
+    let company = qbo::company()?;
+    let customer_id = customer_for(&company, job_id, &data, settings)?;
+    let lines = lines_for(&company, &data, settings)?;
+    let txn_date = job_date(&data, job.updated_at);
+    let due_date = txn_date.saturating_add(time::Duration::days(settings.terms_days));
+    let body = json!({
+        "CustomerRef": {"value": customer_id},
+        "Line": lines,
+        "TxnDate": iso_date(txn_date),
+        "DueDate": iso_date(due_date),
+        "PrivateNote": format!("StreamFlow job {job_id}"),
+    });
+    let invoice = company.write("Invoice", &body, Some(&format!("sf-inv-{job_id}")))?;
+    let invoice_id =
+        id_of(&invoice).ok_or_else(|| Error::Failed("QuickBooks' invoice has no Id".into()))?;
+    kv::set(&format!("invoice:{invoice_id}"), job_id.as_bytes())?;
+    let mut view = invoice_view(&invoice);
+    view.insert("realm_id".into(), json!(company.realm));
+    view.insert("customer_id".into(), json!(customer_id));
+    let view = Value::Object(view);
+    write_back(job_id, &view, settings.invoiced_stage.as_deref())?;
+    emit(
+        "invoice.created",
+        json!({"job_id": job_id, "invoice_id": invoice_id, "doc_number": view["doc_number"],
+               "total": view["total"], "balance": view["balance"]}),
+    );
+    Ok(view)
+}
+
+/// Sends the job's current lines to its invoice (a sparse update). A stale SyncToken
+/// (someone changed the invoice in QuickBooks) re-reads it and tries once more.
+fn update_invoice(job_id: &str, settings: &Settings) -> Result<Value, Error> {
+    let job = job(job_id)?;
+    let data = job.json()?;
+    let invoice_id = invoice_of(&data).ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "job {job_id} has no QuickBooks invoice yet; create it first"
+        ))
+    })?;
+    let company = qbo::company()?;
+    let lines = lines_for(&company, &data, settings)?;
+    let mut token = data
+        .pointer("/quickbooks/sync_token")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    for attempt in 0..2 {
+        let body = json!({
+            "Id": invoice_id,
+            "SyncToken": token.to_string(),
+            "sparse": true,
+            "Line": lines,
+        });
+        match company.write("Invoice", &body, None) {
+            Ok(invoice) => {
+                apply_invoice(job_id, &invoice, settings)?;
+                return job_quickbooks(job_id);
+            }
+            Err(e) if e.is_fault("5010") && attempt == 0 => {
+                let fresh = company.read("Invoice", &invoice_id)?;
+                token = sync_token(&fresh).unwrap_or(token);
+                log::info(&format!(
+                    "invoice {invoice_id} changed in QuickBooks since it was read; retrying at SyncToken {token}"
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::Failed(format!(
+        "invoice {invoice_id} kept changing in QuickBooks while it was updated; try again"
+    )))
+}
+
+/// The invoice's figures as the job keeps them.
+fn invoice_view(invoice: &Value) -> Map<String, Value> {
+    let number = |k: &str| invoice.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    let (total, balance) = (number("TotalAmt"), number("Balance"));
+    let mut view = Map::new();
+    view.insert("invoice_id".into(), json!(id_of(invoice)));
+    view.insert(
+        "doc_number".into(),
+        invoice.get("DocNumber").cloned().unwrap_or(Value::Null),
+    );
+    view.insert("total".into(), json!(total));
+    view.insert("balance".into(), json!(balance));
+    view.insert(
+        "payment_status".into(),
+        json!(payment_status(total, balance)),
+    );
+    view.insert("sync_token".into(), json!(sync_token(invoice).unwrap_or(0)));
+    if let Some(due) = invoice.get("DueDate") {
+        view.insert("due_date".into(), due.clone());
+    }
+    if let Some(at) = invoice.pointer("/MetaData/LastUpdatedTime") {
+        view.insert("updated_at".into(), at.clone());
+    }
+    view
+}
+
+pub fn payment_status(total: f64, balance: f64) -> &'static str {
+    if balance <= 0.005 {
+        "paid"
+    } else if balance + 0.005 < total {
+        "partial"
+    } else {
+        "unpaid"
+    }
+}
+
+/// The ids of the invoices a payment's lines are linked to.
+pub fn paid_invoices(payment: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in payment
+        .get("Line")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        for linked in line
+            .get("LinkedTxn")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if linked.get("TxnType").and_then(Value::as_str) == Some("Invoice")
+                && let Some(id) = linked.get("TxnId").and_then(|v| match v {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                })
+                && !out.contains(&id)
+            {
+                out.push(id);
+            }
+        }
+    }
+    out
+}
+
+/// Writes a newer state of the job's invoice onto the job; an older or the same state (a
+/// duplicate or out-of-order delivery) changes nothing. Returns whether it wrote.
+fn apply_invoice(job_id: &str, invoice: &Value, settings: &Settings) -> Result<bool, Error> {
+    let job = job(job_id)?;
+    let data = job.json()?;
+    let stored = data
+        .pointer("/quickbooks/sync_token")
+        .and_then(Value::as_u64);
+    let new = sync_token(invoice).unwrap_or(0);
+    if stored.is_some_and(|s| s >= new) {
+        return Ok(false);
+    }
+    let was_paid = data
+        .pointer("/quickbooks/payment_status")
+        .and_then(Value::as_str)
+        == Some("paid");
+    let view = Value::Object(invoice_view(invoice));
+    let paid = view["payment_status"] == "paid";
+    let stage = if paid {
+        settings.paid_stage.as_deref()
+    } else {
+        None
+    };
+    write_back(job_id, &view, stage)?;
+    if paid && !was_paid {
+        emit(
+            "invoice.paid",
+            json!({"job_id": job_id, "invoice_id": view["invoice_id"], "total": view["total"]}),
+        );
+    }
+    Ok(true)
+}
+
+/// Merges `view` into the job's `data.quickbooks` (moving it to `stage` when given and
+/// allowed), re-reading on a concurrent change.
+fn write_back(job_id: &str, view: &Value, stage: Option<&str>) -> Result<(), Error> {
+    let mut stage = stage;
+    for _ in 0..4 {
+        let job = job(job_id)?;
+        let mut data = job.json()?;
+        let Some(object) = data.as_object_mut() else {
+            return Err(Error::Failed(format!(
+                "job {job_id}'s data is not an object"
+            )));
+        };
+        let entry = object
+            .entry("quickbooks")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !entry.is_object() {
+            *entry = Value::Object(Map::new());
+        }
+        if let (Some(into), Some(from)) = (entry.as_object_mut(), view.as_object()) {
+            for (k, v) in from {
+                into.insert(k.clone(), v.clone());
+            }
+        }
+        let to = stage.filter(|s| job.stage.as_deref() != Some(*s));
+        match records::update("job", job_id, to, &data, Some(job.version)) {
+            Ok(_) => return Ok(()),
+            Err(HostError::Conflict(_)) => continue,
+            Err(HostError::Invalid(m)) if to.is_some() => {
+                // The pipeline refuses the move (a required field, no such stage): the
+                // figures matter more than the stage.
+                log::warn(&format!(
+                    "job {job_id} kept its stage: the move to {:?} was refused ({})",
+                    to.unwrap_or_default(),
+                    clip(&m, 300)
+                ));
+                stage = None;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::RetryLater(format!(
+        "job {job_id} kept changing while its QuickBooks figures were written"
+    )))
+}
+
+fn emit(kind: &str, payload: Value) {
+    if let Err(e) = events::emit(kind, &payload) {
+        log::warn(&format!("could not emit {kind}: {}", host_message(&e)));
+    }
+}
+
+/// A short stable key for a name (two FNV-1a hashes), for kv keys of any length of name.
+fn key_of(text: &str) -> String {
+    let mut a: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut b: u64 = 0x6c62_272e_07bb_0142;
+    for byte in text.bytes() {
+        a = (a ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        b = (b ^ byte as u64)
+            .wrapping_mul(0x0000_0100_0000_01b3)
+            .rotate_left(5);
+    }
+    format!("{a:016x}{b:016x}")
+}
+
+fn text_field<'a>(data: &'a Value, field: &str) -> Option<&'a str> {
+    data.get(field)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+/// The job's QuickBooks customer: the stored mapping, else one with the same DisplayName,
+/// else a new one. A duplicate-name fault (6240: the name is taken, maybe by an inactive
+/// customer) looks again, inactive ones included, and reuses what it finds.
+fn customer_for(
+    company: &Company,
+    job_id: &str,
+    data: &Value,
+    settings: &Settings,
+) -> Result<String, Error> {
+    let name = text_field(data, &settings.customer_field).ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "the job has no customer name in {:?} (with records:read-pii granted, the plugin sees it)",
+            settings.customer_field
+        ))
+    })?;
+    let name: String = name.chars().take(100).collect();
+    let key = format!("customer:{}", key_of(&name.to_lowercase()));
+    if let Some(id) = kv::get(&key)?.and_then(|v| String::from_utf8(v).ok()) {
+        return Ok(id);
+    }
+    let by_name = format!("DisplayName = {}", quote(&name));
+    let found = company.query("Customer", &by_name)?;
+    let id = match found.first().and_then(id_of) {
+        Some(id) => id,
+        None => {
+            let mut body = json!({"DisplayName": name});
+            if let Some(phone) = text_field(data, "customer_phone").or(text_field(data, "phone")) {
+                body["PrimaryPhone"] = json!({"FreeFormNumber": clip(phone, 30)});
+            }
+            if let Some(email) = text_field(data, "customer_email").or(text_field(data, "email")) {
+                body["PrimaryEmailAddr"] = json!({"Address": clip(email, 100)});
+            }
+            if let Some(address) = text_field(data, "address") {
+                body["BillAddr"] = json!({"Line1": clip(address, 500)});
+            }
+            match company.write("Customer", &body, Some(&format!("sf-cus-{job_id}"))) {
+                Ok(customer) => id_of(&customer)
+                    .ok_or_else(|| Error::Failed("QuickBooks' customer has no Id".into()))?,
+                Err(e) if e.is_fault("6240") => {
+                    let again = company.query(
+                        "Customer",
+                        &format!("{by_name} and Active in (true, false)"),
+                    )?;
+                    again.first().and_then(id_of).ok_or_else(|| {
+                        Error::Failed(format!(
+                            "QuickBooks says the name {name:?} is taken, but not by a customer (a vendor or employee has it); rename the job's customer"
+                        ))
+                    })?
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    kv::set(&key, id.as_bytes())?;
+    Ok(id)
+}
+
+/// The QuickBooks item of this name (`{value, name}`), cached.
+fn item_ref(company: &Company, name: &str) -> Result<Value, Error> {
+    let key = format!("item:{}", key_of(name));
+    if let Some(id) = kv::get(&key)?.and_then(|v| String::from_utf8(v).ok()) {
+        return Ok(json!({"value": id, "name": name}));
+    }
+    let found = company.query("Item", &format!("Name = {}", quote(name)))?;
+    let id = found.first().and_then(id_of).ok_or_else(|| {
+        Error::Failed(format!(
+            "QuickBooks has no item named {name:?}: create it there, or set service_item or item_map in the plugin's config to an item that exists"
+        ))
+    })?;
+    kv::set(&key, id.as_bytes())?;
+    Ok(json!({"value": id, "name": name}))
+}
+
+fn amount(v: Option<&Value>) -> Option<f64> {
+    let n = match v? {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) => s
+            .trim()
+            .trim_start_matches('$')
+            .replace(',', "")
+            .parse()
+            .ok()?,
+        _ => return None,
+    };
+    (n.is_finite() && n >= 0.0).then(|| (n * 100.0).round() / 100.0)
+}
+
+/// The invoice's lines: one per line item of the job (`kind`, `description`, `quantity`,
+/// `unit_price`, `amount`), or one line of the service item at the job's amount.
+fn lines_for(company: &Company, data: &Value, settings: &Settings) -> Result<Vec<Value>, Error> {
+    let items = data
+        .get(&settings.line_items_field)
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty());
+    let Some(items) = items else {
+        let total = amount(data.get(&settings.amount_field)).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "the job has no amount in {:?}: set it, or give the job line items",
+                settings.amount_field
+            ))
+        })?;
+        let mut line = json!({
+            "DetailType": "SalesItemLineDetail",
+            "Amount": total,
+            "SalesItemLineDetail": {"ItemRef": item_ref(company, &settings.service_item)?},
+        });
+        if let Some(title) = text_field(data, "title") {
+            line["Description"] = json!(clip(title, 4000));
+        }
+        return Ok(vec![line]);
+    };
+    if items.len() > 100 {
+        return Err(Error::InvalidInput(format!(
+            "the job has {} line items; an invoice takes at most 100",
+            items.len()
+        )));
+    }
+    let mut lines = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let kind = item
+            .get("kind")
+            .or(item.get("item"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let name = settings
+            .item_map
+            .get(kind)
+            .unwrap_or(&settings.service_item);
+        let quantity = amount(item.get("quantity")).unwrap_or(1.0);
+        let unit_price = amount(item.get("unit_price"));
+        let total = amount(item.get("amount"))
+            .or(unit_price.map(|p| ((p * quantity) * 100.0).round() / 100.0))
+            .ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "{}/{i}: a line item needs an amount, or a unit_price",
+                    settings.line_items_field
+                ))
+            })?;
+        let mut detail = json!({"ItemRef": item_ref(company, name)?, "Qty": quantity});
+        if let Some(p) = unit_price {
+            detail["UnitPrice"] = json!(p);
+        }
+        let mut line = json!({"DetailType": "SalesItemLineDetail", "Amount": total, "SalesItemLineDetail": detail});
+        if let Some(d) = item.get("description").and_then(Value::as_str) {
+            line["Description"] = json!(clip(d, 4000));
+        }
+        lines.push(line);
+    }
+    Ok(lines)
+}
+
+const DATE: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]");
+
+/// The invoice date: the job's `completed_on`, else the day it last changed (UTC).
+fn job_date(data: &Value, updated_at_micros: i64) -> time::Date {
+    if let Some(date) = data
+        .get("completed_on")
+        .and_then(Value::as_str)
+        .and_then(|d| time::Date::parse(d, DATE).ok())
+    {
+        return date;
+    }
+    time::OffsetDateTime::from_unix_timestamp_nanos(updated_at_micros as i128 * 1000)
+        .map(|t| t.date())
+        .unwrap_or(time::Date::MIN)
+}
+
+fn iso_date(date: time::Date) -> String {
+    date.format(DATE).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payment_status_follows_the_balance() {
+        assert_eq!(payment_status(100.0, 100.0), "unpaid");
+        assert_eq!(payment_status(100.0, 40.0), "partial");
+        assert_eq!(payment_status(100.0, 0.0), "paid");
+        assert_eq!(payment_status(0.0, 0.0), "paid");
+    }
+
+    #[test]
+    fn a_payment_names_the_invoices_it_pays() {
+        let payment = json!({"Line": [
+            {"Amount": 50, "LinkedTxn": [{"TxnId": "130", "TxnType": "Invoice"}]},
+            {"Amount": 10, "LinkedTxn": [{"TxnId": 131, "TxnType": "Invoice"}, {"TxnId": "9", "TxnType": "CreditMemo"}]},
+            {"Amount": 5, "LinkedTxn": [{"TxnId": "130", "TxnType": "Invoice"}]}
+        ]});
+        assert_eq!(paid_invoices(&payment), vec!["130", "131"]);
+        assert!(paid_invoices(&json!({})).is_empty());
+    }
+
+    #[test]
+    fn amounts_accept_numbers_and_money_text() {
+        assert_eq!(amount(Some(&json!(1250.456))), Some(1250.46));
+        assert_eq!(amount(Some(&json!("$1,250.50"))), Some(1250.5));
+        assert_eq!(amount(Some(&json!(-3))), None);
+        assert_eq!(amount(Some(&json!("abc"))), None);
+        assert_eq!(amount(None), None);
+    }
+
+    #[test]
+    fn the_invoice_date_is_the_completion_day() {
+        let d = job_date(&json!({"completed_on": "2026-11-30"}), 0);
+        assert_eq!(iso_date(d), "2026-11-30");
+        // 2026-12-01T12:00:00Z
+        let d = job_date(&json!({}), 1_796_126_400_000_000);
+        assert_eq!(iso_date(d), "2026-12-01");
+    }
+
+    #[test]
+    fn keys_of_names_are_stable_and_distinct() {
+        assert_eq!(key_of("king's groceries"), key_of("king's groceries"));
+        assert_ne!(key_of("a"), key_of("b"));
+        assert_eq!(key_of("x").len(), 32);
+    }
+}
