@@ -63,6 +63,9 @@ pub struct QboState {
     pub invoice_posts: AtomicU32,
     pub stale_faults: AtomicU32,
     pub api_calls: AtomicU32,
+    /// The next customer create loses a race: another request creates the same name just
+    /// before it (answered with fault 6240).
+    pub lose_next_customer_race: AtomicBool,
     /// Calls without `minorversion`, or without `Accept: application/json`.
     pub sloppy_calls: AtomicU32,
 }
@@ -105,6 +108,18 @@ impl FakeQbo {
             json!({"Id": "3", "Name": "Concrete", "Type": "Service", "Active": true, "SyncToken": "1"}),
             json!({"Id": "5", "Name": "Labor", "Type": "Service", "Active": true, "SyncToken": "0"}),
         ];
+    }
+
+    /// A customer made inactive in QuickBooks (a query without `Active in (true, false)`
+    /// does not find it; its name stays taken).
+    pub fn inactive_customer(&self, realm: &str, name: &str) -> String {
+        let mut companies = self.state.companies.lock().unwrap();
+        let c = companies.get_mut(realm).unwrap();
+        let id = format!("{}", 60 + c.customers.len());
+        c.customers.push(
+            json!({"Id": id, "DisplayName": name, "SyncToken": "3", "Active": false, "Balance": 0}),
+        );
+        id
     }
 
     pub fn invoices(&self, realm: &str) -> Vec<Value> {
@@ -463,7 +478,15 @@ async fn api(
                     ),
                 }
             }
-            ("POST", ["customer"]) => create_customer(company, &input),
+            ("POST", ["customer"]) if input.get("Id").is_some() => {
+                update_customer(&state, company, &input)
+            }
+            ("POST", ["customer"]) => {
+                if state.lose_next_customer_race.swap(false, Ordering::SeqCst) {
+                    let _ = create_customer(company, &json!({"DisplayName": input["DisplayName"]}));
+                }
+                create_customer(company, &input)
+            }
             ("POST", ["invoice"]) if input.get("Id").is_some() => {
                 update_invoice(&state, company, &input)
             }
@@ -578,6 +601,48 @@ fn create_customer(company: &mut Company, input: &Value) -> (u16, Value) {
     customer["Active"] = json!(true);
     customer["Balance"] = json!(0);
     company.customers.push(customer.clone());
+    (
+        200,
+        json!({"Customer": customer, "time": "2026-12-07T10:00:00Z"}),
+    )
+}
+
+fn update_customer(state: &QboState, company: &mut Company, input: &Value) -> (u16, Value) {
+    let id = input["Id"].as_str().unwrap_or_default().to_string();
+    let Some(at) = company
+        .customers
+        .iter()
+        .position(|c| c["Id"] == id.as_str())
+    else {
+        return fault(400, "ValidationFault", "610", "Object Not Found", &id);
+    };
+    if input["SyncToken"] != company.customers[at]["SyncToken"] {
+        state.stale_faults.fetch_add(1, Ordering::SeqCst);
+        return fault(
+            200,
+            "ValidationFault",
+            "5010",
+            "Stale Object Error",
+            "Stale Object Error : You and root were working on this at the same time.",
+        );
+    }
+    if input["sparse"] != true {
+        return fault(
+            400,
+            "ValidationFault",
+            "2020",
+            "Required param missing",
+            "a full update needs every field; send sparse",
+        );
+    }
+    let mut customer = company.customers[at].clone();
+    for (k, v) in input.as_object().unwrap() {
+        if !matches!(k.as_str(), "Id" | "SyncToken" | "sparse") {
+            customer[k] = v.clone();
+        }
+    }
+    bump(&mut customer);
+    company.customers[at] = customer.clone();
     (
         200,
         json!({"Customer": customer, "time": "2026-12-07T10:00:00Z"}),

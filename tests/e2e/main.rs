@@ -4,6 +4,7 @@ mod harness;
 
 mod auth;
 mod binary;
+mod client;
 mod contract;
 mod dispatch;
 mod fake;

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::client::{Api, PUBLIC, config_for, env_for, runs_of};
 use crate::fake_qbo::{self, FakeQbo};
-use crate::harness::{Backend, TestServer};
+use crate::harness::{Backend, PROVIDER_EMAIL, PROVIDER_PASSWORD, TestServer};
 
-const PUBLIC: &str = "https://sf.example.test";
 const ID: &str = "quickbooks";
 const GRANTS: [&str; 6] = [
     "http",
@@ -23,193 +23,6 @@ const GRANTS: [&str; 6] = [
     "records:write",
     "events",
 ];
-
-/// A server and the fake as a client of StreamFlow talks to them: over HTTP, so the same
-/// steps run against the in-process server or the `streamflow` binary.
-pub(crate) struct Api {
-    pub base: String,
-    pub http: reqwest::Client,
-}
-
-impl Api {
-    pub fn new(base: &str) -> Api {
-        Api {
-            base: base.to_string(),
-            http: reqwest::Client::builder()
-                .pool_max_idle_per_host(0)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap(),
-        }
-    }
-
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = token {
-            request = request.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            request = request.json(&b);
-        }
-        let answer = request.send().await.unwrap();
-        let status = answer.status().as_u16();
-        (status, answer.json().await.unwrap_or(Value::Null))
-    }
-
-    pub async fn ok(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> Value {
-        let (status, body) = self.call(method, path, Some(token), body).await;
-        assert!((200..300).contains(&status), "{path}: {status} {body}");
-        body
-    }
-
-    pub async fn provider(&self) -> String {
-        let (status, body) = self
-            .call(
-                Method::POST,
-                "/provider/auth/login",
-                None,
-                Some(json!({"email": crate::harness::PROVIDER_EMAIL, "password": crate::harness::PROVIDER_PASSWORD})),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body["access_token"].as_str().unwrap().to_string()
-    }
-
-    /// A tenant on the HVAC template with a user of `role`; returns the user's token.
-    pub async fn tenant(&self, provider: &str, slug: &str) -> String {
-        self.ok(
-            Method::POST,
-            "/provider/tenants",
-            provider,
-            Some(json!({"slug": slug, "name": format!("Tenant {slug}")})),
-        )
-        .await;
-        self.ok(
-            Method::POST,
-            &format!("/provider/tenants/{slug}/template"),
-            provider,
-            Some(json!({"id": "hvac"})),
-        )
-        .await;
-        let email = format!("owner-{}@{slug}.test", uuid::Uuid::new_v4().simple());
-        self.ok(
-            Method::POST,
-            &format!("/provider/tenants/{slug}/users"),
-            provider,
-            Some(json!({"email": email, "password": crate::harness::PASSWORD, "role": "owner"})),
-        )
-        .await;
-        let (status, body) = self
-            .call(
-                Method::POST,
-                "/api/auth/login",
-                None,
-                Some(json!({"tenant": slug, "email": email, "password": crate::harness::PASSWORD})),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body["access_token"].as_str().unwrap().to_string()
-    }
-
-    pub async fn install(
-        &self,
-        provider: &str,
-        slug: &str,
-        plugin: &str,
-        grants: &[&str],
-        config: Value,
-    ) {
-        let (status, body) = self
-            .call(
-                Method::PUT,
-                &format!("/provider/tenants/{slug}/plugins/{plugin}"),
-                Some(provider),
-                Some(json!({"grants": grants, "config": config})),
-            )
-            .await;
-        assert!(status == 200 || status == 201, "{body}");
-    }
-
-    pub async fn record(&self, token: &str, record_type: &str, id: &str) -> Value {
-        self.ok(
-            Method::GET,
-            &format!("/api/records/{record_type}/{id}"),
-            token,
-            None,
-        )
-        .await
-    }
-
-    pub async fn runs(&self, token: &str) -> Vec<Value> {
-        let body = self
-            .ok(Method::GET, "/api/automation-runs", token, None)
-            .await;
-        body["items"].as_array().cloned().unwrap_or_default()
-    }
-
-    /// Waits until `check` passes on the tenant's automation runs.
-    pub async fn wait_runs(
-        &self,
-        token: &str,
-        what: &str,
-        check: impl Fn(&[Value]) -> bool,
-    ) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let runs = self.runs(token).await;
-            if check(&runs) {
-                return runs;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "waited 30 s for {what}; runs: {runs:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-/// The runs of the plugin's target about one record's events, newest first.
-pub(crate) fn runs_of<'a>(runs: &'a [Value], plugin: &str) -> Vec<&'a Value> {
-    runs.iter()
-        .filter(|r| r["target"].as_str().is_some_and(|t| t.contains(plugin)))
-        .collect()
-}
-
-pub(crate) fn config_for(
-    fake_port: u16,
-    hosts: &[&str],
-) -> impl FnOnce(&mut streamflow::config::Config) {
-    let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
-    move |c: &mut streamflow::config::Config| {
-        let localhost: std::net::IpAddr = "127.0.0.1".parse().unwrap();
-        c.bundled_plugins = true;
-        c.public_url = Some(PUBLIC.into());
-        c.http_allow_hosts = hosts.iter().map(|h| (h.clone(), fake_port)).collect();
-        c.http_resolve = hosts.iter().map(|h| (h.clone(), localhost)).collect();
-        c.scheduler_poll = Duration::from_millis(100);
-    }
-}
-
-pub(crate) fn env_for(fake_port: u16, hosts: &[&str]) -> (String, String) {
-    let allow = hosts
-        .iter()
-        .map(|h| format!("{h}:{fake_port}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let resolve = hosts
-        .iter()
-        .map(|h| format!("{h}=127.0.0.1"))
-        .collect::<Vec<_>>()
-        .join(",");
-    (allow, resolve)
-}
 
 struct World {
     api: Api,
@@ -223,7 +36,7 @@ async fn world(backend: Backend) -> Option<World> {
     let fake = FakeQbo::start().await;
     let srv = TestServer::start_with(backend, config_for(fake.port, &fake_qbo::HOSTS)).await?;
     let api = Api::new(&srv.base);
-    let provider = api.provider().await;
+    let provider = api.provider(PROVIDER_EMAIL, PROVIDER_PASSWORD).await;
     let w = World {
         api,
         srv: Some(srv),
@@ -271,32 +84,10 @@ impl World {
         owner
     }
 
-    /// The authorization code flow through the real authorize and callback routes, as the
-    /// admin's browser runs it.
     async fn connect(&self, token: &str, realm: &str) -> (u16, String) {
-        let body = self
-            .api
-            .ok(
-                Method::POST,
-                &format!("/api/connections/{ID}/quickbooks/authorize"),
-                token,
-                Some(json!({})),
-            )
-            .await;
-        let authorize = reqwest::Url::parse(body["authorize_url"].as_str().unwrap()).unwrap();
-        let query: std::collections::HashMap<String, String> =
-            authorize.query_pairs().into_owned().collect();
-        assert_eq!(query["scope"], fake_qbo::SCOPE);
-        assert_eq!(query["redirect_uri"], format!("{PUBLIC}/oauth/callback"));
-        // The browser resolves Intuit's name to the fake.
-        let consent = format!("{}&realm={realm}", authorize.as_str())
-            .replace("appcenter.intuit.com", "127.0.0.1");
-        let sent = self.api.http.get(consent).send().await.unwrap();
-        assert_eq!(sent.status().as_u16(), 303, "{:?}", sent.text().await);
-        let location = sent.headers()["location"].to_str().unwrap().to_string();
-        let callback = location.replace(PUBLIC, &self.api.base);
-        let answer = self.api.http.get(callback).send().await.unwrap();
-        (answer.status().as_u16(), answer.text().await.unwrap())
+        self.api
+            .connect_oauth(token, ID, "quickbooks", PUBLIC, &[("realm", realm)])
+            .await
     }
 
     async fn job(&self, token: &str, data: Value) -> String {
@@ -756,7 +547,7 @@ async fn a_server_killed_during_the_invoice_call_still_makes_one_invoice() {
         provider: String::new(),
         fake,
     };
-    let provider = w.api.provider().await;
+    let provider = w.api.provider(PROVIDER_EMAIL, PROVIDER_PASSWORD).await;
     let w = World { provider, ..w };
     w.app_settings().await;
     let realm = "777001";
@@ -801,4 +592,55 @@ async fn a_server_killed_during_the_invoice_call_still_makes_one_invoice() {
     assert!(w.fake.state.invoice_posts.load(Ordering::SeqCst) >= 2);
     let runs = w.api.runs(&owner).await;
     assert!(one_done(&runs), "{runs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_name_reuses_the_customer_quickbooks_has() {
+    let w = world(Backend::Sqlite).await.unwrap();
+    let realm = "5550001";
+    let owner = w.business("names", realm, json!({})).await;
+
+    // Another request created the customer between the query and the create (6240): the
+    // plugin looks again and uses that one.
+    w.fake
+        .state
+        .lose_next_customer_race
+        .store(true, Ordering::SeqCst);
+    let job = w
+        .job(
+            &owner,
+            json!({"title": "Raced", "customer_name": "Pat Race", "amount": 75}),
+        )
+        .await;
+    let (status, out) = w
+        .action(&owner, "create-invoice", json!({"job_id": job}))
+        .await;
+    assert_eq!(status, 200, "{out}");
+    let customers = w.fake.customers(realm);
+    assert_eq!(customers.len(), 1, "{customers:?}");
+    assert_eq!(out["output"]["customer_id"], customers[0]["Id"]);
+    assert_eq!(
+        w.fake.invoices(realm)[0]["CustomerRef"]["value"],
+        customers[0]["Id"]
+    );
+
+    // An inactive customer holds the name: found with inactive ones included, made active
+    // (a sparse update at its SyncToken), and invoiced.
+    let old = w.fake.inactive_customer(realm, "Old Client");
+    let job = w
+        .job(
+            &owner,
+            json!({"title": "Returning", "customer_name": "Old Client", "amount": 210}),
+        )
+        .await;
+    w.complete(&owner, &job).await;
+    let q = w
+        .wait_job(&owner, &job, |q| q["invoice_id"].is_string())
+        .await;
+    assert_eq!(q["customer_id"], old.as_str());
+    let customers = w.fake.customers(realm);
+    assert_eq!(customers.len(), 2, "{customers:?}");
+    let reactivated = customers.iter().find(|c| c["Id"] == old.as_str()).unwrap();
+    assert_eq!(reactivated["Active"], true);
+    assert_eq!(reactivated["SyncToken"], "4");
 }

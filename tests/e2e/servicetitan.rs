@@ -11,9 +11,11 @@ use hmac::Mac;
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::client::{Api, config_for, runs_of};
 use crate::fake_st::{self, FakeSt};
 use crate::harness::{Backend, TestServer};
-use crate::quickbooks::{Api, config_for, plugin_kv, runs_of};
+use crate::harness::{PROVIDER_EMAIL, PROVIDER_PASSWORD};
+use crate::quickbooks::plugin_kv;
 
 const ID: &str = "servicetitan";
 const GRANTS: [&str; 6] = [
@@ -39,7 +41,7 @@ async fn world(backend: Backend) -> Option<World> {
     let fake = FakeSt::start().await;
     let srv = TestServer::start_with(backend, config_for(fake.port, &fake_st::HOSTS)).await?;
     let api = Api::new(&srv.base);
-    let provider = api.provider().await;
+    let provider = api.provider(PROVIDER_EMAIL, PROVIDER_PASSWORD).await;
     let body = api
         .ok(
             Method::PUT,

@@ -282,34 +282,51 @@ fn update_invoice(job_id: &str, settings: &Settings) -> Result<Value, Error> {
     })?;
     let company = qbo::company()?;
     let lines = lines_for(&company, &data, settings)?;
-    let mut token = data
-        .pointer("/quickbooks/sync_token")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
+    let known = json!({
+        "Id": invoice_id,
+        "SyncToken": data
+            .pointer("/quickbooks/sync_token")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            .to_string(),
+    });
+    let mut fields = Map::new();
+    fields.insert("Line".into(), Value::Array(lines));
+    let invoice = sparse_update(&company, "Invoice", &known, fields)?;
+    apply_invoice(job_id, &invoice, settings)?;
+    job_quickbooks(job_id)
+}
+
+/// A sparse update of `fields` on an entity known at `current` (its Id and SyncToken). A
+/// stale SyncToken (5010: someone changed it in QuickBooks since) re-reads the entity and
+/// tries once more with the fresh token.
+fn sparse_update(
+    company: &Company,
+    entity: &str,
+    current: &Value,
+    fields: Map<String, Value>,
+) -> Result<Value, Error> {
+    let id = id_of(current).ok_or_else(|| Error::Failed(format!("the {entity} has no Id")))?;
+    let mut token = sync_token(current).unwrap_or(0);
     for attempt in 0..2 {
-        let body = json!({
-            "Id": invoice_id,
-            "SyncToken": token.to_string(),
-            "sparse": true,
-            "Line": lines,
-        });
-        match company.write("Invoice", &body, None) {
-            Ok(invoice) => {
-                apply_invoice(job_id, &invoice, settings)?;
-                return job_quickbooks(job_id);
-            }
+        let mut body = fields.clone();
+        body.insert("Id".into(), json!(id));
+        body.insert("SyncToken".into(), json!(token.to_string()));
+        body.insert("sparse".into(), json!(true));
+        match company.write(entity, &Value::Object(body), None) {
+            Ok(updated) => return Ok(updated),
             Err(e) if e.is_fault("5010") && attempt == 0 => {
-                let fresh = company.read("Invoice", &invoice_id)?;
+                let fresh = company.read(entity, &id)?;
                 token = sync_token(&fresh).unwrap_or(token);
                 log::info(&format!(
-                    "invoice {invoice_id} changed in QuickBooks since it was read; retrying at SyncToken {token}"
+                    "{entity} {id} changed in QuickBooks since it was read; retrying at SyncToken {token}"
                 ));
             }
             Err(e) => return Err(e.into()),
         }
     }
     Err(Error::Failed(format!(
-        "invoice {invoice_id} kept changing in QuickBooks while it was updated; try again"
+        "{entity} {id} kept changing in QuickBooks while it was updated; try again"
     )))
 }
 
@@ -521,16 +538,25 @@ fn customer_for(
             match company.write("Customer", &body, Some(&format!("sf-cus-{job_id}"))) {
                 Ok(customer) => id_of(&customer)
                     .ok_or_else(|| Error::Failed("QuickBooks' customer has no Id".into()))?,
+                // Created meanwhile by another request, or an inactive customer has the
+                // name: look again, inactive ones included, and reuse it (made active).
                 Err(e) if e.is_fault("6240") => {
                     let again = company.query(
                         "Customer",
                         &format!("{by_name} and Active in (true, false)"),
                     )?;
-                    again.first().and_then(id_of).ok_or_else(|| {
+                    let found = again.first().ok_or_else(|| {
                         Error::Failed(format!(
                             "QuickBooks says the name {name:?} is taken, but not by a customer (a vendor or employee has it); rename the job's customer"
                         ))
-                    })?
+                    })?;
+                    if found.get("Active") == Some(&Value::Bool(false)) {
+                        let mut fields = Map::new();
+                        fields.insert("Active".into(), Value::Bool(true));
+                        sparse_update(company, "Customer", found, fields)?;
+                    }
+                    id_of(found)
+                        .ok_or_else(|| Error::Failed("QuickBooks' customer has no Id".into()))?
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -1,0 +1,399 @@
+//! The integration plugins against the suite's local fakes (`tests/e2e/fake_qbo.rs`,
+//! `tests/e2e/fake_st.rs`), in one process on SQLite, each beside a baseline taken in the
+//! same run:
+//! - **QuickBooks invoices**: `BENCH_INVOICES` (300) jobs invoiced one after another through
+//!   the `create-invoice` action over the API, the customer and item already mapped (as in
+//!   steady state: one QuickBooks call per invoice), against the same invoice requests sent
+//!   straight to the fake. The difference is what the plugin and the host add per invoice
+//!   (the API call, the sandbox, the connection's credentials, the record read and write,
+//!   the kv mapping, the event).
+//! - **ServiceTitan import**: `BENCH_JOBS` (5,000) jobs and a tenth as many customers
+//!   imported by runs of the `import` schedule until its sweep completes (pages of 250, a
+//!   run stores up to 1,000 records), against the same pages fetched straight from the fake
+//!   and the same number of records created straight through the kernel.
+//!
+//! Run: `cargo bench -p streamflow --bench connectors` (prints Markdown tables);
+//! `BENCH_ONLY=invoices|import` picks one part.
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use reqwest::Method;
+use serde_json::{Value, json};
+use streamflow::config::Config;
+use streamflow::kernel::{NewId, NewRecord, WriteContext};
+
+#[allow(dead_code)]
+#[path = "../../tests/e2e/client.rs"]
+mod client;
+#[allow(dead_code)]
+#[path = "../../tests/e2e/fake.rs"]
+mod fake;
+#[allow(dead_code)]
+#[path = "../../tests/e2e/fake_qbo.rs"]
+mod fake_qbo;
+#[allow(dead_code)]
+#[path = "../../tests/e2e/fake_st.rs"]
+mod fake_st;
+
+use client::{Api, PUBLIC};
+
+const PROVIDER_EMAIL: &str = "bench@provider.test";
+const PROVIDER_PASSWORD: &str = "bench-provider-password";
+const GRANTS: [&str; 6] = [
+    "http",
+    "kv",
+    "records:read",
+    "records:read-pii",
+    "records:write",
+    "events",
+];
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn wanted(part: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |only| only == part)
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1e6
+}
+
+async fn invoices(api: &Api, provider: &str, qbo: &fake_qbo::FakeQbo) {
+    let n: usize = env_or("BENCH_INVOICES", 300);
+    api.ok(
+        Method::PUT,
+        "/provider/plugins/quickbooks/connections/quickbooks",
+        provider,
+        Some(json!({
+            "settings": {"client_id": fake_qbo::CLIENT_ID, "client_secret": fake_qbo::CLIENT_SECRET, "verifier": fake_qbo::VERIFIER},
+            "urls": {
+                "authorize": qbo.url("appcenter.intuit.com", "/connect/oauth2"),
+                "token": qbo.url("oauth.platform.intuit.com", "/oauth2/v1/tokens/bearer"),
+                "api": qbo.url("sandbox-quickbooks.api.intuit.com", ""),
+            },
+        })),
+    )
+    .await;
+    let owner = api.tenant(provider, "bench-qb").await;
+    api.install(provider, "bench-qb", "quickbooks", &GRANTS, json!({}))
+        .await;
+    let realm = "9341450";
+    qbo.company(realm);
+    let (status, page) = api
+        .connect_oauth(
+            &owner,
+            "quickbooks",
+            "quickbooks",
+            PUBLIC,
+            &[("realm", realm)],
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    eprintln!("creating {n} jobs...");
+    let mut jobs = Vec::with_capacity(n + 1);
+    for i in 0..=n {
+        let body = api
+            .ok(
+                Method::POST,
+                "/api/records/job",
+                &owner,
+                Some(json!({"stage": "in_progress", "data": {"title": format!("Job {i}"), "customer_name": "Bench Customer", "amount": 100 + i}})),
+            )
+            .await;
+        jobs.push(body["id"].as_str().unwrap().to_string());
+    }
+    let invoice = |job: String| {
+        let (api, owner) = (&api, &owner);
+        async move {
+            let (status, out) = api
+                .call(
+                    Method::POST,
+                    "/api/plugins/quickbooks/actions/create-invoice",
+                    Some(owner),
+                    Some(json!({"input": {"job_id": job}})),
+                )
+                .await;
+            assert_eq!(status, 200, "{out}");
+        }
+    };
+    // Warm-up: the customer and the item are looked up and mapped once.
+    invoice(jobs[0].clone()).await;
+    let mut through = Histogram::<u64>::new(3).unwrap();
+    let started = Instant::now();
+    for job in &jobs[1..] {
+        let t = Instant::now();
+        invoice(job.clone()).await;
+        through.record(t.elapsed().as_nanos() as u64).unwrap();
+    }
+    let through_total = started.elapsed();
+
+    // The fake alone: the same invoice bodies, straight to it with a token it issued.
+    let token = {
+        let issued = qbo.state.issued.lock().unwrap();
+        issued
+            .iter()
+            .rev()
+            .find(|t| t.starts_with("eyJ"))
+            .unwrap()
+            .clone()
+    };
+    let customer = qbo.customers(realm)[0]["Id"].clone();
+    let http = reqwest::Client::new();
+    let mut direct = Histogram::<u64>::new(3).unwrap();
+    let started = Instant::now();
+    for i in 0..n {
+        let url = qbo.url(
+            "127.0.0.1",
+            &format!("/v3/company/{realm}/invoice?requestid=bench-direct-{i}&minorversion=75"),
+        );
+        let body = json!({"CustomerRef": {"value": customer}, "TxnDate": "2026-12-07", "DueDate": "2027-01-06",
+            "Line": [{"DetailType": "SalesItemLineDetail", "Amount": 100 + i, "Description": format!("Job {i}"),
+                      "SalesItemLineDetail": {"ItemRef": {"value": "1", "name": "Services"}}}]});
+        let t = Instant::now();
+        let answer = http
+            .post(url)
+            .bearer_auth(&token)
+            .header("Accept", "application/json")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        let _: Value = answer.json().await.unwrap();
+        direct.record(t.elapsed().as_nanos() as u64).unwrap();
+    }
+    let direct_total = started.elapsed();
+    assert_eq!(qbo.invoices(realm).len(), 2 * n + 1);
+
+    println!("\n### QuickBooks invoices ({n} jobs, one after another, after a warm-up invoice)\n");
+    println!("| path | invoices/s | p50 | p99 |\n|---|---:|---:|---:|");
+    let rate = |total: Duration| n as f64 / total.as_secs_f64();
+    println!(
+        "| invoice request straight to the fake | {:.0} | {:.2} ms | {:.2} ms |",
+        rate(direct_total),
+        ms(&direct, 0.5),
+        ms(&direct, 0.99)
+    );
+    println!(
+        "| `create-invoice` action through the API and the plugin | {:.0} | {:.2} ms | {:.2} ms |",
+        rate(through_total),
+        ms(&through, 0.5),
+        ms(&through, 0.99)
+    );
+    let overhead = (through_total.as_secs_f64() - direct_total.as_secs_f64()) / n as f64 * 1e3;
+    println!(
+        "\nPlugin and host overhead per invoice, the fake's HTTP cost subtracted: {overhead:.2} ms (mean), {:.2} ms (p50)",
+        ms(&through, 0.5) - ms(&direct, 0.5)
+    );
+}
+
+async fn import(
+    api: &Api,
+    provider: &str,
+    st: &fake_st::FakeSt,
+    state: &streamflow::api::AppState,
+) {
+    let jobs: u32 = env_or("BENCH_JOBS", 5000);
+    let customers = (jobs / 10).max(1);
+    api.ok(
+        Method::PUT,
+        "/provider/plugins/servicetitan/connections/servicetitan",
+        provider,
+        Some(json!({
+            "settings": {"app_key": fake_st::APP_KEY},
+            "urls": {
+                "token": st.url("auth-integration.servicetitan.io", "/connect/token"),
+                "api": st.url("api-integration.servicetitan.io", ""),
+            },
+        })),
+    )
+    .await;
+    let owner = api.tenant(provider, "bench-st").await;
+    st.tenant("8310", "cid.bench", "cs1.bench-secret", customers, jobs);
+    let (status, body) = api
+        .call(
+            Method::PUT,
+            "/provider/tenants/bench-st/plugins/servicetitan",
+            Some(provider),
+            Some(json!({
+                "grants": GRANTS,
+                "config": {"page_size": 250},
+                "quotas": {"record-writes": 1000, "record-reads": 10000, "http-requests": 200, "wall-ms": 120000},
+            })),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{body}");
+    api.ok(
+        Method::PUT,
+        "/api/connections/servicetitan/servicetitan",
+        &owner,
+        Some(json!({"credentials": {"client_id": "cid.bench", "client_secret": "cs1.bench-secret", "tenant_id": "8310"}})),
+    )
+    .await;
+    let total = (jobs + customers) as f64;
+    let started = Instant::now();
+    let mut runs = 0;
+    loop {
+        runs += 1;
+        let run = api
+            .ok(
+                Method::POST,
+                "/api/plugins/servicetitan/schedules/import/run",
+                &owner,
+                None,
+            )
+            .await;
+        assert_eq!(run["status"], "ok", "{run}");
+        let status = api
+            .ok(
+                Method::POST,
+                "/api/plugins/servicetitan/actions/import-status",
+                &owner,
+                Some(json!({"input": {}})),
+            )
+            .await;
+        if status["output"]["cursor"]["last_completed"].is_string() {
+            break;
+        }
+        assert!(runs < 100, "the import does not finish: {status}");
+    }
+    let import_total = started.elapsed();
+
+    // The fake alone: the same pages fetched straight from it.
+    let token = st.state.issued.lock().unwrap()[0].clone();
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let mut fetched = 0;
+    for resource in ["crm/v2/tenant/8310/customers", "jpm/v2/tenant/8310/jobs"] {
+        for page in 1.. {
+            let url = st.url(
+                "127.0.0.1",
+                &format!("/{resource}?page={page}&pageSize=250&sort=%2BId&active=Any"),
+            );
+            let answer: Value = http
+                .get(url)
+                .bearer_auth(&token)
+                .header("ST-App-Key", fake_st::APP_KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            fetched += answer["data"].as_array().unwrap().len();
+            if answer["hasMore"] != true {
+                break;
+            }
+        }
+    }
+    let fetch_total = started.elapsed();
+    assert_eq!(fetched as f64, total);
+
+    // The kernel alone: as many records created straight through it.
+    let tenant = state
+        .store
+        .create_tenant("bench-kernel", "bench-kernel")
+        .await
+        .unwrap()
+        .unwrap();
+    let scope = tenant.scope();
+    let records = state.kernel.records();
+    let started = Instant::now();
+    for i in 0..total as usize {
+        let ctx = WriteContext::direct(scope, "bench".into(), None);
+        records
+            .create(
+                &ctx,
+                NewRecord {
+                    id: NewId::Fresh,
+                    record_type: "job".into(),
+                    stage: None,
+                    data: json!({"title": format!("Job {i}"), "servicetitan": {"id": i.to_string(), "status": "Scheduled"}}),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let kernel_total = started.elapsed();
+
+    println!("\n### ServiceTitan import ({jobs} jobs and {customers} customers, pages of 250)\n");
+    println!("| path | records/s | total |\n|---|---:|---:|");
+    let row = |name: &str, t: Duration| {
+        println!(
+            "| {name} | {:.0} | {:.2} s |",
+            total / t.as_secs_f64(),
+            t.as_secs_f64()
+        )
+    };
+    row("pages fetched straight from the fake", fetch_total);
+    row(
+        "records created straight through the kernel, one after another",
+        kernel_total,
+    );
+    row(
+        &format!("the plugin's import ({runs} runs of the schedule)"),
+        import_total,
+    );
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let qbo = fake_qbo::FakeQbo::start().await;
+        let st = fake_st::FakeSt::start().await;
+        let localhost: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let mut allow: Vec<(String, u16)> = fake_qbo::HOSTS
+            .iter()
+            .map(|h| (h.to_string(), qbo.port))
+            .collect();
+        allow.extend(fake_st::HOSTS.iter().map(|h| (h.to_string(), st.port)));
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: format!("sqlite://{}", dir.path().join("bench.db").display()),
+            data_dir: dir.path().to_path_buf(),
+            secret_key: Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into()),
+            provider_email: Some(PROVIDER_EMAIL.into()),
+            provider_password: Some(PROVIDER_PASSWORD.into()),
+            bundled_plugins: true,
+            dispatcher: false,
+            scheduler: false,
+            public_url: Some(PUBLIC.into()),
+            http_resolve: allow.iter().map(|(h, _)| (h.clone(), localhost)).collect(),
+            http_allow_hosts: allow,
+            login_per_ip_per_minute: 100_000,
+            ..Config::default()
+        };
+        let state = streamflow::server::build_state(config).await.unwrap();
+        streamflow::server::bootstrap_provider(&state)
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let serving = state.clone();
+        tokio::spawn(async move {
+            streamflow::server::serve(serving, listener, std::future::pending())
+                .await
+                .unwrap()
+        });
+        let api = Api::new(&base);
+        let provider = api.provider(PROVIDER_EMAIL, PROVIDER_PASSWORD).await;
+        println!("## Integration plugins (`cargo bench -p streamflow --bench connectors`)");
+        if wanted("invoices") {
+            invoices(&api, &provider, &qbo).await;
+        }
+        if wanted("import") {
+            import(&api, &provider, &st, &state).await;
+        }
+    });
+}
