@@ -132,8 +132,8 @@ impl FakeQbo {
             .clone()
     }
 
-    /// Someone edits the invoice in QuickBooks: its SyncToken moves on.
-    pub fn edit_invoice(&self, realm: &str, id: &str) {
+    /// Changes an invoice as someone working in QuickBooks would (its SyncToken moves on).
+    fn change_invoice(&self, realm: &str, id: &str, change: impl FnOnce(&mut Value)) {
         let mut companies = self.state.companies.lock().unwrap();
         let invoice = companies
             .get_mut(realm)
@@ -142,8 +142,24 @@ impl FakeQbo {
             .iter_mut()
             .find(|i| i["Id"] == id)
             .unwrap();
+        change(invoice);
         bump(invoice);
-        invoice["PrivateNote"] = json!("edited in QuickBooks");
+    }
+
+    /// Someone edits the invoice in QuickBooks.
+    pub fn edit_invoice(&self, realm: &str, id: &str) {
+        self.change_invoice(realm, id, |i| {
+            i["PrivateNote"] = json!("edited in QuickBooks")
+        });
+    }
+
+    /// Voids an invoice in QuickBooks: its amounts go to zero.
+    pub fn void_invoice(&self, realm: &str, id: &str) {
+        self.change_invoice(realm, id, |i| {
+            i["TotalAmt"] = json!(0.0);
+            i["Balance"] = json!(0.0);
+            i["PrivateNote"] = json!("Voided");
+        });
     }
 
     /// Records a payment of `amount` against an invoice; returns the payment's id.

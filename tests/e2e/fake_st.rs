@@ -48,8 +48,13 @@ pub struct StState {
     /// Each list request, as (tenant, resource, page).
     pub pages: Mutex<Vec<(String, String, u32)>>,
     pub token_requests: AtomicU32,
-    /// Calls refused for a missing or wrong app key or tenant.
+    /// Calls refused for a missing or wrong app key, or a token of another tenant.
     pub refused: AtomicU32,
+    /// The query of each list request, as (resource, query).
+    pub queries: Mutex<Vec<(String, HashMap<String, String>)>>,
+    /// The next booking is stored but its answer lost (a 500 after the write).
+    pub lose_next_booking_answer: std::sync::atomic::AtomicBool,
+    pub booking_posts: AtomicU32,
 }
 
 pub struct FakeSt {
@@ -92,8 +97,9 @@ impl FakeSt {
             ..StTenant::default()
         };
         for i in 0..customers {
+            // Every 50th customer is inactive: the default list (active only) leaves it out.
             t.customers.push(json!({
-                "id": 1000 + i as i64, "active": true, "name": format!("Customer {i} of {id}"), "type": "Residential",
+                "id": 1000 + i as i64, "active": i % 50 != 49, "name": format!("Customer {i} of {id}"), "type": "Residential",
                 "address": {"street": format!("{i} Main St"), "city": "Austin", "state": "TX", "zip": "78701", "country": "USA"},
                 "contacts": [{"id": 1, "type": "MobilePhone", "value": format!("512555{i:04}"), "memo": null}],
                 "balance": 0, "createdOn": modified, "modifiedOn": modified, "mergedToId": null,
@@ -122,6 +128,27 @@ impl FakeSt {
             .unwrap();
         job["jobStatus"] = json!(status);
         job["modifiedOn"] = json!(at);
+    }
+
+    /// A customer gets an email address (a contact of type Email).
+    pub fn give_email(&self, tenant: &str, id: i64, email: &str) {
+        let mut tenants = self.state.tenants.lock().unwrap();
+        let customer = tenants
+            .get_mut(tenant)
+            .unwrap()
+            .customers
+            .iter_mut()
+            .find(|c| c["id"] == id)
+            .unwrap();
+        customer["contacts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"id": 2, "type": "Email", "value": email, "memo": null}));
+    }
+
+    /// Every access token stops working (as their 15 minutes passing would).
+    pub fn expire_tokens(&self) {
+        self.state.tokens.lock().unwrap().clear();
     }
 
     pub fn bookings(&self, tenant: &str) -> Vec<Value> {
@@ -234,10 +261,8 @@ fn guard(state: &StState, headers: &HeaderMap, tenant: &str) -> Result<(), Box<R
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
     match state.tokens.lock().unwrap().get(bearer) {
-        None => {
-            state.refused.fetch_add(1, Ordering::SeqCst);
-            return Err(Box::new(problem(401, "Unauthorized", json!({}))));
-        }
+        // An expired or unknown token: the client asks for a new one.
+        None => return Err(Box::new(problem(401, "Unauthorized", json!({})))),
         Some(own) if own != tenant => {
             state.refused.fetch_add(1, Ordering::SeqCst);
             return Err(Box::new(problem(
@@ -284,11 +309,22 @@ fn page_of(
         .lock()
         .unwrap()
         .push((tenant.into(), resource.into(), page));
+    state
+        .queries
+        .lock()
+        .unwrap()
+        .push((resource.into(), q.clone()));
     if state.failing_page.lock().unwrap().as_ref() == Some(&(resource.to_string(), page)) {
         return problem(500, "An unexpected error occurred.", json!({}));
     }
+    let active = q.get("active").map(String::as_str).unwrap_or("True");
     let mut rows: Vec<&Value> = items
         .iter()
+        .filter(|i| match active {
+            "Any" => true,
+            "False" => i["active"] == false,
+            _ => i["active"] != false,
+        })
         .filter(|i| {
             q.get("modifiedOnOrAfter")
                 .is_none_or(|since| i["modifiedOn"].as_str().unwrap_or_default() >= since.as_str())
@@ -378,16 +414,23 @@ async fn create_booking(
             Value::Object(errors),
         );
     }
+    state.booking_posts.fetch_add(1, Ordering::SeqCst);
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
     let mut tenants = state.tenants.lock().unwrap();
     let t = tenants.get_mut(&tenant).unwrap();
     let mut booking = input.clone();
     booking["id"] = json!(70_000 + t.bookings.len() as i64);
     booking["status"] = json!("New");
     booking["bookingProviderId"] = json!(provider);
-    booking["createdOn"] = json!("2026-12-07T10:00:00Z");
-    booking["modifiedOn"] = json!("2026-12-07T10:00:00Z");
+    booking["createdOn"] = json!(now);
+    booking["modifiedOn"] = json!(now);
     booking["start"] = json!(null);
     t.bookings.push(booking.clone());
+    if state.lose_next_booking_answer.swap(false, Ordering::SeqCst) {
+        return problem(500, "An unexpected error occurred.", json!({}));
+    }
     axum::Json(booking).into_response()
 }
 

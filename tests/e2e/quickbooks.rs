@@ -369,8 +369,9 @@ async fn invoices_exactly_once_and_payments_back(backend: Backend) {
         .wait_job(&owner, &job, |q| q["payment_status"] == "paid")
         .await;
     assert_eq!(paid["balance"], 0.0);
-    let (status, _) = w.webhook(&body, &fake_qbo::sign(&body)).await;
+    let (status, text) = w.webhook(&body, &fake_qbo::sign(&body)).await;
     assert_eq!(status, 200);
+    assert!(text.contains("already received"), "{text}");
     let record = w.api.record(&owner, "job", &job).await;
     assert_eq!(record["stage"], "paid", "{record}");
     // CloudEvents: a partial payment of the second invoice, and an older invoice event
@@ -414,6 +415,8 @@ async fn refusals_and_an_expired_connection_are_shown_to_the_admin() {
     let w = world(Backend::Sqlite).await.unwrap();
     let realm = "123145";
     let owner = w.business("refusals", realm, json!({})).await;
+    let bystander_realm = "8880002";
+    let bystander = w.business("bystander", bystander_realm, json!({})).await;
 
     // A validation fault is permanent: one attempt, QuickBooks' own words in the run.
     let job = w
@@ -437,6 +440,25 @@ async fn refusals_and_an_expired_connection_are_shown_to_the_admin() {
         "{error}"
     );
     assert!(w.fake.invoices(realm).is_empty());
+    // Fixed, and tried again: QuickBooks would answer a repeated requestid with the same
+    // refusal, so the new attempt is a new request.
+    let record = w.api.record(&owner, "job", &job).await;
+    let mut data = record["data"].clone();
+    data["amount"] = json!(1200);
+    w.api
+        .ok(
+            Method::PATCH,
+            &format!("/api/records/job/{job}"),
+            &owner,
+            Some(json!({"data": data, "version": record["version"]})),
+        )
+        .await;
+    let (status, out) = w
+        .action(&owner, "create-invoice", json!({"job_id": job}))
+        .await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(w.fake.invoices(realm).len(), 1);
+    assert_eq!(w.fake.invoices(realm)[0]["TotalAmt"], 1200.0);
 
     // An item the config names that QuickBooks does not have: said plainly.
     w.api
@@ -503,7 +525,22 @@ async fn refusals_and_an_expired_connection_are_shown_to_the_admin() {
         .find(|c| c["connection"] == "quickbooks")
         .unwrap();
     assert_eq!(qb["status"], "expired", "{qb}");
-    // Another business's company and data were never touched.
+    // Another business's company and data were never touched, nor its connection.
+    assert!(w.fake.invoices(bystander_realm).is_empty());
+    assert!(w.fake.customers(bystander_realm).is_empty());
+    assert!(runs_of(&w.api.runs(&bystander).await, ID).is_empty());
+    let theirs = w
+        .api
+        .ok(Method::GET, "/api/connections", &bystander, None)
+        .await;
+    let theirs = theirs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["connection"] == "quickbooks")
+        .unwrap()
+        .clone();
+    assert_eq!(theirs["status"], "connected", "{theirs}");
     w.assert_plugin_saw_no_credentials(&owner).await;
 }
 
@@ -643,4 +680,15 @@ async fn a_taken_name_reuses_the_customer_quickbooks_has() {
     let reactivated = customers.iter().find(|c| c["Id"] == old.as_str()).unwrap();
     assert_eq!(reactivated["Active"], true);
     assert_eq!(reactivated["SyncToken"], "4");
+
+    // Voided in QuickBooks: the job says so (a zero balance is not a payment).
+    let invoice = q["invoice_id"].as_str().unwrap().to_string();
+    w.fake.void_invoice(realm, &invoice);
+    let body = fake_qbo::legacy(realm, &[("Invoice", &invoice, "Void")]);
+    let (status, text) = w.webhook(&body, &fake_qbo::sign(&body)).await;
+    assert_eq!(status, 200, "{text}");
+    let voided = w
+        .wait_job(&owner, &job, |q| q["payment_status"] == "voided")
+        .await;
+    assert_eq!(voided["total"], 0.0);
 }

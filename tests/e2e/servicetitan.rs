@@ -246,7 +246,10 @@ async fn imports_resume_and_never_duplicate(backend: Backend) {
     assert_eq!(run["status"], "ok", "{run}");
     assert_eq!(w.cursor(&owner).await["page"], 6);
 
-    // The next run resumes at page 6 and completes the sweep.
+    // The next run resumes at page 6 and completes the sweep; the tokens expired meanwhile
+    // (the host asks for a new one on the 401).
+    let tokens = w.fake.state.token_requests.load(Ordering::SeqCst);
+    w.fake.expire_tokens();
     let before = w.fake.pages_of("8310", "jobs").len();
     w.import_all(&owner, 3).await;
     let pages = w.fake.pages_of("8310", "jobs");
@@ -255,8 +258,14 @@ async fn imports_resume_and_never_duplicate(backend: Backend) {
     let jobs = w.all(&owner, "job").await;
     assert_eq!(jobs.len(), 1000);
     assert!(ids(&jobs).values().all(|n| *n == 1));
+    assert!(w.fake.state.token_requests.load(Ordering::SeqCst) > tokens);
     let contacts = w.all(&owner, "contact").await;
-    assert_eq!(contacts.len(), 100);
+    assert_eq!(contacts.len(), 100, "inactive customers are imported too");
+    let inactive = contacts
+        .iter()
+        .filter(|c| c["data"]["servicetitan"]["active"] == false)
+        .count();
+    assert_eq!(inactive, 2);
     let job = jobs
         .iter()
         .find(|j| j["data"]["servicetitan"]["id"] == "50007")
@@ -274,7 +283,21 @@ async fn imports_resume_and_never_duplicate(backend: Backend) {
     // The next sweep asks only for changes; a full re-import updates in place.
     w.fake
         .change_job("8310", 50_003, "Canceled", "2099-01-01T00:00:00Z");
+    let asked = w.fake.state.queries.lock().unwrap().len();
     w.import_all(&owner, 2).await;
+    let queries = w.fake.state.queries.lock().unwrap()[asked..].to_vec();
+    assert!(!queries.is_empty());
+    for (resource, query) in &queries {
+        let since = query
+            .get("modifiedOnOrAfter")
+            .unwrap_or_else(|| panic!("{resource}: {query:?}"));
+        assert!(since.as_str() > "2026-11-20T09:00:00Z", "{since}");
+        assert_eq!(
+            query.get("page").map(String::as_str),
+            Some("1"),
+            "one page of changes: {query:?}"
+        );
+    }
     let jobs = w.all(&owner, "job").await;
     assert_eq!(jobs.len(), 1000);
     let changed = jobs
@@ -322,7 +345,12 @@ async fn hot_leads_are_booked_once_and_job_webhooks_are_verified() {
     let owner = w.business("booker", "5150", 2, 3).await;
     let other = w.business("bystander", "6160", 1, 1).await;
 
-    // A hot lead becomes one booking; a cold one none.
+    // A hot lead becomes one booking; a cold one none. The first answer is lost (stored by
+    // ServiceTitan, then a 500): the retry finds the booking by its externalId.
+    w.fake
+        .state
+        .lose_next_booking_answer
+        .store(true, Ordering::SeqCst);
     let hot = w
         .srv
         .lead(&owner, json!({"name": "Dana Hot", "phone": "5125550199", "address": "1 Elm St", "source": "referral",
@@ -351,6 +379,7 @@ async fn hot_leads_are_booked_once_and_job_webhooks_are_verified() {
     };
     let bookings = w.fake.bookings("5150");
     assert_eq!(bookings.len(), 1, "{bookings:?}");
+    assert_eq!(w.fake.state.booking_posts.load(Ordering::SeqCst), 1);
     assert_eq!(bookings[0]["externalId"], hot_id.as_str());
     assert_eq!(bookings[0]["name"], "Dana Hot");
     assert_eq!(bookings[0]["contacts"][0]["value"], "5125550199");
@@ -382,8 +411,44 @@ async fn hot_leads_are_booked_once_and_job_webhooks_are_verified() {
     assert!(w.fake.bookings("6160").is_empty());
     assert!(runs_of(&w.api.runs(&other).await, ID).is_empty());
 
-    // A job webhook: verified with the business's key in the header it named.
+    // A record the tenant's record type refuses is skipped, and said so; the rest import.
+    let body = w
+        .api
+        .ok(
+            Method::PUT,
+            "/api/record-types/contact",
+            &owner,
+            Some(
+                json!({"name": "Contact", "schema": {"type": "object", "required": ["email"],
+                "properties": {"email": {"type": "string"}}}}),
+            ),
+        )
+        .await;
+    assert!(body.to_string().contains("email"), "{body}");
+    w.fake.give_email("5150", 1000, "first@example.com");
     w.import_all(&owner, 2).await;
+    let contacts = w.all(&owner, "contact").await;
+    assert_eq!(contacts.len(), 1, "{contacts:?}");
+    let (_, status) = w
+        .api
+        .call(
+            Method::POST,
+            &format!("/api/plugins/{ID}/actions/import-status"),
+            Some(&owner),
+            Some(json!({"input": {}})),
+        )
+        .await;
+    let skipped = status["output"]["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{status}");
+    assert_eq!(skipped[0]["id"], "1001");
+    assert!(
+        skipped[0]["error"].as_str().unwrap().contains("email"),
+        "{status}"
+    );
+    // (The template's own automation opened a service call for the no-heat lead too.)
+    assert_eq!(ids(&w.all(&owner, "job").await).len(), 3);
+
+    // A job webhook: verified with the business's key in the header it named.
     w.fake
         .change_job("5150", 50_001, "Hold", "2099-01-01T00:00:00Z");
     let url = w.webhook_url("booker").await;

@@ -18,7 +18,7 @@ use streamflow_runtime::integration::{
     SecretSource, SignatureEncoding, WebhookScheme, WebhookSpec,
 };
 use streamflow_runtime::package::hex;
-use streamflow_runtime::{Call, Hook, HttpRequest, Manifest, Reply};
+use streamflow_runtime::{Call, FailureKind, Hook, HttpRequest, Manifest, Reply};
 use uuid::Uuid;
 
 use super::Kernel;
@@ -618,7 +618,9 @@ impl Webhooks<'_> {
                 (status, "delivered", answer)
             }
             Ok(_) => failed(500, "the plugin answered oddly"),
-            Err(e) if e.kind.is_capacity() => failed(
+            // The host's capacity, or the plugin's service throttled or failed: the
+            // sender's retry may pass.
+            Err(e) if e.kind.is_capacity() || e.kind == FailureKind::RetryLater => failed(
                 503,
                 "the plugin could not handle this delivery now; it will be retried",
             ),

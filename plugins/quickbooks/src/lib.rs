@@ -96,7 +96,7 @@ impl Plugin for QuickBooks {
                 })?;
                 let company = qbo::company()?;
                 let invoice = company.read("Invoice", &invoice_id)?;
-                apply_invoice(job_id, &invoice, &settings)?;
+                apply_invoice(job_id, &invoice, false, &settings)?;
                 Ok(json!({"quickbooks": job_quickbooks(job_id)?}))
             }
             other => Err(Error::InvalidInput(format!(
@@ -112,7 +112,11 @@ impl Plugin for QuickBooks {
         let settings = settings()?;
         let company = qbo::company()?;
         let mut invoices = BTreeSet::new();
+        let mut voided = BTreeSet::new();
         for change in webhook::changes(&body) {
+            if change.entity == "Invoice" && change.operation == "Void" {
+                voided.insert(change.id.clone());
+            }
             match (change.entity.as_str(), change.operation.as_str()) {
                 ("Invoice", _) => {
                     invoices.insert(change.id);
@@ -127,11 +131,13 @@ impl Plugin for QuickBooks {
                 _ => {}
             }
         }
-        let (updated, deferred) = refresh_invoices(&company, invoices, &settings)?;
+        let (updated, deferred) = refresh_invoices(&company, invoices, &voided, &settings)?;
+        let later = deferred.len();
+        defer(deferred, &[])?;
         Ok(HttpResponse {
             status: 200,
             headers: vec![("content-type".into(), "application/json".into())],
-            body: json!({"updated": updated, "deferred": deferred})
+            body: json!({"updated": updated, "deferred": later})
                 .to_string()
                 .into_bytes(),
         })
@@ -143,33 +149,28 @@ impl Plugin for QuickBooks {
             return Ok(());
         }
         let company = qbo::company()?;
-        kv::delete(PENDING)?;
-        if let Err(e) = refresh_invoices(&company, pending.iter().cloned().collect(), &settings()?)
-        {
-            // Kept for the next run (those deferred meanwhile were added back already).
-            let mut again: Vec<String> = kv::get_json(PENDING)?.unwrap_or_default();
-            again.extend(
-                pending
-                    .into_iter()
-                    .filter(|p| !again.contains(p))
-                    .collect::<Vec<_>>(),
-            );
-            kv::set_json(PENDING, &again)?;
-            return Err(e);
-        }
-        Ok(())
+        // The list stays as it is until the refreshes are done: a run cut short loses none.
+        let (_, deferred) = refresh_invoices(
+            &company,
+            pending.iter().cloned().collect(),
+            &BTreeSet::new(),
+            &settings()?,
+        )?;
+        defer(deferred, &pending)
     }
 }
 
 streamflow_plugin_sdk::export!(QuickBooks);
 
-/// Reads each invoice this plugin made and updates its job; those beyond this call's
-/// request quota are kept for the `catch-up` schedule. Returns (updated, deferred).
+/// Reads each invoice this plugin made and updates its job. Returns how many it updated,
+/// and those it could not read within this call's request quota (or for now: QuickBooks
+/// throttled or failed), for the `catch-up` schedule.
 fn refresh_invoices(
     company: &Company,
     invoices: BTreeSet<String>,
+    voided: &BTreeSet<String>,
     settings: &Settings,
-) -> Result<(usize, usize), Error> {
+) -> Result<(usize, Vec<String>), Error> {
     let mut updated = 0;
     let mut deferred = Vec::new();
     for invoice_id in invoices {
@@ -185,7 +186,7 @@ fn refresh_invoices(
         }
         match company.read("Invoice", &invoice_id) {
             Ok(invoice) => {
-                if apply_invoice(&job_id, &invoice, settings)? {
+                if apply_invoice(&job_id, &invoice, voided.contains(&invoice_id), settings)? {
                     updated += 1;
                 }
             }
@@ -198,21 +199,35 @@ fn refresh_invoices(
             Err(e) => return Err(e.into()),
         }
     }
-    let count = deferred.len();
-    if count > 0 {
-        let mut pending: Vec<String> = kv::get_json(PENDING)?.unwrap_or_default();
-        for id in deferred {
-            if !pending.contains(&id) {
-                pending.push(id);
-            }
+    Ok((updated, deferred))
+}
+
+/// Keeps `ids` for the `catch-up` schedule and forgets `done` (the newest kept).
+fn defer(ids: Vec<String>, done: &[String]) -> Result<(), Error> {
+    let mut pending: Vec<String> = kv::get_json(PENDING)?.unwrap_or_default();
+    let before = pending.len();
+    pending.retain(|p| !done.contains(p));
+    let count = ids.len();
+    for id in ids {
+        if !pending.contains(&id) {
+            pending.push(id);
         }
-        let skip = pending.len().saturating_sub(MAX_PENDING);
+    }
+    if pending.len() == before && done.is_empty() {
+        return Ok(());
+    }
+    let skip = pending.len().saturating_sub(MAX_PENDING);
+    if pending.is_empty() {
+        kv::delete(PENDING)?;
+    } else {
         kv::set_json(PENDING, &pending[skip..].to_vec())?;
+    }
+    if count > 0 {
         log::info(&format!(
             "{count} invoice refreshes left for the catch-up schedule"
         ));
     }
-    Ok((updated, count))
+    Ok(())
 }
 
 fn job(job_id: &str) -> Result<streamflow_plugin_sdk::Record, Error> {
@@ -242,7 +257,10 @@ fn invoice_job(job_id: &str, settings: &Settings) -> Result<Value, Error> {
         return Ok(data["quickbooks"].clone());
     }
     let company = qbo::company()?;
-    let customer_id = customer_for(&company, job_id, &data, settings)?;
+    // QuickBooks answers a repeated requestid with its first answer, a refusal included:
+    // after a refusal (the admin fixes the job, then retries) the requests need new ids.
+    let attempt: u32 = kv::get_json(&format!("attempt:{job_id}"))?.unwrap_or(0);
+    let customer_id = customer_for(&company, job_id, attempt, &data, settings)?;
     let lines = lines_for(&company, &data, settings)?;
     let txn_date = job_date(&data, job.updated_at);
     let due_date = txn_date.saturating_add(time::Duration::days(settings.terms_days));
@@ -253,7 +271,15 @@ fn invoice_job(job_id: &str, settings: &Settings) -> Result<Value, Error> {
         "DueDate": iso_date(due_date),
         "PrivateNote": format!("StreamFlow job {job_id}"),
     });
-    let invoice = company.write("Invoice", &body, Some(&format!("sf-inv-{job_id}")))?;
+    // `sf-inv-` and a UUID and the attempt: at most 50 characters, as QuickBooks requires.
+    let invoice = match company.write(
+        "Invoice",
+        &body,
+        Some(&format!("sf-inv-{job_id}-{attempt}")),
+    ) {
+        Ok(invoice) => invoice,
+        Err(e) => return Err(refused(job_id, attempt, e, &data, settings)),
+    };
     let invoice_id =
         id_of(&invoice).ok_or_else(|| Error::Failed("QuickBooks' invoice has no Id".into()))?;
     kv::set(&format!("invoice:{invoice_id}"), job_id.as_bytes())?;
@@ -293,7 +319,7 @@ fn update_invoice(job_id: &str, settings: &Settings) -> Result<Value, Error> {
     let mut fields = Map::new();
     fields.insert("Line".into(), Value::Array(lines));
     let invoice = sparse_update(&company, "Invoice", &known, fields)?;
-    apply_invoice(job_id, &invoice, settings)?;
+    apply_invoice(job_id, &invoice, false, settings)?;
     job_quickbooks(job_id)
 }
 
@@ -398,7 +424,12 @@ pub fn paid_invoices(payment: &Value) -> Vec<String> {
 
 /// Writes a newer state of the job's invoice onto the job; an older or the same state (a
 /// duplicate or out-of-order delivery) changes nothing. Returns whether it wrote.
-fn apply_invoice(job_id: &str, invoice: &Value, settings: &Settings) -> Result<bool, Error> {
+fn apply_invoice(
+    job_id: &str,
+    invoice: &Value,
+    voided: bool,
+    settings: &Settings,
+) -> Result<bool, Error> {
     let job = job(job_id)?;
     let data = job.json()?;
     let stored = data
@@ -408,31 +439,41 @@ fn apply_invoice(job_id: &str, invoice: &Value, settings: &Settings) -> Result<b
     if stored.is_some_and(|s| s >= new) {
         return Ok(false);
     }
-    let was_paid = data
+    let status = data
         .pointer("/quickbooks/payment_status")
-        .and_then(Value::as_str)
-        == Some("paid");
-    let view = Value::Object(invoice_view(invoice));
+        .and_then(Value::as_str);
+    let was_paid = status == Some("paid");
+    let mut view = invoice_view(invoice);
+    // A voided invoice keeps its lines at zero: it is not paid. Told by the delivery that
+    // voided it, and kept while the invoice stays at zero.
+    let zero = view["total"].as_f64() == Some(0.0);
+    if voided || (status == Some("voided") && zero) {
+        view.insert("payment_status".into(), json!("voided"));
+    }
+    let view = Value::Object(view);
     let paid = view["payment_status"] == "paid";
     let stage = if paid {
         settings.paid_stage.as_deref()
     } else {
         None
     };
-    write_back(job_id, &view, stage)?;
-    if paid && !was_paid {
+    let wrote = write_back(job_id, &view, stage)?;
+    if wrote && paid && !was_paid {
         emit(
             "invoice.paid",
             json!({"job_id": job_id, "invoice_id": view["invoice_id"], "total": view["total"]}),
         );
     }
-    Ok(true)
+    Ok(wrote)
 }
 
 /// Merges `view` into the job's `data.quickbooks` (moving it to `stage` when given and
-/// allowed), re-reading on a concurrent change.
-fn write_back(job_id: &str, view: &Value, stage: Option<&str>) -> Result<(), Error> {
+/// allowed), re-reading on a concurrent change. A view no newer than the stored one (by the
+/// invoice's SyncToken: a late or concurrent delivery wrote a newer state first) only adds
+/// what is missing. Returns whether the view's figures were written.
+fn write_back(job_id: &str, view: &Value, stage: Option<&str>) -> Result<bool, Error> {
     let mut stage = stage;
+    let new = view.get("sync_token").and_then(Value::as_u64).unwrap_or(0);
     for _ in 0..4 {
         let job = job(job_id)?;
         let mut data = job.json()?;
@@ -447,14 +488,25 @@ fn write_back(job_id: &str, view: &Value, stage: Option<&str>) -> Result<(), Err
         if !entry.is_object() {
             *entry = Value::Object(Map::new());
         }
+        let stored = entry.get("sync_token").and_then(Value::as_u64);
+        let newer = stored.is_none_or(|s| s < new);
+        let mut added = false;
         if let (Some(into), Some(from)) = (entry.as_object_mut(), view.as_object()) {
             for (k, v) in from {
-                into.insert(k.clone(), v.clone());
+                if newer || !into.contains_key(k) {
+                    into.insert(k.clone(), v.clone());
+                    added = true;
+                }
             }
         }
-        let to = stage.filter(|s| job.stage.as_deref() != Some(*s));
+        if !added {
+            return Ok(false);
+        }
+        let to = stage
+            .filter(|_| newer)
+            .filter(|s| job.stage.as_deref() != Some(*s));
         match records::update("job", job_id, to, &data, Some(job.version)) {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(newer),
             Err(HostError::Conflict(_)) => continue,
             Err(HostError::Invalid(m)) if to.is_some() => {
                 // The pipeline refuses the move (a required field, no such stage): the
@@ -506,6 +558,7 @@ fn text_field<'a>(data: &'a Value, field: &str) -> Option<&'a str> {
 fn customer_for(
     company: &Company,
     job_id: &str,
+    attempt: u32,
     data: &Value,
     settings: &Settings,
 ) -> Result<String, Error> {
@@ -535,7 +588,11 @@ fn customer_for(
             if let Some(address) = text_field(data, "address") {
                 body["BillAddr"] = json!({"Line1": clip(address, 500)});
             }
-            match company.write("Customer", &body, Some(&format!("sf-cus-{job_id}"))) {
+            match company.write(
+                "Customer",
+                &body,
+                Some(&format!("sf-cus-{job_id}-{attempt}")),
+            ) {
                 Ok(customer) => id_of(&customer)
                     .ok_or_else(|| Error::Failed("QuickBooks' customer has no Id".into()))?,
                 // Created meanwhile by another request, or an inactive customer has the
@@ -558,12 +615,49 @@ fn customer_for(
                     id_of(found)
                         .ok_or_else(|| Error::Failed("QuickBooks' customer has no Id".into()))?
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(refused(job_id, attempt, e, data, settings)),
             }
         }
     };
     kv::set(&key, id.as_bytes())?;
     Ok(id)
+}
+
+/// What a refused create (a `Fault`) of the job's invoicing leaves behind: QuickBooks
+/// answers a repeated requestid with its first answer, a refusal included, so the job's next
+/// attempt (once the admin has fixed what was refused) sends new requestids; a reference
+/// QuickBooks no longer has (2500, 610: a deleted item or customer) is looked up again.
+fn refused(job_id: &str, attempt: u32, e: QboError, data: &Value, settings: &Settings) -> Error {
+    if let QboError::Fault { code, .. } = &e {
+        let forgotten = kv::set_json(&format!("attempt:{job_id}"), &(attempt + 1)).and_then(|()| {
+            if code == "2500" || code == "610" {
+                forget_references(data, settings)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(k) = forgotten {
+            log::warn(&format!(
+                "could not note the refusal of job {job_id}: {}",
+                host_message(&k)
+            ));
+        }
+    }
+    e.into()
+}
+
+/// Drops the cached ids of the job's customer and items.
+fn forget_references(data: &Value, settings: &Settings) -> Result<(), HostError> {
+    if let Some(name) = text_field(data, &settings.customer_field) {
+        let name: String = name.chars().take(100).collect();
+        kv::delete(&format!("customer:{}", key_of(&name.to_lowercase())))?;
+    }
+    let mut names: Vec<&String> = settings.item_map.values().collect();
+    names.push(&settings.service_item);
+    for name in names {
+        kv::delete(&format!("item:{}", key_of(name)))?;
+    }
+    Ok(())
 }
 
 /// The QuickBooks item of this name (`{value, name}`), cached.

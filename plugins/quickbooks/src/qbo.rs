@@ -134,7 +134,11 @@ impl Company {
             HostError::Denied(m) if m.contains("expired") => {
                 QboError::Failed(format!("connection expired: {m}"))
             }
-            HostError::Limit(m) => QboError::Transient(format!("this call's quota: {m}")),
+            // A per-call quota passes with the next call; another limit (a response over
+            // the platform's cap) does not.
+            HostError::Limit(m) if m.starts_with("quota ") => {
+                QboError::Transient(format!("this call's {m}"))
+            }
             e => QboError::Failed(host_message(&e)),
         })?;
         let parsed: Option<Value> = serde_json::from_slice(&response.body).ok();

@@ -99,6 +99,9 @@ pub struct Cursor {
     /// When the last sweep finished.
     #[serde(default)]
     pub last_completed: Option<String>,
+    /// This sweep's page size (pages are numbered by it, so it holds for a whole sweep).
+    #[serde(default)]
+    pub page_size: u32,
 }
 
 impl Default for Cursor {
@@ -110,6 +113,7 @@ impl Default for Cursor {
             sweep_started: None,
             stored: 0,
             last_completed: None,
+            page_size: 0,
         }
     }
 }
@@ -144,9 +148,10 @@ impl Plugin for ServiceTitan {
                     })?;
                 book_lead(lead_id, &settings()?, 0)
             }
-            "import-status" => {
-                Ok(json!({"cursor": kv::get_json::<Cursor>(CURSOR)?.unwrap_or_default()}))
-            }
+            "import-status" => Ok(json!({
+                "cursor": kv::get_json::<Cursor>(CURSOR)?.unwrap_or_default(),
+                "skipped": kv::get_json::<Value>(SKIPPED)?.unwrap_or(json!([])),
+            })),
             "restart-import" => {
                 // The next run imports everything again (upserts: nothing is duplicated).
                 kv::delete(CURSOR)?;
@@ -265,7 +270,24 @@ fn import(settings: &Settings, now: i64) -> Result<Outcome, Error> {
         cursor.sweep_started = Some(rfc3339(now - OVERLAP_SECONDS * 1_000_000));
         cursor.stored = 0;
     }
-    let page_size = settings.page_size.clamp(1, 500);
+    // A record costs one read and at most two writes (a stage the pipeline refuses is
+    // written again without it): a page must fit in one call's quotas.
+    let left = limits::remaining();
+    let fits = (left.record_writes / 2).min(left.record_reads).max(1);
+    let wanted = settings.page_size.clamp(1, 500).min(fits);
+    if cursor.page_size == 0 {
+        cursor.page_size = wanted;
+    } else if cursor.page_size > fits {
+        // The quotas were lowered mid-sweep: this phase again, in pages that fit (what was
+        // stored is found again and left as it is).
+        log::warn(&format!(
+            "pages of {} no longer fit this installation's quotas; the {:?} import restarts in pages of {wanted}",
+            cursor.page_size, cursor.phase
+        ));
+        cursor.page_size = wanted;
+        cursor.page = 1;
+    }
+    let page_size = cursor.page_size;
     loop {
         let enabled = match cursor.phase {
             Phase::Customers => settings.import_customers,
@@ -281,7 +303,7 @@ fn import(settings: &Settings, now: i64) -> Result<Outcome, Error> {
         // A page costs a request, and per record up to one read (the record it updates)
         // and one write.
         if left.http_requests < 1
-            || left.record_writes < page_size
+            || left.record_writes < 2 * page_size
             || left.record_reads < page_size
             || left.wall_ms < 5_000
         {
@@ -488,78 +510,114 @@ fn strip_markup(text: &str) -> String {
     out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Creates or updates the record of a ServiceTitan customer or job.
+/// Creates or updates the record of a ServiceTitan customer or job. A record the tenant's
+/// record type refuses even without a stage move is skipped (listed by `import-status`),
+/// so one bad record cannot stop the import.
 fn upsert(phase: Phase, item: &Value, settings: &Settings) -> Result<(), Error> {
     let id = id_text(item.get("id"))
         .ok_or_else(|| Error::Failed("ServiceTitan sent a record without an id".into()))?;
+    match store(phase, &id, item, settings) {
+        Err(HostError::Invalid(m)) => skip(phase, &id, &m),
+        Err(HostError::Conflict(m)) => Err(Error::RetryLater(format!(
+            "{} {id} kept changing in StreamFlow while it was imported ({m})",
+            phase.record_type()
+        ))),
+        other => Ok(other?),
+    }
+}
+
+fn store(phase: Phase, id: &str, item: &Value, settings: &Settings) -> Result<(), HostError> {
     let record_type = phase.record_type();
     let contact = match phase {
         Phase::Jobs => id_text(item.get("customerId")).and_then(|c| contact_of(&c)),
         Phase::Customers => None,
     };
     let (fields, stage) = mapped(phase, item, settings, contact);
-    let key = mapping_key(phase, &id);
-    let existing = match kv::get(&key)?.and_then(|v| String::from_utf8(v).ok()) {
-        Some(record_id) => records::get(record_type, &record_id)?,
-        None => None,
-    };
-    let Some(existing) = existing else {
-        let record = match records::create(
-            record_type,
-            stage.as_deref(),
-            &Value::Object(fields.clone()),
-        ) {
-            Ok(r) => r,
-            // The pipeline refuses the stage (fields it requires that ServiceTitan does not
-            // have): the record is still imported, in the pipeline's first stage.
-            Err(HostError::Invalid(_)) if stage.is_some() => {
-                records::create(record_type, None, &Value::Object(fields))?
-            }
-            Err(e) => return Err(e.into()),
+    let key = mapping_key(phase, id);
+    // Someone else's change in between (a user editing it) is read again, twice at most.
+    for _ in 0..3 {
+        let existing = match kv::get(&key)?.and_then(|v| String::from_utf8(v).ok()) {
+            Some(record_id) => records::get(record_type, &record_id)?,
+            None => None,
         };
-        kv::set(&key, record.id.as_bytes())?;
-        if phase == Phase::Customers {
-            remember_contact(&id, &record.id, item)?;
-        }
-        return Ok(());
-    };
-    if phase == Phase::Customers {
-        remember_contact(&id, &existing.id, item)?;
-    }
-    let mut data = existing.json()?;
-    let unchanged = data.pointer("/servicetitan/modified_on").is_some()
-        && data.pointer("/servicetitan/modified_on") == item.get("modifiedOn")
-        && stage
-            .as_deref()
-            .is_none_or(|s| existing.stage.as_deref() == Some(s));
-    if unchanged {
-        return Ok(());
-    }
-    if let Some(object) = data.as_object_mut() {
-        for (k, v) in fields {
-            object.insert(k, v);
-        }
-    }
-    let to = stage
-        .as_deref()
-        .filter(|s| existing.stage.as_deref() != Some(*s));
-    match records::update(record_type, &existing.id, to, &data, Some(existing.version)) {
-        Ok(_) => Ok(()),
-        Err(HostError::Invalid(_)) if to.is_some() => {
-            records::update(
+        let Some(existing) = existing else {
+            let record = match records::create(
                 record_type,
-                &existing.id,
-                None,
-                &data,
-                Some(existing.version),
-            )?;
-            Ok(())
+                stage.as_deref(),
+                &Value::Object(fields.clone()),
+            ) {
+                Ok(r) => r,
+                // The pipeline refuses the stage (fields it requires that ServiceTitan does
+                // not have): the record is still imported, in the pipeline's first stage.
+                Err(HostError::Invalid(_)) if stage.is_some() => {
+                    records::create(record_type, None, &Value::Object(fields))?
+                }
+                Err(e) => return Err(e),
+            };
+            kv::set(&key, record.id.as_bytes())?;
+            if phase == Phase::Customers {
+                remember_contact(id, &record.id, item)?;
+            }
+            return Ok(());
+        };
+        if phase == Phase::Customers {
+            remember_contact(id, &existing.id, item)?;
         }
-        // Someone changed it meanwhile: theirs stands until the next change in
-        // ServiceTitan brings it in again.
-        Err(HostError::Conflict(_)) => Ok(()),
-        Err(e) => Err(e.into()),
+        let mut data = existing
+            .json()
+            .map_err(|e| HostError::Invalid(e.to_string()))?;
+        let unchanged = data.pointer("/servicetitan/modified_on").is_some()
+            && data.pointer("/servicetitan/modified_on") == item.get("modifiedOn")
+            && stage
+                .as_deref()
+                .is_none_or(|s| existing.stage.as_deref() == Some(s));
+        if unchanged {
+            return Ok(());
+        }
+        if let Some(object) = data.as_object_mut() {
+            for (k, v) in &fields {
+                object.insert(k.clone(), v.clone());
+            }
+        }
+        let to = stage
+            .as_deref()
+            .filter(|s| existing.stage.as_deref() != Some(*s));
+        let written =
+            match records::update(record_type, &existing.id, to, &data, Some(existing.version)) {
+                Err(HostError::Invalid(_)) if to.is_some() => records::update(
+                    record_type,
+                    &existing.id,
+                    None,
+                    &data,
+                    Some(existing.version),
+                ),
+                other => other,
+            };
+        match written {
+            Ok(_) => return Ok(()),
+            Err(HostError::Conflict(_)) => continue,
+            Err(e) => return Err(e),
+        }
     }
+    Err(HostError::Conflict("three tries".into()))
+}
+
+const SKIPPED: &str = "import:skipped";
+const MAX_SKIPPED: usize = 100;
+
+/// Notes a record the import could not store, and goes on.
+fn skip(phase: Phase, id: &str, why: &str) -> Result<(), Error> {
+    log::warn(&format!(
+        "ServiceTitan {} {id} was not imported: {}",
+        phase.record_type(),
+        clip(why, 300)
+    ));
+    let mut skipped: Vec<Value> = kv::get_json(SKIPPED)?.unwrap_or_default();
+    skipped.retain(|s| s["id"] != id || s["type"] != phase.record_type());
+    skipped.push(json!({"type": phase.record_type(), "id": id, "error": clip(why, 300)}));
+    let from = skipped.len().saturating_sub(MAX_SKIPPED);
+    kv::set_json(SKIPPED, &skipped[from..].to_vec())?;
+    Ok(())
 }
 
 /// The contact record and name of a ServiceTitan customer, as the import stored them.
@@ -571,13 +629,12 @@ fn contact_of(customer_id: &str) -> Option<(String, String)> {
     ))
 }
 
-fn remember_contact(customer_id: &str, record_id: &str, item: &Value) -> Result<(), Error> {
+fn remember_contact(customer_id: &str, record_id: &str, item: &Value) -> Result<(), HostError> {
     let name = text(item, "name").unwrap_or_default();
     kv::set_json(
         &format!("st:customer-name:{customer_id}"),
         &json!({"record": record_id, "name": clip(name, 200)}),
-    )?;
-    Ok(())
+    )
 }
 
 /// Books a lead in ServiceTitan once: its stored booking if it has one; else, after a
@@ -598,9 +655,18 @@ fn book_lead(lead_id: &str, settings: &Settings, at: i64) -> Result<Value, Error
     let tenant = st::tenant()?;
     let bookings = tenant.path("crm", &format!("booking-provider/{provider}/bookings"));
     let pending_key = format!("booking:pending:{lead_id}");
+    let now = now_micros();
     let mut booking = None;
-    if let Some(since) = kv::get(&pending_key)?.and_then(|v| String::from_utf8(v).ok()) {
-        booking = find_booking(&tenant, &bookings, lead_id, &since)?;
+    // A booking was asked for before and its answer not stored (lost, or still on its way):
+    // ServiceTitan may hold it. Found by its externalId; while the request may still be in
+    // flight, nothing is sent again.
+    if let Some(pending) = kv::get_json::<Pending>(&pending_key)? {
+        booking = find_booking(&tenant, &bookings, lead_id, &pending.since)?;
+        if booking.is_none() && now - pending.at < BOOKING_LEASE_MICROS {
+            return Err(Error::RetryLater(format!(
+                "a booking of lead {lead_id} was requested moments ago and its answer is not in yet"
+            )));
+        }
     }
     let booking = match booking {
         Some(b) => b,
@@ -635,12 +701,23 @@ fn book_lead(lead_id: &str, settings: &Settings, at: i64) -> Result<Value, Error
                 "contacts": contacts,
                 "priority": "High",
             });
-            let started = if at > 0 { at } else { lead.updated_at };
-            kv::set(
+            let started = if at > 0 { at.min(now) } else { now };
+            kv::set_json(
                 &pending_key,
-                rfc3339(started - OVERLAP_SECONDS * 1_000_000).as_bytes(),
+                &Pending {
+                    since: rfc3339(started - OVERLAP_SECONDS * 1_000_000),
+                    at: now,
+                },
             )?;
-            tenant.send("POST", &bookings, Some(&body))?
+            match tenant.send("POST", &bookings, Some(&body)) {
+                Ok(b) => b,
+                // Refused: nothing was booked, and a later try is a new request.
+                Err(e @ (StError::Failed(_) | StError::NotFound)) => {
+                    kv::delete(&pending_key)?;
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     };
     let booking_id = id_text(booking.get("id"))
@@ -648,6 +725,25 @@ fn book_lead(lead_id: &str, settings: &Settings, at: i64) -> Result<Value, Error
     write_booking(lead_id, &booking_id, &booking)?;
     kv::delete(&pending_key)?;
     Ok(json!({"booking_id": booking_id, "status": booking.get("status")}))
+}
+
+/// A booking request sent and not yet stored.
+#[derive(Serialize, Deserialize)]
+struct Pending {
+    /// Bookings changed since then are looked through for it.
+    since: String,
+    /// When it was sent (microseconds).
+    at: i64,
+}
+
+/// How long a sent booking request is waited for before it is sent again.
+const BOOKING_LEASE_MICROS: i64 = 60_000_000;
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 /// The booking ServiceTitan holds for this lead, among those changed since `since`.

@@ -102,6 +102,10 @@ impl Tenant {
             HostError::Denied(m) if m.contains("expired") => {
                 StError::Failed(format!("connection expired: {m}"))
             }
+            // A per-call quota passes with the next call; another limit does not.
+            HostError::Limit(m) if m.starts_with("quota ") => {
+                StError::Transient(format!("this call's {m}"))
+            }
             e => StError::Failed(host_message(&e)),
         })?;
         let parsed: Option<Value> = serde_json::from_slice(&response.body).ok();
