@@ -355,6 +355,30 @@ pub mod records {
     ) -> Result<Record, HostError> {
         host::update(record_type, id, stage, &data.to_string(), expected_version)
     }
+
+    /// The record this plugin created under `key` (an external id) with [`create_keyed`],
+    /// if it still exists. Capability `records:read`.
+    pub fn get_keyed(record_type: &str, key: &str) -> Result<Option<Record>, HostError> {
+        crate::bindings::streamflow::plugin::keyed_records::get(record_type, key)
+    }
+
+    /// Creates a record under `key` (an external id, such as a ServiceTitan job id), at most
+    /// once: `HostError::Conflict` when it exists (read it with [`get_keyed`] and
+    /// [`update`] it). The host reserves the record's id for the key before writing, so an
+    /// import that dies midway never leaves a duplicate behind. Capability `records:write`.
+    pub fn create_keyed(
+        record_type: &str,
+        key: &str,
+        stage: Option<&str>,
+        data: &serde_json::Value,
+    ) -> Result<Record, HostError> {
+        crate::bindings::streamflow::plugin::keyed_records::create(
+            record_type,
+            key,
+            stage,
+            &data.to_string(),
+        )
+    }
 }
 
 /// Emit events into the tenant's event stream as `plugin.<your-id>.<kind>`. Capability

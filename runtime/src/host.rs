@@ -174,6 +174,24 @@ pub trait HostServices: Send + Sync {
         expected_version: Option<u64>,
     ) -> Result<PluginRecord, HostError>;
     fn emit_event(&self, kind: &str, payload: &str) -> Result<(), HostError>;
+    /// `keyed-records.get` (0.2.0): the record the plugin created under `key`.
+    fn record_get_keyed(
+        &self,
+        _record_type: &str,
+        _key: &str,
+    ) -> Result<Option<PluginRecord>, HostError> {
+        Err(unavailable())
+    }
+    /// `keyed-records.create` (0.2.0): a record created under `key` at most once.
+    fn record_create_keyed(
+        &self,
+        _record_type: &str,
+        _key: &str,
+        _stage: Option<&str>,
+        _data: &str,
+    ) -> Result<PluginRecord, HostError> {
+        Err(unavailable())
+    }
     /// `http.send` (0.2.0): the runtime has checked the grant and the request quota; the
     /// implementation checks the manifest's hosts, the address and the connection.
     fn http_send(&self, _request: OutboundRequest) -> Result<HttpResponse, HostError> {

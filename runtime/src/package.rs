@@ -155,7 +155,7 @@ pub fn check(manifest: &Manifest, info: &ComponentInfo) -> Result<(), PackageErr
             let needs: &[Capability] = match interface {
                 "log" | "config" | "types" => &[],
                 "kv" => &[Capability::Kv],
-                "records" => &[Capability::RecordsRead, Capability::RecordsWrite],
+                "records" | "keyed-records" => &[Capability::RecordsRead, Capability::RecordsWrite],
                 "events" => &[Capability::Events],
                 "limits" => &[],
                 "http" | "connections" => &[Capability::Http],

@@ -314,6 +314,30 @@ impl HostState {
         self.timed(|| services.record_update(record_type, id, stage, data, expected_version))
     }
 
+    pub(crate) fn record_get_keyed(
+        &mut self,
+        record_type: &str,
+        key: &str,
+    ) -> Result<Option<PluginRecord>, HostError> {
+        let services = self.check(Capability::RecordsRead, "keyed-records.get")?;
+        check_record_key(key)?;
+        self.take_reads(1)?;
+        self.timed(|| services.record_get_keyed(record_type, key))
+    }
+
+    pub(crate) fn record_create_keyed(
+        &mut self,
+        record_type: &str,
+        key: &str,
+        stage: Option<&str>,
+        data: &str,
+    ) -> Result<PluginRecord, HostError> {
+        let services = self.check(Capability::RecordsWrite, "keyed-records.create")?;
+        check_record_key(key)?;
+        self.take_write()?;
+        self.timed(|| services.record_create_keyed(record_type, key, stage, data))
+    }
+
     pub(crate) fn emit_event(&mut self, kind: &str, payload: &str) -> Result<(), HostError> {
         let services = self.check(Capability::Events, "events.emit")?;
         let quota = self.call.quotas.events;
@@ -323,6 +347,18 @@ impl HostState {
         self.used.events += 1;
         self.timed(|| services.emit_event(kind, payload))
     }
+}
+
+/// Longest key of a keyed record.
+pub const MAX_RECORD_KEY: usize = 200;
+
+fn check_record_key(key: &str) -> Result<(), HostError> {
+    if key.is_empty() || key.len() > MAX_RECORD_KEY || key.chars().any(char::is_control) {
+        return Err(HostError::Invalid(format!(
+            "a record key is 1 to {MAX_RECORD_KEY} bytes of text without control characters"
+        )));
+    }
+    Ok(())
 }
 
 fn check_key(key: &str) -> Result<(), HostError> {

@@ -56,6 +56,30 @@ fn plugin_failure(e: types::PluginError) -> Failure {
 
 shared_bindings!();
 
+impl streamflow::plugin::keyed_records::Host for HostState {
+    fn get(
+        &mut self,
+        record_type: String,
+        key: String,
+    ) -> Result<Option<types::Record>, types::HostError> {
+        self.record_get_keyed(&record_type, &key)
+            .map(|r| r.map(record_to_wit))
+            .map_err(host_error)
+    }
+
+    fn create(
+        &mut self,
+        record_type: String,
+        key: String,
+        stage: Option<String>,
+        data: String,
+    ) -> Result<types::Record, types::HostError> {
+        self.record_create_keyed(&record_type, &key, stage.as_deref(), &data)
+            .map(record_to_wit)
+            .map_err(host_error)
+    }
+}
+
 impl streamflow::plugin::http::Host for HostState {
     fn send(
         &mut self,

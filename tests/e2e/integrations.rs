@@ -1235,7 +1235,14 @@ async fn two_nodes_share_schedules_and_refreshes() {
 
     // Due now on both nodes: it runs once.
     for round in 1..=2 {
-        sql(&w.srv, "UPDATE plugin_schedules SET next_run_at = 0").await;
+        // Due a second ago: the claim moves the run to that grid's next point, a minute on
+        // (due at 0, the next point could be the next whole minute, moments away).
+        let due = streamflow::store::now_micros() - 1_000_000;
+        sql(
+            &w.srv,
+            &format!("UPDATE plugin_schedules SET next_run_at = {due}"),
+        )
+        .await;
         let mut count = 0;
         for _ in 0..100 {
             count = w.action(&owner, "ticks", json!({})).await["count"]
@@ -1562,4 +1569,72 @@ async fn standard_webhooks_are_verified_with_the_installations_secret() {
     let (status, _) = send(standard_headers(key, "msg_2", now, body), body).await;
     assert_eq!(status, 200);
     assert_eq!(seen().await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_records_are_created_once_per_key_plugin_and_tenant() {
+    let w = world(Backend::Sqlite).await.unwrap();
+    let a = w.tenant("keyed-a", &ALL_GRANTS, json!({})).await;
+    let b = w.tenant("keyed-b", &ALL_GRANTS, json!({})).await;
+    let first = w
+        .action(
+            &a,
+            "keyed",
+            json!({"key": "st-job-50001", "data": {"name": "Keyed"}}),
+        )
+        .await;
+    let id = first["created"]["ok"]["id"].as_str().unwrap().to_string();
+    assert_eq!(first["found"]["ok"]["id"], id.as_str(), "{first}");
+    // Again: the record exists under the key, so it is not created twice.
+    let again = w
+        .action(
+            &a,
+            "keyed",
+            json!({"key": "st-job-50001", "data": {"name": "Twice"}}),
+        )
+        .await;
+    assert!(
+        again["created"]["err"]
+            .as_str()
+            .unwrap()
+            .starts_with("conflict:"),
+        "{again}"
+    );
+    assert_eq!(again["found"]["ok"]["id"], id.as_str());
+    assert_eq!(again["found"]["ok"]["data"]["name"], "Keyed");
+    // Another tenant's key of the same name is its own.
+    let other = w
+        .action(
+            &b,
+            "keyed",
+            json!({"key": "st-job-50001", "data": {"name": "Theirs"}}),
+        )
+        .await;
+    assert_ne!(other["created"]["ok"]["id"], id.as_str(), "{other}");
+    // Keys are 1 to 200 bytes of text.
+    for key in [String::new(), "k".repeat(201), "a\u{7}b".into()] {
+        let refused = w
+            .action(&a, "keyed", json!({"key": key, "data": {"name": "Bad"}}))
+            .await;
+        assert!(
+            refused["created"]["err"]
+                .as_str()
+                .unwrap()
+                .starts_with("invalid:"),
+            "{refused}"
+        );
+    }
+    let (_, leads) = w.srv.get("/api/records/lead", &a).await;
+    assert_eq!(leads["items"].as_array().unwrap().len(), 1, "{leads}");
+    // A reservation whose record is gone (deleted) is written again under the same id.
+    let (status, _) = w.srv.delete(&format!("/api/records/lead/{id}"), &a).await;
+    assert_eq!(status, 204);
+    let back = w
+        .action(
+            &a,
+            "keyed",
+            json!({"key": "st-job-50001", "data": {"name": "Back"}}),
+        )
+        .await;
+    assert_eq!(back["created"]["ok"]["id"], id.as_str(), "{back}");
 }

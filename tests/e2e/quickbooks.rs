@@ -185,6 +185,17 @@ impl World {
     }
 }
 
+/// How many records `plugin` keeps under keys.
+pub(crate) async fn record_keys(srv: &TestServer, plugin: &str) -> i64 {
+    streamflow::on_pool!(streamflow::store::test_support::pool(&srv.state.store), pool => {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM record_keys WHERE plugin_id = $1")
+            .bind(plugin)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    })
+}
+
 /// Every kv value of the QuickBooks and ServiceTitan plugins, as text.
 pub(crate) async fn plugin_kv(srv: &TestServer) -> String {
     streamflow::on_pool!(streamflow::store::test_support::pool(&srv.state.store), pool => {
@@ -374,6 +385,19 @@ async fn invoices_exactly_once_and_payments_back(backend: Backend) {
     assert!(text.contains("already received"), "{text}");
     let record = w.api.record(&owner, "job", &job).await;
     assert_eq!(record["stage"], "paid", "{record}");
+    // Paid, the invoice is closed: its kv mapping is gone, and a later change (the payment
+    // reversed) still finds the job, by the note the invoice carries.
+    assert!(
+        !plugin_kv(w.srv())
+            .await
+            .contains(&format!("invoice:{first_invoice}="))
+    );
+    w.fake.pay(realm, &first_invoice, -389.5);
+    let body = fake_qbo::legacy(realm, &[("Invoice", &first_invoice, "Update")]);
+    let (status, text) = w.webhook(&body, &fake_qbo::sign(&body)).await;
+    assert_eq!(status, 200, "{text}");
+    w.wait_job(&owner, &job, |q| q["payment_status"] == "unpaid")
+        .await;
     // CloudEvents: a partial payment of the second invoice, and an older invoice event
     // arriving after it (it re-reads the invoice, so it cannot move the balance back).
     w.fake.pay(realm, &invoice_id, 45.0);

@@ -330,8 +330,14 @@ async fn imports_resume_and_never_duplicate(backend: Backend) {
     assert_eq!(w.fake.state.refused.load(Ordering::SeqCst), 0);
     assert_eq!(w.all(&owner, "job").await.len(), 1000);
 
+    // The import keeps its cursor in kv and its records under keys: no kv key per record.
     let kv = plugin_kv(&w.srv).await;
-    assert!(kv.contains("st:job:50003"));
+    assert!(kv.contains("import:cursor"));
+    assert!(kv.lines().count() < 10, "{kv}");
+    assert_eq!(
+        crate::quickbooks::record_keys(&w.srv, ID).await,
+        1100 + 3 + 5
+    );
     assert!(!w.fake.leaked(&kv), "a credential in the plugin's kv");
     assert!(
         !w.fake.leaked(&crate::integrations::logs()),

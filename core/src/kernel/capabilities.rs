@@ -199,6 +199,15 @@ impl KernelServices {
     /// The id of the next thing this call creates: derived from the origin when the
     /// dispatcher made the call (the same on a repeated run), fresh otherwise.
     fn next_id(&self) -> Result<NewId, HostError> {
+        let n = self.count_created()?;
+        Ok(match &self.origin {
+            Some(origin) => NewId::Derived(origin.derived_id(n)),
+            None => NewId::Fresh,
+        })
+    }
+
+    /// Counts one more record or event this call creates (numbering derived ids).
+    fn count_created(&self) -> Result<u32, HostError> {
         let n = self.created.fetch_add(1, Ordering::SeqCst);
         // A call the dispatcher made is one level of an automation chain: its fan-out is
         // capped. Other calls (a schedule's import, a webhook, an action an admin runs) are
@@ -208,10 +217,7 @@ impl KernelServices {
                 "one call creates at most {MAX_CREATED_PER_CALL} records and events"
             )));
         }
-        Ok(match &self.origin {
-            Some(origin) => NewId::Derived(origin.derived_id(n)),
-            None => NewId::Fresh,
-        })
+        Ok(n)
     }
 
     fn parse_data(&self, data: &str) -> Result<Value, HostError> {
@@ -385,6 +391,82 @@ impl HostServices for KernelServices {
                 Err(RecordError::NotFound) => Err(not_found()),
                 Err(e) => Err(record_error(e, &hidden)),
             }
+        })
+    }
+
+    fn record_get_keyed(
+        &self,
+        record_type: &str,
+        key: &str,
+    ) -> Result<Option<PluginRecord>, HostError> {
+        Self::check_type(record_type)?;
+        self.handle.block_on(async {
+            let store = &self.kernel.store;
+            let plugin = &self.active.plugin_id;
+            let Some(id) = store
+                .record_key(&self.scope, plugin, record_type, key)
+                .await
+                .map_err(unavailable)?
+            else {
+                return Ok(None);
+            };
+            let row = store
+                .get_record(&self.scope, record_type, id)
+                .await
+                .map_err(unavailable)?;
+            let hidden = self.hidden(record_type).await?;
+            Ok(row.map(|r| to_plugin(r, &hidden)))
+        })
+    }
+
+    fn record_create_keyed(
+        &self,
+        record_type: &str,
+        key: &str,
+        stage: Option<&str>,
+        data: &str,
+    ) -> Result<PluginRecord, HostError> {
+        Self::check_type(record_type)?;
+        let data = self.parse_data(data)?;
+        self.count_created()?;
+        self.handle.block_on(async {
+            let store = &self.kernel.store;
+            // The key's id is reserved first: a run that dies before the record is written
+            // leaves the reservation, and the next create writes the record under it.
+            let id = store
+                .reserve_record_key(
+                    &self.scope,
+                    &self.active.plugin_id,
+                    record_type,
+                    key,
+                    Uuid::now_v7(),
+                )
+                .await
+                .map_err(unavailable)?;
+            if store
+                .get_record(&self.scope, record_type, id)
+                .await
+                .map_err(unavailable)?
+                .is_some()
+            {
+                return Err(HostError::Conflict(format!(
+                    "a {record_type} exists under this key; read it with keyed-records.get and update it"
+                )));
+            }
+            let hidden = self.hidden(record_type).await?;
+            let new = NewRecord {
+                id: NewId::Derived(id),
+                record_type: record_type.to_string(),
+                stage: stage.map(str::to_string),
+                data,
+            };
+            let row = self
+                .kernel
+                .records()
+                .create(&self.context(), new)
+                .await
+                .map_err(|e| record_error(e, &[]))?;
+            Ok(to_plugin(row, &hidden))
         })
     }
 

@@ -467,6 +467,10 @@ impl Webhooks<'_> {
                 .config_value
                 .pointer(pointer)
                 .and_then(Value::as_str)
+                .filter(|h| {
+                    (1..=64).contains(&h.len())
+                        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
                 .map(str::to_string);
         }
         // Verified first (an HMAC is cheap): a flood of forged deliveries does not use up

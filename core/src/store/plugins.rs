@@ -612,6 +612,59 @@ impl Store {
         Ok(done > 0)
     }
 
+    /// The record id `plugin_id` reserved for `key` among its records of `record_type`.
+    pub async fn record_key(
+        &self,
+        scope: &TenantScope,
+        plugin_id: &str,
+        record_type: &str,
+        key: &str,
+    ) -> StoreResult<Option<Uuid>> {
+        let id = on_pool!(self.pool(), pool => {
+            sqlx::query_scalar::<_, Uuid>(
+                "SELECT record_id FROM record_keys
+                 WHERE tenant_id = $1 AND plugin_id = $2 AND record_type = $3 AND key = $4",
+            )
+            .bind(scope.tenant_id())
+            .bind(plugin_id)
+            .bind(record_type)
+            .bind(key)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(id)
+    }
+
+    /// Reserves `candidate` as the record id of `key`, unless the key has one already;
+    /// returns the key's id either way. One statement, so concurrent callers agree.
+    pub async fn reserve_record_key(
+        &self,
+        scope: &TenantScope,
+        plugin_id: &str,
+        record_type: &str,
+        key: &str,
+        candidate: Uuid,
+    ) -> StoreResult<Uuid> {
+        on_pool!(self.pool(), pool => {
+            sqlx::query(
+                "INSERT INTO record_keys (tenant_id, plugin_id, record_type, key, record_id, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (tenant_id, plugin_id, record_type, key) DO NOTHING",
+            )
+            .bind(scope.tenant_id())
+            .bind(plugin_id)
+            .bind(record_type)
+            .bind(key)
+            .bind(candidate)
+            .bind(now_micros())
+            .execute(pool)
+            .await?;
+        });
+        self.record_key(scope, plugin_id, record_type, key)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("a reserved record key vanished".into()))
+    }
+
     pub async fn kv_get(
         &self,
         scope: &TenantScope,

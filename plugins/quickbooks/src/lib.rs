@@ -174,32 +174,76 @@ fn refresh_invoices(
     let mut updated = 0;
     let mut deferred = Vec::new();
     for invoice_id in invoices {
-        let Some(job_id) =
-            kv::get(&format!("invoice:{invoice_id}"))?.and_then(|v| String::from_utf8(v).ok())
-        else {
-            // Not an invoice this plugin made for a job.
-            continue;
-        };
+        // The open invoices this plugin made are mapped to their jobs in kv; a closed one
+        // (paid, voided) is found by the job its note names.
+        let mapping = format!("invoice:{invoice_id}");
+        let mapped = kv::get(&mapping)?.and_then(|v| String::from_utf8(v).ok());
         if limits::remaining().http_requests < 2 {
             deferred.push(invoice_id);
             continue;
         }
         match company.read("Invoice", &invoice_id) {
             Ok(invoice) => {
-                if apply_invoice(&job_id, &invoice, voided.contains(&invoice_id), settings)? {
+                let job_id = match mapped {
+                    Some(job_id) => job_id,
+                    None => match job_in_note(&invoice, &invoice_id)? {
+                        Some(job_id) => job_id,
+                        // Not an invoice this plugin made for a job.
+                        None => continue,
+                    },
+                };
+                let is_voided = voided.contains(&invoice_id);
+                if apply_invoice(&job_id, &invoice, is_voided, settings)? {
                     updated += 1;
+                }
+                let view = invoice_view(&invoice);
+                if is_voided || view["payment_status"] == "paid" {
+                    // Closed: nothing is expected of it (a later change still finds the
+                    // job by the note), and kv keeps only open invoices.
+                    forget(&mapping);
                 }
             }
             Err(e) if e.is_fault("610") => {
-                log::warn(&format!(
-                    "QuickBooks invoice {invoice_id} of job {job_id} no longer exists"
-                ));
+                log::warn(&format!("QuickBooks invoice {invoice_id} no longer exists"));
+                forget(&mapping);
             }
             Err(QboError::Transient(_)) => deferred.push(invoice_id),
             Err(e) => return Err(e.into()),
         }
     }
     Ok((updated, deferred))
+}
+
+/// The job an invoice's note names (`StreamFlow job <id>`, as this plugin writes it), if that
+/// job's own invoice is this one: anyone can edit a note, so the job must agree.
+fn job_in_note(invoice: &Value, invoice_id: &str) -> Result<Option<String>, Error> {
+    let Some(job_id) = invoice
+        .get("PrivateNote")
+        .and_then(Value::as_str)
+        .and_then(|n| n.split("StreamFlow job ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .filter(|id| id.len() == 36)
+    else {
+        return Ok(None);
+    };
+    let Some(job) = records::get("job", job_id)? else {
+        return Ok(None);
+    };
+    let own = invoice_of(&job.json()?);
+    Ok((own.as_deref() == Some(invoice_id)).then(|| job_id.to_string()))
+}
+
+/// Sets a cache entry; a cache that cannot grow (the kv quota) is only slower, never wrong.
+fn remember(key: &str, value: &str) {
+    if let Err(e) = kv::set(key, value.as_bytes()) {
+        log::warn(&format!("kv entry {key} not kept: {}", host_message(&e)));
+    }
+}
+
+fn forget(key: &str) {
+    if let Err(e) = kv::delete(key) {
+        log::warn(&format!("kv entry {key} not removed: {}", host_message(&e)));
+    }
 }
 
 /// Keeps `ids` for the `catch-up` schedule and forgets `done` (the newest kept).
@@ -282,7 +326,10 @@ fn invoice_job(job_id: &str, settings: &Settings) -> Result<Value, Error> {
     };
     let invoice_id =
         id_of(&invoice).ok_or_else(|| Error::Failed("QuickBooks' invoice has no Id".into()))?;
-    kv::set(&format!("invoice:{invoice_id}"), job_id.as_bytes())?;
+    remember(&format!("invoice:{invoice_id}"), job_id);
+    if attempt > 0 {
+        forget(&format!("attempt:{job_id}"));
+    }
     let mut view = invoice_view(&invoice);
     view.insert("realm_id".into(), json!(company.realm));
     view.insert("customer_id".into(), json!(customer_id));
@@ -432,18 +479,17 @@ fn apply_invoice(
 ) -> Result<bool, Error> {
     let job = job(job_id)?;
     let data = job.json()?;
-    let stored = data
-        .pointer("/quickbooks/sync_token")
-        .and_then(Value::as_u64);
-    let new = sync_token(invoice).unwrap_or(0);
-    if stored.is_some_and(|s| s >= new) {
+    let view = invoice_view(invoice);
+    if let Some(stored) = data.get("quickbooks")
+        && !is_newer(&view, stored)
+    {
         return Ok(false);
     }
     let status = data
         .pointer("/quickbooks/payment_status")
         .and_then(Value::as_str);
     let was_paid = status == Some("paid");
-    let mut view = invoice_view(invoice);
+    let mut view = view;
     // A voided invoice keeps its lines at zero: it is not paid. Told by the delivery that
     // voided it, and kept while the invoice stays at zero.
     let zero = view["total"].as_f64() == Some(0.0);
@@ -473,7 +519,6 @@ fn apply_invoice(
 /// what is missing. Returns whether the view's figures were written.
 fn write_back(job_id: &str, view: &Value, stage: Option<&str>) -> Result<bool, Error> {
     let mut stage = stage;
-    let new = view.get("sync_token").and_then(Value::as_u64).unwrap_or(0);
     for _ in 0..4 {
         let job = job(job_id)?;
         let mut data = job.json()?;
@@ -488,8 +533,7 @@ fn write_back(job_id: &str, view: &Value, stage: Option<&str>) -> Result<bool, E
         if !entry.is_object() {
             *entry = Value::Object(Map::new());
         }
-        let stored = entry.get("sync_token").and_then(Value::as_u64);
-        let newer = stored.is_none_or(|s| s < new);
+        let newer = is_newer(view.as_object().unwrap_or(&Map::new()), entry);
         let mut added = false;
         if let (Some(into), Some(from)) = (entry.as_object_mut(), view.as_object()) {
             for (k, v) in from {
@@ -524,6 +568,28 @@ fn write_back(job_id: &str, view: &Value, stage: Option<&str>) -> Result<bool, E
     Err(Error::RetryLater(format!(
         "job {job_id} kept changing while its QuickBooks figures were written"
     )))
+}
+
+/// Whether `view` is a newer state of the invoice than `stored` (the job's
+/// `data.quickbooks`): a higher SyncToken, or the same one changed later (should QuickBooks
+/// apply a payment without moving the SyncToken), or nothing stored yet.
+fn is_newer(view: &Map<String, Value>, stored: &Value) -> bool {
+    let token = |v: Option<&Value>| v.and_then(Value::as_u64);
+    let Some(old) = token(stored.get("sync_token")) else {
+        return true;
+    };
+    let new = token(view.get("sync_token")).unwrap_or(0);
+    let at = |v: Option<&Value>| {
+        v.and_then(Value::as_str).and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+    };
+    new > old
+        || (new == old
+            && matches!(
+                (at(view.get("updated_at")), at(stored.get("updated_at"))),
+                (Some(a), Some(b)) if a > b
+            ))
 }
 
 fn emit(kind: &str, payload: Value) {
@@ -619,7 +685,7 @@ fn customer_for(
             }
         }
     };
-    kv::set(&key, id.as_bytes())?;
+    remember(&key, &id);
     Ok(id)
 }
 
@@ -672,7 +738,7 @@ fn item_ref(company: &Company, name: &str) -> Result<Value, Error> {
             "QuickBooks has no item named {name:?}: create it there, or set service_item or item_map in the plugin's config to an item that exists"
         ))
     })?;
-    kv::set(&key, id.as_bytes())?;
+    remember(&key, &id);
     Ok(json!({"value": id, "name": name}))
 }
 
@@ -778,6 +844,24 @@ fn iso_date(date: time::Date) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_is_newer_by_sync_token_or_by_a_later_change() {
+        let view = |token: u64, at: &str| {
+            json!({"sync_token": token, "updated_at": at})
+                .as_object()
+                .unwrap()
+                .clone()
+        };
+        let stored = json!({"sync_token": 2, "updated_at": "2026-12-07T10:00:00-08:00"});
+        assert!(is_newer(&view(3, "2026-12-07T09:00:00-08:00"), &stored));
+        assert!(!is_newer(&view(1, "2026-12-07T11:00:00-08:00"), &stored));
+        assert!(!is_newer(&view(2, "2026-12-07T10:00:00-08:00"), &stored));
+        // The same token, changed later (offsets compared as instants).
+        assert!(is_newer(&view(2, "2026-12-07T18:30:00Z"), &stored));
+        assert!(!is_newer(&view(2, "2026-12-07T17:30:00Z"), &stored));
+        assert!(is_newer(&view(0, ""), &json!({})));
+    }
 
     #[test]
     fn payment_status_follows_the_balance() {

@@ -270,10 +270,11 @@ fn import(settings: &Settings, now: i64) -> Result<Outcome, Error> {
         cursor.sweep_started = Some(rfc3339(now - OVERLAP_SECONDS * 1_000_000));
         cursor.stored = 0;
     }
-    // A record costs one read and at most two writes (a stage the pipeline refuses is
-    // written again without it): a page must fit in one call's quotas.
+    // A record costs at most two reads (itself, a job's customer) and two writes (a stage
+    // the pipeline refuses is written again without it): a page must fit in one call's
+    // quotas.
     let left = limits::remaining();
-    let fits = (left.record_writes / 2).min(left.record_reads).max(1);
+    let fits = (left.record_writes / 2).min(left.record_reads / 2).max(1);
     let wanted = settings.page_size.clamp(1, 500).min(fits);
     if cursor.page_size == 0 {
         cursor.page_size = wanted;
@@ -304,7 +305,7 @@ fn import(settings: &Settings, now: i64) -> Result<Outcome, Error> {
         // and one write.
         if left.http_requests < 1
             || left.record_writes < 2 * page_size
-            || left.record_reads < page_size
+            || left.record_reads < 2 * page_size
             || left.wall_ms < 5_000
         {
             kv::set_json(CURSOR, &cursor)?;
@@ -382,10 +383,6 @@ fn advance_phase(cursor: &mut Cursor) -> bool {
         }
         Phase::Jobs => false,
     }
-}
-
-fn mapping_key(phase: Phase, id: &str) -> String {
-    format!("st:{}:{id}", phase.record_type())
 }
 
 fn text<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
@@ -528,41 +525,42 @@ fn upsert(phase: Phase, item: &Value, settings: &Settings) -> Result<(), Error> 
 
 fn store(phase: Phase, id: &str, item: &Value, settings: &Settings) -> Result<(), HostError> {
     let record_type = phase.record_type();
+    // A job's customer, as the import stored it.
     let contact = match phase {
-        Phase::Jobs => id_text(item.get("customerId")).and_then(|c| contact_of(&c)),
+        Phase::Jobs => match id_text(item.get("customerId")) {
+            Some(customer) => records::get_keyed("contact", &customer)?.map(|c| {
+                let name = c
+                    .json()
+                    .ok()
+                    .and_then(|d| d.get("name").and_then(Value::as_str).map(str::to_string))
+                    .unwrap_or_default();
+                (c.id, name)
+            }),
+            None => None,
+        },
         Phase::Customers => None,
     };
     let (fields, stage) = mapped(phase, item, settings, contact);
-    let key = mapping_key(phase, id);
-    // Someone else's change in between (a user editing it) is read again, twice at most.
+    let fields = Value::Object(fields);
+    // Keyed by the ServiceTitan id: the host reserves the record's id for the key, so a run
+    // killed midway, or a webhook racing the import, cannot store it twice. A concurrent
+    // change in between (a user editing it) is read again, twice at most.
     for _ in 0..3 {
-        let existing = match kv::get(&key)?.and_then(|v| String::from_utf8(v).ok()) {
-            Some(record_id) => records::get(record_type, &record_id)?,
-            None => None,
-        };
-        let Some(existing) = existing else {
-            let record = match records::create(
-                record_type,
-                stage.as_deref(),
-                &Value::Object(fields.clone()),
-            ) {
-                Ok(r) => r,
+        let Some(existing) = records::get_keyed(record_type, id)? else {
+            let created = match records::create_keyed(record_type, id, stage.as_deref(), &fields) {
                 // The pipeline refuses the stage (fields it requires that ServiceTitan does
                 // not have): the record is still imported, in the pipeline's first stage.
                 Err(HostError::Invalid(_)) if stage.is_some() => {
-                    records::create(record_type, None, &Value::Object(fields))?
+                    records::create_keyed(record_type, id, None, &fields)
                 }
-                Err(e) => return Err(e),
+                other => other,
             };
-            kv::set(&key, record.id.as_bytes())?;
-            if phase == Phase::Customers {
-                remember_contact(id, &record.id, item)?;
+            match created {
+                Ok(_) => return Ok(()),
+                Err(HostError::Conflict(_)) => continue,
+                Err(e) => return Err(e),
             }
-            return Ok(());
         };
-        if phase == Phase::Customers {
-            remember_contact(id, &existing.id, item)?;
-        }
         let mut data = existing
             .json()
             .map_err(|e| HostError::Invalid(e.to_string()))?;
@@ -574,8 +572,8 @@ fn store(phase: Phase, id: &str, item: &Value, settings: &Settings) -> Result<()
         if unchanged {
             return Ok(());
         }
-        if let Some(object) = data.as_object_mut() {
-            for (k, v) in &fields {
+        if let (Some(object), Some(new)) = (data.as_object_mut(), fields.as_object()) {
+            for (k, v) in new {
                 object.insert(k.clone(), v.clone());
             }
         }
@@ -618,23 +616,6 @@ fn skip(phase: Phase, id: &str, why: &str) -> Result<(), Error> {
     let from = skipped.len().saturating_sub(MAX_SKIPPED);
     kv::set_json(SKIPPED, &skipped[from..].to_vec())?;
     Ok(())
-}
-
-/// The contact record and name of a ServiceTitan customer, as the import stored them.
-fn contact_of(customer_id: &str) -> Option<(String, String)> {
-    let value: Value = kv::get_json(&format!("st:customer-name:{customer_id}")).ok()??;
-    Some((
-        value.get("record")?.as_str()?.to_string(),
-        value.get("name")?.as_str()?.to_string(),
-    ))
-}
-
-fn remember_contact(customer_id: &str, record_id: &str, item: &Value) -> Result<(), HostError> {
-    let name = text(item, "name").unwrap_or_default();
-    kv::set_json(
-        &format!("st:customer-name:{customer_id}"),
-        &json!({"record": record_id, "name": clip(name, 200)}),
-    )
 }
 
 /// Books a lead in ServiceTitan once: its stored booking if it has one; else, after a

@@ -121,6 +121,19 @@ impl Plugin for Probe {
             "emits" => until_refused(|n| events::emit("probe", &json!({"n": n}))),
             "ticks" => kv::get_json::<Value>("ticks")?.unwrap_or(json!({"count": 0})),
             "webhooks" => kv::get_json::<Value>("webhooks")?.unwrap_or(json!([])),
+            // Creates a lead under `key` and reads it back; each step's outcome is shown.
+            "keyed" => {
+                let key = input["key"].as_str().unwrap_or_default();
+                let show = |r: Result<Option<Value>, HostError>| match r {
+                    Ok(v) => json!({"ok": v}),
+                    Err(e) => json!({"err": host_message(&e)}),
+                };
+                let created = records::create_keyed("lead", key, None, &input["data"])
+                    .map(|r| Some(json!({"id": r.id, "data": r.json().unwrap_or_default()})));
+                let found = records::get_keyed("lead", key)
+                    .map(|r| r.map(|r| json!({"id": r.id, "data": r.json().unwrap_or_default()})));
+                json!({"created": show(created), "found": show(found)})
+            }
             other => return Err(Error::InvalidInput(format!("no action {other}"))),
         })
     }
