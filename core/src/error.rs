@@ -146,6 +146,9 @@ pub enum RecordError {
     IdTaken {
         record_type: String,
     },
+    /// A keyed create found a record already stored under its key (created by another
+    /// call).
+    KeyTaken,
     /// The database failed or is unavailable.
     Store(StoreError),
     /// Something the kernel holds is broken (a stored schema that no longer compiles, a
@@ -172,7 +175,8 @@ impl RecordError {
             | RecordError::StageRefused { .. }
             | RecordError::VersionConflict { .. }
             | RecordError::NotFound
-            | RecordError::IdTaken { .. } => false,
+            | RecordError::IdTaken { .. }
+            | RecordError::KeyTaken => false,
         }
     }
 
@@ -231,6 +235,7 @@ impl std::fmt::Display for RecordError {
                 f,
                 "a repeated run of this delivery created a {record_type} here before"
             ),
+            RecordError::KeyTaken => write!(f, "a record exists under this key"),
             RecordError::Store(e) => write!(f, "storage: {e}"),
             RecordError::Internal(what) => write!(f, "internal error: {what}"),
         }

@@ -1610,7 +1610,12 @@ async fn keyed_records_are_created_once_per_key_plugin_and_tenant() {
             json!({"key": "st-job-50001", "data": {"name": "Theirs"}}),
         )
         .await;
-    assert_ne!(other["created"]["ok"]["id"], id.as_str(), "{other}");
+    let theirs = other["created"]["ok"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{other}"));
+    assert_ne!(theirs, id);
+    assert_eq!(other["found"]["ok"]["id"], theirs);
+    assert_eq!(other["found"]["ok"]["data"]["name"], "Theirs");
     // Keys are 1 to 200 bytes of text.
     for key in [String::new(), "k".repeat(201), "a\u{7}b".into()] {
         let refused = w

@@ -673,6 +673,7 @@ async fn a_taken_name_reuses_the_customer_quickbooks_has() {
             json!({"title": "Raced", "customer_name": "Pat Race", "amount": 75}),
         )
         .await;
+    let first_job = job.clone();
     let (status, out) = w
         .action(&owner, "create-invoice", json!({"job_id": job}))
         .await;
@@ -715,4 +716,44 @@ async fn a_taken_name_reuses_the_customer_quickbooks_has() {
         .wait_job(&owner, &job, |q| q["payment_status"] == "voided")
         .await;
     assert_eq!(voided["total"], 0.0);
+
+    // A job deleted in StreamFlow while its invoice is open: a delivery naming that invoice
+    // and another still updates the other.
+    let raced_invoice = out["output"]["invoice_id"].as_str().unwrap().to_string();
+    let (status, _) = w
+        .api
+        .call(
+            Method::DELETE,
+            &format!("/api/records/job/{first_job}"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let third = w
+        .job(
+            &owner,
+            json!({"title": "Third", "customer_name": "Pat Race", "amount": 90}),
+        )
+        .await;
+    let (status, made) = w
+        .action(&owner, "create-invoice", json!({"job_id": third}))
+        .await;
+    assert_eq!(status, 200, "{made}");
+    let third_invoice = made["output"]["invoice_id"].as_str().unwrap().to_string();
+    w.fake.pay(realm, &raced_invoice, 10.0);
+    w.fake.pay(realm, &third_invoice, 50.0);
+    let body = fake_qbo::legacy(
+        realm,
+        &[
+            ("Invoice", &raced_invoice, "Update"),
+            ("Invoice", &third_invoice, "Update"),
+        ],
+    );
+    let (status, text) = w.webhook(&body, &fake_qbo::sign(&body)).await;
+    assert_eq!(status, 200, "{text}");
+    let partial = w
+        .wait_job(&owner, &third, |q| q["payment_status"] == "partial")
+        .await;
+    assert_eq!(partial["balance"], 40.0);
 }

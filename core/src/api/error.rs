@@ -214,6 +214,7 @@ impl From<RecordError> for ApiError {
             )
             .with_details(json!({ "current_version": current })),
             RecordError::NotFound => ApiError::not_found("record"),
+            RecordError::KeyTaken => ApiError::conflict("key_taken", message),
             RecordError::IdTaken { record_type } => ApiError::conflict(
                 "id_taken",
                 format!("the record id is taken by a {record_type}"),

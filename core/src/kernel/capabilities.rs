@@ -64,6 +64,7 @@ impl Capabilities for Connector {
             call_root: Uuid::now_v7(),
             origin,
             created: AtomicU32::new(0),
+            creations: AtomicU32::new(0),
         }))
     }
 }
@@ -84,8 +85,11 @@ pub(super) struct KernelServices {
     call_root: Uuid,
     /// Set when the dispatcher makes the call: writes are idempotent per origin.
     origin: Option<Origin>,
-    /// Records and events created so far in this call (numbers derived ids).
+    /// Records and events created so far in this call with ids from `next_id` (numbers
+    /// derived ids).
     created: AtomicU32,
+    /// Everything created so far in this call, keyed records too (the dispatcher's cap).
+    creations: AtomicU32,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> HostError {
@@ -102,6 +106,9 @@ fn record_error(e: RecordError, hidden: &[String]) -> HostError {
         RecordError::VersionConflict { current } => {
             HostError::Conflict(format!("the record is at version {current}; read it again"))
         }
+        RecordError::KeyTaken => HostError::Conflict(
+            "a record exists under this key; read it with keyed-records.get and update it".into(),
+        ),
         RecordError::IdTaken { record_type } => HostError::Conflict(format!(
             "a repeated run of this delivery created a {record_type} here before"
         )),
@@ -199,16 +206,19 @@ impl KernelServices {
     /// The id of the next thing this call creates: derived from the origin when the
     /// dispatcher made the call (the same on a repeated run), fresh otherwise.
     fn next_id(&self) -> Result<NewId, HostError> {
-        let n = self.count_created()?;
+        self.count_created()?;
+        let n = self.created.fetch_add(1, Ordering::SeqCst);
         Ok(match &self.origin {
             Some(origin) => NewId::Derived(origin.derived_id(n)),
             None => NewId::Fresh,
         })
     }
 
-    /// Counts one more record or event this call creates (numbering derived ids).
-    fn count_created(&self) -> Result<u32, HostError> {
-        let n = self.created.fetch_add(1, Ordering::SeqCst);
+    /// Counts one more record or event this call creates, against the cap of a dispatcher
+    /// call. (Derived ids are numbered by their own counter: a keyed create a repeated run
+    /// skips, because it finds the record, must not shift the numbers of what follows.)
+    fn count_created(&self) -> Result<(), HostError> {
+        let n = self.creations.fetch_add(1, Ordering::SeqCst);
         // A call the dispatcher made is one level of an automation chain: its fan-out is
         // capped. Other calls (a schedule's import, a webhook, an action an admin runs) are
         // bounded by the installation's record-writes and events quotas alone.
@@ -217,7 +227,7 @@ impl KernelServices {
                 "one call creates at most {MAX_CREATED_PER_CALL} records and events"
             )));
         }
-        Ok(n)
+        Ok(())
     }
 
     fn parse_data(&self, data: &str) -> Result<Value, HostError> {
@@ -433,14 +443,9 @@ impl HostServices for KernelServices {
             let store = &self.kernel.store;
             // The key's id is reserved first: a run that dies before the record is written
             // leaves the reservation, and the next create writes the record under it.
+            let candidate = Uuid::now_v7();
             let id = store
-                .reserve_record_key(
-                    &self.scope,
-                    &self.active.plugin_id,
-                    record_type,
-                    key,
-                    Uuid::now_v7(),
-                )
+                .reserve_record_key(&self.scope, &self.active.plugin_id, record_type, key, candidate)
                 .await
                 .map_err(unavailable)?;
             if store
@@ -455,18 +460,27 @@ impl HostServices for KernelServices {
             }
             let hidden = self.hidden(record_type).await?;
             let new = NewRecord {
-                id: NewId::Derived(id),
+                id: NewId::Keyed(id),
                 record_type: record_type.to_string(),
                 stage: stage.map(str::to_string),
                 data,
             };
-            let row = self
-                .kernel
-                .records()
-                .create(&self.context(), new)
-                .await
-                .map_err(|e| record_error(e, &[]))?;
-            Ok(to_plugin(row, &hidden))
+            match self.kernel.records().create(&self.context(), new).await {
+                Ok(row) => Ok(to_plugin(row, &hidden)),
+                Err(e) => {
+                    // Refused (a type, stage or field the record type does not allow): the
+                    // reservation this call made goes too, so refused creates leave no rows.
+                    // One another call made, or one kept after a transient failure, stays.
+                    if id == candidate && !e.is_transient() && !matches!(e, RecordError::KeyTaken)
+                        && let Err(release) = store
+                            .release_record_key(&self.scope, &self.active.plugin_id, record_type, key, id)
+                            .await
+                    {
+                        tracing::warn!(error = %release, "could not release a record key");
+                    }
+                    Err(record_error(e, &[]))
+                }
+            }
         })
     }
 
@@ -491,7 +505,7 @@ impl HostServices for KernelServices {
             .map_err(|e| invalid_fields(vec![e], &[], None))?;
         let kind = format!("plugin.{}.{kind}", self.active.plugin_id);
         let id = match self.next_id()? {
-            NewId::Derived(id) => id,
+            NewId::Derived(id) | NewId::Keyed(id) => id,
             NewId::Fresh => Uuid::now_v7(),
         };
         self.handle

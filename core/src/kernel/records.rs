@@ -68,6 +68,9 @@ pub enum NewId {
     /// Derived from an origin (see [`Origin::derived_id`]): a record already stored under
     /// it is the result of an earlier run of the same work, and is returned as it is.
     Derived(Uuid),
+    /// Reserved for a plugin's key (`keyed-records`): a record already stored under it was
+    /// created by another call, [`RecordError::KeyTaken`].
+    Keyed(Uuid),
 }
 
 /// A record to create.
@@ -108,12 +111,19 @@ impl Records<'_> {
     /// Creates a record: checked against its type's schema and pipeline, scored when it is
     /// a lead.
     pub async fn create(&self, ctx: &WriteContext, new: NewRecord) -> RecordResult<RecordRow> {
-        let (id, derived) = match new.id {
-            NewId::Fresh => (Uuid::now_v7(), false),
-            NewId::Derived(id) => (id, true),
+        let (id, derived, keyed) = match new.id {
+            NewId::Fresh => (Uuid::now_v7(), false, false),
+            NewId::Derived(id) => (id, true, false),
+            NewId::Keyed(id) => (id, false, true),
         };
-        if derived && let Some(row) = self.made_before(ctx, id, &new.record_type).await? {
-            return Ok(row);
+        if (derived || keyed)
+            && let Some(row) = self.made_before(ctx, id, &new.record_type).await?
+        {
+            return if keyed {
+                Err(RecordError::KeyTaken)
+            } else {
+                Ok(row)
+            };
         }
         let stage = self
             .rules()
@@ -154,10 +164,16 @@ impl Records<'_> {
             Ok(WriteOutcome::Created(row)) => Ok(row),
             Ok(other) => Err(unexpected(other)),
             Err(e) => {
-                // A concurrent run of the same work may have created it first.
-                if derived && let Ok(Some(row)) = self.made_before(ctx, id, &new.record_type).await
+                // A concurrent run of the same work may have created it first (for a key:
+                // another call did, and this one's data was not written).
+                if (derived || keyed)
+                    && let Ok(Some(row)) = self.made_before(ctx, id, &new.record_type).await
                 {
-                    return Ok(row);
+                    return if keyed {
+                        Err(RecordError::KeyTaken)
+                    } else {
+                        Ok(row)
+                    };
                 }
                 Err(e.into())
             }

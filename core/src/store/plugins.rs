@@ -636,7 +636,8 @@ impl Store {
     }
 
     /// Reserves `candidate` as the record id of `key`, unless the key has one already;
-    /// returns the key's id either way. One statement, so concurrent callers agree.
+    /// returns the key's id either way (it is `candidate` when this call reserved it). One
+    /// statement, so concurrent callers agree.
     pub async fn reserve_record_key(
         &self,
         scope: &TenantScope,
@@ -663,6 +664,31 @@ impl Store {
         self.record_key(scope, plugin_id, record_type, key)
             .await?
             .ok_or_else(|| StoreError::Corrupt("a reserved record key vanished".into()))
+    }
+
+    /// Drops a key's reservation of `record_id` (its record could not be written).
+    pub async fn release_record_key(
+        &self,
+        scope: &TenantScope,
+        plugin_id: &str,
+        record_type: &str,
+        key: &str,
+        record_id: Uuid,
+    ) -> StoreResult<()> {
+        on_pool!(self.pool(), pool => {
+            sqlx::query(
+                "DELETE FROM record_keys
+                 WHERE tenant_id = $1 AND plugin_id = $2 AND record_type = $3 AND key = $4 AND record_id = $5",
+            )
+            .bind(scope.tenant_id())
+            .bind(plugin_id)
+            .bind(record_type)
+            .bind(key)
+            .bind(record_id)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
     }
 
     pub async fn kv_get(

@@ -193,8 +193,17 @@ fn refresh_invoices(
                     },
                 };
                 let is_voided = voided.contains(&invoice_id);
-                if apply_invoice(&job_id, &invoice, is_voided, settings)? {
-                    updated += 1;
+                match apply_invoice(&job_id, &invoice, is_voided, settings) {
+                    Ok(true) => updated += 1,
+                    Ok(false) => {}
+                    // The job is gone (deleted in StreamFlow): nothing to update, and the
+                    // others still are.
+                    Err(Error::InvalidInput(m)) => {
+                        log::warn(&format!("invoice {invoice_id}: {m}"));
+                        forget(&mapping);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 }
                 let view = invoice_view(&invoice);
                 if is_voided || view["payment_status"] == "paid" {
@@ -303,7 +312,11 @@ fn invoice_job(job_id: &str, settings: &Settings) -> Result<Value, Error> {
     let company = qbo::company()?;
     // QuickBooks answers a repeated requestid with its first answer, a refusal included:
     // after a refusal (the admin fixes the job, then retries) the requests need new ids.
-    let attempt: u32 = kv::get_json(&format!("attempt:{job_id}"))?.unwrap_or(0);
+    // Kept on the job (state, not a cache: it must survive a full kv).
+    let attempt = data
+        .pointer("/quickbooks/attempt")
+        .and_then(Value::as_u64)
+        .unwrap_or(0) as u32;
     let customer_id = customer_for(&company, job_id, attempt, &data, settings)?;
     let lines = lines_for(&company, &data, settings)?;
     let txn_date = job_date(&data, job.updated_at);
@@ -327,10 +340,8 @@ fn invoice_job(job_id: &str, settings: &Settings) -> Result<Value, Error> {
     let invoice_id =
         id_of(&invoice).ok_or_else(|| Error::Failed("QuickBooks' invoice has no Id".into()))?;
     remember(&format!("invoice:{invoice_id}"), job_id);
-    if attempt > 0 {
-        forget(&format!("attempt:{job_id}"));
-    }
     let mut view = invoice_view(&invoice);
+    view.insert("refused".into(), Value::Null);
     view.insert("realm_id".into(), json!(company.realm));
     view.insert("customer_id".into(), json!(customer_id));
     let view = Value::Object(view);
@@ -479,6 +490,10 @@ fn apply_invoice(
 ) -> Result<bool, Error> {
     let job = job(job_id)?;
     let data = job.json()?;
+    // The job's own invoice only (a mapping or note that names another changes nothing).
+    if invoice_of(&data).is_some_and(|own| Some(own) != id_of(invoice)) {
+        return Ok(false);
+    }
     let view = invoice_view(invoice);
     if let Some(stored) = data.get("quickbooks")
         && !is_newer(&view, stored)
@@ -694,22 +709,22 @@ fn customer_for(
 /// attempt (once the admin has fixed what was refused) sends new requestids; a reference
 /// QuickBooks no longer has (2500, 610: a deleted item or customer) is looked up again.
 fn refused(job_id: &str, attempt: u32, e: QboError, data: &Value, settings: &Settings) -> Error {
+    let error: Error = e.clone().into();
     if let QboError::Fault { code, .. } = &e {
-        let forgotten = kv::set_json(&format!("attempt:{job_id}"), &(attempt + 1)).and_then(|()| {
-            if code == "2500" || code == "610" {
-                forget_references(data, settings)
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(k) = forgotten {
-            log::warn(&format!(
-                "could not note the refusal of job {job_id}: {}",
-                host_message(&k)
-            ));
+        // On the job, with QuickBooks' words: the admin sees why, and the next attempt's
+        // requestids are new. Should this write fail, the refusal is reported all the same
+        // (and the next try is refused again, until it is written).
+        let noted = json!({"attempt": attempt + 1, "refused": clip(&error.to_string(), 500)});
+        if let Err(w) = write_back(job_id, &noted, None) {
+            log::warn(&format!("could not note the refusal on job {job_id}: {w}"));
+        }
+        if (code == "2500" || code == "610")
+            && let Err(k) = forget_references(data, settings)
+        {
+            log::warn(&format!("cached ids not dropped: {}", host_message(&k)));
         }
     }
-    e.into()
+    error
 }
 
 /// Drops the cached ids of the job's customer and items.
