@@ -28,6 +28,8 @@ pub mod st;
 use st::{StError, Tenant, id_text};
 
 const CURSOR: &str = "import:cursor";
+/// Jobs one webhook delivery has read (each a request of the call's quota).
+const MAX_WEBHOOK_JOBS: usize = 20;
 /// How far before a sweep's start the next sweep looks (clock skew between us and
 /// ServiceTitan, and changes committed while the sweep ran).
 const OVERLAP_SECONDS: i64 = 300;
@@ -171,7 +173,13 @@ impl Plugin for ServiceTitan {
         let tenant = st::tenant()?;
         let settings = settings()?;
         let mut stored = 0;
-        for id in ids.iter().take(20) {
+        if ids.len() > MAX_WEBHOOK_JOBS {
+            log::warn(&format!(
+                "a delivery named {} jobs; the first {MAX_WEBHOOK_JOBS} are read now, the rest at the next import",
+                ids.len()
+            ));
+        }
+        for id in ids.iter().take(MAX_WEBHOOK_JOBS) {
             // The delivery says which job changed; the job as ServiceTitan has it now is
             // what is stored (a late or repeated delivery cannot store an older state).
             match tenant.send(
