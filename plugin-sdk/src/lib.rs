@@ -531,6 +531,17 @@ pub mod secrets {
 }
 
 /// What remains of this call's quotas. Needs no grant.
+/// The plugin's own schedules. Needs no grant.
+pub mod schedules {
+    use crate::HostError;
+
+    /// Asks for the next run of the manifest's schedule `id` within about a minute (for
+    /// work left over: an import its quotas paused); the usual interval resumes after it.
+    pub fn soon(id: &str) -> Result<(), HostError> {
+        crate::bindings::streamflow::plugin::schedule_control::soon(id)
+    }
+}
+
 pub mod limits {
     pub use crate::bindings::streamflow::plugin::limits::QuotasLeft as Remaining;
 

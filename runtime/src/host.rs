@@ -192,6 +192,11 @@ pub trait HostServices: Send + Sync {
     ) -> Result<PluginRecord, HostError> {
         Err(unavailable())
     }
+    /// `schedule-control.soon` (0.2.0): the next run of one of the installation's schedules
+    /// within about a minute.
+    fn schedule_soon(&self, _schedule: &str) -> Result<(), HostError> {
+        Err(unavailable())
+    }
     /// `http.send` (0.2.0): the runtime has checked the grant and the request quota; the
     /// implementation checks the manifest's hosts, the address and the connection.
     fn http_send(&self, _request: OutboundRequest) -> Result<HttpResponse, HostError> {

@@ -157,7 +157,7 @@ pub fn check(manifest: &Manifest, info: &ComponentInfo) -> Result<(), PackageErr
                 "kv" => &[Capability::Kv],
                 "records" | "keyed-records" => &[Capability::RecordsRead, Capability::RecordsWrite],
                 "events" => &[Capability::Events],
-                "limits" => &[],
+                "limits" | "schedule-control" => &[],
                 "http" | "connections" => &[Capability::Http],
                 "secrets" => &[Capability::Secrets],
                 _ => {

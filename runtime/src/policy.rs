@@ -314,6 +314,18 @@ impl HostState {
         self.timed(|| services.record_update(record_type, id, stage, data, expected_version))
     }
 
+    /// `schedule-control.soon`: no grant (a plugin's schedules are its own); the services
+    /// check that the manifest declares it.
+    pub(crate) fn schedule_soon(&mut self, schedule: &str) -> Result<(), HostError> {
+        if schedule.is_empty() || schedule.len() > 64 {
+            return Err(HostError::Invalid(
+                "name one of the manifest's schedules".into(),
+            ));
+        }
+        let services = self.call.services.clone();
+        self.timed(|| services.schedule_soon(schedule))
+    }
+
     pub(crate) fn record_get_keyed(
         &mut self,
         record_type: &str,

@@ -56,6 +56,12 @@ fn plugin_failure(e: types::PluginError) -> Failure {
 
 shared_bindings!();
 
+impl streamflow::plugin::schedule_control::Host for HostState {
+    fn soon(&mut self, schedule: String) -> Result<(), types::HostError> {
+        self.schedule_soon(&schedule).map_err(host_error)
+    }
+}
+
 impl streamflow::plugin::keyed_records::Host for HostState {
     fn get(
         &mut self,

@@ -39,7 +39,13 @@ struct World {
 async fn world(backend: Backend) -> Option<World> {
     crate::integrations::capture_logs();
     let fake = FakeSt::start().await;
-    let srv = TestServer::start_with(backend, config_for(fake.port, &fake_st::HOSTS)).await?;
+    // Runs are made by the tests alone (a scheduled run meanwhile would hold the lease).
+    let tweak = config_for(fake.port, &fake_st::HOSTS);
+    let srv = TestServer::start_with(backend, |c| {
+        tweak(c);
+        c.scheduler = false;
+    })
+    .await?;
     let api = Api::new(&srv.base);
     let provider = api.provider(PROVIDER_EMAIL, PROVIDER_PASSWORD).await;
     let body = api
@@ -185,6 +191,20 @@ impl World {
     }
 }
 
+/// When a business's ServiceTitan import runs next (microseconds).
+async fn next_run(srv: &TestServer, slug: &str) -> i64 {
+    streamflow::on_pool!(streamflow::store::test_support::pool(&srv.state.store), pool => {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT s.next_run_at FROM plugin_schedules s JOIN tenants t ON t.id = s.tenant_id \
+             WHERE t.slug = $1 AND s.plugin_id = 'servicetitan'",
+        )
+        .bind(slug)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    })
+}
+
 fn ids(records: &[Value]) -> std::collections::BTreeMap<String, usize> {
     let mut seen = std::collections::BTreeMap::new();
     for r in records {
@@ -321,6 +341,47 @@ async fn imports_resume_and_never_duplicate(backend: Backend) {
     assert_eq!(jobs.len(), 1000);
     assert!(ids(&jobs).values().all(|n| *n == 1));
     assert_eq!(w.all(&owner, "contact").await.len(), 100);
+
+    // With the manifest's read quota a sweep needs several runs: a run its quotas pause
+    // asks for the next within a minute instead of at the next interval (15 minutes).
+    let (status, body) = w
+        .api
+        .call(
+            Method::PUT,
+            &format!("/provider/tenants/titan/plugins/{ID}"),
+            Some(&w.provider),
+            Some(json!({"grants": GRANTS, "quotas": {"record-writes": 1000}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    w.api
+        .ok(
+            Method::POST,
+            &format!("/api/plugins/{ID}/actions/restart-import"),
+            &owner,
+            Some(json!({"input": {}})),
+        )
+        .await;
+    let run = w.run_import(&owner).await;
+    assert_eq!(run["status"], "ok", "{run}");
+    assert!(
+        w.cursor(&owner).await["last_completed"].is_null(),
+        "paused, not done"
+    );
+    let next = next_run(&w.srv, "titan").await;
+    let now = streamflow::store::now_micros();
+    assert!(
+        next - now <= 61_000_000,
+        "next run in {} s",
+        (next - now) / 1_000_000
+    );
+    assert!(
+        next - now >= 55_000_000,
+        "not sooner than a minute: {} s",
+        (next - now) / 1_000_000
+    );
+    w.import_all(&owner, 10).await;
+    assert_eq!(w.all(&owner, "job").await.len(), 1000);
 
     // The other business's ServiceTitan tenant was never asked for, and it has nothing yet.
     assert!(w.fake.pages_of("9920", "jobs").is_empty());

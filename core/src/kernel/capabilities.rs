@@ -404,6 +404,24 @@ impl HostServices for KernelServices {
         })
     }
 
+    fn schedule_soon(&self, schedule: &str) -> Result<(), HostError> {
+        if !self.active.manifest.schedules.contains_key(schedule) {
+            return Err(HostError::Invalid(format!(
+                "{schedule:?} is not one of this plugin's schedules"
+            )));
+        }
+        let at = crate::store::now_micros()
+            + streamflow_runtime::integration::MIN_SCHEDULE.as_micros() as i64;
+        self.handle.block_on(async {
+            self.kernel
+                .store
+                .schedule_soon(&self.scope, &self.active.plugin_id, schedule, at)
+                .await
+                .map_err(unavailable)
+                .map(|_| ())
+        })
+    }
+
     fn record_get_keyed(
         &self,
         record_type: &str,

@@ -768,6 +768,31 @@ impl Store {
         }
     }
 
+    /// Brings a schedule's next run forward to `at` (never later than it already was).
+    /// Returns whether the installation has that schedule.
+    pub async fn schedule_soon(
+        &self,
+        scope: &TenantScope,
+        plugin_id: &str,
+        schedule_id: &str,
+        at: i64,
+    ) -> StoreResult<bool> {
+        let done = on_pool!(self.pool(), pool => {
+            sqlx::query(
+                "UPDATE plugin_schedules SET next_run_at = CASE WHEN next_run_at > $1 THEN $1 ELSE next_run_at END \
+                 WHERE tenant_id = $2 AND plugin_id = $3 AND schedule_id = $4",
+            )
+            .bind(at)
+            .bind(scope.tenant_id())
+            .bind(plugin_id)
+            .bind(schedule_id)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(done > 0)
+    }
+
     /// Releases a schedule's lease without a run (its installation was disabled or its
     /// tenant suspended when it came due).
     pub async fn release_schedule(

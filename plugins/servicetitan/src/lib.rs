@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use streamflow_plugin_sdk::text::{clip, url_encode};
 use streamflow_plugin_sdk::{
-    Error, Event, HostError, HttpRequest, HttpResponse, Plugin, ScheduleTick, kv, limits, log,
-    records,
+    Error, Event, HostError, HttpRequest, HttpResponse, Plugin, ScheduleTick, host_message, kv,
+    limits, log, records, schedules,
 };
 
 pub mod st;
@@ -317,6 +317,14 @@ fn import(settings: &Settings, now: i64) -> Result<Outcome, Error> {
             || left.wall_ms < 5_000
         {
             kv::set_json(CURSOR, &cursor)?;
+            // More to do than one run can store: the next run comes in a minute, not at
+            // the next interval.
+            if let Err(e) = schedules::soon("import") {
+                log::warn(&format!(
+                    "could not ask for the next run sooner: {}",
+                    host_message(&e)
+                ));
+            }
             return Ok(Outcome::Paused {
                 reason: "this run's quota is used".into(),
                 cursor,
