@@ -380,6 +380,26 @@ async fn imports_resume_and_never_duplicate(backend: Backend) {
         "not sooner than a minute: {} s",
         (next - now) / 1_000_000
     );
+    // Where the provider set the interval, its pace wins.
+    let (status, body) = w
+        .api
+        .call(
+            Method::PUT,
+            &format!("/provider/tenants/titan/plugins/{ID}"),
+            Some(&w.provider),
+            Some(json!({"grants": GRANTS, "schedules": {"import": "1h"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let run = w.run_import(&owner).await;
+    assert_eq!(run["status"], "ok", "{run}");
+    let next = next_run(&w.srv, "titan").await;
+    let now = streamflow::store::now_micros();
+    assert!(
+        next - now > 3_000_000_000,
+        "next run in {} s",
+        (next - now) / 1_000_000
+    );
     w.import_all(&owner, 10).await;
     assert_eq!(w.all(&owner, "job").await.len(), 1000);
 

@@ -410,6 +410,12 @@ impl HostServices for KernelServices {
                 "{schedule:?} is not one of this plugin's schedules"
             )));
         }
+        if self.active.overrides.schedules.contains_key(schedule) {
+            // The provider chose this installation's pace: the plugin cannot quicken it.
+            return Err(HostError::Denied(format!(
+                "the provider set the interval of schedule {schedule:?} for this installation; it runs no sooner"
+            )));
+        }
         let at = crate::store::now_micros()
             + streamflow_runtime::integration::MIN_SCHEDULE.as_micros() as i64;
         self.handle.block_on(async {
