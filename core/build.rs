@@ -19,6 +19,7 @@ const BUNDLED_PLUGINS: &[&str] = &[
     "lead-followup",
     "quickbooks",
     "servicetitan",
+    "sam-gov",
 ];
 
 fn main() {

@@ -70,8 +70,13 @@ impl Api {
         body["access_token"].as_str().unwrap().to_string()
     }
 
-    /// A tenant on the HVAC template with a user of `role`; returns the user's token.
+    /// A tenant on the HVAC template with an owner; returns the owner's token.
     pub async fn tenant(&self, provider: &str, slug: &str) -> String {
+        self.tenant_on(provider, slug, "hvac").await
+    }
+
+    /// A tenant on `template` with an owner; returns the owner's token.
+    pub async fn tenant_on(&self, provider: &str, slug: &str, template: &str) -> String {
         self.ok(
             Method::POST,
             "/provider/tenants",
@@ -83,7 +88,7 @@ impl Api {
             Method::POST,
             &format!("/provider/tenants/{slug}/template"),
             provider,
-            Some(json!({"id": "hvac"})),
+            Some(json!({"id": template})),
         )
         .await;
         let email = format!("owner-{}@{slug}.test", uuid::Uuid::new_v4().simple());

@@ -196,6 +196,21 @@ pub(crate) async fn record_keys(srv: &TestServer, plugin: &str) -> i64 {
     })
 }
 
+/// Every kv value of one plugin, as text.
+pub(crate) async fn plugin_kv_of(srv: &TestServer, plugin: &str) -> String {
+    streamflow::on_pool!(streamflow::store::test_support::pool(&srv.state.store), pool => {
+        let rows: Vec<(String, Vec<u8>)> =
+            sqlx::query_as("SELECT key, value FROM plugin_kv WHERE plugin_id = $1")
+                .bind(plugin)
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        rows.into_iter()
+            .map(|(k, v)| format!("{k}={}\n", String::from_utf8_lossy(&v)))
+            .collect()
+    })
+}
+
 /// Every kv value of the QuickBooks and ServiceTitan plugins, as text.
 pub(crate) async fn plugin_kv(srv: &TestServer) -> String {
     streamflow::on_pool!(streamflow::store::test_support::pool(&srv.state.store), pool => {
