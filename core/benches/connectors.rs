@@ -12,8 +12,12 @@
 //!   run stores up to 1,000 records), against the same pages fetched straight from the fake
 //!   and the same number of records created straight through the kernel.
 //!
+//! - **SAM.gov import**: `BENCH_NOTICES` (5,000) opportunities imported as scored leads by
+//!   runs of the `import` schedule (pages of 1,000), against the same pages fetched straight
+//!   from the fake.
+//!
 //! Run: `cargo bench -p streamflow --bench connectors` (prints Markdown tables);
-//! `BENCH_ONLY=invoices|import` picks one part.
+//! `BENCH_ONLY=invoices|import|sam` picks one part.
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +36,9 @@ mod fake;
 #[allow(dead_code)]
 #[path = "../../tests/e2e/fake_qbo.rs"]
 mod fake_qbo;
+#[allow(dead_code)]
+#[path = "../../tests/e2e/fake_sam.rs"]
+mod fake_sam;
 #[allow(dead_code)]
 #[path = "../../tests/e2e/fake_st.rs"]
 mod fake_st;
@@ -342,6 +349,111 @@ async fn import(
     );
 }
 
+async fn sam(api: &Api, provider: &str, fake: &fake_sam::FakeSam) {
+    let n: usize = env_or("BENCH_NOTICES", 5000);
+    api.ok(
+        Method::PUT,
+        "/provider/plugins/sam-gov/connections/sam",
+        provider,
+        Some(json!({"urls": {"api": fake.url("")}})),
+    )
+    .await;
+    let owner = api
+        .tenant_on(provider, "bench-sam", "gov-contracting")
+        .await;
+    let (status, body) = api
+        .call(
+            Method::PUT,
+            "/provider/tenants/bench-sam/plugins/sam-gov",
+            Some(provider),
+            Some(json!({
+                "grants": ["http", "kv", "records:read", "records:read-pii", "records:write"],
+                "config": {"naics": ["561210"], "daily_requests": 100000, "page_size": 1000},
+                "quotas": {"record-writes": 1000, "record-reads": 2000, "wall-ms": 120000},
+            })),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{body}");
+    api.ok(
+        Method::PUT,
+        "/api/connections/sam-gov/sam",
+        &owner,
+        Some(json!({"credentials": {"api_key": fake_sam::API_KEY}})),
+    )
+    .await;
+    let today = time::OffsetDateTime::now_utc().date();
+    fake.publish("B", n, "561210", today);
+    let started = Instant::now();
+    let mut runs = 0;
+    loop {
+        runs += 1;
+        let run = api
+            .ok(
+                Method::POST,
+                "/api/plugins/sam-gov/schedules/import/run",
+                &owner,
+                None,
+            )
+            .await;
+        assert_eq!(run["status"], "ok", "{run}");
+        let status = api
+            .ok(
+                Method::POST,
+                "/api/plugins/sam-gov/actions/import-status",
+                &owner,
+                Some(json!({"input": {}})),
+            )
+            .await;
+        if status["output"]["cursor"]["last_completed"].is_string() {
+            break;
+        }
+        assert!(runs < 100, "the import does not finish: {status}");
+    }
+    let import_total = started.elapsed();
+    let http = reqwest::Client::new();
+    let from = (today - time::Duration::days(30))
+        .format(time::macros::format_description!("[month]/[day]/[year]"))
+        .unwrap();
+    let to = today
+        .format(time::macros::format_description!("[month]/[day]/[year]"))
+        .unwrap();
+    let started = Instant::now();
+    let mut fetched = 0;
+    for page in 0.. {
+        let url = format!(
+            "http://127.0.0.1:{}/opportunities/v2/search?api_key={}&postedFrom={from}&postedTo={to}&ncode=561210&limit=1000&offset={page}",
+            fake.port,
+            fake_sam::API_KEY
+        );
+        let answer = http.get(url).send().await.unwrap();
+        if answer.status() == 404 {
+            break;
+        }
+        let body: Value = answer.json().await.unwrap();
+        let got = body["opportunitiesData"].as_array().unwrap().len();
+        fetched += got;
+        if got < 1000 {
+            break;
+        }
+    }
+    let fetch_total = started.elapsed();
+    assert_eq!(fetched, n);
+    println!("\n### SAM.gov import ({n} opportunities, pages of 1,000)\n");
+    println!("| path | records/s | total |\n|---|---:|---:|");
+    let row = |name: &str, t: Duration| {
+        println!(
+            "| {name} | {:.0} | {:.2} s |",
+            n as f64 / t.as_secs_f64(),
+            t.as_secs_f64()
+        )
+    };
+    row("pages fetched straight from the fake", fetch_total);
+    row(
+        &format!("the plugin's import, each lead scored ({runs} runs)"),
+        import_total,
+    );
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -352,12 +464,18 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let qbo = fake_qbo::FakeQbo::start().await;
         let st = fake_st::FakeSt::start().await;
+        let sam_fake = fake_sam::FakeSam::start().await;
         let localhost: std::net::IpAddr = "127.0.0.1".parse().unwrap();
         let mut allow: Vec<(String, u16)> = fake_qbo::HOSTS
             .iter()
             .map(|h| (h.to_string(), qbo.port))
             .collect();
         allow.extend(fake_st::HOSTS.iter().map(|h| (h.to_string(), st.port)));
+        allow.extend(
+            fake_sam::HOSTS
+                .iter()
+                .map(|h| (h.to_string(), sam_fake.port)),
+        );
         let config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: format!("sqlite://{}", dir.path().join("bench.db").display()),
@@ -394,6 +512,9 @@ fn main() {
         }
         if wanted("import") {
             import(&api, &provider, &st, &state).await;
+        }
+        if wanted("sam") {
+            sam(&api, &provider, &sam_fake).await;
         }
     });
 }
