@@ -368,7 +368,7 @@ async fn sam(api: &Api, provider: &str, fake: &fake_sam::FakeSam) {
             Some(provider),
             Some(json!({
                 "grants": ["http", "kv", "records:read", "records:read-pii", "records:write"],
-                "config": {"naics": ["561210"], "daily_requests": 100000, "page_size": 1000},
+                "config": {"naics": ["561210"], "daily_requests": 10000, "page_size": 1000},
                 "quotas": {"record-writes": 1000, "record-reads": 2000, "wall-ms": 120000},
             })),
         )
