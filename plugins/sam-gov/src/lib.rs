@@ -68,6 +68,9 @@ pub struct Cursor {
     pub last_completed: Option<String>,
     /// Why the last run stopped early, if it did.
     pub paused: Option<String>,
+    /// This window's page size.
+    #[serde(default)]
+    pub page_size: u32,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -171,7 +174,28 @@ fn import(settings: &Settings, now: i64) -> Result<(), Error> {
     } else {
         settings.naics.iter().map(|n| Some(n.as_str())).collect()
     };
-    let page_size = settings.page_size.clamp(1, 1000);
+    // Pages are numbered by their size, so it holds for a whole window; it is what one run
+    // can store, and, with descriptions (a request each), what one run and one day's cap
+    // can fetch.
+    let left = limits::remaining();
+    let mut fits = settings
+        .page_size
+        .clamp(1, 1000)
+        .min(left.record_writes.max(1))
+        .min(left.record_reads.max(1));
+    if settings.fetch_descriptions {
+        fits = fits
+            .min(left.http_requests.saturating_sub(1).max(1))
+            .min(settings.daily_requests.saturating_sub(1).max(1));
+    }
+    if cursor.page_size == 0 || (cursor.page == 0 && cursor.page_size != fits) {
+        cursor.page_size = fits;
+    } else if cursor.page_size > fits {
+        // The quotas were lowered mid-query: that query again, in pages that fit.
+        cursor.page_size = fits;
+        cursor.page = 0;
+    }
+    let page_size = cursor.page_size;
     while let Some(naics) = queries.get(cursor.query).copied() {
         let left = limits::remaining();
         // A notice costs a read and a write (a lead the record type refuses is written
