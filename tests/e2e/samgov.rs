@@ -256,37 +256,43 @@ async fn the_daily_cap_a_429_and_a_refused_key_stop_the_import_plainly() {
         "no request past the cap"
     );
 
-    // SAM.gov's own limit (429) ends a run without an error; the cursor stays.
-    let config = json!({"naics": [NAICS], "daily_requests": 1000, "page_size": 10, "fetch_descriptions": true});
+    // SAM.gov's own limit (429) ends a run without an error, and no more requests are made
+    // that day; the cursor stays.
+    let config = json!({"naics": [NAICS], "daily_requests": 1000, "page_size": 10});
     let other = w.business("throttled", config, fake_sam::API_KEY).await;
     w.fake.state.daily_cap.store(0, Ordering::SeqCst);
     let answer = w.run(&other).await;
     assert_eq!(answer["status"], "ok", "{answer}");
+    let status = w.status(&other).await;
     assert!(
-        w.status(&other).await["cursor"]["paused"]
-            .as_str()
-            .unwrap()
-            .contains("429")
+        status["cursor"]["paused"].as_str().unwrap().contains("429"),
+        "{status}"
     );
-    // Allowed again: the descriptions come from their own address, with the key added by
-    // the host.
-    // (A page of 10 with their descriptions is 11 requests: one page a run fits the
-    // manifest's 20 requests, and each run asks for the next sooner.)
+    assert_eq!(status["requests_today"]["requests"], 1000, "{status}");
+    let asked = w.fake.state.requests.load(Ordering::SeqCst);
+    w.run(&other).await;
+    assert_eq!(w.fake.state.requests.load(Ordering::SeqCst), asked);
+    assert!(w.leads(&other).await.is_empty());
+
+    // Descriptions come from their own address, with the key added by the host. (A page of
+    // 10 with their descriptions is 11 requests: one page a run fits the manifest's 20
+    // requests, and each run asks for the next sooner.)
     w.fake.state.daily_cap.store(100_000, Ordering::SeqCst);
+    let config = json!({"naics": [NAICS], "daily_requests": 1000, "page_size": 10, "fetch_descriptions": true});
+    let described = w.business("described", config, fake_sam::API_KEY).await;
     for _ in 0..5 {
-        let answer = w.run(&other).await;
+        let answer = w.run(&described).await;
         assert_eq!(answer["status"], "ok", "{answer}");
-        if w.status(&other).await["cursor"]["last_completed"].is_string() {
+        if w.status(&described).await["cursor"]["last_completed"].is_string() {
             break;
         }
     }
-    let leads = w.leads(&other).await;
+    let leads = w.leads(&described).await;
     assert_eq!(leads.len(), 30);
     assert!(
-        leads[0]["data"]["sam"]["description"]
+        leads.iter().all(|l| l["data"]["sam"]["description"]
             .as_str()
-            .unwrap()
-            .contains("Scope of work"),
+            .is_some_and(|d| d.contains("Scope of work"))),
         "{}",
         leads[0]
     );

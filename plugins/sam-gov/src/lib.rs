@@ -251,6 +251,10 @@ fn import(settings: &Settings, now: i64) -> Result<(), Error> {
         let page = match search(&url) {
             Ok(page) => page,
             Err(Stop::Throttled) => {
+                // The key's day is used up as far as SAM.gov is concerned: no more requests
+                // today (each hourly run would spend one more).
+                usage.requests = usage.requests.max(settings.daily_requests);
+                kv::set_json(USAGE, &usage)?;
                 return pause(
                     &mut cursor,
                     "SAM.gov answered 429 (the key is over its rate)".into(),
@@ -432,16 +436,18 @@ fn notice_type(kind: &str) -> Option<&'static str> {
     }
 }
 
-/// The template's set-aside for SAM.gov's code.
-fn set_aside(code: Option<&str>) -> &'static str {
+/// The template's set-aside for SAM.gov's code: `none` for open competition, nothing for a
+/// restriction the template has no value for (a veterans' or Indian set-aside is not open).
+fn set_aside(code: Option<&str>) -> Option<&'static str> {
     match code {
-        Some("SBA" | "SBP") => "small_business",
-        Some("8A" | "8AN") => "8a",
-        Some("HZC" | "HZS") => "hubzone",
-        Some("SDVOSBC" | "SDVOSBS") => "sdvosb",
-        Some("WOSB" | "WOSBSS") => "wosb",
-        Some("EDWOSB" | "EDWOSBSS") => "edwosb",
-        _ => "none",
+        None => Some("none"),
+        Some("SBA" | "SBP") => Some("small_business"),
+        Some("8A" | "8AN") => Some("8a"),
+        Some("HZC" | "HZS") => Some("hubzone"),
+        Some("SDVOSBC" | "SDVOSBS") => Some("sdvosb"),
+        Some("WOSB" | "WOSBSS") => Some("wosb"),
+        Some("EDWOSB" | "EDWOSBSS") => Some("edwosb"),
+        Some(_) => None,
     }
 }
 
@@ -473,10 +479,9 @@ pub fn mapped(
             core.insert(key.into(), json!(clip(p, 300)));
         }
     }
-    core.insert(
-        "set_aside".into(),
-        json!(set_aside(text(notice, "typeOfSetAside"))),
-    );
+    if let Some(s) = set_aside(text(notice, "typeOfSetAside")) {
+        core.insert("set_aside".into(), json!(s));
+    }
     for (field, from) in [
         ("posted_date", "postedDate"),
         ("response_deadline", "responseDeadLine"),
@@ -665,7 +670,8 @@ mod tests {
         assert_eq!(extra["response_deadline"], "2018-06-01");
         assert_eq!(extra["name"], "Jesse L. Jones");
         assert_eq!(extra["place_of_performance"], "WI");
-        assert_eq!(set_aside(Some("SDVOSBC")), "sdvosb");
+        assert_eq!(set_aside(Some("SDVOSBC")), Some("sdvosb"));
+        assert_eq!(set_aside(Some("VSA")), None);
     }
 
     #[test]
