@@ -245,31 +245,7 @@ async fn import(
     .await;
     let total = (jobs + customers) as f64;
     let started = Instant::now();
-    let mut runs = 0;
-    loop {
-        runs += 1;
-        let run = api
-            .ok(
-                Method::POST,
-                "/api/plugins/servicetitan/schedules/import/run",
-                &owner,
-                None,
-            )
-            .await;
-        assert_eq!(run["status"], "ok", "{run}");
-        let status = api
-            .ok(
-                Method::POST,
-                "/api/plugins/servicetitan/actions/import-status",
-                &owner,
-                Some(json!({"input": {}})),
-            )
-            .await;
-        if status["output"]["cursor"]["last_completed"].is_string() {
-            break;
-        }
-        assert!(runs < 100, "the import does not finish: {status}");
-    }
+    let runs = api.import_until_done(&owner, "servicetitan", 100).await;
     let import_total = started.elapsed();
 
     // The fake alone: the same pages fetched straight from it.
@@ -384,31 +360,7 @@ async fn sam(api: &Api, provider: &str, fake: &fake_sam::FakeSam) {
     let today = time::OffsetDateTime::now_utc().date();
     fake.publish("B", n, "561210", today);
     let started = Instant::now();
-    let mut runs = 0;
-    loop {
-        runs += 1;
-        let run = api
-            .ok(
-                Method::POST,
-                "/api/plugins/sam-gov/schedules/import/run",
-                &owner,
-                None,
-            )
-            .await;
-        assert_eq!(run["status"], "ok", "{run}");
-        let status = api
-            .ok(
-                Method::POST,
-                "/api/plugins/sam-gov/actions/import-status",
-                &owner,
-                Some(json!({"input": {}})),
-            )
-            .await;
-        if status["output"]["cursor"]["last_completed"].is_string() {
-            break;
-        }
-        assert!(runs < 100, "the import does not finish: {status}");
-    }
+    let runs = api.import_until_done(&owner, "sam-gov", 100).await;
     let import_total = started.elapsed();
     let http = reqwest::Client::new();
     let from = (today - time::Duration::days(30))

@@ -87,6 +87,21 @@ pub fn url_encode(text: &str) -> String {
     out
 }
 
+/// A short stable digest of `text` (32 hex digits: two 64-bit FNV-1a hashes), for kv keys
+/// made from names of any length and for telling whether a payload changed. Not a
+/// cryptographic hash: nothing secret or adversarial should depend on it.
+pub fn digest(text: &str) -> String {
+    let mut a: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut b: u64 = 0x6c62_272e_07bb_0142;
+    for byte in text.bytes() {
+        a = (a ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        b = (b ^ byte as u64)
+            .wrapping_mul(0x0000_0100_0000_01b3)
+            .rotate_left(5);
+    }
+    format!("{a:016x}{b:016x}")
+}
+
 #[cfg(test)]
 mod url_tests {
     #[test]
@@ -96,5 +111,15 @@ mod url_tests {
             "select%20%2A%20from%20Customer%20where%20DisplayName%20%3D%20%27Amy%5C%27s%27"
         );
         assert_eq!(super::url_encode("é&="), "%C3%A9%26%3D");
+    }
+
+    #[test]
+    fn digests_are_stable_and_distinct() {
+        assert_eq!(
+            super::digest("king's groceries"),
+            super::digest("king's groceries")
+        );
+        assert_ne!(super::digest("a"), super::digest("b"));
+        assert_eq!(super::digest("x").len(), 32);
     }
 }

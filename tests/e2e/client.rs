@@ -166,6 +166,78 @@ impl Api {
         (answer.status().as_u16(), answer.text().await.unwrap())
     }
 
+    /// Every record of a type, page after page.
+    pub async fn records(&self, token: &str, record_type: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("/api/records/{record_type}?limit=200&cursor={c}"),
+                None => format!("/api/records/{record_type}?limit=200"),
+            };
+            let page = self.ok(Method::GET, &path, token, None).await;
+            out.extend(page["items"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => return out,
+            }
+        }
+    }
+
+    /// Runs a plugin's schedule now, as the scheduler would; the run's answer.
+    pub async fn run_schedule(&self, token: &str, plugin: &str, schedule: &str) -> Value {
+        self.ok(
+            Method::POST,
+            &format!("/api/plugins/{plugin}/schedules/{schedule}/run"),
+            token,
+            None,
+        )
+        .await
+    }
+
+    /// A plugin action's output.
+    pub async fn action_output(
+        &self,
+        token: &str,
+        plugin: &str,
+        action: &str,
+        input: Value,
+    ) -> Value {
+        self.ok(
+            Method::POST,
+            &format!("/api/plugins/{plugin}/actions/{action}"),
+            token,
+            Some(json!({"input": input})),
+        )
+        .await["output"]
+            .clone()
+    }
+
+    /// Runs a plugin's `import` schedule until its `import-status` action shows a newly
+    /// completed sweep (`cursor.last_completed` changed), at most `runs` times, each run
+    /// `ok`; returns how many runs it took.
+    pub async fn import_until_done(&self, token: &str, plugin: &str, runs: usize) -> usize {
+        let last = |status: Value| status["cursor"]["last_completed"].clone();
+        let before = last(
+            self.action_output(token, plugin, "import-status", json!({}))
+                .await,
+        );
+        for n in 1..=runs {
+            let run = self.run_schedule(token, plugin, "import").await;
+            assert_eq!(run["status"], "ok", "{run}");
+            let status = self
+                .action_output(token, plugin, "import-status", json!({}))
+                .await;
+            if last(status) != before {
+                return n;
+            }
+        }
+        let status = self
+            .action_output(token, plugin, "import-status", json!({}))
+            .await;
+        panic!("the {plugin} import did not complete in {runs} runs: {status}");
+    }
+
     pub async fn record(&self, token: &str, record_type: &str, id: &str) -> Value {
         self.ok(
             Method::GET,

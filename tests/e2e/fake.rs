@@ -152,6 +152,14 @@ pub fn basic(headers: &HeaderMap) -> Option<(String, String)> {
     Some((unform(id), unform(secret)))
 }
 
+/// `a=1&b=2` (a form body or a query string) as decoded pairs, in order.
+pub fn form_pairs(text: &str) -> Vec<(String, String)> {
+    text.split('&')
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (url_decode(k), url_decode(v)))
+        .collect()
+}
+
 pub fn url_decode(text: &str) -> String {
     let pairs: Vec<(String, String)> = reqwest::Url::parse(&format!("x:?v={text}"))
         .unwrap()

@@ -20,7 +20,7 @@ use base64::Engine;
 use hmac::Mac;
 use serde_json::{Value, json};
 
-use crate::fake::{basic, url_decode};
+use crate::fake::{basic, form_pairs};
 
 pub const CLIENT_ID: &str = "ABqbo-client-77";
 pub const CLIENT_SECRET: &str = "qbo-client-secret-c0ffee";
@@ -302,11 +302,7 @@ fn issue(state: &QboState, realm: &str) -> Value {
 }
 
 async fn token(State(state): State<Arc<QboState>>, headers: HeaderMap, body: String) -> Response {
-    let form: HashMap<String, String> = body
-        .split('&')
-        .filter_map(|p| p.split_once('='))
-        .map(|(k, v)| (url_decode(k), url_decode(v)))
-        .collect();
+    let form: HashMap<String, String> = form_pairs(&body).into_iter().collect();
     if basic(&headers) != Some((CLIENT_ID.into(), CLIENT_SECRET.into())) {
         return oauth_error("invalid_client");
     }

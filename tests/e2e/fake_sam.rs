@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use crate::fake::url_decode;
+use crate::fake::form_pairs;
 
 pub const HOSTS: [&str; 1] = ["api.sam.gov"];
 pub const API_KEY: &str = "sam-tenant-key-8c41e2";
@@ -108,11 +108,7 @@ fn parse_us(text: &str) -> Option<time::Date> {
 }
 
 fn pairs(raw: Option<String>) -> Vec<(String, String)> {
-    raw.unwrap_or_default()
-        .split('&')
-        .filter_map(|p| p.split_once('='))
-        .map(|(k, v)| (url_decode(k), url_decode(v)))
-        .collect()
+    form_pairs(&raw.unwrap_or_default())
 }
 
 /// The gateway's key check and daily count (api.data.gov's error shape).

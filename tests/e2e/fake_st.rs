@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-use crate::fake::url_decode;
+use crate::fake::form_pairs;
 
 pub const APP_KEY: &str = "ak1.fake-app-key-5e1f";
 pub const HOSTS: [&str; 2] = [
@@ -67,8 +67,7 @@ impl FakeSt {
         let state = Arc::new(StState::default());
         let app = Router::new()
             .route("/connect/token", post(token))
-            .route("/crm/v2/tenant/{tenant}/customers", get(list_customers))
-            .route("/jpm/v2/tenant/{tenant}/jobs", get(list_jobs))
+            .route("/{module}/v2/tenant/{tenant}/{resource}", get(list))
             .route("/jpm/v2/tenant/{tenant}/jobs/{id}", get(get_job))
             .route(
                 "/crm/v2/tenant/{tenant}/booking-provider/{provider}/bookings",
@@ -208,11 +207,7 @@ async fn token(State(state): State<Arc<StState>>, headers: HeaderMap, body: Stri
         )
             .into_response();
     }
-    let form: HashMap<String, String> = body
-        .split('&')
-        .filter_map(|p| p.split_once('='))
-        .map(|(k, v)| (url_decode(k), url_decode(v)))
-        .collect();
+    let form: HashMap<String, String> = form_pairs(&body).into_iter().collect();
     let field = |k: &str| form.get(k).cloned().unwrap_or_default();
     if field("grant_type") != "client_credentials" {
         return (
@@ -338,30 +333,25 @@ fn page_of(
         .into_response()
 }
 
-async fn list_customers(
+/// `GET .../customers` and `GET .../jobs`: the tenant's list of that resource, paged.
+async fn list(
     State(state): State<Arc<StState>>,
-    Path(tenant): Path<String>,
+    Path((module, tenant, resource)): Path<(String, String, String)>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     if let Err(r) = guard(&state, &headers, &tenant) {
         return *r;
     }
-    let items = state.tenants.lock().unwrap()[&tenant].customers.clone();
-    page_of(&state, &tenant, "customers", &items, &q)
-}
-
-async fn list_jobs(
-    State(state): State<Arc<StState>>,
-    Path(tenant): Path<String>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if let Err(r) = guard(&state, &headers, &tenant) {
-        return *r;
-    }
-    let items = state.tenants.lock().unwrap()[&tenant].jobs.clone();
-    page_of(&state, &tenant, "jobs", &items, &q)
+    let items = {
+        let tenants = state.tenants.lock().unwrap();
+        match (module.as_str(), resource.as_str()) {
+            ("crm", "customers") => tenants[&tenant].customers.clone(),
+            ("jpm", "jobs") => tenants[&tenant].jobs.clone(),
+            _ => return problem(404, "No such resource.", json!({})),
+        }
+    };
+    page_of(&state, &tenant, &resource, &items, &q)
 }
 
 async fn get_job(

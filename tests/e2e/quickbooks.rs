@@ -103,20 +103,38 @@ impl World {
         body["id"].as_str().unwrap().to_string()
     }
 
-    /// Moves a job to `completed` (with the fields the stage requires).
-    async fn complete(&self, token: &str, id: &str) {
+    /// Changes a job's data (and stage) at its current version.
+    async fn change_job(
+        &self,
+        token: &str,
+        id: &str,
+        stage: Option<&str>,
+        change: impl FnOnce(&mut Value),
+    ) {
         let job = self.api.record(token, "job", id).await;
         let mut data = job["data"].clone();
-        data["work_performed"] = json!("Replaced the capacitor");
-        data["completed_on"] = json!("2026-12-01");
+        change(&mut data);
+        let mut body = json!({"data": data, "version": job["version"]});
+        if let Some(stage) = stage {
+            body["stage"] = json!(stage);
+        }
         self.api
             .ok(
                 Method::PATCH,
                 &format!("/api/records/job/{id}"),
                 token,
-                Some(json!({"stage": "completed", "data": data, "version": job["version"]})),
+                Some(body),
             )
             .await;
+    }
+
+    /// Moves a job to `completed` (with the fields the stage requires).
+    async fn complete(&self, token: &str, id: &str) {
+        self.change_job(token, id, Some("completed"), |data| {
+            data["work_performed"] = json!("Replaced the capacitor");
+            data["completed_on"] = json!("2026-12-01");
+        })
+        .await;
     }
 
     async fn quickbooks_of(&self, token: &str, id: &str) -> Value {
@@ -172,7 +190,7 @@ impl World {
     async fn assert_plugin_saw_no_credentials(&self, token: &str) {
         let runs = self.api.runs(token).await;
         assert!(!self.fake.leaked(&serde_json::to_string(&runs).unwrap()));
-        let kv = plugin_kv(self.srv()).await;
+        let kv = plugin_kv_of(self.srv(), ID).await;
         assert!(!kv.is_empty());
         assert!(
             !self.fake.leaked(&kv),
@@ -205,21 +223,6 @@ pub(crate) async fn plugin_kv_of(srv: &TestServer, plugin: &str) -> String {
                 .fetch_all(pool)
                 .await
                 .unwrap();
-        rows.into_iter()
-            .map(|(k, v)| format!("{k}={}\n", String::from_utf8_lossy(&v)))
-            .collect()
-    })
-}
-
-/// Every kv value of the QuickBooks and ServiceTitan plugins, as text.
-pub(crate) async fn plugin_kv(srv: &TestServer) -> String {
-    streamflow::on_pool!(streamflow::store::test_support::pool(&srv.state.store), pool => {
-        let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
-            "SELECT key, value FROM plugin_kv WHERE plugin_id IN ('quickbooks', 'servicetitan')",
-        )
-        .fetch_all(pool)
-        .await
-        .unwrap();
         rows.into_iter()
             .map(|(k, v)| format!("{k}={}\n", String::from_utf8_lossy(&v)))
             .collect()
@@ -296,17 +299,10 @@ async fn invoices_exactly_once_and_payments_back(backend: Backend) {
     }
     // The job's mapping lost (as when a call's answer never arrived): the repeat carries
     // the same requestid, and QuickBooks answers with the first invoice.
-    let record = w.api.record(&owner, "job", &job).await;
-    let mut data = record["data"].clone();
-    data.as_object_mut().unwrap().remove("quickbooks");
-    w.api
-        .ok(
-            Method::PATCH,
-            &format!("/api/records/job/{job}"),
-            &owner,
-            Some(json!({"data": data, "version": record["version"]})),
-        )
-        .await;
+    w.change_job(&owner, &job, None, |d| {
+        d.as_object_mut().unwrap().remove("quickbooks");
+    })
+    .await;
     let (status, out) = w
         .action(&owner, "create-invoice", json!({"job_id": job}))
         .await;
@@ -358,17 +354,10 @@ async fn invoices_exactly_once_and_payments_back(backend: Backend) {
     // A stale SyncToken: the invoice was changed in QuickBooks; the update re-reads it.
     let invoice_id = q2["invoice_id"].as_str().unwrap().to_string();
     w.fake.edit_invoice(realm, &invoice_id);
-    let record = w.api.record(&owner, "job", &second).await;
-    let mut data = record["data"].clone();
-    data["line_items"][1]["amount"] = json!(55);
-    w.api
-        .ok(
-            Method::PATCH,
-            &format!("/api/records/job/{second}"),
-            &owner,
-            Some(json!({"data": data, "version": record["version"]})),
-        )
-        .await;
+    w.change_job(&owner, &second, None, |d| {
+        d["line_items"][1]["amount"] = json!(55);
+    })
+    .await;
     let (status, out) = w
         .action(&owner, "update-invoice", json!({"job_id": second}))
         .await;
@@ -403,7 +392,7 @@ async fn invoices_exactly_once_and_payments_back(backend: Backend) {
     // Paid, the invoice is closed: its kv mapping is gone, and a later change (the payment
     // reversed) still finds the job, by the note the invoice carries.
     assert!(
-        !plugin_kv(w.srv())
+        !plugin_kv_of(w.srv(), ID)
             .await
             .contains(&format!("invoice:{first_invoice}="))
     );
@@ -481,17 +470,10 @@ async fn refusals_and_an_expired_connection_are_shown_to_the_admin() {
     assert!(w.fake.invoices(realm).is_empty());
     // Fixed, and tried again: QuickBooks would answer a repeated requestid with the same
     // refusal, so the new attempt is a new request.
-    let record = w.api.record(&owner, "job", &job).await;
-    let mut data = record["data"].clone();
-    data["amount"] = json!(1200);
-    w.api
-        .ok(
-            Method::PATCH,
-            &format!("/api/records/job/{job}"),
-            &owner,
-            Some(json!({"data": data, "version": record["version"]})),
-        )
-        .await;
+    w.change_job(&owner, &job, None, |d| {
+        d["amount"] = json!(1200);
+    })
+    .await;
     let (status, out) = w
         .action(&owner, "create-invoice", json!({"job_id": job}))
         .await;

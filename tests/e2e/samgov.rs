@@ -86,46 +86,17 @@ impl World {
     }
 
     async fn run(&self, token: &str) -> Value {
-        let (status, body) = self
-            .api
-            .call(
-                Method::POST,
-                &format!("/api/plugins/{ID}/schedules/import/run"),
-                Some(token),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body
+        self.api.run_schedule(token, ID, "import").await
     }
 
     async fn status(&self, token: &str) -> Value {
         self.api
-            .ok(
-                Method::POST,
-                &format!("/api/plugins/{ID}/actions/import-status"),
-                token,
-                Some(json!({"input": {}})),
-            )
-            .await["output"]
-            .clone()
+            .action_output(token, ID, "import-status", json!({}))
+            .await
     }
 
     async fn leads(&self, token: &str) -> Vec<Value> {
-        let mut out = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let path = match &cursor {
-                Some(c) => format!("/api/records/lead?limit=200&cursor={c}"),
-                None => "/api/records/lead?limit=200".to_string(),
-            };
-            let page = self.api.ok(Method::GET, &path, token, None).await;
-            out.extend(page["items"].as_array().unwrap().iter().cloned());
-            match page["next_cursor"].as_str() {
-                Some(c) => cursor = Some(c.to_string()),
-                None => return out,
-            }
-        }
+        self.api.records(token, "lead").await
     }
 }
 

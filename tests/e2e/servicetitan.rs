@@ -15,7 +15,7 @@ use crate::client::{Api, config_for, runs_of};
 use crate::fake_st::{self, FakeSt};
 use crate::harness::{Backend, TestServer};
 use crate::harness::{PROVIDER_EMAIL, PROVIDER_PASSWORD};
-use crate::quickbooks::plugin_kv;
+use crate::quickbooks::plugin_kv_of;
 
 const ID: &str = "servicetitan";
 const GRANTS: [&str; 6] = [
@@ -106,66 +106,23 @@ impl World {
         owner
     }
 
-    /// Runs the import once, as the scheduler would; returns the run's answer.
     async fn run_import(&self, token: &str) -> Value {
-        let (status, body) = self
-            .api
-            .call(
-                Method::POST,
-                &format!("/api/plugins/{ID}/schedules/import/run"),
-                Some(token),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body
+        self.api.run_schedule(token, ID, "import").await
     }
 
     async fn cursor(&self, token: &str) -> Value {
-        let (status, body) = self
-            .api
-            .call(
-                Method::POST,
-                &format!("/api/plugins/{ID}/actions/import-status"),
-                Some(token),
-                Some(json!({"input": {}})),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body["output"]["cursor"].clone()
+        self.api
+            .action_output(token, ID, "import-status", json!({}))
+            .await["cursor"]
+            .clone()
     }
 
-    /// Runs the import until a sweep completes (at most `runs` runs).
     async fn import_all(&self, token: &str, runs: usize) {
-        let before = self.cursor(token).await["last_completed"].clone();
-        for _ in 0..runs {
-            let run = self.run_import(token).await;
-            assert_eq!(run["status"], "ok", "{run}");
-            if self.cursor(token).await["last_completed"] != before {
-                return;
-            }
-        }
-        panic!(
-            "the import did not complete in {runs} runs: {}",
-            self.cursor(token).await
-        );
+        self.api.import_until_done(token, ID, runs).await;
     }
 
     async fn all(&self, token: &str, record_type: &str) -> Vec<Value> {
-        let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let path = match &after {
-                Some(c) => format!("/api/records/{record_type}?limit=200&cursor={c}"),
-                None => format!("/api/records/{record_type}?limit=200"),
-            };
-            let page = self.api.ok(Method::GET, &path, token, None).await;
-            out.extend(page["items"].as_array().unwrap().iter().cloned());
-            match page["next_cursor"].as_str() {
-                Some(c) => after = Some(c.to_string()),
-                None => return out,
-            }
-        }
+        self.api.records(token, record_type).await
     }
 
     async fn webhook_url(&self, slug: &str) -> String {
@@ -412,7 +369,7 @@ async fn imports_resume_and_never_duplicate(backend: Backend) {
     assert_eq!(w.all(&owner, "job").await.len(), 1000);
 
     // The import keeps its cursor in kv and its records under keys: no kv key per record.
-    let kv = plugin_kv(&w.srv).await;
+    let kv = plugin_kv_of(&w.srv, ID).await;
     assert!(kv.contains("import:cursor"));
     assert!(kv.lines().count() < 10, "{kv}");
     assert_eq!(
@@ -575,7 +532,7 @@ async fn hot_leads_are_booked_once_and_job_webhooks_are_verified() {
         job["data"]["servicetitan"]["modified_on"],
         "2099-01-01T00:00:00Z"
     );
-    let kv = plugin_kv(&w.srv).await;
+    let kv = plugin_kv_of(&w.srv, ID).await;
     assert!(!w.fake.leaked(&kv));
     assert!(
         !w.fake

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use streamflow_plugin_sdk::text::clip;
+use streamflow_plugin_sdk::text::{clip, digest};
 use streamflow_plugin_sdk::{
     Error, Event, HostError, HttpRequest, HttpResponse, Plugin, ScheduleTick, events, host_message,
     kv, limits, log, records,
@@ -613,19 +613,6 @@ fn emit(kind: &str, payload: Value) {
     }
 }
 
-/// A short stable key for a name (two FNV-1a hashes), for kv keys of any length of name.
-fn key_of(text: &str) -> String {
-    let mut a: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut b: u64 = 0x6c62_272e_07bb_0142;
-    for byte in text.bytes() {
-        a = (a ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3);
-        b = (b ^ byte as u64)
-            .wrapping_mul(0x0000_0100_0000_01b3)
-            .rotate_left(5);
-    }
-    format!("{a:016x}{b:016x}")
-}
-
 fn text_field<'a>(data: &'a Value, field: &str) -> Option<&'a str> {
     data.get(field)
         .and_then(Value::as_str)
@@ -650,7 +637,7 @@ fn customer_for(
         ))
     })?;
     let name: String = name.chars().take(100).collect();
-    let key = format!("customer:{}", key_of(&name.to_lowercase()));
+    let key = format!("customer:{}", digest(&name.to_lowercase()));
     if let Some(id) = kv::get(&key)?.and_then(|v| String::from_utf8(v).ok()) {
         return Ok(id);
     }
@@ -731,19 +718,19 @@ fn refused(job_id: &str, attempt: u32, e: QboError, data: &Value, settings: &Set
 fn forget_references(data: &Value, settings: &Settings) -> Result<(), HostError> {
     if let Some(name) = text_field(data, &settings.customer_field) {
         let name: String = name.chars().take(100).collect();
-        kv::delete(&format!("customer:{}", key_of(&name.to_lowercase())))?;
+        kv::delete(&format!("customer:{}", digest(&name.to_lowercase())))?;
     }
     let mut names: Vec<&String> = settings.item_map.values().collect();
     names.push(&settings.service_item);
     for name in names {
-        kv::delete(&format!("item:{}", key_of(name)))?;
+        kv::delete(&format!("item:{}", digest(name)))?;
     }
     Ok(())
 }
 
 /// The QuickBooks item of this name (`{value, name}`), cached.
 fn item_ref(company: &Company, name: &str) -> Result<Value, Error> {
-    let key = format!("item:{}", key_of(name));
+    let key = format!("item:{}", digest(name));
     if let Some(id) = kv::get(&key)?.and_then(|v| String::from_utf8(v).ok()) {
         return Ok(json!({"value": id, "name": name}));
     }
@@ -913,12 +900,5 @@ mod tests {
         // 2026-12-01T12:00:00Z
         let d = job_date(&json!({}), 1_796_126_400_000_000);
         assert_eq!(iso_date(d), "2026-12-01");
-    }
-
-    #[test]
-    fn keys_of_names_are_stable_and_distinct() {
-        assert_eq!(key_of("king's groceries"), key_of("king's groceries"));
-        assert_ne!(key_of("a"), key_of("b"));
-        assert_eq!(key_of("x").len(), 32);
     }
 }

@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use streamflow_plugin_sdk::text::{clip, url_encode};
+use streamflow_plugin_sdk::text::{clip, digest, url_encode};
 use streamflow_plugin_sdk::{
     Error, HostError, Plugin, ScheduleTick, host_message, http, kv, limits, log, records, schedules,
 };
@@ -555,23 +555,9 @@ pub fn mapped(
     if let Some(d) = description {
         sam.insert("description".into(), json!(d));
     }
-    sam.insert("fingerprint".into(), json!(fingerprint(notice)));
+    sam.insert("fingerprint".into(), json!(digest(&notice.to_string())));
     core.insert("sam".into(), Value::Object(sam));
     (core, extra)
-}
-
-/// A stable digest of a notice (two FNV-1a hashes of its JSON): an amendment changes it.
-fn fingerprint(notice: &Value) -> String {
-    let text = notice.to_string();
-    let mut a: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut b: u64 = 0x6c62_272e_07bb_0142;
-    for byte in text.bytes() {
-        a = (a ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3);
-        b = (b ^ byte as u64)
-            .wrapping_mul(0x0000_0100_0000_01b3)
-            .rotate_left(5);
-    }
-    format!("{a:016x}{b:016x}")
 }
 
 /// The notice's lead, created or updated under its noticeId. A lead the record type refuses
@@ -678,7 +664,13 @@ mod tests {
     fn an_amendment_changes_the_fingerprint() {
         let a = json!({"noticeId": "1", "title": "A"});
         let b = json!({"noticeId": "1", "title": "A (amended)"});
-        assert_ne!(fingerprint(&a), fingerprint(&b));
-        assert_eq!(fingerprint(&a), fingerprint(&a.clone()));
+        assert_ne!(
+            mapped(&a, None).0["sam"]["fingerprint"],
+            mapped(&b, None).0["sam"]["fingerprint"]
+        );
+        assert_eq!(
+            mapped(&a, None).0["sam"]["fingerprint"],
+            mapped(&a.clone(), None).0["sam"]["fingerprint"]
+        );
     }
 }
