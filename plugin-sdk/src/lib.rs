@@ -146,6 +146,18 @@ impl From<HostError> for Error {
     }
 }
 
+/// Whether a later call may get past this refusal: the host or the outbound request could
+/// not complete now (`unavailable`, `timeout`), or this call used up one of its per-call
+/// quotas (a `limit` naming a `quota`; the next call has its own). Other limits (a response
+/// over the platform's cap) and refusals stay as they are.
+pub fn may_pass(e: &HostError) -> bool {
+    match e {
+        HostError::Unavailable(_) | HostError::Timeout(_) => true,
+        HostError::Limit(m) => m.starts_with("quota "),
+        _ => false,
+    }
+}
+
 /// The host's reason as one line, such as `invalid: /data/job_type: ...` (the bindings'
 /// own text for it is their debug form).
 pub fn host_message(e: &HostError) -> String {

@@ -6,7 +6,7 @@
 use serde_json::Value;
 use streamflow_plugin_sdk::connections::{self, Status};
 use streamflow_plugin_sdk::text::{clip, url_encode};
-use streamflow_plugin_sdk::{Error, HostError, host_message, http};
+use streamflow_plugin_sdk::{Error, HostError, host_message, http, may_pass};
 
 /// The connection's id in the manifest.
 pub const CONNECTION: &str = "quickbooks";
@@ -128,16 +128,11 @@ impl Company {
             request = request.json(body);
         }
         let response = request.send().map_err(|e| match e {
-            HostError::Unavailable(_) | HostError::Timeout(_) => {
-                QboError::Transient(format!("QuickBooks did not answer: {}", host_message(&e)))
+            e if may_pass(&e) => {
+                QboError::Transient(format!("QuickBooks not reached: {}", host_message(&e)))
             }
             HostError::Denied(m) if m.contains("expired") => {
                 QboError::Failed(format!("connection expired: {m}"))
-            }
-            // A per-call quota passes with the next call; another limit (a response over
-            // the platform's cap) does not.
-            HostError::Limit(m) if m.starts_with("quota ") => {
-                QboError::Transient(format!("this call's {m}"))
             }
             e => QboError::Failed(host_message(&e)),
         })?;

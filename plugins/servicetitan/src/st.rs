@@ -6,7 +6,7 @@
 use serde_json::Value;
 use streamflow_plugin_sdk::connections::{self, Status};
 use streamflow_plugin_sdk::text::clip;
-use streamflow_plugin_sdk::{Error, HostError, host_message, http};
+use streamflow_plugin_sdk::{Error, HostError, host_message, http, may_pass};
 
 pub const CONNECTION: &str = "servicetitan";
 
@@ -96,15 +96,11 @@ impl Tenant {
             request = request.json(body);
         }
         let response = request.send().map_err(|e| match e {
-            HostError::Unavailable(_) | HostError::Timeout(_) => {
-                StError::Transient(format!("ServiceTitan did not answer: {}", host_message(&e)))
+            e if may_pass(&e) => {
+                StError::Transient(format!("ServiceTitan not reached: {}", host_message(&e)))
             }
             HostError::Denied(m) if m.contains("expired") => {
                 StError::Failed(format!("connection expired: {m}"))
-            }
-            // A per-call quota passes with the next call; another limit does not.
-            HostError::Limit(m) if m.starts_with("quota ") => {
-                StError::Transient(format!("this call's {m}"))
             }
             e => StError::Failed(host_message(&e)),
         })?;
