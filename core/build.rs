@@ -20,6 +20,7 @@ const BUNDLED_PLUGINS: &[&str] = &[
     "quickbooks",
     "servicetitan",
     "sam-gov",
+    "adp-workforce-now",
 ];
 
 fn main() {
@@ -49,6 +50,22 @@ fn main() {
     templates.sort();
     for path in &templates {
         let name = path.file_name().unwrap().to_string_lossy();
+        writeln!(code, "    ({name:?}, include_str!({:?})),", path.display()).unwrap();
+    }
+    code.push_str("];\n\n");
+    // Parts several templates share (`include = ["crew"]`), by name.
+    code.push_str("/// `(name, TOML text)` of the fragments templates may include.\n");
+    code.push_str("pub const FRAGMENTS: &[(&str, &str)] = &[\n");
+    let mut fragments: Vec<PathBuf> = std::fs::read_dir(root.join("industry-templates/fragments"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    fragments.sort();
+    for path in &fragments {
+        let name = path.file_stem().unwrap().to_string_lossy();
         writeln!(code, "    ({name:?}, include_str!({:?})),", path.display()).unwrap();
     }
     code.push_str("];\n\n");

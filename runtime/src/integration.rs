@@ -160,6 +160,11 @@ pub struct ConnectionSpec {
     pub sandbox: Option<ConnectionUrls>,
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Query parameters added to the authorization URL besides the standard ones
+    /// (Google's `access_type = "offline"` and `prompt = "consent"`, without which it
+    /// gives no refresh token).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub authorize_params: BTreeMap<String, String>,
     #[serde(default)]
     pub credential_in: CredentialIn,
     /// How a token request authenticates the client: HTTP Basic (RFC 6749's default) or
@@ -693,6 +698,18 @@ pub(crate) fn validate(m: &crate::Manifest, errors: &mut Vec<String>) {
     }
 }
 
+/// Parameters of the authorization URL the host sets itself (PKCE and the redirect among
+/// them): a manifest cannot replace them.
+const RESERVED_AUTHORIZE_PARAMS: [&str; 7] = [
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "code_challenge",
+    "code_challenge_method",
+];
+
 fn validate_connection(id: &str, c: &ConnectionSpec, errors: &mut Vec<String>) {
     let at = format!("connections.{}", short(id));
     if !valid_name(id) {
@@ -729,6 +746,20 @@ fn validate_connection(id: &str, c: &ConnectionSpec, errors: &mut Vec<String>) {
         errors.push(format!(
             "{at}.verify-metadata: a path starting with '/' under urls.api, for a connection with callback-metadata"
         ));
+    }
+    if !c.authorize_params.is_empty() && c.kind != ConnectionKind::Oauth2AuthorizationCode {
+        errors.push(format!(
+            "{at}.authorize-params: only the authorization code flow has an authorization URL"
+        ));
+    }
+    for name in c.authorize_params.keys() {
+        if RESERVED_AUTHORIZE_PARAMS.contains(&name.as_str()) || !valid_header_name(name) {
+            errors.push(format!(
+                "{at}.authorize-params: {:?} cannot be set (the host sets {})",
+                short(name),
+                RESERVED_AUTHORIZE_PARAMS.join(", ")
+            ));
+        }
     }
     if c.kind != ConnectionKind::Oauth2AuthorizationCode && !c.callback_metadata.is_empty() {
         errors.push(format!(
@@ -958,5 +989,48 @@ mod tests {
         for bad in ["config:x", "connection:qb", "connection:/x", "env:HOME"] {
             assert_eq!(spec(bad).secret_source(), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn authorize_params_cannot_replace_the_hosts_own() {
+        let spec = |kind: &str, params: &str| -> ConnectionSpec {
+            toml::from_str(&format!(
+                r#"kind = "{kind}"
+urls = {{ authorize = "https://a.test/auth", token = "https://a.test/token" }}
+authorize-params = {params}"#
+            ))
+            .unwrap()
+        };
+        let errors = |c: &ConnectionSpec| {
+            let mut errors = Vec::new();
+            validate_connection("c", c, &mut errors);
+            errors
+        };
+        let google = spec(
+            "oauth2-authorization-code",
+            r#"{ access_type = "offline", prompt = "consent" }"#,
+        );
+        assert_eq!(errors(&google), Vec::<String>::new());
+        let reserved = errors(&spec(
+            "oauth2-authorization-code",
+            r#"{ redirect_uri = "https://evil.test/", "bad name" = "x" }"#,
+        ));
+        assert_eq!(reserved.len(), 2, "{reserved:?}");
+        assert!(
+            reserved[0].contains("\"bad name\" cannot be set"),
+            "{reserved:?}"
+        );
+        assert!(
+            reserved[1].contains("\"redirect_uri\" cannot be set"),
+            "{reserved:?}"
+        );
+        let machine = errors(&spec(
+            "oauth2-client-credentials",
+            r#"{ access_type = "offline" }"#,
+        ));
+        assert!(
+            machine[0].contains("only the authorization code flow"),
+            "{machine:?}"
+        );
     }
 }

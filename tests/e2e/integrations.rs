@@ -216,6 +216,11 @@ impl World {
         let query: std::collections::HashMap<String, String> =
             authorize.query_pairs().into_owned().collect();
         assert_eq!(query["code_challenge_method"], "S256");
+        // The manifest's own parameters (Google's, for a refresh token).
+        assert_eq!(
+            (query["access_type"].as_str(), query["prompt"].as_str()),
+            ("offline", "consent")
+        );
         assert_eq!(query["redirect_uri"], format!("{PUBLIC}/oauth/callback"));
         assert!(query["state"].len() >= 40, "{authorize}");
         // The browser at the consent screen (the fake approves at once).
@@ -285,7 +290,7 @@ fn connection<'a>(list: &'a Value, id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no connection {id} in {list}"))
 }
 
-async fn sql(srv: &TestServer, statement: &str) {
+pub(crate) async fn sql(srv: &TestServer, statement: &str) {
     streamflow::on_pool!(streamflow::store::test_support::pool(&srv.state.store), pool => {
         sqlx::query(sqlx::AssertSqlSafe(statement.to_string()))
             .execute(pool)

@@ -2,12 +2,14 @@
 
 mod harness;
 
+mod adp;
 mod auth;
 mod binary;
 mod client;
 mod contract;
 mod dispatch;
 mod fake;
+mod fake_adp;
 mod fake_mtls;
 mod fake_qbo;
 mod fake_sam;

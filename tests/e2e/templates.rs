@@ -96,7 +96,7 @@ bundled_backends! {
             .await;
         assert_eq!(status, 201, "{tenant}");
         assert_eq!(tenant["template"]["id"], "roofing");
-        assert_eq!(tenant["template"]["version"], "1.0.0");
+        assert_eq!(tenant["template"]["version"], "1.1.0");
         let (_, plugins) = srv.get("/provider/tenants/summit/plugins", &provider).await;
         let installed: Vec<&str> = plugins["items"].as_array().unwrap().iter().map(|p| p["plugin_id"].as_str().unwrap()).collect();
         assert_eq!(installed, ["job-scheduler", "lead-followup", "lead-score-rules"]);
@@ -108,7 +108,7 @@ bundled_backends! {
         assert_eq!((status, other["error"]["code"].as_str()), (409, Some("template_conflict")), "{other}");
         let (status, missing) = srv.post("/provider/tenants/summit/template", &provider, json!({"id": "roofing", "version": "9.9.9"})).await;
         assert_eq!(status, 404, "{missing}");
-        assert!(missing["error"]["message"].as_str().unwrap().contains("1.0.0"), "{missing}");
+        assert!(missing["error"]["message"].as_str().unwrap().contains("1.1.0"), "{missing}");
 
         let owner = srv.user(&provider, "summit", "owner").await;
 
@@ -260,9 +260,9 @@ bundled_backends! {
 
 /// A field line, a version and the task pipeline changed: what a template's next release
 /// looks like.
-fn roofing_1_1() -> String {
+fn roofing_1_2() -> String {
     let text = include_str!("../../industry-templates/roofing.toml");
-    let text = text.replacen("version = \"1.0.0\"", "version = \"1.1.0\"", 1);
+    let text = text.replacen("version = \"1.1.0\"", "version = \"1.2.0\"", 1);
     let text = text.replacen(
         "notes = { type = \"string\", title = \"Notes\", maxLength = 5000 }",
         "notes = { type = \"string\", title = \"Notes\", maxLength = 5000 }\ngutter_guards = { type = \"boolean\", title = \"Wants gutter guards\" }",
@@ -371,7 +371,7 @@ grants = ["records:read", "records:write"]
 async fn upgrades_keep_data_and_bad_templates_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     for (name, text) in [
-        ("roofing-1.1.0.toml", roofing_1_1()),
+        ("roofing-1.2.0.toml", roofing_1_2()),
         ("bad-schema.toml", BAD_SCHEMA.into()),
         ("unreachable.toml", UNREACHABLE.into()),
         ("cycle.toml", CYCLE.into()),
@@ -440,12 +440,12 @@ async fn upgrades_keep_data_and_bad_templates_change_nothing() {
         "only the built-in types: {types}"
     );
 
-    // Version 1.0.0, some work, then 1.1.0: new things are added, nothing is lost.
+    // Version 1.1.0, some work, then 1.2.0: new things are added, nothing is lost.
     let (status, applied) = srv
         .post(
             "/provider/tenants/grower/template",
             &provider,
-            json!({"id": "roofing", "version": "1.0.0"}),
+            json!({"id": "roofing", "version": "1.1.0"}),
         )
         .await;
     assert_eq!(
@@ -475,7 +475,7 @@ async fn upgrades_keep_data_and_bad_templates_change_nothing() {
             upgraded["version"].as_str(),
             upgraded["previous_version"].as_str()
         ),
-        (Some("1.1.0"), Some("1.0.0"))
+        (Some("1.2.0"), Some("1.1.0"))
     );
     assert_eq!(
         upgraded["added"]["fields"],
@@ -488,7 +488,7 @@ async fn upgrades_keep_data_and_bad_templates_change_nothing() {
         "{upgraded}"
     );
     let (_, tenant) = srv.get("/provider/tenants/grower", &provider).await;
-    assert_eq!(tenant["template"]["version"], "1.1.0");
+    assert_eq!(tenant["template"]["version"], "1.2.0");
     let (_, pipelines) = srv.get("/api/pipelines", &owner).await;
     let tasks = pipelines["items"]
         .as_array()
@@ -536,7 +536,7 @@ async fn upgrades_keep_data_and_bad_templates_change_nothing() {
         .post(
             "/provider/tenants/grower/template",
             &provider,
-            json!({"id": "roofing", "version": "1.0.0"}),
+            json!({"id": "roofing", "version": "1.1.0"}),
         )
         .await;
     assert_eq!(

@@ -541,6 +541,9 @@ impl Connections<'_> {
             .append_pair("state", &state)
             .append_pair("code_challenge", &challenge)
             .append_pair("code_challenge_method", "S256");
+        for (name, value) in &spec.authorize_params {
+            url.query_pairs_mut().append_pair(name, value);
+        }
         Ok(url.to_string())
     }
 

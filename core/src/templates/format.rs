@@ -17,6 +17,11 @@ pub struct Template {
     pub version: semver::Version,
     #[serde(default)]
     pub description: String,
+    /// Built-in fragments whose record types and pipelines this template takes
+    /// (`industry-templates/fragments/<name>.toml`); resolved when parsed, so a parsed
+    /// template holds them and this list is empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
     #[serde(default)]
     pub record_types: Vec<RecordTypeSpec>,
     #[serde(default)]
@@ -25,6 +30,16 @@ pub struct Template {
     pub automations: Vec<Automation>,
     #[serde(default)]
     pub plugins: Vec<PluginSpec>,
+}
+
+/// A part several templates share: record types and their pipelines.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fragment {
+    #[serde(default)]
+    record_types: Vec<RecordTypeSpec>,
+    #[serde(default)]
+    pipelines: Vec<Pipeline>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -171,7 +186,49 @@ pub type KnownPlugins = HashMap<String, Manifest>;
 impl Template {
     /// Parses a template file; the error names the line and the key.
     pub fn from_toml(text: &str) -> Result<Template, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        let mut template: Template = toml::from_str(text).map_err(|e| e.to_string())?;
+        template.take_fragments(crate::bundled::FRAGMENTS)?;
+        Ok(template)
+    }
+
+    /// Adds the record types and pipelines of the fragments `include` names. A record type
+    /// (or pipeline) both define is refused: a template changes a shared type by not
+    /// including it.
+    fn take_fragments(&mut self, fragments: &[(&str, &str)]) -> Result<(), String> {
+        for name in std::mem::take(&mut self.include) {
+            let text = fragments
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, text)| *text)
+                .ok_or_else(|| {
+                    let known: Vec<&str> = fragments.iter().map(|(n, _)| *n).collect();
+                    format!(
+                        "include: no fragment {name:?}; the fragments are {}",
+                        known.join(", ")
+                    )
+                })?;
+            let fragment: Fragment =
+                toml::from_str(text).map_err(|e| format!("fragment {name}: {e}"))?;
+            for t in fragment.record_types {
+                if self.record_type(&t.id).is_some() {
+                    return Err(format!(
+                        "record type {} is defined by the template and by its fragment {name}; drop one",
+                        t.id
+                    ));
+                }
+                self.record_types.push(t);
+            }
+            for p in fragment.pipelines {
+                if self.pipeline(&p.record_type).is_some() {
+                    return Err(format!(
+                        "the pipeline of {} is defined by the template and by its fragment {name}; drop one",
+                        p.record_type
+                    ));
+                }
+                self.pipelines.push(p);
+            }
+        }
+        Ok(())
     }
 
     pub fn record_type(&self, id: &str) -> Option<&RecordTypeSpec> {
@@ -339,5 +396,55 @@ mod tests {
         assert!(c("field = \"event.payload.value\"\ngte = 72").holds(&ctx));
         assert!(!c("field = \"event.payload.value\"\ngt = 72").holds(&ctx));
         assert!(!c("field = \"event.payload.to\"\nlt = 5").holds(&ctx));
+    }
+
+    #[test]
+    fn fragments_add_their_types_once() {
+        const CREW: &str = r#"
+[[record_types]]
+id = "employee"
+name = "Employee"
+[[pipelines]]
+record_type = "employee"
+stages = [{ id = "active", name = "Active" }]
+"#;
+        let parse = |text: &str| -> Template { toml::from_str(text).unwrap() };
+        let fragments = [("crew", CREW)];
+        let mut t = parse("id = \"t\"\nname = \"T\"\nversion = \"1.0.0\"\ninclude = [\"crew\"]");
+        t.take_fragments(&fragments).unwrap();
+        assert!(t.include.is_empty());
+        assert_eq!(t.record_type("employee").unwrap().name, "Employee");
+        assert_eq!(t.pipeline("employee").unwrap().stages[0].id, "active");
+
+        let mut unknown =
+            parse("id = \"t\"\nname = \"T\"\nversion = \"1.0.0\"\ninclude = [\"crews\"]");
+        let e = unknown.take_fragments(&fragments).unwrap_err();
+        assert_eq!(e, "include: no fragment \"crews\"; the fragments are crew");
+
+        let mut twice = parse(
+            "id = \"t\"\nname = \"T\"\nversion = \"1.0.0\"\ninclude = [\"crew\"]\n[[record_types]]\nid = \"employee\"\nname = \"Mine\"",
+        );
+        let e = twice.take_fragments(&fragments).unwrap_err();
+        assert!(
+            e.contains("record type employee is defined by the template and by its fragment crew"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_field_crew_templates_have_employees_and_time_entries() {
+        for (file, text) in crate::bundled::TEMPLATES {
+            let t = Template::from_toml(text).unwrap();
+            let crews = t.record_type("employee").is_some();
+            assert_eq!(crews, t.id != "gov-contracting", "{file}");
+            if crews {
+                assert!(
+                    t.pipeline("time_entry")
+                        .unwrap()
+                        .stage("approved")
+                        .is_some()
+                );
+            }
+        }
     }
 }

@@ -1,0 +1,896 @@
+//! ADP Workforce Now for StreamFlow.
+//!
+//! - **Workers → employees** (schedule `import`, daily): `GET /hr/v2/workers` page by page
+//!   (`$top`/`$skip`, until an empty page or a 204) into `employee` records keyed by the
+//!   worker's associate OID, so a repeated import updates instead of duplicating; a
+//!   terminated worker is marked `terminated`, never deleted. The cursor moves past a page
+//!   only once it is stored: a run that stops (quota, throttling) resumes there.
+//! - **Event notifications** (schedule `events`, every 5 minutes): ADP's pull queue is
+//!   drained head first (`GET /core/v1/event-notification-messages`, the id in
+//!   `adp-msg-msgid`, 204 when empty); each worker event re-reads that worker and stores it,
+//!   and only then is the message acknowledged (`DELETE`), so hires and terminations arrive
+//!   between imports and none is lost.
+//! - **Hours → payroll** (schedule `payroll`, hourly, and the `push-hours` action): approved
+//!   `time_entry` records, grouped per worker and pay period, each group appended to the
+//!   configured pay data batch (`pay-data-input.modify`, `roleCode: practitioner`) once; the
+//!   confirmation is stored on the entries, which move to `sent_to_payroll`. Hours ADP
+//!   refuses go back to `rejected` with ADP's words.
+//!
+//! The plugin never sees a token, the client secret or the certificate: the host's `adp`
+//! connection adds the token to every call and presents the certificate on every handshake.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use streamflow_plugin_sdk::text::{clip, digest, url_encode};
+use streamflow_plugin_sdk::{
+    Error, HostError, Plugin, Record, ScheduleTick, host_message, kv, limits, log, records,
+    schedules,
+};
+
+pub mod adp;
+pub mod payroll;
+pub mod worker;
+
+use adp::AdpError;
+use payroll::{EarningCodes, Frequency, PayPeriods};
+use worker::CustomField;
+
+const CURSOR: &str = "import:cursor";
+const SKIPPED: &str = "import:skipped";
+const MAX_SKIPPED: usize = 100;
+/// Pay data groups sent and not yet confirmed, by group id.
+const GROUPS: &str = "payroll:groups";
+/// How long a group may be "sending" before it is taken as unanswered: well over one
+/// call's wall-clock cap, so a call still waiting for ADP is never overtaken.
+const SENDING_LEASE_MICROS: i64 = 180_000_000;
+const APPROVED: &str = "approved";
+const SENT: &str = "sent_to_payroll";
+const REJECTED: &str = "rejected";
+
+#[derive(Deserialize)]
+#[serde(default)]
+struct Settings {
+    page_size: u32,
+    custom_fields: Vec<CustomField>,
+    payroll: Option<PayrollSettings>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            page_size: 100,
+            custom_fields: Vec::new(),
+            payroll: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct PayrollSettings {
+    batch_id: String,
+    #[serde(default = "one")]
+    pay_number: String,
+    frequency: Frequency,
+    /// The first day of any one pay period (weekly and biweekly).
+    #[serde(default)]
+    period_anchor: Option<String>,
+    #[serde(default)]
+    earning_codes: EarningCodes,
+    /// Hours are sent once their pay period has ended.
+    #[serde(default = "yes")]
+    closed_periods_only: bool,
+}
+
+fn one() -> String {
+    "1".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl PayrollSettings {
+    fn periods(&self) -> Result<PayPeriods, Error> {
+        let anchor = match (&self.period_anchor, self.frequency) {
+            (Some(a), _) => payroll::parse_date(a).ok_or_else(|| {
+                Error::Failed(format!(
+                    "payroll.period_anchor {:?} is not a date (YYYY-MM-DD)",
+                    clip(a, 40)
+                ))
+            })?,
+            (None, Frequency::Weekly | Frequency::Biweekly) => {
+                return Err(Error::Failed(
+                    "set payroll.period_anchor (the first day of any one pay period) in the ADP plugin's config to send weekly or biweekly hours".into(),
+                ));
+            }
+            (None, _) => time::Date::MIN,
+        };
+        Ok(PayPeriods {
+            frequency: self.frequency,
+            anchor,
+        })
+    }
+}
+
+fn settings() -> Result<Settings, Error> {
+    streamflow_plugin_sdk::config::get()
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+fn rfc3339(micros: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1000)
+        .ok()
+        .and_then(|t| t.replace_nanosecond(0).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
+}
+
+fn today(micros: i64) -> time::Date {
+    time::OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1000)
+        .map(|t| t.date())
+        .unwrap_or(time::Date::MIN)
+}
+
+/// Asks for the schedule's next run in a minute (work is left over).
+fn again_soon(schedule: &str) {
+    if let Err(e) = schedules::soon(schedule) {
+        log::warn(&format!(
+            "could not ask for the next {schedule} run sooner: {}",
+            host_message(&e)
+        ));
+    }
+}
+
+pub struct Adp;
+
+impl Plugin for Adp {
+    fn on_schedule(tick: ScheduleTick) -> Result<(), Error> {
+        let settings = settings()?;
+        let summary = match tick.id.as_str() {
+            "import" => import(&settings, tick.now)?,
+            "events" => drain_events(&settings)?,
+            "payroll" => match &settings.payroll {
+                Some(p) => push_hours(p, tick.now)?,
+                None => json!({"skipped": "payroll is not configured (payroll.batch_id)"}),
+            },
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "no schedule {:?}",
+                    clip(other, 64)
+                )));
+            }
+        };
+        log::info(&summary.to_string());
+        Ok(())
+    }
+
+    fn run_action(name: &str, input: Value) -> Result<Value, Error> {
+        match name {
+            "import-status" => Ok(json!({
+                "cursor": kv::get_json::<Cursor>(CURSOR)?.unwrap_or_default(),
+                "skipped": kv::get_json::<Value>(SKIPPED)?.unwrap_or(json!([])),
+            })),
+            "restart-import" => {
+                kv::delete(CURSOR)?;
+                Ok(json!({"cursor": Cursor::default()}))
+            }
+            "payroll-status" => Ok(json!({"groups": groups()?})),
+            "push-hours" => {
+                let settings = settings()?;
+                let payroll = settings.payroll.as_ref().ok_or_else(|| {
+                    Error::Failed(
+                        "set payroll (batch_id, frequency) in the ADP plugin's config to send hours".into(),
+                    )
+                })?;
+                if let Some(settle) = input.get("settle") {
+                    return settle_group(settle, payroll, now_micros());
+                }
+                push_hours(payroll, now_micros())
+            }
+            other => Err(Error::InvalidInput(format!(
+                "no action {:?}; this plugin has import-status, restart-import, payroll-status and push-hours",
+                clip(other, 64)
+            ))),
+        }
+    }
+}
+
+streamflow_plugin_sdk::export!(Adp);
+
+// ---- Workers → employees ------------------------------------------------------------
+
+/// Where the workers import is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Workers of this sweep already stored (`$skip` of the next page).
+    pub skip: u32,
+    /// Employees created or changed by this sweep.
+    pub stored: u64,
+    pub sweep_started: Option<String>,
+    pub last_completed: Option<String>,
+}
+
+fn import(settings: &Settings, now: i64) -> Result<Value, Error> {
+    adp::ready()?;
+    let mut cursor: Cursor = kv::get_json(CURSOR)?.unwrap_or_default();
+    if cursor.sweep_started.is_none() {
+        cursor.sweep_started = Some(rfc3339(now));
+        cursor.stored = 0;
+    }
+    // ADP Workforce Now serves at most 100 workers a page.
+    let wanted = settings.page_size.clamp(1, 100);
+    loop {
+        // Each worker costs a read (its employee) and at most two writes (a conflict
+        // retried): a page is as large as the call can still store.
+        let left = limits::remaining();
+        let top = wanted
+            .min(left.record_writes / 2)
+            .min(left.record_reads.saturating_sub(1));
+        if left.http_requests < 1 || top < wanted.min(10) || left.wall_ms < 5_000 {
+            kv::set_json(CURSOR, &cursor)?;
+            again_soon("import");
+            return Ok(json!({
+                "paused": "this run's quota is used; the next run resumes",
+                "cursor": cursor,
+            }));
+        }
+        let path = format!("/hr/v2/workers?$top={top}&$skip={}", cursor.skip);
+        let page = match adp::send("GET", &path, None) {
+            Ok(page) => page,
+            Err(e) => {
+                kv::set_json(CURSOR, &cursor)?;
+                return Err(e.into());
+            }
+        };
+        let workers = page
+            .body
+            .get("workers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        // The end: an empty page, or 204 No Content.
+        if page.status == 204 || workers.is_empty() {
+            break;
+        }
+        for w in &workers {
+            if upsert_worker(w, settings)? {
+                cursor.stored += 1;
+            }
+        }
+        cursor.skip += workers.len() as u32;
+        kv::set_json(CURSOR, &cursor)?;
+    }
+    let done = json!({"import": "complete", "workers": cursor.skip, "stored": cursor.stored});
+    kv::set_json(
+        CURSOR,
+        &Cursor {
+            last_completed: Some(rfc3339(now)),
+            ..Cursor::default()
+        },
+    )?;
+    Ok(done)
+}
+
+/// Keys of the employee record this plugin owns: an import sets them as ADP has them (and
+/// removes those ADP no longer has).
+const OWNED: [&str; 12] = [
+    "name",
+    "email",
+    "phone",
+    "status",
+    "worker_id",
+    "job_title",
+    "department",
+    "hired_on",
+    "terminated_on",
+    "skills",
+    "certifications",
+    "adp",
+];
+
+/// Stores a worker as its employee; false when it was already stored as it is.
+fn upsert_worker(w: &Value, settings: &Settings) -> Result<bool, Error> {
+    let Some(aoid) = worker::aoid(w).map(str::to_string) else {
+        log::warn("ADP sent a worker without an associateOID; it was not imported");
+        return Ok(false);
+    };
+    let mut fields = worker::employee_fields(w, &settings.custom_fields);
+    let fingerprint = digest(&Value::Object(fields.clone()).to_string());
+    if let Some(Value::Object(a)) = fields.get_mut("adp") {
+        a.insert("digest".into(), json!(fingerprint));
+    }
+    match store_employee(
+        &aoid,
+        &fields,
+        &fingerprint,
+        !settings.custom_fields.is_empty(),
+    ) {
+        Err(HostError::Invalid(m)) => {
+            skip(&aoid, &m)?;
+            Ok(false)
+        }
+        Err(HostError::Conflict(m)) => Err(Error::RetryLater(format!(
+            "employee {aoid} kept changing in StreamFlow while it was imported ({m})"
+        ))),
+        other => Ok(other?),
+    }
+}
+
+fn store_employee(
+    aoid: &str,
+    fields: &Map<String, Value>,
+    fingerprint: &str,
+    mapped_customs: bool,
+) -> Result<bool, HostError> {
+    for _ in 0..3 {
+        let Some(existing) = records::get_keyed("employee", aoid)? else {
+            match records::create_keyed("employee", aoid, None, &Value::Object(fields.clone())) {
+                Ok(_) => return Ok(true),
+                Err(HostError::Conflict(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        let mut data = existing
+            .json()
+            .map_err(|e| HostError::Invalid(e.to_string()))?;
+        if data.pointer("/adp/digest").and_then(Value::as_str) == Some(fingerprint) {
+            return Ok(false);
+        }
+        if let Some(object) = data.as_object_mut() {
+            for key in OWNED {
+                // Without a mapping, skills and certifications are the office's to keep.
+                if !mapped_customs && (key == "skills" || key == "certifications") {
+                    continue;
+                }
+                match fields.get(key) {
+                    Some(v) => object.insert(key.into(), v.clone()),
+                    None => object.remove(key),
+                };
+            }
+        }
+        match records::update(
+            "employee",
+            &existing.id,
+            None,
+            &data,
+            Some(existing.version),
+        ) {
+            Ok(_) => return Ok(true),
+            Err(HostError::Conflict(_)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(HostError::Conflict("three tries".into()))
+}
+
+fn skip(aoid: &str, why: &str) -> Result<(), Error> {
+    log::warn(&format!(
+        "ADP worker {aoid} was not imported: {}",
+        clip(why, 300)
+    ));
+    let mut skipped: Vec<Value> = kv::get_json(SKIPPED)?.unwrap_or_default();
+    skipped.retain(|s| s["associate_oid"] != aoid);
+    skipped.push(json!({"associate_oid": aoid, "error": clip(why, 300)}));
+    let from = skipped.len().saturating_sub(MAX_SKIPPED);
+    kv::set_json(SKIPPED, &skipped[from..].to_vec())?;
+    Ok(())
+}
+
+// ---- Event notifications ------------------------------------------------------------
+
+/// The associate OIDs an event names, wherever in its data.
+pub fn event_workers(event: &Value) -> Vec<String> {
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    match (k.as_str(), v) {
+                        ("associateOID", Value::String(s)) if !s.is_empty() && s.len() <= 64 => {
+                            if !out.contains(s) {
+                                out.push(s.clone());
+                            }
+                        }
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(data) = event.get("data") {
+        walk(data, &mut out);
+    }
+    out
+}
+
+fn drain_events(settings: &Settings) -> Result<Value, Error> {
+    adp::ready()?;
+    let (mut handled, mut workers) = (0u32, 0u32);
+    loop {
+        // A message costs its read, a worker read per worker (one, as a rule) and its
+        // acknowledgement.
+        let left = limits::remaining();
+        if left.http_requests < 3
+            || left.record_reads < 2
+            || left.record_writes < 2
+            || left.wall_ms < 5_000
+        {
+            again_soon("events");
+            return Ok(
+                json!({"events": handled, "workers": workers, "paused": "this run's quota is used; the queue is read again in a minute"}),
+            );
+        }
+        let head = adp::send("GET", "/core/v1/event-notification-messages", None)?;
+        if head.status == 204 {
+            break;
+        }
+        let id = head
+            .header("adp-msg-msgid")
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                Error::Failed(
+                    "ADP sent an event notification without its adp-msg-msgid header: it cannot be acknowledged".into(),
+                )
+            })?;
+        let events = head
+            .body
+            .get("events")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for event in &events {
+            let name = event
+                .pointer("/eventNameCode/codeValue")
+                .and_then(Value::as_str)
+                .unwrap_or("(unnamed)");
+            let named = event_workers(event);
+            if named.is_empty() {
+                log::info(&format!(
+                    "ADP event {} names no worker; acknowledged",
+                    clip(name, 100)
+                ));
+            }
+            for aoid in named.iter().take(5) {
+                match adp::send("GET", &format!("/hr/v2/workers/{}", url_encode(aoid)), None) {
+                    Ok(answer) => {
+                        let found = answer
+                            .body
+                            .get("workers")
+                            .and_then(Value::as_array)
+                            .and_then(|w| w.first())
+                            .cloned();
+                        match found {
+                            Some(w) => {
+                                upsert_worker(&w, settings)?;
+                                workers += 1;
+                            }
+                            None => log::warn(&format!("ADP has no worker {aoid} (event {name})")),
+                        }
+                    }
+                    Err(AdpError::NotFound) => {
+                        log::warn(&format!("ADP has no worker {aoid} (event {name})"))
+                    }
+                    // Not stored: the message stays at the head of the queue for the next run.
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        // Stored: now the message may go.
+        match adp::send(
+            "DELETE",
+            &format!("/core/v1/event-notification-messages/{}", url_encode(&id)),
+            None,
+        ) {
+            Ok(_) | Err(AdpError::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+        handled += 1;
+    }
+    Ok(json!({"events": handled, "workers": workers, "queue": "empty"}))
+}
+
+// ---- Hours → payroll ----------------------------------------------------------------
+
+/// A pay data group sent to ADP and not yet settled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Group {
+    entries: Vec<String>,
+    employee: String,
+    period_start: String,
+    /// `sending` while a call waits for ADP's answer; `unconfirmed` when no answer came
+    /// (ADP may have appended the hours): held until a person settles it.
+    state: String,
+    at: i64,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+fn groups() -> Result<BTreeMap<String, Group>, Error> {
+    Ok(kv::get_json(GROUPS)?.unwrap_or_default())
+}
+
+fn save_groups(groups: &BTreeMap<String, Group>) -> Result<(), Error> {
+    Ok(kv::set_json(GROUPS, groups)?)
+}
+
+struct Entry {
+    record: Record,
+    data: Value,
+    day: time::Date,
+    regular: f64,
+    overtime: f64,
+}
+
+fn hours(data: &Value, key: &str) -> f64 {
+    data.get(key)
+        .and_then(Value::as_f64)
+        .filter(|h| h.is_finite() && *h >= 0.0)
+        .unwrap_or(0.0)
+}
+
+fn push_hours(payroll: &PayrollSettings, now: i64) -> Result<Value, Error> {
+    let periods = payroll.periods()?;
+    if payroll.batch_id.trim().is_empty() {
+        return Err(Error::Failed(
+            "payroll.batch_id is empty: name the ADP pay data batch hours are appended to".into(),
+        ));
+    }
+    adp::ready()?;
+    let mut held = groups()?;
+    // A group whose call died while waiting for ADP: its answer will not come.
+    for g in held.values_mut() {
+        if g.state == "sending" && now - g.at > SENDING_LEASE_MICROS {
+            g.state = "unconfirmed".into();
+        }
+    }
+    save_groups(&held)?;
+    let held_entries: Vec<&String> = held.values().flat_map(|g| &g.entries).collect();
+    let left = limits::remaining();
+    let limit = left.record_reads.saturating_sub(20).min(100);
+    let approved = records::list("time_entry", Some(APPROVED), limit)?;
+    let listed = approved.len() as u32;
+    let today = today(now);
+    let mut pending: BTreeMap<(String, time::Date), Vec<Entry>> = BTreeMap::new();
+    let mut waiting = 0;
+    for record in approved {
+        if held_entries.contains(&&record.id) {
+            continue;
+        }
+        let data = record.json()?;
+        let Some(day) = data
+            .get("work_date")
+            .and_then(Value::as_str)
+            .and_then(payroll::parse_date)
+        else {
+            continue;
+        };
+        let Some(employee) = data.get("employee_id").and_then(Value::as_str) else {
+            continue;
+        };
+        let period = periods.period_of(day);
+        if payroll.closed_periods_only && period.end >= today {
+            waiting += 1;
+            continue;
+        }
+        let (regular, overtime) = (
+            hours(&data, "regular_hours"),
+            hours(&data, "overtime_hours"),
+        );
+        pending
+            .entry((employee.to_string(), period.start))
+            .or_default()
+            .push(Entry {
+                record,
+                data,
+                day,
+                regular,
+                overtime,
+            });
+    }
+    let (mut sent, mut refused, mut entries_sent) = (0u32, 0u32, 0u32);
+    let mut stopped = None;
+    for ((employee, start), entries) in pending {
+        let left = limits::remaining();
+        if left.http_requests < 1
+            || left.record_writes < entries.len() as u32 + 1
+            || left.record_reads < entries.len() as u32 + 2
+            || left.wall_ms < 30_000
+        {
+            again_soon("payroll");
+            stopped = Some("this run's quota is used; the rest is sent in a minute".to_string());
+            break;
+        }
+        match push_group(
+            payroll, &periods, &employee, start, &entries, now, &mut held,
+        ) {
+            Ok(true) => {
+                sent += 1;
+                entries_sent += entries.len() as u32;
+            }
+            Ok(false) => refused += 1,
+            Err(e) => {
+                stopped = Some(host_message_of(&e));
+                save_groups(&held)?;
+                if sent == 0 {
+                    return Err(e);
+                }
+                break;
+            }
+        }
+    }
+    save_groups(&held)?;
+    if stopped.is_none() && listed == limit && limit > 0 {
+        again_soon("payroll");
+    }
+    let unconfirmed: Vec<&String> = held
+        .iter()
+        .filter(|(_, g)| g.state == "unconfirmed")
+        .map(|(id, _)| id)
+        .collect();
+    if !unconfirmed.is_empty() {
+        log::warn(&format!(
+            "{} pay data group(s) got no answer from ADP and are held: check batch {} in ADP, then settle each with the push-hours action ({{\"settle\": {{\"group\": ..., \"as\": \"sent\" or \"not_sent\"}}}})",
+            unconfirmed.len(),
+            payroll.batch_id
+        ));
+    }
+    Ok(json!({
+        "groups_sent": sent,
+        "entries_sent": entries_sent,
+        "groups_refused": refused,
+        "waiting_for_period_end": waiting,
+        "unconfirmed": unconfirmed,
+        "stopped": stopped,
+    }))
+}
+
+fn host_message_of(e: &Error) -> String {
+    match e {
+        Error::RetryLater(m) | Error::Failed(m) | Error::InvalidInput(m) => m.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Sends one worker's hours of one pay period; false when ADP (or a missing link to ADP)
+/// refused them, and the entries went back to `rejected`.
+fn push_group(
+    payroll: &PayrollSettings,
+    periods: &PayPeriods,
+    employee_id: &str,
+    start: time::Date,
+    entries: &[Entry],
+    now: i64,
+    held: &mut BTreeMap<String, Group>,
+) -> Result<bool, Error> {
+    let employee = records::get("employee", employee_id)?;
+    let adp_keys = employee
+        .as_ref()
+        .and_then(|e| e.json().ok())
+        .and_then(|d| d.get("adp").cloned())
+        .unwrap_or(Value::Null);
+    let key = |k: &str| {
+        adp_keys
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let (Some(aoid), Some(group_code), Some(file_number)) = (
+        key("associate_oid"),
+        key("payroll_group_code"),
+        key("payroll_file_number"),
+    ) else {
+        reject(
+            entries,
+            &format!(
+                "employee {employee_id} is not linked to an ADP worker with a payroll group and file number; import the workers from ADP, or fix the entry's employee"
+            ),
+        )?;
+        return Ok(false);
+    };
+    let mut ids: Vec<&str> = entries.iter().map(|e| e.record.id.as_str()).collect();
+    ids.sort_unstable();
+    let group_id = format!(
+        "{}-{}",
+        payroll::iso(start),
+        &digest(&format!("{aoid}|{}", ids.join(",")))[..12]
+    );
+    let lines: Vec<(Option<u32>, f64, f64)> = entries
+        .iter()
+        .map(|e| (periods.week_of(e.day), e.regular, e.overtime))
+        .collect();
+    let summed = payroll::sum_hours(&lines);
+    let event = payroll::pay_data_event(
+        &payroll.batch_id,
+        &payroll.pay_number,
+        &payroll::Payee {
+            associate_oid: aoid,
+            payroll_group_code: group_code,
+            payroll_file_number: file_number,
+        },
+        &summed,
+        &payroll.earning_codes,
+    );
+    // Written before the request: if the call dies waiting, the next run knows these
+    // hours may be in ADP and holds them instead of sending them twice.
+    held.insert(
+        group_id.clone(),
+        Group {
+            entries: ids.iter().map(|s| s.to_string()).collect(),
+            employee: employee_id.into(),
+            period_start: payroll::iso(start),
+            state: "sending".into(),
+            at: now,
+            error: None,
+        },
+    );
+    save_groups(held)?;
+    match adp::send(
+        "POST",
+        "/events/payroll/v1/pay-data-input.modify",
+        Some(&event),
+    ) {
+        Ok(answer) => {
+            let mut confirmed = payroll::confirmation(&answer.body);
+            confirmed["group"] = json!(group_id);
+            confirmed["batch"] = json!(payroll.batch_id);
+            confirmed["period_start"] = json!(payroll::iso(start));
+            confirmed["sent_at"] = json!(rfc3339(now));
+            mark_sent(entries, &confirmed)?;
+            held.remove(&group_id);
+            Ok(true)
+        }
+        Err(AdpError::Refused { message, .. }) => {
+            held.remove(&group_id);
+            save_groups(held)?;
+            reject(
+                entries,
+                &format!("ADP payroll refused these hours: {message}"),
+            )?;
+            Ok(false)
+        }
+        Err(e) if e.not_done() => {
+            held.remove(&group_id);
+            Err(e.into())
+        }
+        Err(e) => {
+            // No answer: ADP may have appended them. Held for a person to check.
+            if let Some(g) = held.get_mut(&group_id) {
+                g.state = "unconfirmed".into();
+                g.error = Some(clip(&e.to_string(), 300).to_string());
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// Writes onto each entry, reading it again on a concurrent change.
+fn write_entries(
+    entries: &[Entry],
+    stage: &str,
+    change: impl Fn(&mut Map<String, Value>),
+) -> Result<(), Error> {
+    for entry in entries {
+        let (mut record, mut data) = (entry.record.clone(), entry.data.clone());
+        for attempt in 0..3 {
+            if let Some(object) = data.as_object_mut() {
+                change(object);
+            }
+            match records::update(
+                "time_entry",
+                &record.id,
+                Some(stage),
+                &data,
+                Some(record.version),
+            ) {
+                Ok(_) => break,
+                Err(HostError::Conflict(_)) if attempt < 2 => {
+                    record = records::get("time_entry", &entry.record.id)?.ok_or_else(|| {
+                        Error::Failed(format!("time entry {} was deleted", entry.record.id))
+                    })?;
+                    data = record.json()?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn mark_sent(entries: &[Entry], confirmed: &Value) -> Result<(), Error> {
+    write_entries(entries, SENT, |d| {
+        d.insert("adp".into(), confirmed.clone());
+    })
+}
+
+fn reject(entries: &[Entry], why: &str) -> Result<(), Error> {
+    log::warn(why);
+    write_entries(entries, REJECTED, |d| {
+        d.insert("rejected_reason".into(), json!(clip(why, 500)));
+        d.insert("adp".into(), json!({"error": clip(why, 500)}));
+    })
+}
+
+/// A person settles a group ADP did not answer: `sent` (the hours are in the batch) marks
+/// its entries sent; `not_sent` lets the next run send them.
+fn settle_group(settle: &Value, payroll: &PayrollSettings, now: i64) -> Result<Value, Error> {
+    let id = settle.get("group").and_then(Value::as_str).ok_or_else(|| {
+        Error::InvalidInput(
+            "give the group as {\"settle\": {\"group\": \"...\", \"as\": \"sent\"}}".into(),
+        )
+    })?;
+    let how = settle.get("as").and_then(Value::as_str).unwrap_or_default();
+    let mut held = groups()?;
+    let group = held
+        .get(id)
+        .cloned()
+        .ok_or_else(|| Error::InvalidInput(format!("no held pay data group {:?}", clip(id, 80))))?;
+    if group.state == "sending" && now - group.at <= SENDING_LEASE_MICROS {
+        return Err(Error::RetryLater(
+            "this group's request is still waiting for ADP's answer".into(),
+        ));
+    }
+    match how {
+        "sent" => {
+            let mut entries = Vec::new();
+            for e in &group.entries {
+                if let Some(record) = records::get("time_entry", e)? {
+                    let data = record.json()?;
+                    entries.push(Entry {
+                        record,
+                        data,
+                        day: time::Date::MIN,
+                        regular: 0.0,
+                        overtime: 0.0,
+                    });
+                }
+            }
+            mark_sent(
+                &entries,
+                &json!({"group": id, "batch": payroll.batch_id, "period_start": group.period_start,
+                        "settled_at": rfc3339(now), "confirmation_id": null}),
+            )?;
+        }
+        "not_sent" => {}
+        _ => {
+            return Err(Error::InvalidInput(
+                "settle a group \"as\": \"sent\" (ADP has the hours) or \"not_sent\" (send them again)".into(),
+            ));
+        }
+    }
+    held.remove(id);
+    save_groups(&held)?;
+    Ok(json!({"settled": id, "as": how}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_names_its_workers_wherever_they_are() {
+        let event = json!({"eventNameCode": {"codeValue": "worker.terminate"}, "data": {
+            "eventContext": {"worker": {"associateOID": "G3GMA28TB2SVJ2TF"}},
+            "output": {"worker": {"associateOID": "G3GMA28TB2SVJ2TF", "workerStatus": {}}},
+            "transform": {"workers": [{"associateOID": "ABCDEFGHIJKLMNOP"}]}}});
+        assert_eq!(
+            event_workers(&event),
+            ["G3GMA28TB2SVJ2TF", "ABCDEFGHIJKLMNOP"]
+        );
+        assert!(event_workers(&json!({"data": {"eventContext": {}}})).is_empty());
+    }
+}
