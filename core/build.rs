@@ -20,6 +20,7 @@ const BUNDLED_PLUGINS: &[&str] = &[
     "quickbooks",
     "servicetitan",
     "sam-gov",
+    "google-lsa",
     "adp-workforce-now",
 ];
 
