@@ -16,8 +16,17 @@
 //!   runs of the `import` schedule (pages of 1,000), against the same pages fetched straight
 //!   from the fake.
 //!
+//! - **ADP workers**: `BENCH_WORKERS` (2,500) workers imported as employees by runs of the
+//!   `import` schedule (pages of 100, ADP's maximum), over mutual TLS, against the same pages
+//!   fetched straight from the fake with the same client certificate.
+//!
+//! - **Google LSA leads**: `BENCH_LEADS` (2,000) leads imported as scored leads by runs of
+//!   the `poll` schedule, against the same searches sent straight to the fake; then the lag
+//!   from a new lead in the fake to the scored lead in StreamFlow, `BENCH_LAG_SAMPLES` (30)
+//!   times: the poll's own share, measured, beside the wait for the schedule's next run.
+//!
 //! Run: `cargo bench -p streamflow --bench connectors` (prints Markdown tables);
-//! `BENCH_ONLY=invoices|import|sam` picks one part.
+//! `BENCH_ONLY=invoices|import|sam|adp|lsa` picks one part.
 
 use std::time::{Duration, Instant};
 
@@ -33,6 +42,15 @@ mod client;
 #[allow(dead_code)]
 #[path = "../../tests/e2e/fake.rs"]
 mod fake;
+#[allow(dead_code)]
+#[path = "../../tests/e2e/fake_adp.rs"]
+mod fake_adp;
+#[allow(dead_code)]
+#[path = "../../tests/e2e/fake_google_ads.rs"]
+mod fake_google_ads;
+#[allow(dead_code)]
+#[path = "../../tests/e2e/fake_mtls.rs"]
+mod fake_mtls;
 #[allow(dead_code)]
 #[path = "../../tests/e2e/fake_qbo.rs"]
 mod fake_qbo;
@@ -406,6 +424,291 @@ async fn sam(api: &Api, provider: &str, fake: &fake_sam::FakeSam) {
     );
 }
 
+async fn adp(api: &Api, provider: &str, fake: &fake_adp::FakeAdp) {
+    let n: u32 = env_or("BENCH_WORKERS", 2500);
+    api.ok(
+        Method::PUT,
+        "/provider/plugins/adp-workforce-now/connections/adp",
+        provider,
+        Some(json!({
+            "settings": {"client_certificate": fake.pki.client_cert, "client_key": fake.pki.client_key},
+            "urls": {
+                "token": fake.url(fake_adp::ACCOUNTS, "/auth/oauth/v2/token"),
+                "api": fake.url(fake_adp::API, ""),
+            },
+        })),
+    )
+    .await;
+    let owner = api.tenant(provider, "bench-adp").await;
+    fake.employer("bench-adp", "bench-adp-secret", n);
+    let (status, body) = api
+        .call(
+            Method::PUT,
+            "/provider/tenants/bench-adp/plugins/adp-workforce-now",
+            Some(provider),
+            Some(json!({
+                "grants": ["http", "kv", "records:read", "records:read-pii", "records:write"],
+                "quotas": {"record-writes": 1000, "record-reads": 2000, "http-requests": 50, "wall-ms": 120000},
+            })),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{body}");
+    api.ok(
+        Method::PUT,
+        "/api/connections/adp-workforce-now/adp",
+        &owner,
+        Some(
+            json!({"credentials": {"client_id": "bench-adp", "client_secret": "bench-adp-secret"}}),
+        ),
+    )
+    .await;
+    let started = Instant::now();
+    let runs = api
+        .import_until_done(&owner, "adp-workforce-now", 100)
+        .await;
+    let import_total = started.elapsed();
+
+    // The fake alone: the same pages, over the same mutual TLS, with a token of its own.
+    let mut pem = fake.pki.client_cert.clone().into_bytes();
+    pem.extend_from_slice(fake.pki.client_key.as_bytes());
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(fake.pki.ca_pem.as_bytes()).unwrap())
+        .identity(reqwest::Identity::from_pem(&pem).unwrap())
+        .resolve(fake_adp::API, ([127, 0, 0, 1], fake.port).into())
+        .resolve(fake_adp::ACCOUNTS, ([127, 0, 0, 1], fake.port).into())
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let token: Value = http
+        .post(fake.url(fake_adp::ACCOUNTS, "/auth/oauth/v2/token"))
+        .basic_auth("bench-adp", Some("bench-adp-secret"))
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["access_token"].as_str().unwrap().to_string();
+    let mut fetched = 0;
+    loop {
+        let answer = http
+            .get(fake.url(
+                fake_adp::API,
+                &format!("/hr/v2/workers?$top=100&$skip={fetched}"),
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == 204 {
+            break;
+        }
+        let body: Value = answer.json().await.unwrap();
+        fetched += body["workers"].as_array().unwrap().len();
+    }
+    let fetch_total = started.elapsed();
+    assert_eq!(fetched, n as usize);
+    println!("\n### ADP Workforce Now workers ({n} workers, pages of 100, mutual TLS)\n");
+    println!("| path | records/s | total |\n|---|---:|---:|");
+    let row = |name: &str, t: Duration| {
+        println!(
+            "| {name} | {:.0} | {:.2} s |",
+            f64::from(n) / t.as_secs_f64(),
+            t.as_secs_f64()
+        )
+    };
+    row("pages fetched straight from the fake", fetch_total);
+    row(
+        &format!("the plugin's import as employees ({runs} runs)"),
+        import_total,
+    );
+}
+
+async fn lsa(api: &Api, provider: &str, fake: &fake_google_ads::FakeGoogleAds) {
+    use fake_google_ads as g;
+    let n: u64 = env_or("BENCH_LEADS", 2000);
+    let samples: usize = env_or("BENCH_LAG_SAMPLES", 30);
+    api.ok(
+        Method::PUT,
+        "/provider/plugins/google-lsa/connections/google-ads",
+        provider,
+        Some(json!({
+            "settings": {"client_id": g::CLIENT_ID, "client_secret": g::CLIENT_SECRET, "developer_token": g::DEVELOPER_TOKEN, "login_customer_id": g::MANAGER},
+            "urls": {
+                "authorize": fake.url("accounts.google.com", "/o/oauth2/v2/auth"),
+                "token": fake.url("oauth2.googleapis.com", "/token"),
+                "api": fake.url("googleads.googleapis.com", ""),
+            },
+        })),
+    )
+    .await;
+    let customer = "1234567890";
+    fake.account(customer, true);
+    let owner = api.tenant(provider, "bench-lsa").await;
+    let (status, body) = api
+        .call(
+            Method::PUT,
+            "/provider/tenants/bench-lsa/plugins/google-lsa",
+            Some(provider),
+            Some(json!({
+                "grants": ["http", "kv", "records:read", "records:read-pii", "records:write"],
+                "quotas": {"record-writes": 1000, "record-reads": 2000, "wall-ms": 120000},
+            })),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{body}");
+    api.ok(
+        Method::PUT,
+        "/api/connections/google-lsa/google-ads",
+        &owner,
+        Some(json!({"credentials": {"customer_id": customer}})),
+    )
+    .await;
+    let (status, page) = api
+        .connect_oauth(&owner, "google-lsa", "google-ads", PUBLIC, &[])
+        .await;
+    assert_eq!(status, 200, "{page}");
+    // Account time (America/Chicago in winter), as Google writes it.
+    let account_time = |seconds_ago: i64| {
+        (time::OffsetDateTime::now_utc()
+            - time::Duration::hours(6)
+            - time::Duration::seconds(seconds_ago))
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day] [hour]:[minute]:[second]"
+        ))
+        .unwrap()
+    };
+    let kinds = ["PHONE_CALL", "MESSAGE", "BOOKING"];
+    for i in 0..n {
+        let phone = format!("+1512555{:04}", i % 10_000);
+        let name = format!("Caller {i}");
+        let email = format!("caller{i}@example.com");
+        fake.add_lead(
+            customer,
+            g::lead(
+                customer,
+                1_000_000 + i,
+                &account_time(60 + (n - i) as i64 * 30),
+                kinds[(i % 3) as usize],
+                "NEW",
+                Some((&name, &phone, &email)),
+            ),
+        );
+    }
+    let started = Instant::now();
+    let runs = api
+        .sweep_until_done(&owner, "google-lsa", "poll", 100)
+        .await;
+    let import_total = started.elapsed();
+    assert_eq!(api.records(&owner, "lead").await.len() as u64, n);
+
+    // The fake alone: the plugin's searches sent again straight to it, in order.
+    let searches = fake.searches_of(customer);
+    let token = fake.state.issued.lock().unwrap()[0].clone();
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let mut fetched = 0;
+    for s in &searches {
+        let mut body = json!({"query": s.query});
+        if let Some(t) = &s.page_token {
+            body["pageToken"] = json!(t);
+        }
+        let answer: Value = http
+            .post(fake.url(
+                "127.0.0.1",
+                &format!("/v26/customers/{customer}/googleAds:search"),
+            ))
+            .bearer_auth(&token)
+            .header("developer-token", g::DEVELOPER_TOKEN)
+            .header("login-customer-id", g::MANAGER)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        fetched += answer["results"].as_array().map_or(0, Vec::len);
+    }
+    let fetch_total = started.elapsed();
+    assert!(fetched as u64 >= n, "{fetched}");
+
+    // Lag: a new lead in the fake, then the poll as the scheduler runs it, until the lead
+    // is in StreamFlow with its score.
+    let mut lag = Histogram::<u64>::new(3).unwrap();
+    for k in 0..samples as u64 {
+        let id = 5_000_000 + k;
+        let since = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let started = Instant::now();
+        fake.add_lead(
+            customer,
+            g::lead(
+                customer,
+                id,
+                &account_time(0),
+                "MESSAGE",
+                "NEW",
+                Some(("New caller", "+15125550000", "new@example.com")),
+            ),
+        );
+        let run = api.run_schedule(&owner, "google-lsa", "poll").await;
+        assert_eq!(run["status"], "ok", "{run}");
+        let found = api
+            .ok(
+                Method::GET,
+                &format!(
+                    "/api/records/lead?updated_since={}",
+                    since.replace('+', "%2B")
+                ),
+                &owner,
+                None,
+            )
+            .await;
+        lag.record(started.elapsed().as_nanos() as u64).unwrap();
+        let newest = &found["items"][0];
+        assert_eq!(
+            newest["data"]["google_lsa"]["id"],
+            id.to_string(),
+            "{found}"
+        );
+        assert!(!newest["score"].is_null(), "{newest}");
+    }
+    println!("\n### Google LSA leads ({n} leads; the plugin's searches of up to 500 leads)\n");
+    println!("| path | records/s | total |\n|---|---:|---:|");
+    let row = |name: &str, t: Duration| {
+        println!(
+            "| {name} | {:.0} | {:.2} s |",
+            n as f64 / t.as_secs_f64(),
+            t.as_secs_f64()
+        )
+    };
+    row("the same searches sent straight to the fake", fetch_total);
+    row(
+        &format!("the plugin's import, each lead scored ({runs} runs)"),
+        import_total,
+    );
+    println!("\n### Google LSA: a new lead in the fake to a scored lead ({samples} leads)\n");
+    println!("| part | p50 | p99 |\n|---|---:|---:|");
+    println!(
+        "| the poll: search, lead stored and scored, read back over the API | {:.1} ms | {:.1} ms |",
+        ms(&lag, 0.5),
+        ms(&lag, 0.99)
+    );
+    // At the default schedule a new lead also waits for the next run: uniformly 0 to 5
+    // minutes, plus up to one claim poll of the scheduler (1 s). Computed from the
+    // measured poll, not measured (a sample would take minutes).
+    let (interval, claim) = (300.0, 1.0);
+    println!(
+        "\nEnd to end at the default 5-minute schedule (computed: the wait for the next run, uniform over 0-{interval:.0} s plus up to {claim:.0} s of claim poll, and the poll above): p50 {:.1} s, p99 {:.1} s, at most {:.1} s.",
+        interval * 0.5 + claim * 0.5 + ms(&lag, 0.5) / 1e3,
+        interval * 0.99 + claim * 0.99 + ms(&lag, 0.99) / 1e3,
+        interval + claim + ms(&lag, 1.0) / 1e3,
+    );
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -417,6 +720,10 @@ fn main() {
         let qbo = fake_qbo::FakeQbo::start().await;
         let st = fake_st::FakeSt::start().await;
         let sam_fake = fake_sam::FakeSam::start().await;
+        let adp_fake = fake_adp::FakeAdp::start().await;
+        let ads_fake = fake_google_ads::FakeGoogleAds::start().await;
+        let adp_roots = dir.path().join("adp-ca.pem");
+        std::fs::write(&adp_roots, &adp_fake.pki.ca_pem).unwrap();
         let localhost: std::net::IpAddr = "127.0.0.1".parse().unwrap();
         let mut allow: Vec<(String, u16)> = fake_qbo::HOSTS
             .iter()
@@ -427,6 +734,16 @@ fn main() {
             fake_sam::HOSTS
                 .iter()
                 .map(|h| (h.to_string(), sam_fake.port)),
+        );
+        allow.extend(
+            fake_adp::HOSTS
+                .iter()
+                .map(|h| (h.to_string(), adp_fake.port)),
+        );
+        allow.extend(
+            fake_google_ads::HOSTS
+                .iter()
+                .map(|h| (h.to_string(), ads_fake.port)),
         );
         let config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -442,6 +759,7 @@ fn main() {
             http_resolve: allow.iter().map(|(h, _)| (h.clone(), localhost)).collect(),
             http_allow_hosts: allow,
             login_per_ip_per_minute: 100_000,
+            http_extra_roots: Some(adp_roots),
             ..Config::default()
         };
         let state = streamflow::server::build_state(config).await.unwrap();
@@ -467,6 +785,12 @@ fn main() {
         }
         if wanted("sam") {
             sam(&api, &provider, &sam_fake).await;
+        }
+        if wanted("adp") {
+            adp(&api, &provider, &adp_fake).await;
+        }
+        if wanted("lsa") {
+            lsa(&api, &provider, &ads_fake).await;
         }
     });
 }

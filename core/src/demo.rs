@@ -1,6 +1,6 @@
 //! Demo data for `streamflow serve --demo`: a provider and three client businesses (HVAC,
 //! roofing, government contracting), each with its industry template, users of several
-//! roles, and sample leads, estimates and agreements. The leads are scored as they are
+//! roles, and sample leads, estimates, agreements and employees. The leads are scored as they are
 //! created, and the automations they trigger (scheduled jobs, tune-up visits, follow-up
 //! tasks) run as soon as the server starts. Seeding is idempotent: it fills in what is
 //! missing.
@@ -21,7 +21,8 @@ struct DemoTenant {
     slug: &'static str,
     name: &'static str,
     template: &'static str,
-    /// `(record type, stage, data)`, created in order as a person would (checked, scored).
+    /// `(record type, stage, data)`, created in order as a person would (checked, scored);
+    /// an empty stage for a type without a pipeline.
     records: fn() -> Vec<(&'static str, &'static str, Value)>,
 }
 
@@ -71,6 +72,19 @@ const TENANTS: [DemoTenant; 3] = [
                     json!({"customer_name": "Priya Natarajan", "address": "3100 Bryker Dr, Austin TX",
                     "plan": "plus", "price": 229, "start_date": "2027-03-15", "end_date": "2028-03-14",
                     "frequency": "semiannual", "visits": 2}),
+                ),
+                (
+                    "employee",
+                    "",
+                    json!({"name": "Luis Ramirez", "email": "luis@acme-hvac.example", "phone": "512-555-0105",
+                    "job_title": "Lead Technician", "department": "Field Service", "status": "active",
+                    "hired_on": "2019-05-06", "certifications": ["EPA 608 Universal", "NATE"]}),
+                ),
+                (
+                    "employee",
+                    "",
+                    json!({"name": "Kim Osei", "email": "kim@acme-hvac.example", "job_title": "Service Technician",
+                    "department": "Field Service", "status": "active", "hired_on": "2024-02-12", "skills": ["heat pumps"]}),
                 ),
             ]
         },
@@ -192,7 +206,7 @@ pub async fn seed(kernel: &Kernel) -> anyhow::Result<()> {
                 let new = NewRecord {
                     id: NewId::Fresh,
                     record_type: record_type.into(),
-                    stage: Some(stage.into()),
+                    stage: (!stage.is_empty()).then(|| stage.into()),
                     data,
                 };
                 kernel.records().create(&ctx, new).await.map_err(|e| {

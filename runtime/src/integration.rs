@@ -700,7 +700,7 @@ pub(crate) fn validate(m: &crate::Manifest, errors: &mut Vec<String>) {
 
 /// Parameters of the authorization URL the host sets itself (PKCE and the redirect among
 /// them): a manifest cannot replace them.
-const RESERVED_AUTHORIZE_PARAMS: [&str; 7] = [
+const RESERVED_AUTHORIZE_PARAMS: [&str; 10] = [
     "response_type",
     "client_id",
     "redirect_uri",
@@ -708,6 +708,11 @@ const RESERVED_AUTHORIZE_PARAMS: [&str; 7] = [
     "state",
     "code_challenge",
     "code_challenge_method",
+    // A request object carries its own redirect and state; the response mode changes how
+    // the callback is reached.
+    "request",
+    "request_uri",
+    "response_mode",
 ];
 
 fn validate_connection(id: &str, c: &ConnectionSpec, errors: &mut Vec<String>) {
@@ -753,7 +758,10 @@ fn validate_connection(id: &str, c: &ConnectionSpec, errors: &mut Vec<String>) {
         ));
     }
     for name in c.authorize_params.keys() {
-        if RESERVED_AUTHORIZE_PARAMS.contains(&name.as_str()) || !valid_header_name(name) {
+        let reserved = RESERVED_AUTHORIZE_PARAMS
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(name));
+        if reserved || !valid_header_name(name) {
             errors.push(format!(
                 "{at}.authorize-params: {:?} cannot be set (the host sets {})",
                 short(name),
@@ -1013,17 +1021,17 @@ authorize-params = {params}"#
         assert_eq!(errors(&google), Vec::<String>::new());
         let reserved = errors(&spec(
             "oauth2-authorization-code",
-            r#"{ redirect_uri = "https://evil.test/", "bad name" = "x" }"#,
+            r#"{ Redirect_URI = "https://evil.test/", "bad name" = "x", request_uri = "urn:x" }"#,
         ));
-        assert_eq!(reserved.len(), 2, "{reserved:?}");
-        assert!(
-            reserved[0].contains("\"bad name\" cannot be set"),
-            "{reserved:?}"
-        );
-        assert!(
-            reserved[1].contains("\"redirect_uri\" cannot be set"),
-            "{reserved:?}"
-        );
+        assert_eq!(reserved.len(), 3, "{reserved:?}");
+        for name in ["bad name", "Redirect_URI", "request_uri"] {
+            assert!(
+                reserved
+                    .iter()
+                    .any(|e| e.contains(&format!("{name:?} cannot be set"))),
+                "{name}: {reserved:?}"
+            );
+        }
         let machine = errors(&spec(
             "oauth2-client-credentials",
             r#"{ access_type = "offline" }"#,

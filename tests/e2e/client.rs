@@ -217,13 +217,24 @@ impl Api {
     /// completed sweep (`cursor.last_completed` changed), at most `runs` times, each run
     /// `ok`; returns how many runs it took.
     pub async fn import_until_done(&self, token: &str, plugin: &str, runs: usize) -> usize {
+        self.sweep_until_done(token, plugin, "import", runs).await
+    }
+
+    /// [`Api::import_until_done`] for a schedule of another name.
+    pub async fn sweep_until_done(
+        &self,
+        token: &str,
+        plugin: &str,
+        schedule: &str,
+        runs: usize,
+    ) -> usize {
         let last = |status: Value| status["cursor"]["last_completed"].clone();
         let before = last(
             self.action_output(token, plugin, "import-status", json!({}))
                 .await,
         );
         for n in 1..=runs {
-            let run = self.run_schedule(token, plugin, "import").await;
+            let run = self.run_schedule(token, plugin, schedule).await;
             assert_eq!(run["status"], "ok", "{run}");
             let status = self
                 .action_output(token, plugin, "import-status", json!({}))

@@ -56,6 +56,10 @@ pub struct AdpState {
     pub lose_answers: AtomicU32,
     /// Worker reads (`/hr/v2/workers/{aoid}`) answered 503 before one succeeds.
     pub failing_worker_reads: AtomicU32,
+    /// Worker reads answered 403 (ADP refusing, for good) before one succeeds.
+    pub refused_worker_reads: AtomicU32,
+    /// Pay data posts refused for a missing `roleCode: practitioner`.
+    pub without_role: AtomicU32,
     /// Every pay data post, as sent (taken or not).
     pub pay_posts: Mutex<Vec<Value>>,
     /// Handshakes completed (a refused handshake never reaches HTTP).
@@ -346,6 +350,16 @@ async fn get_worker(
         )
             .into_response();
     }
+    if state
+        .refused_worker_reads
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return confirm(
+            StatusCode::FORBIDDEN,
+            "The application is not entitled to read this worker.",
+        );
+    }
     let employers = state.employers.lock().unwrap();
     match employers[&id]
         .workers
@@ -423,6 +437,7 @@ async fn pay_data(
     };
     state.pay_posts.lock().unwrap().push(event.clone());
     if headers.get("rolecode").and_then(|v| v.to_str().ok()) != Some("practitioner") {
+        state.without_role.fetch_add(1, Ordering::SeqCst);
         return confirm(
             StatusCode::FORBIDDEN,
             "roleCode header is required for event APIs.",

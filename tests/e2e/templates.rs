@@ -258,6 +258,17 @@ bundled_backends! {
     }
 }
 
+/// Roofing as it was before the crew fragment (1.0.0): no employees, no time entries.
+fn roofing_1_0() -> String {
+    let text = include_str!("../../industry-templates/roofing.toml");
+    let text = text.replacen("version = \"1.1.0\"", "version = \"1.0.0\"", 1);
+    assert!(
+        text.contains("\ninclude = [\"crew\"]\n"),
+        "update this test"
+    );
+    text.replacen("\ninclude = [\"crew\"]\n", "\n", 1)
+}
+
 /// A field line, a version and the task pipeline changed: what a template's next release
 /// looks like.
 fn roofing_1_2() -> String {
@@ -371,6 +382,7 @@ grants = ["records:read", "records:write"]
 async fn upgrades_keep_data_and_bad_templates_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     for (name, text) in [
+        ("roofing-1.0.0.toml", roofing_1_0()),
         ("roofing-1.2.0.toml", roofing_1_2()),
         ("bad-schema.toml", BAD_SCHEMA.into()),
         ("unreachable.toml", UNREACHABLE.into()),
@@ -440,6 +452,38 @@ async fn upgrades_keep_data_and_bad_templates_change_nothing() {
         "only the built-in types: {types}"
     );
 
+    // A tenant on 1.0.0 moves to 1.1.0 and gets the crew types, with their pipeline.
+    let (status, applied) = srv
+        .post(
+            "/provider/tenants/grower/template",
+            &provider,
+            json!({"id": "roofing", "version": "1.0.0"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{applied}");
+    let (status, crew) = srv
+        .post(
+            "/provider/tenants/grower/template",
+            &provider,
+            json!({"id": "roofing", "version": "1.1.0"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{crew}");
+    assert_eq!(
+        crew["added"]["record_types"],
+        json!(["employee", "time_entry"]),
+        "{crew}"
+    );
+    let (_, pipelines) = srv.get("/api/pipelines", &owner).await;
+    assert!(
+        pipelines["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["record_type"] == "time_entry"),
+        "{pipelines}"
+    );
+
     // Version 1.1.0, some work, then 1.2.0: new things are added, nothing is lost.
     let (status, applied) = srv
         .post(
@@ -450,7 +494,7 @@ async fn upgrades_keep_data_and_bad_templates_change_nothing() {
         .await;
     assert_eq!(
         (status, &applied["changed"]),
-        (200, &json!(true)),
+        (200, &json!(false)),
         "{applied}"
     );
     let keep = create(

@@ -20,8 +20,15 @@ pub enum AdpError {
     },
     /// The service could not be reached, or failed (5xx): worth trying later.
     Transient(String),
-    /// No answer came (a timeout) after the request went out: ADP may have acted on it.
+    /// No answer came (a timeout, an answer too large to read) after the request went out:
+    /// ADP may have acted on it.
     Unknown(String),
+    /// The host did not send the request (the connection is not ready, a quota is used):
+    /// `retry` when trying later may work.
+    NotSent {
+        message: String,
+        retry: bool,
+    },
     NotFound,
     /// A refusal, with ADP's message.
     Refused {
@@ -34,7 +41,10 @@ impl AdpError {
     /// Whether ADP certainly did not act on the request (so sending it again is safe).
     pub fn not_done(&self) -> bool {
         match self {
-            AdpError::Busy { .. } | AdpError::NotFound | AdpError::Refused { .. } => true,
+            AdpError::Busy { .. }
+            | AdpError::NotFound
+            | AdpError::Refused { .. }
+            | AdpError::NotSent { .. } => true,
             AdpError::Transient(_) | AdpError::Unknown(_) => false,
         }
     }
@@ -51,6 +61,7 @@ impl std::fmt::Display for AdpError {
                     .unwrap_or_default()
             ),
             AdpError::Transient(m) | AdpError::Unknown(m) => f.write_str(m),
+            AdpError::NotSent { message, .. } => f.write_str(message),
             AdpError::NotFound => f.write_str("ADP has no such resource"),
             AdpError::Refused { message, .. } => f.write_str(message),
         }
@@ -60,9 +71,11 @@ impl std::fmt::Display for AdpError {
 impl From<AdpError> for Error {
     fn from(e: AdpError) -> Error {
         match e {
-            AdpError::Busy { .. } | AdpError::Transient(_) | AdpError::Unknown(_) => {
-                Error::RetryLater(e.to_string())
-            }
+            AdpError::Busy { .. }
+            | AdpError::Transient(_)
+            | AdpError::Unknown(_)
+            | AdpError::NotSent { retry: true, .. } => Error::RetryLater(e.to_string()),
+            AdpError::NotSent { message, .. } => Error::Failed(message),
             AdpError::NotFound | AdpError::Refused { .. } => Error::Failed(e.to_string()),
         }
     }
@@ -121,10 +134,17 @@ pub fn send(method: &str, path: &str, body: Option<&Value>) -> Result<Answer, Ad
     }
     let response = request.send().map_err(|e| match e {
         HostError::Timeout(m) => AdpError::Unknown(format!("ADP did not answer in time: {m}")),
+        // Over a quota the request was never sent; an answer over the size cap came back
+        // from a request ADP may have acted on.
+        HostError::Limit(m) if m.starts_with("quota") => AdpError::NotSent {
+            message: format!("not sent: {m}"),
+            retry: true,
+        },
+        HostError::Limit(m) => AdpError::Unknown(format!("ADP's answer could not be read: {m}")),
         e if may_pass(&e) => AdpError::Transient(format!("ADP not reached: {}", host_message(&e))),
-        e => AdpError::Refused {
-            status: 0,
-            message: host_message(&e),
+        e => AdpError::NotSent {
+            message: format!("not sent to ADP: {}", host_message(&e)),
+            retry: false,
         },
     })?;
     let parsed: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
@@ -139,8 +159,14 @@ pub fn send(method: &str, path: &str, body: Option<&Value>) -> Result<Answer, Ad
             body: parsed,
             headers: response.headers.clone(),
         }),
-        429 | 503 => Err(AdpError::Busy {
-            status: response.status,
+        // 429, and 503 with Retry-After (ADP's maintenance), are answers that nothing was
+        // done; a bare 503 may come from a gateway after ADP acted.
+        429 => Err(AdpError::Busy {
+            status: 429,
+            after: after(),
+        }),
+        503 if after().is_some() => Err(AdpError::Busy {
+            status: 503,
             after: after(),
         }),
         404 => Err(AdpError::NotFound),
@@ -251,5 +277,12 @@ mod tests {
         );
         assert!(!AdpError::Unknown("timeout".into()).not_done());
         assert!(!AdpError::Transient("502".into()).not_done());
+        assert!(
+            AdpError::NotSent {
+                message: "quota".into(),
+                retry: true
+            }
+            .not_done()
+        );
     }
 }

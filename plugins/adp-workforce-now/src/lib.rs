@@ -40,8 +40,6 @@ use worker::CustomField;
 const CURSOR: &str = "import:cursor";
 const SKIPPED: &str = "import:skipped";
 const MAX_SKIPPED: usize = 100;
-/// Pay data groups sent and not yet confirmed, by group id.
-const GROUPS: &str = "payroll:groups";
 /// How long a group may be "sending" before it is taken as unanswered: well over one
 /// call's wall-clock cap, so a call still waiting for ADP is never overtaken.
 const SENDING_LEASE_MICROS: i64 = 180_000_000;
@@ -125,10 +123,14 @@ fn now_micros() -> i64 {
         .unwrap_or(0)
 }
 
+/// A time to the second.
 fn rfc3339(micros: i64) -> String {
+    rfc3339_micros(micros - micros.rem_euclid(1_000_000))
+}
+
+fn rfc3339_micros(micros: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1000)
         .ok()
-        .and_then(|t| t.replace_nanosecond(0).ok())
         .and_then(|t| {
             t.format(&time::format_description::well_known::Rfc3339)
                 .ok()
@@ -180,12 +182,13 @@ impl Plugin for Adp {
             "import-status" => Ok(json!({
                 "cursor": kv::get_json::<Cursor>(CURSOR)?.unwrap_or_default(),
                 "skipped": kv::get_json::<Value>(SKIPPED)?.unwrap_or(json!([])),
+                "dropped_events": kv::get_json::<Value>(DROPPED)?.unwrap_or(json!([])),
             })),
             "restart-import" => {
                 kv::delete(CURSOR)?;
                 Ok(json!({"cursor": Cursor::default()}))
             }
-            "payroll-status" => Ok(json!({"groups": groups()?})),
+            "payroll-status" => payroll_status(now_micros()),
             "push-hours" => {
                 let settings = settings()?;
                 let payroll = settings.payroll.as_ref().ok_or_else(|| {
@@ -275,7 +278,8 @@ fn import(settings: &Settings, now: i64) -> Result<Value, Error> {
     kv::set_json(
         CURSOR,
         &Cursor {
-            last_completed: Some(rfc3339(now)),
+            // To the microsecond: two sweeps in one second are still told apart.
+            last_completed: Some(rfc3339_micros(now)),
             ..Cursor::default()
         },
     )?;
@@ -389,6 +393,13 @@ fn skip(aoid: &str, why: &str) -> Result<(), Error> {
 
 // ---- Event notifications ------------------------------------------------------------
 
+/// Failed tries per message id, and the messages given up on.
+const ATTEMPTS: &str = "events:attempts";
+const DROPPED: &str = "events:dropped";
+/// Tries of one message before it is acknowledged unhandled (listed in `import-status`;
+/// the daily import brings its workers in anyway), so one bad message cannot stop the queue.
+const MAX_ATTEMPTS: u32 = 5;
+
 /// The associate OIDs an event names, wherever in its data.
 pub fn event_workers(event: &Value) -> Vec<String> {
     fn walk(v: &Value, out: &mut Vec<String>) {
@@ -416,22 +427,80 @@ pub fn event_workers(event: &Value) -> Vec<String> {
     out
 }
 
+/// Enough of this call's quotas for one more worker read and stored, and the message's
+/// acknowledgement.
+fn room_for_a_worker() -> bool {
+    let left = limits::remaining();
+    left.http_requests >= 2
+        && left.record_reads >= 2
+        && left.record_writes >= 2
+        && left.wall_ms >= 5_000
+}
+
+/// How handling one message ended.
+enum Handled {
+    Stored(u32),
+    /// This call's quotas ran out midway: the message stays for the next run.
+    OutOfQuota,
+}
+
+/// Reads again and stores every worker a message names.
+fn handle_message(events: &[Value], settings: &Settings) -> Result<Handled, Error> {
+    let mut stored = 0;
+    for event in events {
+        let name = event
+            .pointer("/eventNameCode/codeValue")
+            .and_then(Value::as_str)
+            .unwrap_or("(unnamed)");
+        let named = event_workers(event);
+        if named.is_empty() {
+            log::info(&format!(
+                "ADP event {} names no worker; acknowledged",
+                clip(name, 100)
+            ));
+        }
+        for aoid in &named {
+            if !room_for_a_worker() {
+                return Ok(Handled::OutOfQuota);
+            }
+            match adp::send("GET", &format!("/hr/v2/workers/{}", url_encode(aoid)), None) {
+                Ok(answer) => {
+                    let found = answer
+                        .body
+                        .get("workers")
+                        .and_then(Value::as_array)
+                        .and_then(|w| w.first())
+                        .cloned();
+                    match found {
+                        Some(w) => {
+                            upsert_worker(&w, settings)?;
+                            stored += 1;
+                        }
+                        None => log::warn(&format!("ADP has no worker {aoid} (event {name})")),
+                    }
+                }
+                Err(AdpError::NotFound) => {
+                    log::warn(&format!("ADP has no worker {aoid} (event {name})"))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(Handled::Stored(stored))
+}
+
 fn drain_events(settings: &Settings) -> Result<Value, Error> {
     adp::ready()?;
     let (mut handled, mut workers) = (0u32, 0u32);
+    let paused = |handled, workers| {
+        again_soon("events");
+        Ok(
+            json!({"events": handled, "workers": workers, "paused": "this run's quota is used; the queue is read again in a minute"}),
+        )
+    };
     loop {
-        // A message costs its read, a worker read per worker (one, as a rule) and its
-        // acknowledgement.
-        let left = limits::remaining();
-        if left.http_requests < 3
-            || left.record_reads < 2
-            || left.record_writes < 2
-            || left.wall_ms < 5_000
-        {
-            again_soon("events");
-            return Ok(
-                json!({"events": handled, "workers": workers, "paused": "this run's quota is used; the queue is read again in a minute"}),
-            );
+        if !room_for_a_worker() {
+            return paused(handled, workers);
         }
         let head = adp::send("GET", "/core/v1/event-notification-messages", None)?;
         if head.status == 204 {
@@ -440,7 +509,7 @@ fn drain_events(settings: &Settings) -> Result<Value, Error> {
         let id = head
             .header("adp-msg-msgid")
             .map(str::trim)
-            .filter(|i| !i.is_empty())
+            .filter(|i| !i.is_empty() && i.len() <= 200)
             .map(str::to_string)
             .ok_or_else(|| {
                 Error::Failed(
@@ -453,44 +522,30 @@ fn drain_events(settings: &Settings) -> Result<Value, Error> {
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        for event in &events {
-            let name = event
-                .pointer("/eventNameCode/codeValue")
-                .and_then(Value::as_str)
-                .unwrap_or("(unnamed)");
-            let named = event_workers(event);
-            if named.is_empty() {
-                log::info(&format!(
-                    "ADP event {} names no worker; acknowledged",
-                    clip(name, 100)
-                ));
-            }
-            for aoid in named.iter().take(5) {
-                match adp::send("GET", &format!("/hr/v2/workers/{}", url_encode(aoid)), None) {
-                    Ok(answer) => {
-                        let found = answer
-                            .body
-                            .get("workers")
-                            .and_then(Value::as_array)
-                            .and_then(|w| w.first())
-                            .cloned();
-                        match found {
-                            Some(w) => {
-                                upsert_worker(&w, settings)?;
-                                workers += 1;
-                            }
-                            None => log::warn(&format!("ADP has no worker {aoid} (event {name})")),
-                        }
-                    }
-                    Err(AdpError::NotFound) => {
-                        log::warn(&format!("ADP has no worker {aoid} (event {name})"))
-                    }
-                    // Not stored: the message stays at the head of the queue for the next run.
-                    Err(e) => return Err(e.into()),
+        match handle_message(&events, settings) {
+            Ok(Handled::Stored(n)) => workers += n,
+            Ok(Handled::OutOfQuota) => return paused(handled, workers),
+            Err(e) => {
+                // Not stored: the message stays at the head, unless it has failed too often.
+                let mut attempts: BTreeMap<String, u32> =
+                    kv::get_json(ATTEMPTS)?.unwrap_or_default();
+                let tries = attempts.entry(id.clone()).or_default();
+                *tries += 1;
+                if *tries < MAX_ATTEMPTS {
+                    kv::set_json(ATTEMPTS, &attempts)?;
+                    return Err(e);
                 }
+                let why = clip(&host_message_of(&e), 300).to_string();
+                log::warn(&format!(
+                    "ADP event message {id} failed {MAX_ATTEMPTS} times ({why}); acknowledged without it, the next import brings its workers in"
+                ));
+                let mut dropped: Vec<Value> = kv::get_json(DROPPED)?.unwrap_or_default();
+                dropped.push(json!({"message": id, "error": why, "events": events.len()}));
+                let from = dropped.len().saturating_sub(50);
+                kv::set_json(DROPPED, &dropped[from..].to_vec())?;
             }
         }
-        // Stored: now the message may go.
+        // Stored (or given up on): now the message may go.
         match adp::send(
             "DELETE",
             &format!("/core/v1/event-notification-messages/{}", url_encode(&id)),
@@ -499,35 +554,25 @@ fn drain_events(settings: &Settings) -> Result<Value, Error> {
             Ok(_) | Err(AdpError::NotFound) => {}
             Err(e) => return Err(e.into()),
         }
+        let mut attempts: BTreeMap<String, u32> = kv::get_json(ATTEMPTS)?.unwrap_or_default();
+        if attempts.remove(&id).is_some() {
+            kv::set_json(ATTEMPTS, &attempts)?;
+        }
         handled += 1;
     }
     Ok(json!({"events": handled, "workers": workers, "queue": "empty"}))
 }
 
 // ---- Hours → payroll ----------------------------------------------------------------
+//
+// A group's entries are claimed before its hours are sent: each gets
+// `data.adp.claim = {group, at}` by a version-checked write, so a second run at the same
+// time (the schedule and the action) finds them claimed and leaves them. ADP's answer is
+// kept in kv (`payroll:confirmed:<group>`) before the entries are marked sent, so a call
+// that dies midway is finished by the next run. A claim older than the lease without an
+// answer is a group ADP may have taken: held until a person settles it.
 
-/// A pay data group sent to ADP and not yet settled.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Group {
-    entries: Vec<String>,
-    employee: String,
-    period_start: String,
-    /// `sending` while a call waits for ADP's answer; `unconfirmed` when no answer came
-    /// (ADP may have appended the hours): held until a person settles it.
-    state: String,
-    at: i64,
-    #[serde(default)]
-    error: Option<String>,
-}
-
-fn groups() -> Result<BTreeMap<String, Group>, Error> {
-    Ok(kv::get_json(GROUPS)?.unwrap_or_default())
-}
-
-fn save_groups(groups: &BTreeMap<String, Group>) -> Result<(), Error> {
-    Ok(kv::set_json(GROUPS, groups)?)
-}
-
+/// An entry that is being read or written by this run.
 struct Entry {
     record: Record,
     data: Value,
@@ -536,11 +581,115 @@ struct Entry {
     overtime: f64,
 }
 
+impl Entry {
+    fn of(record: Record) -> Result<Entry, Error> {
+        let data = record.json()?;
+        let day = data
+            .get("work_date")
+            .and_then(Value::as_str)
+            .and_then(payroll::parse_date)
+            .unwrap_or(time::Date::MIN);
+        let (regular, overtime) = (
+            hours(&data, "regular_hours"),
+            hours(&data, "overtime_hours"),
+        );
+        Ok(Entry {
+            record,
+            data,
+            day,
+            regular,
+            overtime,
+        })
+    }
+
+    /// The group that claimed it, when, and whether its request got no answer.
+    fn claim(&self) -> Option<(String, i64, bool)> {
+        let claim = self.data.pointer("/adp/claim")?;
+        Some((
+            claim.get("group")?.as_str()?.to_string(),
+            claim.get("at")?.as_i64()?,
+            claim.get("unanswered") == Some(&Value::Bool(true)),
+        ))
+    }
+}
+
 fn hours(data: &Value, key: &str) -> f64 {
     data.get(key)
         .and_then(Value::as_f64)
         .filter(|h| h.is_finite() && *h >= 0.0)
         .unwrap_or(0.0)
+}
+
+fn confirmed_key(group: &str) -> String {
+    format!("payroll:confirmed:{group}")
+}
+
+/// The approved entries this call can read, with the groups claimed among them.
+struct Claimed {
+    at: i64,
+    unanswered: bool,
+    entries: Vec<Entry>,
+}
+
+struct Approved {
+    free: Vec<Entry>,
+    /// Group → its claimed entries.
+    claimed: BTreeMap<String, Claimed>,
+    full: bool,
+}
+
+fn approved() -> Result<Approved, Error> {
+    let limit = limits::remaining().record_reads.saturating_sub(20).min(100);
+    let listed = records::list("time_entry", Some(APPROVED), limit)?;
+    let full = limit > 0 && listed.len() as u32 == limit;
+    let mut out = Approved {
+        free: Vec::new(),
+        claimed: BTreeMap::new(),
+        full,
+    };
+    for record in listed {
+        let entry = Entry::of(record)?;
+        match entry.claim() {
+            Some((group, at, unanswered)) => {
+                let claimed = out.claimed.entry(group).or_insert(Claimed {
+                    at,
+                    unanswered,
+                    entries: Vec::new(),
+                });
+                claimed.unanswered |= unanswered;
+                claimed.entries.push(entry);
+            }
+            None => out.free.push(entry),
+        }
+    }
+    Ok(out)
+}
+
+/// A group's state, from its claim and ADP's answer.
+fn group_state(group: &str, claimed: &Claimed, now: i64) -> Result<&'static str, Error> {
+    Ok(if kv::get(&confirmed_key(group))?.is_some() {
+        "confirmed"
+    } else if !claimed.unanswered && now - claimed.at <= SENDING_LEASE_MICROS {
+        "sending"
+    } else {
+        "unconfirmed"
+    })
+}
+
+fn payroll_status(now: i64) -> Result<Value, Error> {
+    let approved = approved()?;
+    let mut groups = Map::new();
+    for (group, claimed) in &approved.claimed {
+        groups.insert(
+            group.clone(),
+            json!({
+                "state": group_state(group, claimed, now)?,
+                "claimed_at": rfc3339(claimed.at),
+                "entries": claimed.entries.iter().map(|e| e.record.id.clone()).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    Ok(json!({"groups": groups}))
 }
 
 fn push_hours(payroll: &PayrollSettings, now: i64) -> Result<Value, Error> {
@@ -551,97 +700,79 @@ fn push_hours(payroll: &PayrollSettings, now: i64) -> Result<Value, Error> {
         ));
     }
     adp::ready()?;
-    let mut held = groups()?;
-    // A group whose call died while waiting for ADP: its answer will not come.
-    for g in held.values_mut() {
-        if g.state == "sending" && now - g.at > SENDING_LEASE_MICROS {
-            g.state = "unconfirmed".into();
+    let approved = approved()?;
+    let mut unconfirmed = Vec::new();
+    let mut finished = 0;
+    for (group, claimed) in &approved.claimed {
+        let entries = &claimed.entries;
+        match group_state(group, claimed, now)? {
+            // ADP took them; the call that sent them died before marking them all.
+            "confirmed" => {
+                let confirmed: Value = kv::get_json(&confirmed_key(group))?.unwrap_or(Value::Null);
+                mark_sent(entries, &confirmed)?;
+                kv::delete(&confirmed_key(group))?;
+                finished += entries.len();
+            }
+            "unconfirmed" => unconfirmed.push(group.clone()),
+            _ => {}
         }
     }
-    save_groups(&held)?;
-    let held_entries: Vec<&String> = held.values().flat_map(|g| &g.entries).collect();
-    let left = limits::remaining();
-    let limit = left.record_reads.saturating_sub(20).min(100);
-    let approved = records::list("time_entry", Some(APPROVED), limit)?;
-    let listed = approved.len() as u32;
-    let today = today(now);
+    // A period has ended everywhere once its last day is over in UTC+14 and UTC−12 alike:
+    // a day after its last day in UTC.
+    let ended_by = today(now) - time::Duration::days(1);
     let mut pending: BTreeMap<(String, time::Date), Vec<Entry>> = BTreeMap::new();
     let mut waiting = 0;
-    for record in approved {
-        if held_entries.contains(&&record.id) {
+    for entry in approved.free {
+        let Some(employee) = entry.data.get("employee_id").and_then(Value::as_str) else {
+            continue;
+        };
+        if entry.day == time::Date::MIN {
             continue;
         }
-        let data = record.json()?;
-        let Some(day) = data
-            .get("work_date")
-            .and_then(Value::as_str)
-            .and_then(payroll::parse_date)
-        else {
-            continue;
-        };
-        let Some(employee) = data.get("employee_id").and_then(Value::as_str) else {
-            continue;
-        };
-        let period = periods.period_of(day);
-        if payroll.closed_periods_only && period.end >= today {
+        let period = periods.period_of(entry.day);
+        if payroll.closed_periods_only && period.end >= ended_by {
             waiting += 1;
             continue;
         }
-        let (regular, overtime) = (
-            hours(&data, "regular_hours"),
-            hours(&data, "overtime_hours"),
-        );
         pending
             .entry((employee.to_string(), period.start))
             .or_default()
-            .push(Entry {
-                record,
-                data,
-                day,
-                regular,
-                overtime,
-            });
+            .push(entry);
     }
     let (mut sent, mut refused, mut entries_sent) = (0u32, 0u32, 0u32);
     let mut stopped = None;
     for ((employee, start), entries) in pending {
         let left = limits::remaining();
+        let n = entries.len() as u32;
         if left.http_requests < 1
-            || left.record_writes < entries.len() as u32 + 1
-            || left.record_reads < entries.len() as u32 + 2
+            || left.record_writes < 2 * n + 2
+            || left.record_reads < 2 * n + 2
             || left.wall_ms < 30_000
         {
             again_soon("payroll");
             stopped = Some("this run's quota is used; the rest is sent in a minute".to_string());
             break;
         }
-        match push_group(
-            payroll, &periods, &employee, start, &entries, now, &mut held,
-        ) {
-            Ok(true) => {
+        match push_group(payroll, &periods, &employee, start, entries, now) {
+            Ok(Pushed::Sent(n)) => {
                 sent += 1;
-                entries_sent += entries.len() as u32;
+                entries_sent += n;
             }
-            Ok(false) => refused += 1,
+            Ok(Pushed::Refused) => refused += 1,
+            Ok(Pushed::Busy) => {}
             Err(e) => {
-                stopped = Some(host_message_of(&e));
-                save_groups(&held)?;
                 if sent == 0 {
                     return Err(e);
                 }
+                stopped = Some(host_message_of(&e));
                 break;
             }
         }
     }
-    save_groups(&held)?;
-    if stopped.is_none() && listed == limit && limit > 0 {
+    // More approved entries than one list holds: the next run soon, while this one sent.
+    if stopped.is_none() && approved.full && sent > 0 {
         again_soon("payroll");
     }
-    let unconfirmed: Vec<&String> = held
-        .iter()
-        .filter(|(_, g)| g.state == "unconfirmed")
-        .map(|(id, _)| id)
-        .collect();
     if !unconfirmed.is_empty() {
         log::warn(&format!(
             "{} pay data group(s) got no answer from ADP and are held: check batch {} in ADP, then settle each with the push-hours action ({{\"settle\": {{\"group\": ..., \"as\": \"sent\" or \"not_sent\"}}}})",
@@ -653,6 +784,7 @@ fn push_hours(payroll: &PayrollSettings, now: i64) -> Result<Value, Error> {
         "groups_sent": sent,
         "entries_sent": entries_sent,
         "groups_refused": refused,
+        "finished_from_earlier": finished,
         "waiting_for_period_end": waiting,
         "unconfirmed": unconfirmed,
         "stopped": stopped,
@@ -666,17 +798,23 @@ fn host_message_of(e: &Error) -> String {
     }
 }
 
-/// Sends one worker's hours of one pay period; false when ADP (or a missing link to ADP)
-/// refused them, and the entries went back to `rejected`.
+enum Pushed {
+    Sent(u32),
+    /// ADP (or a missing link to ADP) refused them: back to `rejected`.
+    Refused,
+    /// Another run holds some of them.
+    Busy,
+}
+
+/// Sends one worker's hours of one pay period.
 fn push_group(
     payroll: &PayrollSettings,
     periods: &PayPeriods,
     employee_id: &str,
     start: time::Date,
-    entries: &[Entry],
+    entries: Vec<Entry>,
     now: i64,
-    held: &mut BTreeMap<String, Group>,
-) -> Result<bool, Error> {
+) -> Result<Pushed, Error> {
     let employee = records::get("employee", employee_id)?;
     let adp_keys = employee
         .as_ref()
@@ -695,25 +833,27 @@ fn push_group(
         key("payroll_file_number"),
     ) else {
         reject(
-            entries,
+            &entries,
             &format!(
                 "employee {employee_id} is not linked to an ADP worker with a payroll group and file number; import the workers from ADP, or fix the entry's employee"
             ),
         )?;
-        return Ok(false);
+        return Ok(Pushed::Refused);
     };
     let mut ids: Vec<&str> = entries.iter().map(|e| e.record.id.as_str()).collect();
     ids.sort_unstable();
-    let group_id = format!(
+    let group = format!(
         "{}-{}",
         payroll::iso(start),
         &digest(&format!("{aoid}|{}", ids.join(",")))[..12]
     );
-    let lines: Vec<(Option<u32>, f64, f64)> = entries
+    let Some(claimed) = claim(entries, &group, now)? else {
+        return Ok(Pushed::Busy);
+    };
+    let lines: Vec<(Option<u32>, f64, f64)> = claimed
         .iter()
         .map(|e| (periods.week_of(e.day), e.regular, e.overtime))
         .collect();
-    let summed = payroll::sum_hours(&lines);
     let event = payroll::pay_data_event(
         &payroll.batch_id,
         &payroll.pay_number,
@@ -722,23 +862,9 @@ fn push_group(
             payroll_group_code: group_code,
             payroll_file_number: file_number,
         },
-        &summed,
+        &payroll::sum_hours(&lines),
         &payroll.earning_codes,
     );
-    // Written before the request: if the call dies waiting, the next run knows these
-    // hours may be in ADP and holds them instead of sending them twice.
-    held.insert(
-        group_id.clone(),
-        Group {
-            entries: ids.iter().map(|s| s.to_string()).collect(),
-            employee: employee_id.into(),
-            period_start: payroll::iso(start),
-            state: "sending".into(),
-            at: now,
-            error: None,
-        },
-    );
-    save_groups(held)?;
     match adp::send(
         "POST",
         "/events/payroll/v1/pay-data-input.modify",
@@ -746,42 +872,78 @@ fn push_group(
     ) {
         Ok(answer) => {
             let mut confirmed = payroll::confirmation(&answer.body);
-            confirmed["group"] = json!(group_id);
+            confirmed["group"] = json!(group);
             confirmed["batch"] = json!(payroll.batch_id);
             confirmed["period_start"] = json!(payroll::iso(start));
             confirmed["sent_at"] = json!(rfc3339(now));
-            mark_sent(entries, &confirmed)?;
-            held.remove(&group_id);
-            Ok(true)
+            // Kept before the entries are marked: a call that dies midway is finished by
+            // the next run, never sent again.
+            kv::set_json(&confirmed_key(&group), &confirmed)?;
+            mark_sent(&claimed, &confirmed)?;
+            kv::delete(&confirmed_key(&group))?;
+            Ok(Pushed::Sent(claimed.len() as u32))
         }
         Err(AdpError::Refused { message, .. }) => {
-            held.remove(&group_id);
-            save_groups(held)?;
             reject(
-                entries,
+                &claimed,
                 &format!("ADP payroll refused these hours: {message}"),
             )?;
-            Ok(false)
+            Ok(Pushed::Refused)
         }
         Err(e) if e.not_done() => {
-            held.remove(&group_id);
+            release(&claimed)?;
             Err(e.into())
         }
+        // No answer that says: ADP may have appended them. The claims stay, and the group
+        // is held once the lease has passed.
         Err(e) => {
-            // No answer: ADP may have appended them. Held for a person to check.
-            if let Some(g) = held.get_mut(&group_id) {
-                g.state = "unconfirmed".into();
-                g.error = Some(clip(&e.to_string(), 300).to_string());
-            }
+            log::warn(&format!(
+                "pay data group {group} got no answer from ADP ({}); it is held until a person settles it",
+                clip(&e.to_string(), 300)
+            ));
+            // Said on the entries at once: the group is held now, not only after the lease.
+            write_entries(&claimed, None, |d| {
+                if let Some(claim) = d.get_mut("adp").and_then(|a| a.get_mut("claim")) {
+                    claim["unanswered"] = json!(true);
+                }
+            })?;
             Err(e.into())
         }
     }
 }
 
+/// Claims every entry for `group`, or none: `None` when another run (or a person) changed
+/// one meanwhile.
+fn claim(entries: Vec<Entry>, group: &str, now: i64) -> Result<Option<Vec<Entry>>, Error> {
+    let mut claimed = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let mut data = entry.data.clone();
+        data["adp"] = json!({"claim": {"group": group, "at": now}});
+        match records::update(
+            "time_entry",
+            &entry.record.id,
+            None,
+            &data,
+            Some(entry.record.version),
+        ) {
+            Ok(record) => claimed.push(Entry::of(record)?),
+            Err(HostError::Conflict(_)) => {
+                release(&claimed)?;
+                return Ok(None);
+            }
+            Err(e) => {
+                release(&claimed)?;
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(Some(claimed))
+}
+
 /// Writes onto each entry, reading it again on a concurrent change.
 fn write_entries(
     entries: &[Entry],
-    stage: &str,
+    stage: Option<&str>,
     change: impl Fn(&mut Map<String, Value>),
 ) -> Result<(), Error> {
     for entry in entries {
@@ -790,13 +952,7 @@ fn write_entries(
             if let Some(object) = data.as_object_mut() {
                 change(object);
             }
-            match records::update(
-                "time_entry",
-                &record.id,
-                Some(stage),
-                &data,
-                Some(record.version),
-            ) {
+            match records::update("time_entry", &record.id, stage, &data, Some(record.version)) {
                 Ok(_) => break,
                 Err(HostError::Conflict(_)) if attempt < 2 => {
                     record = records::get("time_entry", &entry.record.id)?.ok_or_else(|| {
@@ -812,21 +968,27 @@ fn write_entries(
 }
 
 fn mark_sent(entries: &[Entry], confirmed: &Value) -> Result<(), Error> {
-    write_entries(entries, SENT, |d| {
+    write_entries(entries, Some(SENT), |d| {
         d.insert("adp".into(), confirmed.clone());
+    })
+}
+
+fn release(entries: &[Entry]) -> Result<(), Error> {
+    write_entries(entries, None, |d| {
+        d.remove("adp");
     })
 }
 
 fn reject(entries: &[Entry], why: &str) -> Result<(), Error> {
     log::warn(why);
-    write_entries(entries, REJECTED, |d| {
+    write_entries(entries, Some(REJECTED), |d| {
         d.insert("rejected_reason".into(), json!(clip(why, 500)));
         d.insert("adp".into(), json!({"error": clip(why, 500)}));
     })
 }
 
 /// A person settles a group ADP did not answer: `sent` (the hours are in the batch) marks
-/// its entries sent; `not_sent` lets the next run send them.
+/// its entries sent; `not_sent` releases them for the next run to send.
 fn settle_group(settle: &Value, payroll: &PayrollSettings, now: i64) -> Result<Value, Error> {
     let id = settle.get("group").and_then(Value::as_str).ok_or_else(|| {
         Error::InvalidInput(
@@ -834,47 +996,31 @@ fn settle_group(settle: &Value, payroll: &PayrollSettings, now: i64) -> Result<V
         )
     })?;
     let how = settle.get("as").and_then(Value::as_str).unwrap_or_default();
-    let mut held = groups()?;
-    let group = held
-        .get(id)
-        .cloned()
+    let mut approved = approved()?;
+    let claimed = approved
+        .claimed
+        .remove(id)
         .ok_or_else(|| Error::InvalidInput(format!("no held pay data group {:?}", clip(id, 80))))?;
-    if group.state == "sending" && now - group.at <= SENDING_LEASE_MICROS {
+    if group_state(id, &claimed, now)? == "sending" {
         return Err(Error::RetryLater(
-            "this group's request is still waiting for ADP's answer".into(),
+            "this group's request may still be waiting for ADP's answer; settle it in a few minutes".into(),
         ));
     }
+    let entries = claimed.entries;
     match how {
-        "sent" => {
-            let mut entries = Vec::new();
-            for e in &group.entries {
-                if let Some(record) = records::get("time_entry", e)? {
-                    let data = record.json()?;
-                    entries.push(Entry {
-                        record,
-                        data,
-                        day: time::Date::MIN,
-                        regular: 0.0,
-                        overtime: 0.0,
-                    });
-                }
-            }
-            mark_sent(
-                &entries,
-                &json!({"group": id, "batch": payroll.batch_id, "period_start": group.period_start,
-                        "settled_at": rfc3339(now), "confirmation_id": null}),
-            )?;
-        }
-        "not_sent" => {}
+        "sent" => mark_sent(
+            &entries,
+            &json!({"group": id, "batch": payroll.batch_id, "settled_at": rfc3339(now), "confirmation_id": null}),
+        )?,
+        "not_sent" => release(&entries)?,
         _ => {
             return Err(Error::InvalidInput(
                 "settle a group \"as\": \"sent\" (ADP has the hours) or \"not_sent\" (send them again)".into(),
             ));
         }
     }
-    held.remove(id);
-    save_groups(&held)?;
-    Ok(json!({"settled": id, "as": how}))
+    kv::delete(&confirmed_key(id))?;
+    Ok(json!({"settled": id, "as": how, "entries": entries.len()}))
 }
 
 #[cfg(test)]

@@ -70,7 +70,8 @@ impl Default for FeedbackSettings {
     fn default() -> Self {
         FeedbackSettings {
             enabled: false,
-            stages: vec!["won".into(), "lost".into()],
+            // Roofing's won stage is `converted`.
+            stages: vec!["won".into(), "converted".into(), "lost".into()],
             lost_stages: vec!["lost".into()],
         }
     }
@@ -164,7 +165,7 @@ fn poll(settings: &Settings, now: i64) -> Result<(), Error> {
     let account = ads::account(&settings.api_version)?;
     let mut cursor: Cursor = kv::get_json(CURSOR)?.unwrap_or_default();
     cursor.paused = None;
-    cursor.begin(settings.overlap_minutes.clamp(0, 7 * 24 * 60), || {
+    cursor.begin(settings.overlap_minutes.clamp(60, 7 * 24 * 60), || {
         clock::lookback_start(now, settings.initial_lookback_days.clamp(1, 365))
     });
     let limit = search_size(settings);
