@@ -85,6 +85,19 @@ fn wanted(part: &str) -> bool {
     std::env::var("BENCH_ONLY").map_or(true, |only| only == part)
 }
 
+/// Prints a table's header; each call of the returned closure prints one path's row
+/// (`records` over its time).
+fn rate_table(records: f64) -> impl Fn(&str, Duration) {
+    println!("| path | records/s | total |\n|---|---:|---:|");
+    move |name, t| {
+        println!(
+            "| {name} | {:.0} | {:.2} s |",
+            records / t.as_secs_f64(),
+            t.as_secs_f64()
+        )
+    }
+}
+
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1e6
 }
@@ -324,14 +337,7 @@ async fn import(
     let kernel_total = started.elapsed();
 
     println!("\n### ServiceTitan import ({jobs} jobs and {customers} customers, pages of 250)\n");
-    println!("| path | records/s | total |\n|---|---:|---:|");
-    let row = |name: &str, t: Duration| {
-        println!(
-            "| {name} | {:.0} | {:.2} s |",
-            total / t.as_secs_f64(),
-            t.as_secs_f64()
-        )
-    };
+    let row = rate_table(total);
     row("pages fetched straight from the fake", fetch_total);
     row(
         "records created straight through the kernel, one after another",
@@ -361,7 +367,7 @@ async fn sam(api: &Api, provider: &str, fake: &fake_sam::FakeSam) {
             "/provider/tenants/bench-sam/plugins/sam-gov",
             Some(provider),
             Some(json!({
-                "grants": ["http", "kv", "records:read", "records:read-pii", "records:write"],
+                "grants": client::IMPORT_GRANTS,
                 "config": {"naics": ["561210"], "daily_requests": 10000, "page_size": 1000},
                 "quotas": {"record-writes": 1000, "record-reads": 2000, "wall-ms": 120000},
             })),
@@ -409,14 +415,7 @@ async fn sam(api: &Api, provider: &str, fake: &fake_sam::FakeSam) {
     let fetch_total = started.elapsed();
     assert_eq!(fetched, n);
     println!("\n### SAM.gov import ({n} opportunities, pages of 1,000)\n");
-    println!("| path | records/s | total |\n|---|---:|---:|");
-    let row = |name: &str, t: Duration| {
-        println!(
-            "| {name} | {:.0} | {:.2} s |",
-            n as f64 / t.as_secs_f64(),
-            t.as_secs_f64()
-        )
-    };
+    let row = rate_table(n as f64);
     row("pages fetched straight from the fake", fetch_total);
     row(
         &format!("the plugin's import, each lead scored ({runs} runs)"),
@@ -447,7 +446,7 @@ async fn adp(api: &Api, provider: &str, fake: &fake_adp::FakeAdp) {
             "/provider/tenants/bench-adp/plugins/adp-workforce-now",
             Some(provider),
             Some(json!({
-                "grants": ["http", "kv", "records:read", "records:read-pii", "records:write"],
+                "grants": client::IMPORT_GRANTS,
                 "quotas": {"record-writes": 1000, "record-reads": 2000, "http-requests": 50, "wall-ms": 120000},
             })),
         )
@@ -510,14 +509,7 @@ async fn adp(api: &Api, provider: &str, fake: &fake_adp::FakeAdp) {
     let fetch_total = started.elapsed();
     assert_eq!(fetched, n as usize);
     println!("\n### ADP Workforce Now workers ({n} workers, pages of 100, mutual TLS)\n");
-    println!("| path | records/s | total |\n|---|---:|---:|");
-    let row = |name: &str, t: Duration| {
-        println!(
-            "| {name} | {:.0} | {:.2} s |",
-            f64::from(n) / t.as_secs_f64(),
-            t.as_secs_f64()
-        )
-    };
+    let row = rate_table(f64::from(n));
     row("pages fetched straight from the fake", fetch_total);
     row(
         &format!("the plugin's import as employees ({runs} runs)"),
@@ -552,7 +544,7 @@ async fn lsa(api: &Api, provider: &str, fake: &fake_google_ads::FakeGoogleAds) {
             "/provider/tenants/bench-lsa/plugins/google-lsa",
             Some(provider),
             Some(json!({
-                "grants": ["http", "kv", "records:read", "records:read-pii", "records:write"],
+                "grants": client::IMPORT_GRANTS,
                 "quotas": {"record-writes": 1000, "record-reads": 2000, "wall-ms": 120000},
             })),
         )
@@ -677,14 +669,7 @@ async fn lsa(api: &Api, provider: &str, fake: &fake_google_ads::FakeGoogleAds) {
         assert!(!newest["score"].is_null(), "{newest}");
     }
     println!("\n### Google LSA leads ({n} leads; the plugin's searches of up to 500 leads)\n");
-    println!("| path | records/s | total |\n|---|---:|---:|");
-    let row = |name: &str, t: Duration| {
-        println!(
-            "| {name} | {:.0} | {:.2} s |",
-            n as f64 / t.as_secs_f64(),
-            t.as_secs_f64()
-        )
-    };
+    let row = rate_table(n as f64);
     row("the same searches sent straight to the fake", fetch_total);
     row(
         &format!("the plugin's import, each lead scored ({runs} runs)"),

@@ -524,6 +524,32 @@ pub mod connections {
         host::list()
     }
 
+    /// The connection `id` when it is connected; else why not, in words for the tenant:
+    /// `service` names the service, `connect` says how a tenant admin connects it. Not
+    /// connected and expired are `failed` (a person must act); in error is `retry-later`.
+    pub fn require(id: &str, service: &str, connect: &str) -> Result<Connection, crate::Error> {
+        use crate::Error;
+        let connection = get(id)?
+            .ok_or_else(|| Error::Failed(format!("the manifest has no {id} connection")))?;
+        let why = connection
+            .last_error
+            .as_deref()
+            .map(|e| format!(" ({})", crate::text::clip(e, 200)))
+            .unwrap_or_default();
+        match connection.status {
+            Status::Connected => Ok(connection),
+            Status::NotConnected => Err(Error::Failed(format!(
+                "{service} is not connected: {connect}"
+            ))),
+            Status::Expired => Err(Error::Failed(format!(
+                "connection expired: {service} must be connected again by a tenant admin{why}"
+            ))),
+            Status::Error => Err(Error::RetryLater(format!(
+                "the {service} connection is in error{why}"
+            ))),
+        }
+    }
+
     impl Connection {
         /// The metadata as JSON (an object).
         pub fn metadata_json(&self) -> serde_json::Value {

@@ -12,20 +12,14 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::client::{Api, config_for};
+use crate::client::{Api, IMPORT_GRANTS};
 use crate::fake_adp::{self, FakeAdp};
 use crate::fake_mtls::stranger_certificate;
-use crate::harness::{Backend, PROVIDER_EMAIL, PROVIDER_PASSWORD, TestServer};
+use crate::harness::{Backend, TestServer};
+use crate::integrations::integration_server;
 use crate::quickbooks::{plugin_kv_of, record_keys};
 
 const ID: &str = "adp-workforce-now";
-const GRANTS: [&str; 5] = [
-    "http",
-    "kv",
-    "records:read",
-    "records:read-pii",
-    "records:write",
-];
 
 struct World {
     api: Api,
@@ -36,21 +30,16 @@ struct World {
 }
 
 async fn world(backend: Backend, scheduler: bool) -> Option<World> {
-    crate::integrations::capture_logs();
     let fake = FakeAdp::start().await;
     // The fake's CA stands in for the public roots ADP's server certificate chains to.
     let roots = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(roots.path(), &fake.pki.ca_pem).unwrap();
     let path = roots.path().to_path_buf();
-    let tweak = config_for(fake.port, &fake_adp::HOSTS);
-    let srv = TestServer::start_with(backend, move |c| {
-        tweak(c);
-        c.http_extra_roots = Some(path);
-        c.scheduler = scheduler;
-    })
-    .await?;
-    let api = Api::new(&srv.base);
-    let provider = api.provider(PROVIDER_EMAIL, PROVIDER_PASSWORD).await;
+    let (srv, api, provider) =
+        integration_server(backend, fake.port, &fake_adp::HOSTS, scheduler, move |c| {
+            c.http_extra_roots = Some(path);
+        })
+        .await?;
     let w = World {
         api,
         srv,
@@ -101,7 +90,7 @@ impl World {
                 &format!("/provider/tenants/{slug}/plugins/{ID}"),
                 Some(&self.provider),
                 Some(json!({
-                    "grants": GRANTS,
+                    "grants": IMPORT_GRANTS,
                     "config": config,
                     "quotas": {"record-writes": 500, "record-reads": 1000, "http-requests": 50},
                 })),
@@ -590,7 +579,7 @@ async fn the_client_certificate_is_required_on_every_handshake() {
     let owner = w.api.tenant_on(&w.provider, "tlsco", "hvac").await;
     w.fake.employer("adp-client-tlsco", "adp-secret-tls-1", 2);
     w.api
-        .install(&w.provider, "tlsco", ID, &GRANTS, json!({}))
+        .install(&w.provider, "tlsco", ID, &IMPORT_GRANTS, json!({}))
         .await;
     let (status, body) = w
         .api

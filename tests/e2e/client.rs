@@ -10,6 +10,15 @@ use serde_json::{Value, json};
 /// The public address the test servers are told they have.
 pub const PUBLIC: &str = "https://sf.example.test";
 
+/// The grants of a plugin that imports records from a service (no events of its own).
+pub const IMPORT_GRANTS: [&str; 5] = [
+    "http",
+    "kv",
+    "records:read",
+    "records:read-pii",
+    "records:write",
+];
+
 /// The password of the users [`Api::tenant`] makes.
 pub const PASSWORD: &str = "correct-horse-battery";
 

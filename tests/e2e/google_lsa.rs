@@ -16,18 +16,12 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::client::{Api, PUBLIC, config_for, runs_of};
+use crate::client::{Api, IMPORT_GRANTS, PUBLIC, runs_of};
 use crate::fake_google_ads::{self as fake, FakeGoogleAds, lead};
-use crate::harness::{Backend, PROVIDER_EMAIL, PROVIDER_PASSWORD, TestServer};
+use crate::harness::{Backend, TestServer};
+use crate::integrations::integration_server;
 
 const ID: &str = "google-lsa";
-const GRANTS: [&str; 5] = [
-    "http",
-    "kv",
-    "records:read",
-    "records:read-pii",
-    "records:write",
-];
 
 struct World {
     api: Api,
@@ -37,17 +31,10 @@ struct World {
 }
 
 async fn world(backend: Backend, developer_token: bool) -> Option<World> {
-    crate::integrations::capture_logs();
     let fake = FakeGoogleAds::start().await;
-    let tweak = config_for(fake.port, &fake::HOSTS);
     // Runs are made by the tests alone.
-    let srv = TestServer::start_with(backend, |c| {
-        tweak(c);
-        c.scheduler = false;
-    })
-    .await?;
-    let api = Api::new(&srv.base);
-    let provider = api.provider(PROVIDER_EMAIL, PROVIDER_PASSWORD).await;
+    let (srv, api, provider) =
+        integration_server(backend, fake.port, &fake::HOSTS, false, |_| {}).await?;
     let w = World {
         api,
         srv,
@@ -117,7 +104,7 @@ impl World {
                 Method::PUT,
                 &format!("/provider/tenants/{slug}/plugins/{ID}"),
                 Some(&self.provider),
-                Some(json!({"grants": GRANTS, "config": config, "quotas": quotas})),
+                Some(json!({"grants": IMPORT_GRANTS, "config": config, "quotas": quotas})),
             )
             .await;
         assert!(status == 200 || status == 201, "{body}");

@@ -59,6 +59,34 @@ pub(crate) fn capture_logs() {
     });
 }
 
+/// A server for an integration plugin's tests, with the bundled plugins and the fake's
+/// hosts on loopback (`fake_port`), logs captured, its scheduler off unless `scheduler`
+/// (runs are the tests'), and `tweak` applied; the client and the provider's token.
+pub(crate) async fn integration_server(
+    backend: Backend,
+    fake_port: u16,
+    hosts: &[&str],
+    scheduler: bool,
+    tweak: impl FnOnce(&mut streamflow::config::Config),
+) -> Option<(TestServer, crate::client::Api, String)> {
+    capture_logs();
+    let base = crate::client::config_for(fake_port, hosts);
+    let srv = TestServer::start_with(backend, move |c| {
+        base(c);
+        c.scheduler = scheduler;
+        tweak(c);
+    })
+    .await?;
+    let api = crate::client::Api::new(&srv.base);
+    let provider = api
+        .provider(
+            crate::harness::PROVIDER_EMAIL,
+            crate::harness::PROVIDER_PASSWORD,
+        )
+        .await;
+    Some((srv, api, provider))
+}
+
 pub(crate) fn logs() -> String {
     String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
 }

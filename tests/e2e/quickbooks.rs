@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::client::{Api, PUBLIC, config_for, env_for, runs_of};
+use crate::client::{Api, PUBLIC, env_for, runs_of};
 use crate::fake_qbo::{self, FakeQbo};
 use crate::harness::{Backend, PROVIDER_EMAIL, PROVIDER_PASSWORD, TestServer};
+use crate::integrations::integration_server;
 
 const ID: &str = "quickbooks";
 const GRANTS: [&str; 6] = [
@@ -32,11 +33,9 @@ struct World {
 }
 
 async fn world(backend: Backend) -> Option<World> {
-    crate::integrations::capture_logs();
     let fake = FakeQbo::start().await;
-    let srv = TestServer::start_with(backend, config_for(fake.port, &fake_qbo::HOSTS)).await?;
-    let api = Api::new(&srv.base);
-    let provider = api.provider(PROVIDER_EMAIL, PROVIDER_PASSWORD).await;
+    let (srv, api, provider) =
+        integration_server(backend, fake.port, &fake_qbo::HOSTS, true, |_| {}).await?;
     let w = World {
         api,
         srv: Some(srv),

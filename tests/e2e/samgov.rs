@@ -9,18 +9,12 @@ use std::sync::atomic::Ordering;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::client::{Api, config_for};
+use crate::client::{Api, IMPORT_GRANTS};
 use crate::fake_sam::{self, FakeSam};
-use crate::harness::{Backend, PROVIDER_EMAIL, PROVIDER_PASSWORD, TestServer};
+use crate::harness::{Backend, TestServer};
+use crate::integrations::integration_server;
 
 const ID: &str = "sam-gov";
-const GRANTS: [&str; 5] = [
-    "http",
-    "kv",
-    "records:read",
-    "records:read-pii",
-    "records:write",
-];
 const NAICS: &str = "561210";
 
 struct World {
@@ -31,16 +25,9 @@ struct World {
 }
 
 async fn world(backend: Backend) -> Option<World> {
-    crate::integrations::capture_logs();
     let fake = FakeSam::start().await;
-    let tweak = config_for(fake.port, &fake_sam::HOSTS);
-    let srv = TestServer::start_with(backend, |c| {
-        tweak(c);
-        c.scheduler = false;
-    })
-    .await?;
-    let api = Api::new(&srv.base);
-    let provider = api.provider(PROVIDER_EMAIL, PROVIDER_PASSWORD).await;
+    let (srv, api, provider) =
+        integration_server(backend, fake.port, &fake_sam::HOSTS, false, |_| {}).await?;
     api.ok(
         Method::PUT,
         &format!("/provider/plugins/{ID}/connections/sam"),
@@ -68,7 +55,7 @@ impl World {
                 Method::PUT,
                 &format!("/provider/tenants/{slug}/plugins/{ID}"),
                 Some(&self.provider),
-                Some(json!({"grants": GRANTS, "config": config, "quotas": {"record-writes": 1000, "record-reads": 2000}})),
+                Some(json!({"grants": IMPORT_GRANTS, "config": config, "quotas": {"record-writes": 1000, "record-reads": 2000}})),
             )
             .await;
         assert!(status == 200 || status == 201, "{body}");

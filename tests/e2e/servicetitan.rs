@@ -11,10 +11,10 @@ use hmac::Mac;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::client::{Api, config_for, runs_of};
+use crate::client::{Api, runs_of};
 use crate::fake_st::{self, FakeSt};
 use crate::harness::{Backend, TestServer};
-use crate::harness::{PROVIDER_EMAIL, PROVIDER_PASSWORD};
+use crate::integrations::integration_server;
 use crate::quickbooks::plugin_kv_of;
 
 const ID: &str = "servicetitan";
@@ -37,17 +37,10 @@ struct World {
 }
 
 async fn world(backend: Backend) -> Option<World> {
-    crate::integrations::capture_logs();
     let fake = FakeSt::start().await;
     // Runs are made by the tests alone (a scheduled run meanwhile would hold the lease).
-    let tweak = config_for(fake.port, &fake_st::HOSTS);
-    let srv = TestServer::start_with(backend, |c| {
-        tweak(c);
-        c.scheduler = false;
-    })
-    .await?;
-    let api = Api::new(&srv.base);
-    let provider = api.provider(PROVIDER_EMAIL, PROVIDER_PASSWORD).await;
+    let (srv, api, provider) =
+        integration_server(backend, fake.port, &fake_st::HOSTS, false, |_| {}).await?;
     let body = api
         .ok(
             Method::PUT,

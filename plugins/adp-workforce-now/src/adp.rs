@@ -5,7 +5,7 @@
 //! (429, 503 maintenance with `Retry-After`), or fail with ADP's own words (`confirmMessage`).
 
 use serde_json::Value;
-use streamflow_plugin_sdk::connections::{self, Status};
+use streamflow_plugin_sdk::connections;
 use streamflow_plugin_sdk::text::clip;
 use streamflow_plugin_sdk::{Error, HostError, host_message, http, may_pass};
 
@@ -83,25 +83,12 @@ impl From<AdpError> for Error {
 
 /// Fails unless the business's ADP connection is usable, saying what to do.
 pub fn ready() -> Result<(), Error> {
-    let connection = connections::get(CONNECTION)?
-        .ok_or_else(|| Error::Failed("the manifest has no adp connection".into()))?;
-    let why = connection
-        .last_error
-        .as_deref()
-        .map(|e| format!(" ({})", clip(e, 200)))
-        .unwrap_or_default();
-    match connection.status {
-        Status::Connected => Ok(()),
-        Status::NotConnected => Err(Error::Failed(
-            "ADP Workforce Now is not connected: a tenant admin enters the client id and secret ADP issued for this employer under Integrations".into(),
-        )),
-        Status::Expired => Err(Error::Failed(format!(
-            "the ADP credentials were refused: a tenant admin must enter them again{why}"
-        ))),
-        Status::Error => Err(Error::RetryLater(format!(
-            "the ADP connection is in error{why}"
-        ))),
-    }
+    connections::require(
+        CONNECTION,
+        "ADP Workforce Now",
+        "a tenant admin enters the client id and secret ADP issued for this employer under Integrations",
+    )
+    .map(|_| ())
 }
 
 /// What a successful call answered.

@@ -5,7 +5,7 @@
 //! failures that may pass, and refusals someone has to fix (named in the message).
 
 use serde_json::{Value, json};
-use streamflow_plugin_sdk::connections::{self, Status};
+use streamflow_plugin_sdk::connections;
 use streamflow_plugin_sdk::text::clip;
 use streamflow_plugin_sdk::{Error, HostError, host_message, http, may_pass};
 
@@ -106,31 +106,11 @@ pub fn customer_id(text: &str) -> Option<String> {
 
 /// The connected account, or why there is none in words for the tenant.
 pub fn account(version: &str) -> Result<Account, Error> {
-    let connection = connections::get(CONNECTION)?
-        .ok_or_else(|| Error::Failed("the manifest has no google-ads connection".into()))?;
-    let why = connection
-        .last_error
-        .as_deref()
-        .map(|e| format!(" ({})", clip(e, 200)))
-        .unwrap_or_default();
-    match connection.status {
-        Status::Connected => {}
-        Status::Expired => {
-            return Err(Error::Failed(format!(
-                "the Google Ads connection expired: a tenant admin connects Google Ads again{why}"
-            )));
-        }
-        Status::NotConnected => {
-            return Err(Error::Failed(
-                "Google Ads is not connected: a tenant admin enters the business's customer id and connects its Google account under Integrations".into(),
-            ));
-        }
-        Status::Error => {
-            return Err(Error::RetryLater(format!(
-                "the Google Ads connection is in error{why}"
-            )));
-        }
-    }
+    let connection = connections::require(
+        CONNECTION,
+        "Google Ads",
+        "a tenant admin enters the business's customer id and connects its Google account under Integrations",
+    )?;
     let customer_id = connection
         .metadata_json()
         .get("customer_id")

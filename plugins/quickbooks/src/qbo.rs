@@ -4,7 +4,7 @@
 //! refusals.
 
 use serde_json::Value;
-use streamflow_plugin_sdk::connections::{self, Status};
+use streamflow_plugin_sdk::connections;
 use streamflow_plugin_sdk::text::{clip, url_encode};
 use streamflow_plugin_sdk::{Error, HostError, host_message, http, may_pass};
 
@@ -67,34 +67,11 @@ pub struct Company {
 /// The tenant's connected company, or why there is none (the admin sees the message in the
 /// automation run).
 pub fn company() -> Result<Company, Error> {
-    let connection = connections::get(CONNECTION)?
-        .ok_or_else(|| Error::Failed("the manifest has no quickbooks connection".into()))?;
-    match connection.status {
-        Status::Connected => {}
-        Status::Expired => {
-            return Err(Error::Failed(format!(
-                "connection expired: QuickBooks must be connected again by a tenant admin{}",
-                connection
-                    .last_error
-                    .map(|e| format!(" ({})", clip(&e, 200)))
-                    .unwrap_or_default()
-            )));
-        }
-        Status::NotConnected => {
-            return Err(Error::Failed(
-                "QuickBooks is not connected: a tenant admin connects it under Integrations".into(),
-            ));
-        }
-        Status::Error => {
-            return Err(Error::RetryLater(format!(
-                "the QuickBooks connection is in error{}",
-                connection
-                    .last_error
-                    .map(|e| format!(" ({})", clip(&e, 200)))
-                    .unwrap_or_default()
-            )));
-        }
-    }
+    let connection = connections::require(
+        CONNECTION,
+        "QuickBooks",
+        "a tenant admin connects it under Integrations",
+    )?;
     let realm = connection
         .metadata_json()
         .get("realmId")

@@ -4,7 +4,7 @@
 //! (`ApiErrorResponse`).
 
 use serde_json::Value;
-use streamflow_plugin_sdk::connections::{self, Status};
+use streamflow_plugin_sdk::connections;
 use streamflow_plugin_sdk::text::clip;
 use streamflow_plugin_sdk::{Error, HostError, host_message, http, may_pass};
 
@@ -44,31 +44,11 @@ pub struct Tenant {
 }
 
 pub fn tenant() -> Result<Tenant, Error> {
-    let connection = connections::get(CONNECTION)?
-        .ok_or_else(|| Error::Failed("the manifest has no servicetitan connection".into()))?;
-    let why = connection
-        .last_error
-        .as_deref()
-        .map(|e| format!(" ({})", clip(e, 200)))
-        .unwrap_or_default();
-    match connection.status {
-        Status::Connected => {}
-        Status::Expired => {
-            return Err(Error::Failed(format!(
-                "connection expired: ServiceTitan must be connected again by a tenant admin{why}"
-            )));
-        }
-        Status::NotConnected => {
-            return Err(Error::Failed(
-                "ServiceTitan is not connected: a tenant admin enters its client id, secret and tenant id under Integrations".into(),
-            ));
-        }
-        Status::Error => {
-            return Err(Error::RetryLater(format!(
-                "the ServiceTitan connection is in error{why}"
-            )));
-        }
-    }
+    let connection = connections::require(
+        CONNECTION,
+        "ServiceTitan",
+        "a tenant admin enters its client id, secret and tenant id under Integrations",
+    )?;
     let id = connection
         .metadata_json()
         .get("tenant_id")
