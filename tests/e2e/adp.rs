@@ -518,6 +518,45 @@ async fn approved_hours_reach_payroll_once() {
     );
     assert_eq!(w.fake.batch(&client, "WEEK-47").len(), 3);
 
+    // A gateway's bare 503 proves nothing either: held. The office finds nothing in ADP and
+    // settles it as not sent; the next run sends it, once.
+    let another = w
+        .api
+        .ok(
+            Method::POST,
+            "/api/records/time_entry",
+            &owner,
+            Some(
+                json!({"data": {"employee_id": employees[2]["id"], "work_date": "2026-11-20", "regular_hours": 3}}),
+            ),
+        )
+        .await;
+    let another_id = approve(&w, &owner, &another).await;
+    w.fake.state.gateway_errors.store(1, Ordering::SeqCst);
+    assert_ne!(w.run(&owner, "payroll").await["status"], "ok");
+    assert_eq!(w.fake.batch(&client, "WEEK-47").len(), 3);
+    let status = w
+        .api
+        .action_output(&owner, ID, "payroll-status", json!({}))
+        .await;
+    let (group, held) = status["groups"].as_object().unwrap().iter().next().unwrap();
+    assert_eq!(held["state"], "unconfirmed", "{status}");
+    w.api
+        .action_output(
+            &owner,
+            ID,
+            "push-hours",
+            json!({"settle": {"group": group, "as": "not_sent"}}),
+        )
+        .await;
+    assert_eq!(w.run(&owner, "payroll").await["status"], "ok");
+    assert_eq!(w.run(&owner, "payroll").await["status"], "ok");
+    assert_eq!(w.fake.batch(&client, "WEEK-47").len(), 4);
+    assert_eq!(
+        w.api.record(&owner, "time_entry", &another_id).await["stage"],
+        "sent_to_payroll"
+    );
+
     // Hours ADP refuses (a file number it does not have) go back to the office with ADP's
     // words, and are not sent again until someone resubmits them.
     w.fake

@@ -52,6 +52,9 @@ pub struct AdpState {
     pub unauthorized: AtomicU32,
     /// Pay data posts answered 503 (maintenance, `Retry-After: 120`) before one is taken.
     pub maintenance: AtomicU32,
+    /// Pay data posts answered a bare 503 (no `Retry-After`: a gateway's, which proves
+    /// nothing) and not taken.
+    pub gateway_errors: AtomicU32,
     /// Pay data posts taken and then answered 502, as if the answer were lost.
     pub lose_answers: AtomicU32,
     /// Worker reads (`/hr/v2/workers/{aoid}`) answered 503 before one succeeds.
@@ -454,6 +457,13 @@ async fn pay_data(
             "ADP is down for maintenance",
         )
             .into_response();
+    }
+    if state
+        .gateway_errors
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream").into_response();
     }
     let data = &event["events"][0]["data"];
     let context = &data["eventContext"];
