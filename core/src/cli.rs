@@ -1,4 +1,5 @@
-//! The `streamflow` command line: `serve`, `demo` and `migrate`.
+//! The `streamflow` command line: `serve`, `demo`, `migrate`, and the plugin, template and
+//! score tools.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -33,6 +34,28 @@ enum Command {
     /// Check and list industry templates.
     #[command(subcommand)]
     Template(TemplateCommand),
+    /// Measure lead scorers against labelled leads.
+    #[command(subcommand)]
+    Score(ScoreCommand),
+}
+
+#[derive(Subcommand)]
+enum ScoreCommand {
+    /// Score labelled leads with a template's scorer, as a tenant on the template would,
+    /// and print how often it agrees, a confusion matrix and the leads it judged otherwise.
+    Eval {
+        /// The template (its id); by default the one the fixture file names.
+        #[arg(long)]
+        template: Option<String>,
+        /// A fixture file of labelled leads (`industry-templates/scoring/<id>.toml`).
+        #[arg(long)]
+        fixtures: std::path::PathBuf,
+        /// Fail (exit 1) when fewer agree than this share, in percent.
+        #[arg(long, default_value_t = 90.0)]
+        min_agreement: f64,
+        #[arg(long, env = "STREAMFLOW_TEMPLATES_DIR")]
+        templates_dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -342,6 +365,30 @@ pub fn main() -> ExitCode {
                         t.version,
                         t.name,
                         catalog.versions(&t.id).join(", ")
+                    );
+                }
+                Ok(())
+            }
+            Command::Score(ScoreCommand::Eval {
+                template,
+                fixtures,
+                min_agreement,
+                templates_dir,
+            }) => {
+                let text = std::fs::read_to_string(&fixtures)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", fixtures.display()))?;
+                let evaluation = crate::score_eval::evaluate(
+                    template.as_deref(),
+                    &text,
+                    templates_dir.as_deref(),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: {e:#}", fixtures.display()))?;
+                print!("{}", evaluation.report());
+                let share = evaluation.agreement() * 100.0;
+                if share < min_agreement {
+                    anyhow::bail!(
+                        "{share:.0}% agree, below {min_agreement:.0}%: tune the scorer's config in the template (or check the labels)"
                     );
                 }
                 Ok(())

@@ -23,6 +23,7 @@ pub mod outbound;
 pub mod plugin_cli;
 pub mod plugins;
 pub mod records;
+pub mod score_eval;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -427,3 +427,71 @@ grants = ["ai"]
     }
     assert!(String::from_utf8_lossy(&out.stderr).contains("2 of 2 template(s) have problems"));
 }
+
+#[test]
+fn score_eval_prints_agreement_and_fails_below_the_bar() {
+    let fixtures = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../industry-templates/scoring/plumbing.toml"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_streamflow"))
+        .args([
+            "score",
+            "eval",
+            "--template",
+            "plumbing",
+            "--fixtures",
+            fixtures,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("plumbing 1.1.0, scored by lead-score-rules"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("expected \\ scored    hot  warm  cold"),
+        "{stdout}"
+    );
+
+    // A bar it cannot reach: the report, then a failure saying what to do.
+    let out = Command::new(env!("CARGO_BIN_EXE_streamflow"))
+        .args([
+            "score",
+            "eval",
+            "--fixtures",
+            fixtures,
+            "--min-agreement",
+            "100.5",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tune the scorer's config"), "{stderr}");
+
+    // Fixtures for another template are refused, naming both.
+    let out = Command::new(env!("CARGO_BIN_EXE_streamflow"))
+        .args([
+            "score",
+            "eval",
+            "--template",
+            "hvac",
+            "--fixtures",
+            fixtures,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("written for template \"plumbing\", not \"hvac\""),
+        "{stderr}"
+    );
+}

@@ -41,7 +41,7 @@ both_backends! {
         let (status, version) = srv.publish(&dev, package.clone()).await;
         assert_eq!(status, 201, "{version}");
         assert_eq!((version["id"].as_str(), version["version"].as_str(), version["status"].as_str()),
-                   (Some("lead-score-rules"), Some("0.1.2"), Some("pending")));
+                   (Some("lead-score-rules"), Some("0.1.3"), Some("pending")));
         // Versions are immutable, and ids belong to their first publisher.
         let (status, body) = srv.publish(&dev, package.clone()).await;
         assert_eq!((status, body["error"]["code"].as_str()), (409, Some("version_exists")), "{body}");
@@ -53,10 +53,10 @@ both_backends! {
         // Not installable until approved; developers cannot approve.
         let install = |body: Value| put(&srv, "/provider/tenants/acme/plugins/lead-score-rules", &provider, body);
         assert_eq!(install(json!({})).await.0, 404);
-        assert_eq!(srv.post("/provider/plugins/lead-score-rules/versions/0.1.2/approve", &dev, json!({})).await.0, 401);
+        assert_eq!(srv.post("/provider/plugins/lead-score-rules/versions/0.1.3/approve", &dev, json!({})).await.0, 401);
         let (_, pending) = srv.get("/provider/plugins?status=pending", &provider).await;
         assert_eq!(pending["items"][0]["id"], "lead-score-rules");
-        let (status, approved) = srv.post("/provider/plugins/lead-score-rules/versions/0.1.2/approve", &provider, json!({})).await;
+        let (status, approved) = srv.post("/provider/plugins/lead-score-rules/versions/0.1.3/approve", &provider, json!({})).await;
         assert_eq!((status, approved["status"].as_str()), (200, Some("approved")), "{approved}");
 
         // A bad config is refused with every error's path; nothing is installed.
@@ -78,7 +78,7 @@ both_backends! {
         let (status, installed) = install(json!({"version": "^0.1", "config": {
             "postal_prefixes": ["787"], "hot": 65}})).await;
         assert_eq!(status, 201, "{installed}");
-        assert_eq!(installed["version"], "0.1.2");
+        assert_eq!(installed["version"], "0.1.3");
         assert_eq!(installed["config"]["hot"], 65);
         assert_eq!(installed["config"]["warm"], 40, "defaults are filled in: {installed}");
         assert_eq!(installed["health"]["breaker"], "closed");
@@ -89,7 +89,7 @@ both_backends! {
         let score = &hot["score"];
         assert_eq!(score["temperature"], "hot", "{hot}");
         assert!(score["value"].as_u64().unwrap() >= 65, "{score}");
-        assert_eq!((score["plugin"].as_str(), score["version"].as_str()), (Some("lead-score-rules"), Some("0.1.2")));
+        assert_eq!((score["plugin"].as_str(), score["version"].as_str()), (Some("lead-score-rules"), Some("0.1.3")));
         assert!(score["confidence"].as_f64().unwrap() > 0.9, "{score}");
         assert!(score["reasons"].as_array().unwrap().iter().any(|r| r.as_str().unwrap().contains("referral")), "{score}");
         let (_, cold) = srv.post("/api/records/lead", &owner, json!({"data": cold_lead()})).await;
@@ -129,7 +129,7 @@ both_backends! {
         assert_eq!(put(&srv, "/api/plugins/lead-score-rules/config", &other_owner, json!({"config": {}})).await.0, 404);
 
         // Rejecting a version stops it for the tenants that had it.
-        srv.post("/provider/plugins/lead-score-rules/versions/0.1.2/reject", &provider, json!({})).await;
+        srv.post("/provider/plugins/lead-score-rules/versions/0.1.3/reject", &provider, json!({})).await;
         let (_, after) = srv.post("/api/records/lead", &owner, json!({"data": hot_lead()})).await;
         assert!(after["score"].is_null(), "{after}");
     }
@@ -588,7 +588,7 @@ async fn compile_lifecycle(backend: Backend) {
         let (srv, provider) = (&srv, &provider);
         async move { srv.post(&path, provider, json!({})).await }
     };
-    let (status, approved) = approve("0.1.2").await;
+    let (status, approved) = approve("0.1.3").await;
     assert_eq!(
         (status, approved["compiled"].as_str()),
         (200, Some("on_disk")),
@@ -611,14 +611,14 @@ async fn compile_lifecycle(backend: Backend) {
             json!({"version": version}),
         )
     };
-    assert_eq!(install("=0.1.2").await.0, 201);
-    let entry = registry_entry(&srv, &provider, "lead-score-rules", "0.1.2").await;
+    assert_eq!(install("=0.1.3").await.0, 201);
+    let entry = registry_entry(&srv, &provider, "lead-score-rules", "0.1.3").await;
     assert_eq!(entry["compiled"], "in_memory", "{entry}");
 
-    // 0.2.0 approved: compiled too; 0.1.2 stays in memory while it is installed.
+    // 0.2.0 approved: compiled too; 0.1.3 stays in memory while it is installed.
     assert_eq!(approve("0.2.0").await.0, 200);
     let (old, new) = (
-        registry_entry(&srv, &provider, "lead-score-rules", "0.1.2").await,
+        registry_entry(&srv, &provider, "lead-score-rules", "0.1.3").await,
         registry_entry(&srv, &provider, "lead-score-rules", "0.2.0").await,
     );
     assert_eq!(
@@ -627,11 +627,11 @@ async fn compile_lifecycle(backend: Backend) {
     );
     assert_eq!(cached_files(&dir).len(), 2);
 
-    // The last installation moves to 0.2.0: 0.1.2 is used by nobody and is not the newest
+    // The last installation moves to 0.2.0: 0.1.3 is used by nobody and is not the newest
     // approved version, so it leaves memory and disk; 0.2.0 comes in.
     assert_eq!(install("=0.2.0").await.0, 200);
     let (old, new) = (
-        registry_entry(&srv, &provider, "lead-score-rules", "0.1.2").await,
+        registry_entry(&srv, &provider, "lead-score-rules", "0.1.3").await,
         registry_entry(&srv, &provider, "lead-score-rules", "0.2.0").await,
     );
     assert_eq!(
@@ -696,7 +696,7 @@ async fn a_version_that_does_not_compile_cannot_be_approved() {
     assert_eq!(srv.publish(&dev, plugin_package(SCORER)).await.0, 201);
     let (status, body) = srv
         .post(
-            "/provider/plugins/lead-score-rules/versions/0.1.2/approve",
+            "/provider/plugins/lead-score-rules/versions/0.1.3/approve",
             &provider,
             json!({}),
         )
@@ -713,7 +713,7 @@ async fn a_version_that_does_not_compile_cannot_be_approved() {
             .contains("cannot be approved: it does not compile on this host"),
         "{body}"
     );
-    let entry = registry_entry(&srv, &provider, "lead-score-rules", "0.1.2").await;
+    let entry = registry_entry(&srv, &provider, "lead-score-rules", "0.1.3").await;
     assert_eq!(entry["status"], "pending", "the version stays as it was");
     assert_eq!(cached_files(&dir), Vec::<String>::new());
 }
@@ -884,7 +884,7 @@ async fn templates_never_install_a_developers_plugin_under_a_bundled_id() {
     // Approved by the provider, even: still not the first-party plugin.
     let (status, approved) = srv
         .post(
-            "/provider/plugins/lead-score-rules/versions/0.1.2/approve",
+            "/provider/plugins/lead-score-rules/versions/0.1.3/approve",
             &provider,
             json!({}),
         )

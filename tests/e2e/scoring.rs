@@ -156,3 +156,32 @@ crate::both_backends! {
         assert!(!kinds.contains(&"plugin.failed".to_string()), "{kinds:?}");
     }
 }
+
+/// Each vertical's scorer agrees with at least 90% of 30 leads a person in the trade
+/// labelled (`industry-templates/scoring/`), scored as a tenant on the template scores them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_verticals_scorer_agrees_with_its_labelled_leads() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../industry-templates/scoring");
+    let mut seen = 0;
+    for template in [
+        "hvac",
+        "plumbing",
+        "electrical",
+        "roofing",
+        "landscaping",
+        "gov-contracting",
+    ] {
+        let text = std::fs::read_to_string(format!("{dir}/{template}.toml")).unwrap();
+        let evaluation = streamflow::score_eval::evaluate(Some(template), &text, None)
+            .await
+            .unwrap();
+        assert_eq!(evaluation.total, 30, "{template}");
+        assert!(evaluation.agreement() >= 0.9, "{}", evaluation.report());
+        // Every temperature is among the labels, so agreement is not one class guessed.
+        for row in evaluation.matrix {
+            assert!(row.iter().sum::<usize>() >= 5, "{}", evaluation.report());
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 6);
+}

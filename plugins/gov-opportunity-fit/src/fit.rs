@@ -49,7 +49,25 @@ pub struct Profile {
     pub states: Vec<String>,
     pub weights: Weights,
     pub thresholds: Thresholds,
+    /// Bid only when every factor the profile compares is fully met (a primary code, a
+    /// set-aside held, the value in range, time enough, a solicitation out, ...); anything
+    /// short of that is at most a review, however high the score.
+    pub strict_bid: bool,
+    /// Factors (by name, as in `weights`) whose share below this (0 to 1) is a hard no-bid,
+    /// like a set-aside the company cannot bid on: `{naics = 0.01, deadline = 0.5}`.
+    pub no_bid_below: std::collections::BTreeMap<String, f64>,
 }
+
+/// The factors' names, in the order [`assess`] weighs them.
+pub const FACTORS: [&str; 7] = [
+    "naics",
+    "set_aside",
+    "value",
+    "deadline",
+    "agency",
+    "place",
+    "notice_type",
+];
 
 /// Points of each factor. They need not add up to 100: the score is the share earned.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +105,8 @@ impl Default for Profile {
             states: Vec::new(),
             weights: Weights::default(),
             thresholds: Thresholds::default(),
+            strict_bid: false,
+            no_bid_below: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -152,6 +172,20 @@ impl Profile {
                 t.review, t.bid
             ));
         }
+        for (name, floor) in &self.no_bid_below {
+            if !FACTORS.contains(&name.as_str()) {
+                return Err(format!(
+                    "no_bid_below: {:?} is not a factor ({})",
+                    clip(name),
+                    FACTORS.join(", ")
+                ));
+            }
+            if !(floor.is_finite() && (0.0..=1.0).contains(floor)) {
+                return Err(format!(
+                    "no_bid_below.{name}: a share from 0 to 1, not {floor}"
+                ));
+            }
+        }
         for c in &self.certifications {
             match SetAside::parse(c) {
                 Some(SetAside::Unrestricted) | None => {
@@ -197,6 +231,8 @@ struct Factor {
     reason: String,
     /// A hard no-bid: the highest score allowed.
     cap: Option<u8>,
+    /// The profile compares this input (an agency with no preferred agencies is not).
+    compared: bool,
 }
 
 impl Factor {
@@ -207,6 +243,15 @@ impl Factor {
             present: true,
             reason,
             cap: None,
+            compared: true,
+        }
+    }
+
+    /// An input the profile does not compare: half the weight, never short of a bid.
+    fn not_compared(weight: f64, reason: String) -> Factor {
+        Factor {
+            compared: false,
+            ..Factor::new(weight, 0.5, reason)
         }
     }
 
@@ -218,6 +263,7 @@ impl Factor {
             present: false,
             reason,
             cap: None,
+            compared: true,
         }
     }
 }
@@ -229,7 +275,7 @@ pub fn assess(profile: &Profile, data: &Value, updated_at: i64) -> Assessment {
     let empty = Map::new();
     let data = data.as_object().unwrap_or(&empty);
     let w = &profile.weights;
-    let factors = [
+    let mut factors = [
         naics_factor(profile, data.get("naics"), w.naics),
         set_aside_factor(profile, data.get("set_aside"), w.set_aside),
         value_factor(profile, data.get("estimated_value"), w.value),
@@ -254,13 +300,29 @@ pub fn assess(profile: &Profile, data: &Value, updated_at: i64) -> Assessment {
     } else {
         0
     };
+    for (factor, name) in factors.iter_mut().zip(FACTORS) {
+        if let Some(floor) = profile.no_bid_below.get(name)
+            && factor.present
+            && factor.compared
+            && factor.cap.is_none()
+            && factor.share < *floor
+        {
+            factor.cap = Some(SET_ASIDE_CAP);
+            factor.reason.push_str(": a no-bid");
+        }
+    }
     let cap = factors.iter().filter_map(|f| f.cap).min();
     if let Some(cap) = cap {
         value = value.min(cap);
     }
+    // Strict: the first compared factor not fully met keeps it from being a bid.
+    let short = factors
+        .iter()
+        .find(|f| profile.strict_bid && f.present && f.compared && f.share < 0.999)
+        .map(|f| f.reason.clone());
     let verdict = if cap.is_some() {
         Verdict::NoBid
-    } else if value >= profile.thresholds.bid {
+    } else if value >= profile.thresholds.bid && short.is_none() {
         Verdict::Bid
     } else if value >= profile.thresholds.review {
         Verdict::Review
@@ -271,6 +333,9 @@ pub fn assess(profile: &Profile, data: &Value, updated_at: i64) -> Assessment {
     let confidence = (present as f64 / factors.len() as f64 * 100.0).round() / 100.0;
 
     let mut order: Vec<&Factor> = factors.iter().collect();
+    let held_back = (verdict == Verdict::Review && value >= profile.thresholds.bid)
+        .then(|| short.map(|r| format!("A review, not a bid: {r}")))
+        .flatten();
     // Stable: equal weights keep the order above.
     order.sort_by(|a, b| {
         b.cap
@@ -282,7 +347,10 @@ pub fn assess(profile: &Profile, data: &Value, updated_at: i64) -> Assessment {
         value,
         verdict,
         confidence: confidence as f32,
-        reasons: order.into_iter().map(|f| f.reason.clone()).collect(),
+        reasons: held_back
+            .into_iter()
+            .chain(order.into_iter().map(|f| f.reason.clone()))
+            .collect(),
     }
 }
 
@@ -350,15 +418,13 @@ fn naics_factor(profile: &Profile, value: Option<&Value>, weight: f64) -> Factor
         Codes::Read(codes) => codes,
     };
     if primary.is_empty() && secondary.is_empty() {
-        let mut f = Factor::unknown(
+        return Factor::not_compared(
             weight,
             format!(
                 "NAICS {} not compared: no NAICS codes configured",
                 codes.join(", ")
             ),
         );
-        f.present = true;
-        return f;
     }
     let group = |code: &str| {
         code.get(..4)
@@ -539,6 +605,7 @@ fn set_aside_factor(profile: &Profile, value: Option<&Value>, weight: f64) -> Fa
             kind.label()
         ),
         cap: Some(SET_ASIDE_CAP),
+        compared: true,
     }
 }
 
@@ -700,6 +767,7 @@ fn deadline_factor(
             present: true,
             reason: format!("Response deadline {} has passed", clip(text.trim())),
             cap: Some(0),
+            compared: true,
         };
     }
     let due = match days {
@@ -743,9 +811,8 @@ fn agency_factor(profile: &Profile, value: Option<&Value>, weight: f64) -> Facto
         .filter(|a| !a.is_empty())
         .collect();
     if preferred.is_empty() {
-        return Factor::new(
+        return Factor::not_compared(
             weight,
-            0.5,
             format!("Agency {}; no preferred agencies set", clip(agency)),
         );
     }
@@ -1582,5 +1649,50 @@ mod tests {
         assert_eq!(amount(&json!("$ 2,000")), Some(2000.0));
         assert_eq!(amount(&json!("k")), None);
         assert_eq!(amount(&json!(-1)), None);
+    }
+
+    #[test]
+    fn strict_bids_need_every_factor_and_floors_are_no_bids() {
+        let mut strict = company();
+        strict.strict_bid = true;
+        strict.preferred_agencies.clear();
+        strict
+            .no_bid_below
+            .extend([("naics".to_string(), 0.01), ("deadline".to_string(), 0.5)]);
+        // Everything met (an agency not compared does not count): a bid.
+        assert_eq!(assess(&strict, &great(), NOW).verdict, Verdict::Bid);
+        // A secondary code scores high but is a review, saying why.
+        let secondary = assess(&strict, &with("naics", json!("541330")), NOW);
+        assert!(secondary.value >= strict.thresholds.bid, "{secondary:?}");
+        assert_eq!(secondary.verdict, Verdict::Review);
+        assert!(
+            secondary.reasons[0].starts_with("A review, not a bid: NAICS 541330"),
+            "{secondary:?}"
+        );
+        // Below a floor: a hard no-bid.
+        let foreign = assess(&strict, &with("naics", json!("325412")), NOW);
+        assert_eq!(foreign.verdict, Verdict::NoBid);
+        assert!(foreign.value <= SET_ASIDE_CAP, "{foreign:?}");
+        assert!(foreign.reasons[0].ends_with(": a no-bid"), "{foreign:?}");
+        let rushed = assess(
+            &strict,
+            &with("response_deadline", json!("2026-03-05")),
+            NOW,
+        );
+        assert_eq!(rushed.verdict, Verdict::NoBid, "{rushed:?}");
+        // Off by default.
+        let mut lenient = company();
+        lenient.preferred_agencies.clear();
+        assert_ne!(
+            assess(&lenient, &with("naics", json!("325412")), NOW).verdict,
+            Verdict::NoBid
+        );
+        let mut bad = company();
+        bad.no_bid_below.insert("budget".into(), 0.5);
+        assert!(
+            bad.check()
+                .unwrap_err()
+                .contains("\"budget\" is not a factor")
+        );
     }
 }

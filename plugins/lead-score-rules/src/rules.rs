@@ -68,6 +68,12 @@ pub struct Rules {
     /// Points when every completeness field is present, given pro rata.
     #[serde(deserialize_with = "lenient::int")]
     pub completeness_points: i32,
+    /// Points for other fields of the lead, such as how urgent the call is: field name →
+    /// value → points (`urgency = { emergency = 30, routine = 0 }`,
+    /// `vulnerable_occupants = { true = 10 }`). A boolean is matched as `true` or `false`, a
+    /// text like a table name above; a field that is missing, or a value not listed, adds
+    /// nothing.
+    pub signals: BTreeMap<String, Signal>,
     /// Lowest score that is hot.
     #[serde(deserialize_with = "lenient::int")]
     pub hot: u8,
@@ -75,6 +81,11 @@ pub struct Rules {
     #[serde(deserialize_with = "lenient::int")]
     pub warm: u8,
 }
+
+/// The points of one signal field's values.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Signal(#[serde(deserialize_with = "lenient::int_map")] pub BTreeMap<String, i32>);
 
 /// One budget band: budgets of at least `min` earn `points`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -145,6 +156,7 @@ impl Default for Rules {
                 .map(String::from)
                 .to_vec(),
             completeness_points: 10,
+            signals: BTreeMap::new(),
             hot: 70,
             warm: 40,
         }
@@ -217,6 +229,7 @@ pub fn score(rules: &Rules, data: &Value) -> Scored {
         matches!(postal, Postal::Code(_)),
         rules,
     ));
+    parts.extend(signal_factors(data, &rules.signals));
 
     let total: i64 = parts.iter().map(|p| p.points).sum();
     let value = total.clamp(0, 100) as u8;
@@ -303,6 +316,28 @@ fn table_factor(
         Some((key, points)) => Part::new(points, format!("{what} {shown} (as {})", clip(&key))),
         None => Part::new(unknown, format!("unknown {what} {shown}")),
     })
+}
+
+/// One part per signal field the lead has a listed value for.
+fn signal_factors(data: &Map<String, Value>, signals: &BTreeMap<String, Signal>) -> Vec<Part> {
+    let mut parts = Vec::new();
+    for (field, Signal(table)) in signals {
+        let value = match data.get(field) {
+            Some(Value::Bool(b)) => b.to_string(),
+            Some(Value::String(s)) => normalize(&s.chars().take(MAX_MATCHED).collect::<String>()),
+            _ => continue,
+        };
+        if value.is_empty() {
+            continue;
+        }
+        if let Some((_, points)) = lookup(table, &value) {
+            parts.push(Part::new(
+                points,
+                format!("{} {}", clip(field), clip(&value)),
+            ));
+        }
+    }
+    parts
 }
 
 /// The table entry for a normalised value: the entry with the same name, or else the
@@ -1248,5 +1283,45 @@ mod tests {
         }
         let schema: Value = serde_json::from_str(SCHEMA).unwrap();
         assert!(walk(&schema, 0) < 10);
+    }
+
+    #[test]
+    fn signals_weigh_other_fields() {
+        let rules: Rules = serde_json::from_value(json!({
+            "signals": {
+                "urgency": {"emergency": 30, "urgent": 15, "routine": 0},
+                "vulnerable_occupants": {"true": 10, "false": 0},
+            }
+        }))
+        .unwrap();
+        let calm = score(&rules, &json!({"urgency": "routine"}));
+        let urgent = score(
+            &rules,
+            &json!({"urgency": "Emergency", "vulnerable_occupants": true}),
+        );
+        assert_eq!(urgent.value - calm.value, 40, "{:?}", urgent.reasons);
+        assert!(
+            urgent
+                .reasons
+                .contains(&"urgency emergency: +30".to_string()),
+            "{:?}",
+            urgent.reasons
+        );
+        assert!(
+            urgent
+                .reasons
+                .contains(&"vulnerable_occupants true: +10".to_string())
+        );
+        // Unlisted values, other types and missing fields add nothing.
+        let other = score(
+            &rules,
+            &json!({"urgency": "whenever", "vulnerable_occupants": 1}),
+        );
+        assert_eq!(other.value, score(&rules, &json!({})).value);
+        assert!(
+            !other.reasons.iter().any(|r| r.contains("urgency")),
+            "{:?}",
+            other.reasons
+        );
     }
 }
