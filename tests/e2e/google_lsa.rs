@@ -692,6 +692,21 @@ async fn setup_mistakes_throttling_and_suspension_stop_polls_plainly() {
     );
     assert!(w.leads(&owner).await.is_empty());
     w.app_settings(true).await;
+    // The provider can take a secret away again: null removes it (left out keeps it).
+    let path = format!("/provider/plugins/{ID}/connections/google-ads");
+    let settings = |token: Value| json!({"settings": {"client_id": fake::CLIENT_ID, "login_customer_id": fake::MANAGER, "developer_token": token}});
+    let view = w
+        .api
+        .ok(Method::PUT, &path, &w.provider, Some(settings(Value::Null)))
+        .await;
+    assert!(view["settings"].get("developer_token").is_none(), "{view}");
+    assert_eq!(
+        view["settings"]["client_secret"],
+        json!({"set": true}),
+        "{view}"
+    );
+    assert_eq!(w.poll(&owner).await["status"], "failed");
+    w.app_settings(true).await;
 
     // An account the manager account is not linked to.
     let stranger_cid = "7778889999";

@@ -73,8 +73,8 @@ fn connection_id(id: &str) -> ApiResult<()> {
 #[serde(deny_unknown_fields)]
 struct AppRequest {
     /// The app-level settings the manifest's `provider-settings` schema describes (client
-    /// id and secret, app key, certificate). A secret left out keeps its stored value;
-    /// omitted, the settings stay as they are.
+    /// id and secret, app key, certificate). A secret left out keeps its stored value,
+    /// one given as null is removed; omitted, the settings stay as they are.
     #[schema(value_type = Option<Object>)]
     settings: Option<Value>,
     /// URLs that replace the manifest's defaults (a sandbox, or a local service); omitted,

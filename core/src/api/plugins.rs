@@ -807,7 +807,8 @@ async fn client_list(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ConfigRequest {
-    /// The whole configuration. Secret fields left out keep their stored values.
+    /// The whole configuration. Secret fields left out keep their stored values; one given
+    /// as null is removed.
     #[schema(value_type = Object)]
     config: Value,
 }

@@ -46,8 +46,16 @@ pub fn prepare(
     }
     check_json(&input, "/config", MAX_DATA_DEPTH).map_err(|e| vec![e])?;
     let mut config = input;
+    // A secret left out keeps its stored value; one given as null is removed.
+    let cleared: Vec<&String> = secret_fields
+        .iter()
+        .filter(|p| config.pointer(p).is_some_and(Value::is_null))
+        .collect();
+    for pointer in &cleared {
+        take_pointer(&mut config, pointer);
+    }
     for (pointer, value) in kept_secrets {
-        if config.pointer(pointer).is_none() {
+        if config.pointer(pointer).is_none() && !cleared.contains(&pointer) {
             set_pointer(&mut config, pointer, value.clone());
         }
     }
@@ -228,6 +236,16 @@ mod tests {
         .unwrap();
         assert_eq!(again.secrets, prepared.secrets);
         assert_eq!(again.public["region"], "eu");
+
+        // Given as null, it is removed, not kept: here the schema requires it.
+        let cleared = prepare(
+            &schema(),
+            &secrets,
+            json!({"api_key": null}),
+            &prepared.secrets,
+        )
+        .unwrap_err();
+        assert_eq!(cleared[0].message, "\"api_key\" is a required property");
     }
 
     #[test]
