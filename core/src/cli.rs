@@ -375,6 +375,14 @@ pub fn main() -> ExitCode {
                 min_agreement,
                 templates_dir,
             }) => {
+                // 0.9 is a fraction where a percentage belongs (0 turns the bar off).
+                if !(0.0..=100.0).contains(&min_agreement)
+                    || (min_agreement > 0.0 && min_agreement < 1.0)
+                {
+                    anyhow::bail!(
+                        "--min-agreement is a percentage from 0 to 100 (90 for 90%), not {min_agreement}"
+                    );
+                }
                 let text = std::fs::read_to_string(&fixtures)
                     .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", fixtures.display()))?;
                 let evaluation = crate::score_eval::evaluate(
@@ -388,7 +396,7 @@ pub fn main() -> ExitCode {
                 let share = evaluation.agreement() * 100.0;
                 if share < min_agreement {
                     anyhow::bail!(
-                        "{share:.0}% agree, below {min_agreement:.0}%: tune the scorer's config in the template (or check the labels)"
+                        "{share:.1}% agree, below {min_agreement}%: tune the scorer's config in the template (or check the labels)"
                     );
                 }
                 Ok(())

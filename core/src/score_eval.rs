@@ -55,6 +55,8 @@ pub struct Evaluation {
     pub version: String,
     /// `plugin version` of the scorer.
     pub scorer: String,
+    /// The business's own settings the fixture file set, as `plugin.key`.
+    pub business: Vec<String>,
     pub total: usize,
     pub agreed: usize,
     /// `matrix[expected][scored]`, in [`TEMPERATURES`] order.
@@ -76,7 +78,7 @@ impl Evaluation {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{} {}, scored by {}: {} of {} leads agree ({:.0}%)",
+            "{} {}, scored by {}: {} of {} leads agree ({:.1}%)",
             self.template,
             self.version,
             self.scorer,
@@ -84,6 +86,13 @@ impl Evaluation {
             self.total,
             self.agreement() * 100.0
         );
+        if !self.business.is_empty() {
+            let _ = writeln!(
+                out,
+                "the business's own settings: {}",
+                self.business.join(", ")
+            );
+        }
         let _ = writeln!(out, "\nexpected \\ scored    hot  warm  cold");
         for (i, row) in self.matrix.iter().enumerate() {
             let _ = writeln!(
@@ -111,35 +120,37 @@ impl Evaluation {
     }
 }
 
-/// Writes `"today"`, `"today+30d"` or `"today-7d"` as the date it means, so fixtures with
-/// deadlines hold whenever they are run.
-fn resolve_dates(value: &mut Value, today: time::Date) {
+/// Writes `"@today"`, `"@today+30d"` or `"@today-7d"` as the date it means, so fixtures with
+/// deadlines hold whenever they are run; a value that starts `@today` and says nothing else
+/// that is understood is an error.
+fn resolve_dates(value: &mut Value, today: time::Date) -> Result<(), String> {
     match value {
         Value::String(text) => {
-            let Some(rest) = text.strip_prefix("today") else {
-                return;
+            let Some(rest) = text.strip_prefix("@today") else {
+                return Ok(());
             };
             let days = if rest.is_empty() {
                 Some(0)
             } else {
                 rest.strip_suffix('d')
+                    .filter(|n| n.starts_with('+') || n.starts_with('-'))
                     .and_then(|n| n.parse::<i64>().ok())
-                    .filter(|n| {
-                        n.abs() <= 36_500 && (rest.starts_with('+') || rest.starts_with('-'))
-                    })
+                    .filter(|n| n.abs() <= 36_500)
             };
-            if let Some(day) = days.and_then(|d| today.checked_add(time::Duration::days(d))) {
-                *text = format!(
-                    "{:04}-{:02}-{:02}",
-                    day.year(),
-                    u8::from(day.month()),
-                    day.day()
-                );
-            }
+            let day = days
+                .and_then(|d| today.checked_add(time::Duration::days(d)))
+                .ok_or_else(|| format!("{text:?} is not @today, @today+<n>d or @today-<n>d"))?;
+            *text = format!(
+                "{:04}-{:02}-{:02}",
+                day.year(),
+                u8::from(day.month()),
+                day.day()
+            );
+            Ok(())
         }
-        Value::Array(items) => items.iter_mut().for_each(|v| resolve_dates(v, today)),
-        Value::Object(map) => map.values_mut().for_each(|v| resolve_dates(v, today)),
-        _ => {}
+        Value::Array(items) => items.iter_mut().try_for_each(|v| resolve_dates(v, today)),
+        Value::Object(map) => map.values_mut().try_for_each(|v| resolve_dates(v, today)),
+        _ => Ok(()),
     }
 }
 
@@ -224,6 +235,17 @@ pub async fn evaluate(
         template: applied.template.clone(),
         version: applied.version.clone(),
         scorer: String::new(),
+        business: file
+            .business
+            .iter()
+            .flat_map(|(plugin, settings)| {
+                settings
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|m| m.keys())
+                    .map(move |k| format!("{plugin}.{k}"))
+            })
+            .collect(),
         total: file.leads.len(),
         agreed: 0,
         matrix: [[0; 3]; 3],
@@ -231,7 +253,8 @@ pub async fn evaluate(
     };
     let today = time::OffsetDateTime::now_utc().date();
     for (i, mut lead) in file.leads.into_iter().enumerate() {
-        resolve_dates(&mut lead.data, today);
+        resolve_dates(&mut lead.data, today)
+            .map_err(|e| anyhow::anyhow!("lead #{}: {e}", i + 1))?;
         let ctx = WriteContext::direct(scope, "system:score-eval".into(), None);
         let row = records
             .create(
@@ -261,11 +284,7 @@ pub async fn evaluate(
         }
         let (Some(e), Some(s)) = (temperature_index(&lead.expect), temperature_index(&scored))
         else {
-            bail!(
-                "lead #{}: the scorer failed ({})",
-                i + 1,
-                score["error"].as_str().unwrap_or("no temperature")
-            );
+            bail!("lead #{}: scored without a temperature ({score})", i + 1);
         };
         evaluation.matrix[e][s] += 1;
         if e == s {
@@ -300,11 +319,15 @@ mod tests {
     #[test]
     fn relative_dates_resolve() {
         let today = time::Date::from_calendar_date(2026, time::Month::December, 30).unwrap();
-        let mut data = json!({"due": "today+3d", "posted": "today-30d", "now": "today", "keep": "todayish", "odd": "today+xd", "n": 3});
-        resolve_dates(&mut data, today);
+        let mut data = json!({"due": "@today+3d", "posted": ["@today-30d"], "now": "@today", "note": "today", "n": 3});
+        resolve_dates(&mut data, today).unwrap();
         assert_eq!(
             data,
-            json!({"due": "2027-01-02", "posted": "2026-11-30", "now": "2026-12-30", "keep": "todayish", "odd": "today+xd", "n": 3})
+            json!({"due": "2027-01-02", "posted": ["2026-11-30"], "now": "2026-12-30", "note": "today", "n": 3})
         );
+        for bad in ["@today+3w", "@today+d", "@today3d", "@todayish"] {
+            let e = resolve_dates(&mut json!({"due": bad}), today).unwrap_err();
+            assert!(e.contains("is not @today"), "{bad}: {e}");
+        }
     }
 }

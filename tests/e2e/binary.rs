@@ -468,13 +468,29 @@ fn score_eval_prints_agreement_and_fails_below_the_bar() {
             "--fixtures",
             fixtures,
             "--min-agreement",
-            "100.5",
+            "99.9",
         ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("tune the scorer's config"), "{stderr}");
+
+    // A fraction where a percentage belongs is refused, saying which.
+    let out = Command::new(env!("CARGO_BIN_EXE_streamflow"))
+        .args([
+            "score",
+            "eval",
+            "--fixtures",
+            fixtures,
+            "--min-agreement",
+            "0.9",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("a percentage from 0 to 100"), "{stderr}");
 
     // Fixtures for another template are refused, naming both.
     let out = Command::new(env!("CARGO_BIN_EXE_streamflow"))

@@ -162,7 +162,6 @@ crate::both_backends! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_verticals_scorer_agrees_with_its_labelled_leads() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../industry-templates/scoring");
-    let mut seen = 0;
     for template in [
         "hvac",
         "plumbing",
@@ -177,11 +176,14 @@ async fn every_verticals_scorer_agrees_with_its_labelled_leads() {
             .unwrap();
         assert_eq!(evaluation.total, 30, "{template}");
         assert!(evaluation.agreement() >= 0.9, "{}", evaluation.report());
-        // Every temperature is among the labels, so agreement is not one class guessed.
-        for row in evaluation.matrix {
-            assert!(row.iter().sum::<usize>() >= 5, "{}", evaluation.report());
+        // Each temperature is mostly told right, not only the sum: no class is guessed.
+        for (i, row) in evaluation.matrix.iter().enumerate() {
+            let labelled: usize = row.iter().sum();
+            assert!(
+                labelled >= 5 && row[i] * 10 >= labelled * 8,
+                "{}",
+                evaluation.report()
+            );
         }
-        seen += 1;
     }
-    assert_eq!(seen, 6);
 }

@@ -49,9 +49,10 @@ pub struct Profile {
     pub states: Vec<String>,
     pub weights: Weights,
     pub thresholds: Thresholds,
-    /// Bid only when every factor the profile compares is fully met (a primary code, a
-    /// set-aside held, the value in range, time enough, a solicitation out, ...); anything
-    /// short of that is at most a review, however high the score.
+    /// Bid only when every factor the profile compares is known and fully met (a primary
+    /// code, a set-aside held, the value in range, time enough, a solicitation out, ...);
+    /// anything short of that, a missing input included, is at most a review, however high
+    /// the score.
     pub strict_bid: bool,
     /// Factors (by name, as in `weights`) whose share below this (0 to 1) is a hard no-bid,
     /// like a set-aside the company cannot bid on: `{naics = 0.01, deadline = 0.5}`.
@@ -318,7 +319,7 @@ pub fn assess(profile: &Profile, data: &Value, updated_at: i64) -> Assessment {
     // Strict: the first compared factor not fully met keeps it from being a bid.
     let short = factors
         .iter()
-        .find(|f| profile.strict_bid && f.present && f.compared && f.share < 0.999)
+        .find(|f| profile.strict_bid && f.compared && (!f.present || f.share < 0.999))
         .map(|f| f.reason.clone());
     let verdict = if cap.is_some() {
         Verdict::NoBid
@@ -1668,6 +1669,11 @@ mod tests {
         assert!(
             secondary.reasons[0].starts_with("A review, not a bid: NAICS 541330"),
             "{secondary:?}"
+        );
+        // A missing input is not a fit either.
+        assert_eq!(
+            assess(&strict, &without("estimated_value"), NOW).verdict,
+            Verdict::Review
         );
         // Below a floor: a hard no-bid.
         let foreign = assess(&strict, &with("naics", json!("325412")), NOW);

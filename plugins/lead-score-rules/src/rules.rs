@@ -2,7 +2,7 @@
 //! lead's data, with no host calls, so it runs (and is tested and benchmarked) natively.
 //!
 //! Six factors add up to the score: lead source, budget, timeline, service, service area
-//! and contact details. Each factor that applies leaves one reason with its signed points.
+//! and contact details, plus the signals a tenant weighs (other fields' values). Each factor that applies leaves one reason with its signed points.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -318,10 +318,27 @@ fn table_factor(
     })
 }
 
-/// One part per signal field the lead has a listed value for.
+/// Fields the six factors read: a signal on one would count it twice.
+pub const FACTOR_FIELDS: [&str; 9] = [
+    "source",
+    "budget",
+    "timeline",
+    "service",
+    "service_type",
+    "postal_code",
+    "zip",
+    "name",
+    "email",
+];
+
+/// One part per signal field the lead has a listed value for (the same value, not a value
+/// containing it: "non_emergency" is not "emergency"); a value worth no points says nothing.
 fn signal_factors(data: &Map<String, Value>, signals: &BTreeMap<String, Signal>) -> Vec<Part> {
     let mut parts = Vec::new();
     for (field, Signal(table)) in signals {
+        if FACTOR_FIELDS.contains(&field.as_str()) {
+            continue;
+        }
         let value = match data.get(field) {
             Some(Value::Bool(b)) => b.to_string(),
             Some(Value::String(s)) => normalize(&s.chars().take(MAX_MATCHED).collect::<String>()),
@@ -330,7 +347,11 @@ fn signal_factors(data: &Map<String, Value>, signals: &BTreeMap<String, Signal>)
         if value.is_empty() {
             continue;
         }
-        if let Some((_, points)) = lookup(table, &value) {
+        let points = table
+            .iter()
+            .find(|(name, _)| normalize(name) == value)
+            .map(|(_, points)| *points);
+        if let Some(points) = points.filter(|p| *p != 0) {
             parts.push(Part::new(
                 points,
                 format!("{} {}", clip(field), clip(&value)),
@@ -1312,10 +1333,17 @@ mod tests {
                 .reasons
                 .contains(&"vulnerable_occupants true: +10".to_string())
         );
-        // Unlisted values, other types and missing fields add nothing.
+        // Unlisted values, other types, missing fields and a value containing a listed one
+        // add nothing; a signal on a field a factor reads is ignored.
         let other = score(
             &rules,
-            &json!({"urgency": "whenever", "vulnerable_occupants": 1}),
+            &json!({"urgency": "non-emergency", "vulnerable_occupants": 1}),
+        );
+        let twice: Rules =
+            serde_json::from_value(json!({"signals": {"source": {"referral": 50}}})).unwrap();
+        assert_eq!(
+            score(&twice, &json!({"source": "referral"})).value,
+            score(&Rules::default(), &json!({"source": "referral"})).value
         );
         assert_eq!(other.value, score(&rules, &json!({})).value);
         assert!(
