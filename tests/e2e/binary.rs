@@ -434,17 +434,14 @@ fn score_eval_prints_agreement_and_fails_below_the_bar() {
         env!("CARGO_MANIFEST_DIR"),
         "/../industry-templates/scoring/plumbing.toml"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_streamflow"))
-        .args([
-            "score",
-            "eval",
-            "--template",
-            "plumbing",
-            "--fixtures",
-            fixtures,
-        ])
-        .output()
-        .unwrap();
+    let eval = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_streamflow"))
+            .args(["score", "eval", "--fixtures", fixtures])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = eval(&["--template", "plumbing"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -460,54 +457,23 @@ fn score_eval_prints_agreement_and_fails_below_the_bar() {
         "{stdout}"
     );
 
-    // A bar it cannot reach: the report, then a failure saying what to do.
-    let out = Command::new(env!("CARGO_BIN_EXE_streamflow"))
-        .args([
-            "score",
-            "eval",
-            "--fixtures",
-            fixtures,
-            "--min-agreement",
-            "99.9",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("tune the scorer's config"), "{stderr}");
-
-    // A fraction where a percentage belongs is refused, saying which.
-    let out = Command::new(env!("CARGO_BIN_EXE_streamflow"))
-        .args([
-            "score",
-            "eval",
-            "--fixtures",
-            fixtures,
-            "--min-agreement",
-            "0.9",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("a percentage from 0 to 100"), "{stderr}");
-
-    // Fixtures for another template are refused, naming both.
-    let out = Command::new(env!("CARGO_BIN_EXE_streamflow"))
-        .args([
-            "score",
-            "eval",
-            "--template",
-            "hvac",
-            "--fixtures",
-            fixtures,
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("written for template \"plumbing\", not \"hvac\""),
-        "{stderr}"
-    );
+    for (extra, expected) in [
+        // A bar it cannot reach: the report, then a failure saying what to do.
+        (&["--min-agreement", "99.9"][..], "tune the scorer's config"),
+        // A fraction where a percentage belongs is refused, saying which.
+        (
+            &["--min-agreement", "0.9"][..],
+            "a percentage from 0 to 100",
+        ),
+        // Fixtures for another template are refused, naming both.
+        (
+            &["--template", "hvac"][..],
+            "written for template \"plumbing\", not \"hvac\"",
+        ),
+    ] {
+        let out = eval(extra);
+        assert!(!out.status.success(), "{extra:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{extra:?}: {stderr}");
+    }
 }
