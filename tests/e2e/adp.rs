@@ -189,12 +189,32 @@ async fn workers_and_events_keep_employees_in_step(backend: Backend) {
     );
     assert_eq!(first["data"]["adp"]["payroll_file_number"], "000000");
 
-    // A second sweep finds every worker as it is: nothing is written again.
+    // A 429 on the second page of the next sweep ends the run, saying when to come back;
+    // the next run resumes at that page.
+    *w.fake.state.throttle_skip.lock().unwrap() = Some(100);
+    let throttled = w.run(&owner, "import").await;
+    assert_ne!(throttled["status"], "ok", "{throttled}");
+    assert!(
+        throttled.to_string().contains("retry after 30 s"),
+        "{throttled}"
+    );
+    let cursor = w
+        .api
+        .action_output(&owner, ID, "import-status", json!({}))
+        .await;
+    assert_eq!(cursor["cursor"]["skip"], 100, "{cursor}");
+
+    // The sweep completes, finding every worker as it is: nothing is written again.
     let versions: Vec<i64> = employees
         .iter()
         .map(|e| e["version"].as_i64().unwrap())
         .collect();
+    let before = w.fake.requests_of(&client).len();
     w.api.import_until_done(&owner, ID, 3).await;
+    assert_eq!(
+        w.fake.requests_of(&client)[before],
+        "GET /hr/v2/workers?$top=100&$skip=100"
+    );
     let again = w.employees(&owner).await;
     assert_eq!(again.len(), 250);
     assert_eq!(
@@ -311,6 +331,28 @@ async fn approve(w: &World, owner: &str, entry: &Value) -> String {
     id
 }
 
+/// A new time entry of `employee`: submitted, `regular` hours (and `overtime`) on `day`.
+async fn entry(
+    w: &World,
+    owner: &str,
+    employee: &Value,
+    day: &str,
+    regular: f64,
+    overtime: f64,
+) -> Value {
+    w.api
+        .ok(
+            Method::POST,
+            "/api/records/time_entry",
+            owner,
+            Some(json!({"data": {
+                "employee_id": employee["id"], "work_date": day,
+                "regular_hours": regular, "overtime_hours": overtime,
+            }})),
+        )
+        .await
+}
+
 /// A week (Monday 2026-11-16 to Friday) for two technicians, approved; one more entry
 /// still submitted and one in the current week.
 async fn time_entries(w: &World, owner: &str, employees: &[Value]) -> Vec<String> {
@@ -318,31 +360,12 @@ async fn time_entries(w: &World, owner: &str, employees: &[Value]) -> Vec<String
     for (n, employee) in employees.iter().take(2).enumerate() {
         for day in 16..=20 {
             let overtime = if n == 0 && day == 20 { 3.0 } else { 0.0 };
-            let entry = w
-                .api
-                .ok(
-                    Method::POST,
-                    "/api/records/time_entry",
-                    owner,
-                    Some(json!({"data": {
-                        "employee_id": employee["id"], "work_date": format!("2026-11-{day}"),
-                        "regular_hours": 8, "overtime_hours": overtime,
-                    }})),
-                )
-                .await;
+            let entry = entry(w, owner, employee, &format!("2026-11-{day}"), 8.0, overtime).await;
             ids.push(approve(w, owner, &entry).await);
         }
     }
     for (day, approved) in [("2026-11-17", false), ("2999-01-04", true)] {
-        let entry = w
-            .api
-            .ok(
-                Method::POST,
-                "/api/records/time_entry",
-                owner,
-                Some(json!({"data": {"employee_id": employees[2]["id"], "work_date": day, "regular_hours": 4}})),
-            )
-            .await;
+        let entry = entry(w, owner, &employees[2], day, 4.0, 0.0).await;
         if approved {
             approve(w, owner, &entry).await;
         }
@@ -471,15 +494,7 @@ async fn approved_hours_reach_payroll_once() {
 
     // A late entry whose answer is lost (ADP took it, the 502 came back): held, not sent
     // again, until a person settles it.
-    let late = w
-        .api
-        .ok(
-            Method::POST,
-            "/api/records/time_entry",
-            &owner,
-            Some(json!({"data": {"employee_id": employees[2]["id"], "work_date": "2026-11-18", "regular_hours": 6}})),
-        )
-        .await;
+    let late = entry(&w, &owner, &employees[2], "2026-11-18", 6.0, 0.0).await;
     let late_id = approve(&w, &owner, &late).await;
     w.fake.state.lose_answers.store(1, Ordering::SeqCst);
     let run = w.run(&owner, "payroll").await;
@@ -520,17 +535,7 @@ async fn approved_hours_reach_payroll_once() {
 
     // A gateway's bare 503 proves nothing either: held. The office finds nothing in ADP and
     // settles it as not sent; the next run sends it, once.
-    let another = w
-        .api
-        .ok(
-            Method::POST,
-            "/api/records/time_entry",
-            &owner,
-            Some(
-                json!({"data": {"employee_id": employees[2]["id"], "work_date": "2026-11-20", "regular_hours": 3}}),
-            ),
-        )
-        .await;
+    let another = entry(&w, &owner, &employees[2], "2026-11-20", 3.0, 0.0).await;
     let another_id = approve(&w, &owner, &another).await;
     w.fake.state.gateway_errors.store(1, Ordering::SeqCst);
     assert_ne!(w.run(&owner, "payroll").await["status"], "ok");
@@ -567,15 +572,7 @@ async fn approved_hours_reach_payroll_once() {
         .get_mut(&client)
         .unwrap()
         .workers[2]["workAssignments"][0]["payrollFileNumber"] = json!("999999");
-    let refused = w
-        .api
-        .ok(
-            Method::POST,
-            "/api/records/time_entry",
-            &owner,
-            Some(json!({"data": {"employee_id": employees[2]["id"], "work_date": "2026-11-19", "regular_hours": 2}})),
-        )
-        .await;
+    let refused = entry(&w, &owner, &employees[2], "2026-11-19", 2.0, 0.0).await;
     let refused_id = approve(&w, &owner, &refused).await;
     let run = w.run(&owner, "payroll").await;
     assert_eq!(run["status"], "ok", "{run}");

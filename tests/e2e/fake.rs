@@ -68,11 +68,7 @@ impl Fake {
             .route("/v1/redirect", get(redirect))
             .route("/v1/{*rest}", any(api))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let port = serve(app).await;
         Fake { port, state }
     }
 
@@ -139,6 +135,16 @@ fn token_error(error: &str) -> Response {
         ),
     )
         .into_response()
+}
+
+/// Serves a fake's router on an ephemeral loopback port; the port.
+pub async fn serve(app: Router) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    port
 }
 
 pub fn basic(headers: &HeaderMap) -> Option<(String, String)> {

@@ -57,6 +57,8 @@ pub struct AdpState {
     pub gateway_errors: AtomicU32,
     /// Pay data posts taken and then answered 502, as if the answer were lost.
     pub lose_answers: AtomicU32,
+    /// The worker page at this `$skip` is answered 429 (`Retry-After: 30`) once.
+    pub throttle_skip: Mutex<Option<usize>>,
     /// Worker reads (`/hr/v2/workers/{aoid}`) answered 503 before one succeeds.
     pub failing_worker_reads: AtomicU32,
     /// Worker reads answered 403 (ADP refusing, for good) before one succeeds.
@@ -323,6 +325,20 @@ async fn list_workers(
         Some(Ok(s)) => s,
         Some(Err(_)) => return confirm(StatusCode::BAD_REQUEST, "$skip must be a number."),
     };
+    if state
+        .throttle_skip
+        .lock()
+        .unwrap()
+        .take_if(|at| *at == skip)
+        .is_some()
+    {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "30")],
+            "slow down",
+        )
+            .into_response();
+    }
     let employers = state.employers.lock().unwrap();
     let workers = &employers[&id].workers;
     if skip >= workers.len() {

@@ -87,11 +87,7 @@ impl FakeQbo {
             )
             .route("/v3/company/{realm}/{*rest}", any(api))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let port = crate::fake::serve(app).await;
         FakeQbo { port, state }
     }
 

@@ -46,11 +46,7 @@ impl FakeSam {
             .route("/opportunities/v2/search", get(search))
             .route("/prod/opportunities/v1/noticedesc", get(description))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let port = crate::fake::serve(app).await;
         FakeSam { port, state }
     }
 

@@ -74,11 +74,7 @@ impl FakeSt {
                 post(create_booking).get(list_bookings),
             )
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let port = crate::fake::serve(app).await;
         FakeSt { port, state }
     }
 
