@@ -81,6 +81,15 @@ use bindings::streamflow::plugin::types as wit;
 
 pub use wit::{HttpRequest, HttpResponse, Temperature};
 
+/// Now, in microseconds since the Unix epoch (the unit of the host's times, such as
+/// [`ScheduleTick`]'s `now`), from the sandbox's clock.
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
 /// The API version of the contract this SDK builds against.
 pub const API_VERSION: &str = "0.2.0";
 

@@ -116,13 +116,6 @@ fn settings() -> Result<Settings, Error> {
     streamflow_plugin_sdk::config::get()
 }
 
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
 /// A time to the second.
 fn rfc3339(micros: i64) -> String {
     rfc3339_micros(micros - micros.rem_euclid(1_000_000))
@@ -188,7 +181,7 @@ impl Plugin for Adp {
                 kv::delete(CURSOR)?;
                 Ok(json!({"cursor": Cursor::default()}))
             }
-            "payroll-status" => payroll_status(now_micros()),
+            "payroll-status" => payroll_status(streamflow_plugin_sdk::now_micros()),
             "push-hours" => {
                 let settings = settings()?;
                 let payroll = settings.payroll.as_ref().ok_or_else(|| {
@@ -197,9 +190,9 @@ impl Plugin for Adp {
                     )
                 })?;
                 if let Some(settle) = input.get("settle") {
-                    return settle_group(settle, payroll, now_micros());
+                    return settle_group(settle, payroll, streamflow_plugin_sdk::now_micros());
                 }
-                push_hours(payroll, now_micros())
+                push_hours(payroll, streamflow_plugin_sdk::now_micros())
             }
             other => Err(Error::InvalidInput(format!(
                 "no action {:?}; this plugin has import-status, restart-import, payroll-status and push-hours",

@@ -71,13 +71,6 @@ pub fn body(outcome: Outcome, lost_reason: Option<&str>) -> Value {
     }
 }
 
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
 /// Reports a lead's outcome, once.
 pub fn report(lead_id: &str, outcome: Outcome, version: &str) -> Result<(), Error> {
     let Some(lead) = records::get("lead", lead_id)? else {
@@ -115,7 +108,7 @@ pub fn report(lead_id: &str, outcome: Outcome, version: &str) -> Result<(), Erro
         return Err(Error::Failed(why));
     };
     let pending = format!("feedback:pending:{google_id}");
-    let now = now_micros();
+    let now = streamflow_plugin_sdk::now_micros();
     if current
         .get("leadFeedbackSubmitted")
         .and_then(Value::as_bool)

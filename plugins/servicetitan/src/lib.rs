@@ -652,7 +652,7 @@ fn book_lead(lead_id: &str, settings: &Settings, at: i64) -> Result<Value, Error
     let tenant = st::tenant()?;
     let bookings = tenant.path("crm", &format!("booking-provider/{provider}/bookings"));
     let pending_key = format!("booking:pending:{lead_id}");
-    let now = now_micros();
+    let now = streamflow_plugin_sdk::now_micros();
     let mut booking = None;
     // A booking was asked for before and its answer not stored (lost, or still on its way):
     // ServiceTitan may hold it. Found by its externalId; while the request may still be in
@@ -735,13 +735,6 @@ struct Pending {
 
 /// How long a sent booking request is waited for before it is sent again.
 const BOOKING_LEASE_MICROS: i64 = 60_000_000;
-
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
 
 /// The booking ServiceTitan holds for this lead, among those changed since `since`.
 fn find_booking(
